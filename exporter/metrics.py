@@ -1,0 +1,242 @@
+"""The metric catalogue: the one place where metric names, types, labels and help live.
+
+Everything else refers to these specs: the collector that renders them, the Grafana dashboard
+generator and the tests that check every PromQL expression in the dashboards and the rules names a
+metric the exporter really exports. Renaming a metric here breaks those checks, not a panel in
+production.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric family. ``name`` is the family name; counters expose ``name + "_total"``."""
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        """The names of the series the family exposes, as PromQL sees them."""
+        if self.kind is Kind.COUNTER:
+            return (f"{self.name}_total",)
+        if self.kind is Kind.HISTOGRAM:
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        return (self.name,)
+
+    def labels_without(self, dropped: frozenset[str]) -> tuple[str, ...]:
+        return tuple(label for label in self.labels if label not in dropped)
+
+
+TASK = "task"
+WORKER = "worker"
+QUEUE = "queue"
+EXCEPTION = "exception"
+
+_TASK_LABELS = (TASK, WORKER)
+
+# Task event type -> counter family. "Processed" in Flower's Workers view is the worker's
+# received count, so Processed reads celery_task_received_total.
+TASK_STATE_COUNTERS: dict[str, MetricSpec] = {
+    "task-received": MetricSpec(
+        "celery_task_received",
+        Kind.COUNTER,
+        "Tasks received by a worker (Flower's 'Processed'); a retry is received again.",
+        _TASK_LABELS,
+    ),
+    "task-started": MetricSpec(
+        "celery_task_started", Kind.COUNTER, "Tasks a worker started executing.", _TASK_LABELS
+    ),
+    "task-succeeded": MetricSpec(
+        "celery_task_succeeded", Kind.COUNTER, "Tasks that succeeded.", _TASK_LABELS
+    ),
+    "task-failed": MetricSpec(
+        "celery_task_failed", Kind.COUNTER, "Tasks that failed.", _TASK_LABELS
+    ),
+    "task-retried": MetricSpec(
+        "celery_task_retried",
+        Kind.COUNTER,
+        "Task executions that ended in a retry (the task is received again, same uuid).",
+        _TASK_LABELS,
+    ),
+    "task-rejected": MetricSpec(
+        "celery_task_rejected", Kind.COUNTER, "Tasks a worker rejected.", _TASK_LABELS
+    ),
+    "task-revoked": MetricSpec(
+        "celery_task_revoked",
+        Kind.COUNTER,
+        "Tasks revoked (cancelled, terminated or expired).",
+        _TASK_LABELS,
+    ),
+}
+
+TASK_SENT = MetricSpec(
+    "celery_task_sent",
+    Kind.COUNTER,
+    "Tasks published by clients; needs task_send_sent_event=True in the client's Celery config.",
+    (TASK, QUEUE),
+)
+TASK_EXCEPTIONS = MetricSpec(
+    "celery_task_exceptions",
+    Kind.COUNTER,
+    "Task failures by exception class; classes past the --max-exception-classes cap count as "
+    'exception="other".',
+    (TASK, EXCEPTION),
+)
+TASK_RUNTIME = MetricSpec(
+    "celery_task_runtime_seconds",
+    Kind.HISTOGRAM,
+    "Task execution time as measured by the worker (the runtime field of task-succeeded).",
+    _TASK_LABELS,
+)
+TASK_QUEUE_WAIT = MetricSpec(
+    "celery_task_queue_wait_seconds",
+    Kind.HISTOGRAM,
+    "Time from a worker receiving a task to starting it, both on the worker's clock.",
+    _TASK_LABELS,
+)
+
+WORKER_ONLINE = MetricSpec(
+    "celery_worker_online",
+    Kind.GAUGE,
+    "1 while the worker's heartbeats arrive (Celery's rule: within 2 x the heartbeat interval, "
+    "or --worker-timeout), else 0.",
+    (WORKER,),
+)
+WORKER_ACTIVE_TASKS = MetricSpec(
+    "celery_worker_active_tasks",
+    Kind.GAUGE,
+    "Tasks the worker is executing, from its last heartbeat.",
+    (WORKER,),
+)
+WORKER_LOAD1 = MetricSpec(
+    "celery_worker_load1", Kind.GAUGE, "1-minute load average of the worker's host.", (WORKER,)
+)
+WORKER_LOAD5 = MetricSpec(
+    "celery_worker_load5", Kind.GAUGE, "5-minute load average of the worker's host.", (WORKER,)
+)
+WORKER_LOAD15 = MetricSpec(
+    "celery_worker_load15", Kind.GAUGE, "15-minute load average of the worker's host.", (WORKER,)
+)
+WORKER_LAST_HEARTBEAT = MetricSpec(
+    "celery_worker_last_heartbeat_timestamp_seconds",
+    Kind.GAUGE,
+    "When the exporter received the worker's last heartbeat (exporter's clock, Unix seconds).",
+    (WORKER,),
+)
+WORKER_HEARTBEAT_INTERVAL = MetricSpec(
+    "celery_worker_heartbeat_interval_seconds",
+    Kind.GAUGE,
+    "The heartbeat interval the worker announces (its freq field).",
+    (WORKER,),
+)
+WORKER_PROCESSED = MetricSpec(
+    "celery_worker_processed_tasks",
+    Kind.COUNTER,
+    "Tasks the worker accepted since it started (retries included), from its heartbeats; "
+    "resets when the worker restarts.",
+    (WORKER,),
+)
+WORKER_INFO = MetricSpec(
+    "celery_worker_info",
+    Kind.GAUGE,
+    "Always 1; the worker's software as its heartbeats announce it.",
+    (WORKER, "sw_ident", "sw_ver", "sw_sys"),
+)
+
+EXPORTER_BROKER_CONNECTED = MetricSpec(
+    "celery_exporter_broker_connected",
+    Kind.GAUGE,
+    "1 while the exporter is connected to the broker and consuming events, else 0.",
+)
+EXPORTER_BROKER_CONNECTION_ERRORS = MetricSpec(
+    "celery_exporter_broker_connection_errors",
+    Kind.COUNTER,
+    "Failed broker connection attempts and lost connections.",
+)
+EXPORTER_EVENTS = MetricSpec(
+    "celery_exporter_events",
+    Kind.COUNTER,
+    "Events decoded, by event type (custom types past a cap count as type=\"other\").",
+    ("type",),
+)
+EXPORTER_EVENTS_REJECTED = MetricSpec(
+    "celery_exporter_events_rejected",
+    Kind.COUNTER,
+    "Messages or events that could not be used, by reason.",
+    ("reason",),
+)
+EXPORTER_INTAKE_BACKLOG = MetricSpec(
+    "celery_exporter_intake_backlog_messages",
+    Kind.GAUGE,
+    "Broker messages read off the socket but not yet counted.",
+)
+EXPORTER_INTAKE_LAG = MetricSpec(
+    "celery_exporter_intake_lag_seconds",
+    Kind.GAUGE,
+    "Age of the oldest broker message read but not yet counted (0 when caught up).",
+)
+EXPORTER_TRACKED_TASKS = MetricSpec(
+    "celery_exporter_tracked_tasks",
+    Kind.GAUGE,
+    "Task uuids whose name the exporter remembers, to label events that carry no name.",
+)
+EXPORTER_BUILD_INFO = MetricSpec(
+    "celery_exporter_build_info",
+    Kind.GAUGE,
+    "Always 1; the exporter's version and the versions it runs with.",
+    ("version", "celery_version", "kombu_version", "python_version"),
+)
+
+WORKER_GAUGES = (
+    WORKER_ONLINE,
+    WORKER_ACTIVE_TASKS,
+    WORKER_LOAD1,
+    WORKER_LOAD5,
+    WORKER_LOAD15,
+    WORKER_LAST_HEARTBEAT,
+    WORKER_HEARTBEAT_INTERVAL,
+)
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    *TASK_STATE_COUNTERS.values(),
+    TASK_SENT,
+    TASK_EXCEPTIONS,
+    TASK_RUNTIME,
+    TASK_QUEUE_WAIT,
+    *WORKER_GAUGES,
+    WORKER_PROCESSED,
+    WORKER_INFO,
+    EXPORTER_BROKER_CONNECTED,
+    EXPORTER_BROKER_CONNECTION_ERRORS,
+    EXPORTER_EVENTS,
+    EXPORTER_EVENTS_REJECTED,
+    EXPORTER_INTAKE_BACKLOG,
+    EXPORTER_INTAKE_LAG,
+    EXPORTER_TRACKED_TASKS,
+    EXPORTER_BUILD_INFO,
+)
+
+
+def sample_names() -> frozenset[str]:
+    """Every series name the exporter can expose; what dashboards and rules may refer to."""
+    return frozenset(name for spec in CATALOGUE for name in spec.sample_names)
+
+
+def by_name(name: str) -> MetricSpec:
+    for spec in CATALOGUE:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
