@@ -169,7 +169,7 @@ EXPORTER_BROKER_CONNECTION_ERRORS = MetricSpec(
 EXPORTER_EVENTS = MetricSpec(
     "celery_exporter_events",
     Kind.COUNTER,
-    "Events decoded, by event type (custom types past a cap count as type=\"other\").",
+    'Events decoded, by event type (custom types past a cap count as type="other").',
     ("type",),
 )
 EXPORTER_EVENTS_REJECTED = MetricSpec(

@@ -1,0 +1,114 @@
+"""Wire the pieces together: broker reader -> ingest -> state -> collector -> HTTP."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from exporter import __version__
+from exporter.collector import EventsCollector
+from exporter.config import Config
+from exporter.control import Controller
+from exporter.http import serve
+from exporter.ingest import Ingestor, RawMessage, RejectionLog
+from exporter.intake.broker import BrokerReader, BrokerStatus
+from exporter.logging import get_logger
+from exporter.state import State, StateSettings
+
+log = get_logger(__name__)
+
+
+def build_state(config: Config) -> State:
+    return State(
+        StateSettings(
+            runtime_buckets=config.runtime_buckets,
+            queue_wait_buckets=config.queue_wait_buckets,
+            worker_label=config.worker_label,
+            worker_timeout=config.worker_timeout,
+            purge_offline_worker_after=config.purge_offline_worker_after,
+            max_tracked_tasks=config.max_tracked_tasks,
+            max_exception_classes=config.max_exception_classes,
+        ),
+        on_reject=RejectionLog(),
+    )
+
+
+def run(config: Config) -> int:
+    """Run until SIGTERM or SIGINT, then stop the threads; returns the process exit code."""
+    stop = threading.Event()
+    inbox: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
+    state = build_state(config)
+    status = BrokerStatus()
+    ingestor = Ingestor(state, inbox)
+    reader = BrokerReader(config.broker_url, config.broker_transport_options, inbox, status)
+    controller = Controller(
+        config.broker_url,
+        config.broker_transport_options,
+        status,
+        enable_events=config.enable_events,
+        interval=config.enable_events_interval,
+    )
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EventsCollector(state, status, ingestor))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+    server = serve(config.listen, registry, is_ready=lambda: status.connected)
+    log.info(
+        "exporter started",
+        version=__version__,
+        listen=str(config.listen),
+        broker=reader._safe_url(),
+        worker_label=config.worker_label,
+        enable_events=config.enable_events,
+    )
+
+    threads = [
+        threading.Thread(target=target, args=(stop,), name=name, daemon=True)
+        for name, target in (
+            ("ingest", ingestor.run),
+            ("broker-reader", reader.run),
+            ("controller", controller.run),
+        )
+    ]
+    for thread in threads:
+        thread.start()
+
+    def shut_down(signum: int) -> None:
+        log.info("shutting down", signal=signal.Signals(signum).name)
+        stop.set()
+
+    _on_signals(shut_down)
+    exit_code = 0
+    while not stop.wait(1.0):
+        dead = [thread.name for thread in threads if not thread.is_alive()]
+        if dead:
+            log.error("a thread died; exiting so that a supervisor restarts us", threads=dead)
+            exit_code = 1
+            stop.set()
+    deadline = time.monotonic() + 5.0
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    server.shutdown()
+    server.server_close()
+    log.info("exporter stopped")
+    return exit_code
+
+
+def _on_signals(handler: Callable[[int], None]) -> None:
+    def _handle(signum: int, frame: FrameType | None) -> None:
+        handler(signum)
+
+    signal.signal(signal.SIGTERM, _handle)
+    signal.signal(signal.SIGINT, _handle)

@@ -1,0 +1,239 @@
+"""Command line: flags, each with a CELERY_EXPORTER_* environment twin, into one typed Config.
+
+click comes with Celery already; it gives us environment twins, ``--help`` that shows them, and a
+one-line error for a bad flag.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from kombu import Connection
+
+from exporter import __version__
+from exporter import logging as exporter_logging
+from exporter.config import (
+    DEFAULT_BROKER_URL,
+    DEFAULT_PORT,
+    DEFAULT_QUEUE_WAIT_BUCKETS,
+    DEFAULT_RUNTIME_BUCKETS,
+    Config,
+    ListenAddress,
+    parse_buckets,
+    parse_listen_address,
+    parse_transport_option,
+)
+
+ENV_PREFIX = "CELERY_EXPORTER_"
+
+
+def _env(name: str) -> str:
+    return ENV_PREFIX + name
+
+
+def _buckets_text(bounds: tuple[float, ...]) -> str:
+    return ",".join(f"{b:g}" for b in bounds)
+
+
+class _ListenAddressType(click.ParamType):  # type: ignore[type-arg]
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, ListenAddress):
+            return value
+        try:
+            return parse_listen_address(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _BucketsType(click.ParamType):  # type: ignore[type-arg]
+    name = "BOUNDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_buckets(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _TransportOptionType(click.ParamType):  # type: ignore[type-arg]
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_transport_option(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Reject a URL kombu cannot even interpret; an unreachable broker is retried instead."""
+    try:
+        Connection(value).transport_cls  # noqa: B018 (resolves the transport or raises)
+        Connection(value).transport  # noqa: B018
+    except Exception as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise click.BadParameter(f"cannot use broker URL: {message}") from None
+    return value
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--broker-url",
+    envvar=_env("BROKER_URL"),
+    default=DEFAULT_BROKER_URL,
+    show_default=True,
+    callback=_check_broker_url,
+    help="Celery broker URL (redis://, rediss://, amqp://, ...), as the workers use it.",
+)
+@click.option(
+    "--broker-transport-option",
+    "transport_options",
+    envvar=_env("BROKER_TRANSPORT_OPTION"),
+    multiple=True,
+    type=_TransportOptionType(),
+    help="A kombu transport option as KEY=VALUE; VALUE may be JSON. Repeatable; the environment "
+    "variable takes several separated by spaces.",
+)
+@click.option(
+    "--listen-address",
+    envvar=_env("LISTEN_ADDRESS"),
+    default=f":{DEFAULT_PORT}",
+    show_default=True,
+    type=_ListenAddressType(),
+    help="Address to serve /metrics and /healthz on; an empty host means every interface.",
+)
+@click.option(
+    "--worker-timeout",
+    envvar=_env("WORKER_TIMEOUT"),
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds without a heartbeat before a worker reads offline. 0 applies Celery's own "
+    "rule: twice the heartbeat interval the worker announces.",
+)
+@click.option(
+    "--purge-offline-worker-after",
+    envvar=_env("PURGE_OFFLINE_WORKER_AFTER"),
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds after which an offline worker's series (its gauges, and its task series when "
+    "task metrics carry the worker label) are dropped. 0 keeps them forever.",
+)
+@click.option(
+    "--runtime-buckets",
+    envvar=_env("RUNTIME_BUCKETS"),
+    default=_buckets_text(DEFAULT_RUNTIME_BUCKETS),
+    show_default=True,
+    type=_BucketsType(),
+    help="Upper bounds, in seconds, of the task runtime histogram buckets.",
+)
+@click.option(
+    "--queue-wait-buckets",
+    envvar=_env("QUEUE_WAIT_BUCKETS"),
+    default=_buckets_text(DEFAULT_QUEUE_WAIT_BUCKETS),
+    show_default=True,
+    type=_BucketsType(),
+    help="Upper bounds, in seconds, of the queue-wait (received to started) histogram buckets.",
+)
+@click.option(
+    "--worker-label/--no-worker-label",
+    envvar=_env("WORKER_LABEL"),
+    default=True,
+    show_default=True,
+    help="Label task metrics with the worker's hostname. Turn off for fleets whose hostnames "
+    "churn (Kubernetes pods) to keep the number of series bounded.",
+)
+@click.option(
+    "--enable-events/--no-enable-events",
+    envvar=_env("ENABLE_EVENTS"),
+    default=True,
+    show_default=True,
+    help="Broadcast enable_events to the workers periodically, so that workers started "
+    "without -E send task events too.",
+)
+@click.option(
+    "--enable-events-interval",
+    envvar=_env("ENABLE_EVENTS_INTERVAL"),
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds between enable_events broadcasts.",
+)
+@click.option(
+    "--max-tracked-tasks",
+    envvar=_env("MAX_TRACKED_TASKS"),
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Task uuids remembered between task-received and the task's end, to name the events "
+    "that carry no task name; the oldest are forgotten first.",
+)
+@click.option(
+    "--max-exception-classes",
+    envvar=_env("MAX_EXCEPTION_CLASSES"),
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Distinct exception classes labelled in celery_task_exceptions_total; later ones "
+    'count as exception="other".',
+)
+@click.option(
+    "--log-level",
+    envvar=_env("LOG_LEVEL"),
+    default="info",
+    show_default=True,
+    type=click.Choice(exporter_logging.LOG_LEVELS, case_sensitive=False),
+    help="Lowest level logged.",
+)
+@click.option(
+    "--log-format",
+    envvar=_env("LOG_FORMAT"),
+    default="auto",
+    show_default=True,
+    type=click.Choice(exporter_logging.LOG_FORMATS, case_sensitive=False),
+    help="json (one object per line), console (readable), or auto: console on a terminal, "
+    "json otherwise.",
+)
+@click.version_option(__version__, "--version", prog_name="celery-events-exporter")
+def command(**options: Any) -> None:
+    """Export Celery's event stream as Prometheus metrics at /metrics."""
+    config = Config(
+        broker_url=options["broker_url"],
+        broker_transport_options=dict(options["transport_options"]),
+        listen=options["listen_address"],
+        worker_timeout=options["worker_timeout"],
+        purge_offline_worker_after=options["purge_offline_worker_after"],
+        runtime_buckets=options["runtime_buckets"],
+        queue_wait_buckets=options["queue_wait_buckets"],
+        worker_label=options["worker_label"],
+        enable_events=options["enable_events"],
+        enable_events_interval=options["enable_events_interval"],
+        max_tracked_tasks=options["max_tracked_tasks"],
+        max_exception_classes=options["max_exception_classes"],
+        log_level=options["log_level"].lower(),
+        log_format=options["log_format"].lower(),
+    )
+    exporter_logging.configure(config.log_level, config.log_format)
+
+    from exporter.app import run
+
+    try:
+        code = run(config)
+    except OSError as exc:  # the listen address is taken or not ours
+        raise click.ClickException(f"cannot listen on {config.listen}: {exc.strerror}") from None
+    sys.exit(code)
+
+
+def main() -> None:
+    command(auto_envvar_prefix=None)

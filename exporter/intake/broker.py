@@ -1,0 +1,127 @@
+"""Read Celery's event exchange through kombu, for any broker kombu speaks (Redis, AMQP...).
+
+The queue is declared exactly as Celery's own ``EventReceiver`` declares it (same exchange, type
+switched to fanout on Redis, routing key ``#``, auto-delete, Celery's TTL and expiry), so broker
+policies written for Flower or ``celery events`` apply unchanged. Messages are not decoded here:
+their raw bodies go to the ingest queue.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery.events.event import get_exchange
+from kombu import Connection, Consumer, Queue
+from kombu.message import Message
+
+from exporter.ingest import RawMessage
+from exporter.logging import get_logger
+
+log = get_logger(__name__)
+
+EVENT_EXCHANGE = "celeryev"
+EVENT_QUEUE_TTL = 5.0  # Celery's event_queue_ttl default
+EVENT_QUEUE_EXPIRES = 60.0  # Celery's event_queue_expires default
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class BrokerStatus:
+    """What the reader thread reports about its connection; read by the collector."""
+
+    connected: bool = False
+    connection_errors: int = 0
+    connected_event: threading.Event = field(default_factory=threading.Event)
+    """Set on every (re)connection, so the controller can wake the workers up again."""
+
+
+class BrokerReader:
+    def __init__(
+        self,
+        broker_url: str,
+        transport_options: dict[str, Any],
+        outbox: queue.SimpleQueue[RawMessage],
+        status: BrokerStatus,
+    ) -> None:
+        self.broker_url = broker_url
+        self.transport_options = transport_options
+        self.outbox = outbox
+        self.status = status
+        self.queue_name = f"celeryev.celery-events-exporter.{uuid.uuid4()}"
+
+    def connection(self) -> Connection:
+        return Connection(
+            self.broker_url,
+            transport_options=self.transport_options,
+            heartbeat=10.0,
+            connect_timeout=5.0,
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set, reconnecting with exponential backoff."""
+        backoff = 1.0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self._consume(stop)
+            except Exception as exc:
+                # Whatever the transport raises (socket errors, redis/amqp connection errors,
+                # channel errors), the answer is the same: report it, wait, reconnect.
+                self.status.connection_errors += 1
+                was_connected = self.status.connected
+                self.status.connected = False
+                if time.monotonic() - started > 2 * MAX_BACKOFF:
+                    backoff = 1.0
+                log.warning(
+                    "broker connection lost" if was_connected else "broker unreachable",
+                    broker=self._safe_url(),
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_seconds=backoff,
+                )
+                stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        self.status.connected = False
+
+    def _consume(self, stop: threading.Event) -> None:
+        with self.connection() as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            event_queue = Queue(
+                self.queue_name,
+                exchange=get_exchange(conn, name=EVENT_EXCHANGE),
+                routing_key="#",
+                auto_delete=True,
+                durable=False,
+                message_ttl=EVENT_QUEUE_TTL,
+                expires=EVENT_QUEUE_EXPIRES,
+            )
+            consumer = Consumer(
+                channel,
+                queues=[event_queue],
+                on_message=self._on_message,
+                no_ack=True,
+                accept=["application/json"],
+            )
+            with consumer:
+                self.status.connected = True
+                self.status.connected_event.set()
+                log.info("broker connected", broker=self._safe_url(), queue=self.queue_name)
+                while not stop.is_set():
+                    try:
+                        conn.drain_events(timeout=1.0)
+                    except TimeoutError:
+                        conn.heartbeat_check()
+
+    def _on_message(self, message: Message) -> None:
+        self.outbox.put(RawMessage(time.time(), message.content_type, message.body))
+
+    def _safe_url(self) -> str:
+        try:
+            return str(self.connection().as_uri())  # masks the password
+        except Exception:
+            return "<unparsable broker URL>"

@@ -1,0 +1,374 @@
+"""What the event stream has told us: task counts, runtime histograms and worker liveness.
+
+One ``State`` is fed decoded events by the ingest thread and read by the collector at scrape time;
+``lock`` guards both sides. The per-event path is plain dict arithmetic on purpose: it runs tens of
+thousands of times a second on a busy fleet.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+from exporter.metrics import TASK_STATE_COUNTERS
+
+UNKNOWN_TASK = "unknown"
+"""The task label for events whose task name the exporter never saw (it started after the task
+was received, or the task is not registered on the worker)."""
+
+OTHER = "other"
+
+# Celery's own event types; anything else is a custom event (Task.send_event) and its type name is
+# kept only up to MAX_CUSTOM_EVENT_TYPES to bound the cardinality of the events counter.
+KNOWN_EVENT_TYPES = frozenset(
+    {
+        *TASK_STATE_COUNTERS,
+        "task-sent",
+        "worker-online",
+        "worker-heartbeat",
+        "worker-offline",
+    }
+)
+MAX_CUSTOM_EVENT_TYPES = 50
+
+_EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)")
+
+TaskKey = tuple[str, str]
+"""(task name, worker hostname); the hostname is "" when the worker label is turned off."""
+
+
+class Rejected(Exception):
+    """An event that cannot be used; ``reason`` becomes the rejection metric's label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+@dataclass
+class Histogram:
+    """Per-bucket (not cumulative) counts, the +Inf bucket last, and the sum of observations."""
+
+    counts: list[int]
+    total: float = 0.0
+
+    def cumulative(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+        running = 0
+        out: list[tuple[str, float]] = []
+        labels = (*map(_format_bound, bounds), "+Inf")
+        for bound, count in zip(labels, self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
+def _format_bound(bound: float) -> str:
+    return repr(float(bound))
+
+
+@dataclass
+class WorkerState:
+    hostname: str
+    last_heartbeat: float = 0.0
+    """When the exporter received the worker's last heartbeat (exporter's clock)."""
+    freq: float = 0.0
+    active: int | None = None
+    processed: int | None = None
+    loadavg: tuple[float, float, float] | None = None
+    software: tuple[str, str, str] = ("", "", "")
+    said_goodbye: bool = False
+    """worker-offline arrived after the last heartbeat (a clean shutdown)."""
+
+
+@dataclass
+class WorkerView:
+    """A worker as a scrape sees it: the state plus what liveness rules derive from it."""
+
+    state: WorkerState
+    online: bool
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of the state, taken under the lock, rendered after it is released."""
+
+    task_counts: dict[str, dict[TaskKey, int]]
+    sent: dict[tuple[str, str], int]
+    exceptions: dict[tuple[str, str], int]
+    runtime: dict[TaskKey, Histogram]
+    queue_wait: dict[TaskKey, Histogram]
+    workers: list[WorkerView]
+    events_by_type: dict[str, int]
+    rejected: dict[str, int]
+    tracked_tasks: int
+
+
+@dataclass
+class _TrackedTask:
+    name: str
+    received: float | None
+
+
+@dataclass
+class StateSettings:
+    runtime_buckets: tuple[float, ...]
+    queue_wait_buckets: tuple[float, ...]
+    worker_label: bool = True
+    worker_timeout: float = 0.0
+    purge_offline_worker_after: float = 0.0
+    max_tracked_tasks: int = 100_000
+    max_exception_classes: int = 50
+
+
+@dataclass
+class State:
+    settings: StateSettings
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    task_counts: dict[str, dict[TaskKey, int]] = field(
+        default_factory=lambda: {event_type: {} for event_type in TASK_STATE_COUNTERS}
+    )
+    sent: dict[tuple[str, str], int] = field(default_factory=dict)
+    exceptions: dict[tuple[str, str], int] = field(default_factory=dict)
+    runtime: dict[TaskKey, Histogram] = field(default_factory=dict)
+    queue_wait: dict[TaskKey, Histogram] = field(default_factory=dict)
+    workers: dict[str, WorkerState] = field(default_factory=dict)
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    # uuid -> name and received time, insertion-ordered so the oldest is evicted first.
+    _tracked: dict[str, _TrackedTask] = field(default_factory=dict)
+    _exception_classes: set[str] = field(default_factory=set)
+    on_reject: Callable[[str, str], None] | None = None
+
+    # -- intake side -------------------------------------------------------------------------
+
+    def apply(self, event: Any, received_at: float) -> None:
+        """Count one decoded event. The caller holds ``lock``. Never raises on bad input."""
+        try:
+            if not isinstance(event, dict):
+                raise Rejected("not_an_object", f"event is a {type(event).__name__}")
+            event_type = event.get("type")
+            if not isinstance(event_type, str) or not event_type:
+                raise Rejected("missing_type")
+            hostname = event.get("hostname")
+            if not isinstance(hostname, str) or not hostname:
+                raise Rejected("missing_hostname", f"{event_type} without hostname")
+            self._count_event_type(event_type)
+            handler = _HANDLERS.get(event_type)
+            if handler is not None:
+                handler(self, event, event_type, hostname, received_at)
+        except Rejected as rejection:
+            self.reject(rejection.reason, str(rejection))
+        except Exception as exc:  # a bug or an input we did not foresee: count it, keep going
+            self.reject("invalid_field", f"{type(exc).__name__}: {exc}")
+
+    def reject(self, reason: str, detail: str = "") -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if self.on_reject is not None:
+            self.on_reject(reason, detail)
+
+    def _count_event_type(self, event_type: str) -> None:
+        counts = self.events_by_type
+        if event_type in counts:
+            counts[event_type] += 1
+        elif event_type in KNOWN_EVENT_TYPES or len(counts) < (
+            len(KNOWN_EVENT_TYPES) + MAX_CUSTOM_EVENT_TYPES
+        ):
+            counts[event_type] = 1
+        else:
+            counts[OTHER] = counts.get(OTHER, 0) + 1
+
+    def _task_event(
+        self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
+    ) -> None:
+        uuid = event.get("uuid")
+        if not isinstance(uuid, str) or not uuid:
+            raise Rejected("missing_uuid", f"{event_type} without uuid")
+        name = event.get("name")
+        tracked = self._tracked.get(uuid)
+        if event_type == "task-received":
+            if not isinstance(name, str) or not name:
+                name = tracked.name if tracked else UNKNOWN_TASK
+            timestamp = event.get("timestamp")
+            self._track(uuid, name, timestamp if isinstance(timestamp, (int, float)) else None)
+        elif not isinstance(name, str) or not name:
+            name = tracked.name if tracked else UNKNOWN_TASK
+
+        key = (name, hostname if self.settings.worker_label else "")
+        counts = self.task_counts[event_type]
+        counts[key] = counts.get(key, 0) + 1
+
+        if event_type == "task-started":
+            started = event.get("timestamp")
+            if tracked is not None and tracked.received is not None and _is_number(started):
+                wait = max(0.0, float(started) - tracked.received)
+                self._observe(self.queue_wait, key, wait, self.settings.queue_wait_buckets)
+        elif event_type == "task-succeeded":
+            runtime = event.get("runtime")
+            if _is_number(runtime) and runtime >= 0:
+                self._observe(self.runtime, key, float(runtime), self.settings.runtime_buckets)
+            self._tracked.pop(uuid, None)
+        elif event_type == "task-failed":
+            self._count_exception(name, event.get("exception"))
+            self._tracked.pop(uuid, None)
+        elif event_type in ("task-rejected", "task-revoked"):
+            self._tracked.pop(uuid, None)
+
+    def _task_sent(
+        self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
+    ) -> None:
+        name = event.get("name")
+        queue = event.get("queue")
+        key = (
+            name if isinstance(name, str) and name else UNKNOWN_TASK,
+            queue if isinstance(queue, str) else "",
+        )
+        self.sent[key] = self.sent.get(key, 0) + 1
+
+    def _worker_event(
+        self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
+    ) -> None:
+        worker = self.workers.get(hostname)
+        if worker is None:
+            worker = self.workers[hostname] = WorkerState(hostname)
+        if event_type == "worker-offline":
+            worker.said_goodbye = True
+            return
+        worker.said_goodbye = False
+        worker.last_heartbeat = received_at
+        freq = event.get("freq")
+        # The reply to a receiver's wake-up broadcast is a heartbeat with freq 5 and no load or
+        # active fields: it proves the worker is alive, but must not blank the gauges or stretch
+        # the liveness window of a worker that beats every 2 s.
+        full = "loadavg" in event or "active" in event
+        if _is_number(freq) and freq > 0 and (full or worker.freq == 0.0):
+            worker.freq = float(freq)
+        if not full:
+            return
+        active = event.get("active")
+        if _is_number(active):
+            worker.active = int(active)
+        processed = event.get("processed")
+        if _is_number(processed):
+            worker.processed = int(processed)
+        loadavg = event.get("loadavg")
+        if isinstance(loadavg, (list, tuple)) and len(loadavg) == 3:
+            if not all(_is_number(value) for value in loadavg):
+                raise Rejected("invalid_field", f"loadavg {loadavg!r} from {hostname}")
+            worker.loadavg = (float(loadavg[0]), float(loadavg[1]), float(loadavg[2]))
+        worker.software = (
+            _text(event.get("sw_ident")),
+            _text(event.get("sw_ver")),
+            _text(event.get("sw_sys")),
+        )
+
+    def _track(self, uuid: str, name: str, received: float | None) -> None:
+        tracked = self._tracked
+        tracked.pop(uuid, None)  # a retry is received again: move it to the young end
+        tracked[uuid] = _TrackedTask(name, received)
+        if len(tracked) > self.settings.max_tracked_tasks:
+            del tracked[next(iter(tracked))]
+
+    def _count_exception(self, task: str, exception: Any) -> None:
+        match = _EXCEPTION_CLASS.match(exception) if isinstance(exception, str) else None
+        cls = match.group(1) if match else UNKNOWN_TASK
+        if cls not in self._exception_classes:
+            if len(self._exception_classes) >= self.settings.max_exception_classes:
+                cls = OTHER
+            else:
+                self._exception_classes.add(cls)
+        key = (task, cls)
+        self.exceptions[key] = self.exceptions.get(key, 0) + 1
+
+    @staticmethod
+    def _observe(
+        histograms: dict[TaskKey, Histogram],
+        key: TaskKey,
+        value: float,
+        bounds: tuple[float, ...],
+    ) -> None:
+        histogram = histograms.get(key)
+        if histogram is None:
+            histogram = histograms[key] = Histogram([0] * (len(bounds) + 1))
+        histogram.counts[bisect_left(bounds, value)] += 1
+        histogram.total += value
+
+    # -- scrape side -------------------------------------------------------------------------
+
+    def is_online(self, worker: WorkerState, now: float) -> bool:
+        if worker.said_goodbye or worker.last_heartbeat == 0.0:
+            return False
+        return now < worker.last_heartbeat + self._timeout(worker)
+
+    def _timeout(self, worker: WorkerState) -> float:
+        if self.settings.worker_timeout > 0:
+            return self.settings.worker_timeout
+        # Celery's rule (celery.events.state.HEARTBEAT_EXPIRE_WINDOW): 2 x the worker's freq.
+        return 2.0 * (worker.freq or 2.0)
+
+    def purge_offline_workers(self, now: float) -> list[str]:
+        """Forget workers offline for longer than the purge delay, with their task series."""
+        delay = self.settings.purge_offline_worker_after
+        if delay <= 0:
+            return []
+        gone = [
+            host
+            for host, worker in self.workers.items()
+            if not self.is_online(worker, now)
+            and now - (worker.last_heartbeat + self._timeout(worker)) > delay
+        ]
+        for host in gone:
+            del self.workers[host]
+            if self.settings.worker_label:
+                series: list[dict[TaskKey, Any]] = [
+                    *self.task_counts.values(),
+                    self.runtime,
+                    self.queue_wait,
+                ]
+                for family in series:
+                    for key in [key for key in family if key[1] == host]:
+                        del family[key]
+        return gone
+
+    def snapshot(self, now: float) -> Snapshot:
+        """Copy what a scrape renders; call with ``lock`` held, render after releasing it."""
+        return Snapshot(
+            task_counts={kind: dict(counts) for kind, counts in self.task_counts.items()},
+            sent=dict(self.sent),
+            exceptions=dict(self.exceptions),
+            runtime={k: Histogram(list(h.counts), h.total) for k, h in self.runtime.items()},
+            queue_wait={k: Histogram(list(h.counts), h.total) for k, h in self.queue_wait.items()},
+            workers=[
+                WorkerView(
+                    WorkerState(**vars(worker)),
+                    self.is_online(worker, now),
+                )
+                for worker in self.workers.values()
+            ],
+            events_by_type=dict(self.events_by_type),
+            rejected=dict(self.rejected),
+            tracked_tasks=len(self._tracked),
+        )
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+_Handler = Callable[[State, dict[str, Any], str, str, float], None]
+
+_HANDLERS: Mapping[str, _Handler] = {
+    **{event_type: State._task_event for event_type in TASK_STATE_COUNTERS},
+    "task-sent": State._task_sent,
+    "worker-online": State._worker_event,
+    "worker-heartbeat": State._worker_event,
+    "worker-offline": State._worker_event,
+}
