@@ -213,8 +213,8 @@ class State:
                 self._observe(self.runtime, key, float(runtime), self.settings.runtime_buckets)
             self._tracked.pop(uuid, None)
         elif event_type == "task-failed":
+            # Not forgotten yet: a task that raised Reject fails first, then is rejected.
             self._count_exception(name, event.get("exception"))
-            self._tracked.pop(uuid, None)
         elif event_type in ("task-rejected", "task-revoked"):
             self._tracked.pop(uuid, None)
 

@@ -1,0 +1,359 @@
+"""Real processes for the tests: brokers, the exporter via its console script, celery workers."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+from celery import Celery
+from kombu import Connection
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (requests.RequestException, AssertionError, OSError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}: {last_error}"
+    )
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; .ci/run installs it (see README, Development)")
+    return path
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+Labels = frozenset[tuple[str, str]]
+
+
+@dataclass
+class Metrics:
+    """A parsed /metrics page: sample name -> {labels: value}."""
+
+    samples: dict[str, dict[Labels, float]]
+
+    @classmethod
+    def parse(cls, text: str) -> Metrics:
+        samples: dict[str, dict[Labels, float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
+        return cls(samples)
+
+    def get(self, name: str, **labels: str) -> float | None:
+        return self.samples.get(name, {}).get(frozenset(labels.items()))
+
+    def series(self, name: str, **match: str) -> dict[Labels, float]:
+        """Series of ``name`` whose labels include ``match``."""
+        wanted = set(match.items())
+        return {k: v for k, v in self.samples.get(name, {}).items() if wanted <= set(k)}
+
+    def by_label(self, name: str, label: str, **match: str) -> dict[str, float]:
+        """{value of ``label``: sample value} for series of ``name`` matching ``match``."""
+        return {dict(k)[label]: v for k, v in self.series(name, **match).items()}
+
+
+# -- the exporter ------------------------------------------------------------------------------
+
+
+@dataclass
+class ExporterProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def metrics(self) -> Metrics:
+        response = requests.get(f"{self.url}/metrics", timeout=5)
+        response.raise_for_status()
+        return Metrics.parse(response.text)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@dataclass
+class Processes:
+    """Starts processes for one test and makes sure none outlives it."""
+
+    tmp_path: Path
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None) -> Any:
+        log_path = self.tmp_path / log_name
+        log_file = log_path.open("wb")
+        proc = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a kill reaches pool children too
+        )
+        log_file.close()
+        self.started.append(proc)
+        return proc, log_path
+
+    def exporter(self, broker_url: str, *args: str, wait_connected: bool = True) -> ExporterProcess:
+        port = free_port()
+        command = require_tool("celery-events-exporter")
+        proc, log_path = self.spawn(
+            [
+                command,
+                "--broker-url",
+                broker_url,
+                "--listen-address",
+                f"127.0.0.1:{port}",
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                *args,
+            ],
+            f"exporter-{port}.log",
+        )
+        exporter = ExporterProcess(proc, port, log_path)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"exporter exited {proc.returncode}:\n{exporter.log()}")
+            return requests.get(f"{exporter.url}/healthz", timeout=1).status_code == 200
+
+        wait_until(up, what="exporter /healthz")
+        if wait_connected:
+            wait_until(
+                lambda: exporter.metrics().get("celery_exporter_broker_connected") == 1.0,
+                what="exporter connected to the broker",
+            )
+            # kombu subscribes on its first drain; give it a moment before events are sent.
+            time.sleep(0.5)
+        return exporter
+
+    def worker(
+        self,
+        broker_url: str,
+        name: str,
+        *,
+        events: bool = True,
+        concurrency: int = 2,
+        extra: tuple[str, ...] = (),
+    ) -> WorkerProcess:
+        celery = require_tool("celery")
+        args = [
+            celery,
+            "-A",
+            "tests.celery_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-n",
+            name,
+            "--without-mingle",
+            "-l",
+            "info",
+            *(["-E"] if events else []),
+            *extra,
+        ]
+        proc, log_path = self.spawn(args, f"worker-{name}.log", {"TEST_BROKER_URL": broker_url})
+        worker = WorkerProcess(proc, name, log_path)
+        wait_until(worker.ready, timeout=30, what=f"worker {name} ready")
+        return worker
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for proc in self.started:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    name: str
+    log_path: Path
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited:\n{self.log_path.read_text()}")
+        return " ready." in self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker, pool children included: no worker-offline is sent."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(20)
+
+
+@contextmanager
+def client(broker_url: str) -> Iterator[Celery]:
+    """A client app of its own for ``broker_url``: send_task() and control broadcasts.
+
+    Not the workers' module-level app: Celery's control broadcasts publish through the app's
+    default producer pool even when given another connection.
+    """
+    app = Celery("tests-client", broker=broker_url, set_as_current=False)
+    app.conf.task_send_sent_event = True
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+# -- brokers -----------------------------------------------------------------------------------
+
+
+def _check_broker(url: str) -> None:
+    try:
+        with Connection(url, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        pytest.fail(f"broker {url} is not reachable ({exc}); .ci/run starts Redis and RabbitMQ")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A Redis database of our own on the machine's Redis: pub/sub channels carry the db number,
+    so events of other users of this Redis do not reach our exporter."""
+    url = f"redis://127.0.0.1:6379/{random.randint(1, 15)}"
+    _check_broker(url)
+    return url
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of our own, deleted afterwards."""
+    rabbitmqctl = require_tool("rabbitmqctl")
+    vhost = f"cee-test-{uuid.uuid4().hex[:12]}"
+    subprocess.run([rabbitmqctl, "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(
+        [rabbitmqctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    _check_broker(url)
+    try:
+        yield url
+    finally:
+        subprocess.run([rabbitmqctl, "delete_vhost", vhost], capture_output=True)
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of our own on a free port, which a test may stop and start again."""
+
+    port: int
+    tmp_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        server = require_tool("redis-server")
+        self.proc = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self._pong, what=f"redis-server on port {self.port}")
+
+    def _pong(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    redis = PrivateRedis(free_port(), tmp_path)
+    try:
+        yield redis
+    finally:
+        redis.stop()
