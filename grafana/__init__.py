@@ -1,0 +1,1 @@
+"""Grafana dashboards of celery-events-exporter, generated from the metric catalogue."""

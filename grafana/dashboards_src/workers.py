@@ -1,0 +1,242 @@
+"""The Workers dashboard: Flower's Dashboard tab, one table row per worker."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as dashboard_builders
+from grafana_foundation_sdk.builders import stat, table, timeseries
+from grafana_foundation_sdk.models import common, dashboard
+
+from exporter import metrics as m
+
+from . import panels as p
+from . import promql as q
+
+WORKER_VAR = "worker"
+_FLT: q.Filter = {m.WORKER: f"${WORKER_VAR}"}
+_BY_WORKER = [m.WORKER]
+
+# Flower's Workers columns, in its order. Flower prints the three load averages in one cell
+# ("0.19, 0.08, 0.08"); Grafana's documented transformations cannot join numbers into one text
+# cell, so the three figures sit in adjacent columns (see grafana/README.md).
+WORKER_NAME = "Worker Name"
+STATUS = "Status"
+ACTIVE = "Active"
+PROCESSED = "Processed"
+FAILED = "Failed"
+SUCCEEDED = "Succeeded"
+RETRIED = "Retried"
+LOAD_1 = "Load Average (1 min)"
+LOAD_5 = "Load Average (5 min)"
+LOAD_15 = "Load Average (15 min)"
+
+# The catalogue has no pool-size metric (heartbeats do not carry the concurrency), so "overload"
+# cannot be active / concurrency; these absolute levels stand in and are meant to be edited to
+# the workers' --concurrency.
+ACTIVE_BUSY = 4.0
+ACTIVE_OVERLOADED = 8.0
+
+TABLE_TITLE = "Workers"
+
+
+def _online() -> str:
+    return q.by("max", _BY_WORKER, q.select(q.gauge(m.WORKER_ONLINE), m.WORKER_ONLINE, _FLT))
+
+
+def _gauge_by_worker(spec: m.MetricSpec) -> str:
+    return q.by("max", _BY_WORKER, q.select(q.gauge(spec), spec, _FLT))
+
+
+def _counter_total_by_worker(event: str) -> str:
+    spec = m.TASK_STATE_COUNTERS[event]
+    summed = q.by("sum", _BY_WORKER, q.select(q.counter(spec), spec, _FLT))
+    return q.zero_filled(summed, _online())
+
+
+def table_columns() -> list[tuple[str, str]]:
+    """(column title, instant PromQL) after the Worker Name column, in Flower's order."""
+    return [
+        (STATUS, _online()),
+        (ACTIVE, _gauge_by_worker(m.WORKER_ACTIVE_TASKS)),
+        (PROCESSED, _counter_total_by_worker("task-received")),
+        (FAILED, _counter_total_by_worker("task-failed")),
+        (SUCCEEDED, _counter_total_by_worker("task-succeeded")),
+        (RETRIED, _counter_total_by_worker("task-retried")),
+        (LOAD_1, _gauge_by_worker(m.WORKER_LOAD1)),
+        (LOAD_5, _gauge_by_worker(m.WORKER_LOAD5)),
+        (LOAD_15, _gauge_by_worker(m.WORKER_LOAD15)),
+    ]
+
+
+def _status_mappings() -> list[dashboard.ValueMapping]:
+    return [
+        dashboard.ValueMap(
+            options={
+                "1": dashboard.ValueMappingResult(text="Online", color=p.GREEN, index=0),
+                "0": dashboard.ValueMappingResult(text="Offline", color=p.RED, index=1),
+            }
+        )
+    ]
+
+
+def _active_levels() -> dashboard.ThresholdsConfig:
+    return p.thresholds(p.GREEN, (ACTIVE_BUSY, p.YELLOW), (ACTIVE_OVERLOADED, p.RED)).build()
+
+
+def _workers_table() -> table.Panel:
+    panel = p.merged_table_panel(
+        TABLE_TITLE,
+        "One row per Celery worker, as on Flower's Dashboard tab. Status comes from heartbeats "
+        "(Celery's rule: online while one arrived within 2 x its interval). Processed counts "
+        "tasks received, Failed/Succeeded/Retried count task events, all since the exporter "
+        "started. Load Average is the worker host's 1/5/15-minute load. Active turns yellow at "
+        f"{ACTIVE_BUSY:g} and red at {ACTIVE_OVERLOADED:g} running tasks; set these to the "
+        "workers' concurrency. Filter with the Worker variable (regex).",
+        [(m.WORKER, WORKER_NAME)],
+        table_columns(),
+        sort_by=WORKER_NAME,
+        sort_desc=False,
+        height=10,
+    )
+    panel = p.override(
+        panel,
+        STATUS,
+        {
+            "mappings": _status_mappings(),
+            "custom.cellOptions": common.TableColorTextCellOptions(),
+            "unit": "none",
+        },
+    )
+    panel = p.override(
+        panel,
+        ACTIVE,
+        {
+            "thresholds": _active_levels(),
+            "custom.cellOptions": common.TableColoredBackgroundCellOptions(
+                mode=common.TableCellBackgroundDisplayMode.BASIC
+            ),
+        },
+    )
+    for load in (LOAD_1, LOAD_5, LOAD_15):
+        panel = p.override(panel, load, {"decimals": 2, "unit": "none"})
+    return p.override(
+        panel,
+        WORKER_NAME,
+        {
+            "links": [
+                {
+                    "title": "Show only this worker",
+                    "url": "/d/${__dashboard.uid}?var-worker=${__value.raw}&${__url_time_range}"
+                    "&${datasource:queryparam}",
+                }
+            ]
+        },
+    )
+
+
+def _stats() -> list[stat.Panel]:
+    online = q.select(q.gauge(m.WORKER_ONLINE), m.WORKER_ONLINE, _FLT)
+    active = q.select(q.gauge(m.WORKER_ACTIVE_TASKS), m.WORKER_ACTIVE_TASKS, _FLT)
+    failed = m.TASK_STATE_COUNTERS["task-failed"]
+    succeeded = m.TASK_STATE_COUNTERS["task-succeeded"]
+    return [
+        p.stat_panel(
+            "Workers online",
+            "Workers whose heartbeats arrive (celery_worker_online = 1).",
+            f"count({online} == 1) or vector(0)",
+            "short",
+            p.thresholds(p.RED, (1, p.GREEN)),
+        ),
+        p.stat_panel(
+            "Workers offline",
+            "Workers the exporter has seen that stopped sending heartbeats or said goodbye "
+            "(celery_worker_online = 0).",
+            f"count({online} == 0) or vector(0)",
+            "short",
+            p.thresholds(p.GREEN, (1, p.RED)),
+        ),
+        p.stat_panel(
+            "Tasks active",
+            "Tasks executing right now on the selected workers, from their last heartbeats.",
+            f"sum({active}) or vector(0)",
+            "short",
+            p.thresholds(p.GREEN),
+        ),
+        p.stat_panel(
+            "Failure ratio (time range)",
+            "Failed / (failed + succeeded) tasks on the selected workers over the dashboard's "
+            "time range. Empty when no task finished.",
+            q.failure_ratio(failed, succeeded, _FLT, [], "increase", q.RANGE_WINDOW),
+            "percentunit",
+            p.thresholds(p.GREEN, (0.01, p.YELLOW), (0.05, p.RED)),
+            no_value="no finished task",
+        ),
+    ]
+
+
+def _trends() -> list[timeseries.Panel]:
+    active = _gauge_by_worker(m.WORKER_ACTIVE_TASKS)
+    rate_targets = []
+    for ref, (event, state) in enumerate(
+        (
+            ("task-received", "received"),
+            ("task-succeeded", "succeeded"),
+            ("task-failed", "failed"),
+            ("task-retried", "retried"),
+        )
+    ):
+        spec = m.TASK_STATE_COUNTERS[event]
+        expr = q.by("sum", _BY_WORKER, q.rate(q.select(q.counter(spec), spec, _FLT)))
+        rate_targets.append(p.query(expr, p.ref_letter(ref), "{{worker}} " + state))
+    load_targets = [
+        p.query(_gauge_by_worker(spec), p.ref_letter(ref), "{{worker}} " + window)
+        for ref, (spec, window) in enumerate(
+            ((m.WORKER_LOAD1, "1m"), (m.WORKER_LOAD5, "5m"), (m.WORKER_LOAD15, "15m"))
+        )
+    ]
+    return [
+        p.timeseries_panel(
+            "Active tasks per worker",
+            "Tasks each worker is executing (heartbeat 'active'). The dashed lines mark "
+            f"{ACTIVE_BUSY:g} and {ACTIVE_OVERLOADED:g} tasks: adjust them to the workers' "
+            "concurrency, the exporter does not know the pool size.",
+            [p.query(active, "A", "{{worker}}")],
+            "short",
+            colors=p.thresholds(p.GREEN, (ACTIVE_BUSY, p.YELLOW), (ACTIVE_OVERLOADED, p.RED)),
+        ),
+        p.timeseries_panel(
+            "Task rate by state per worker",
+            "Tasks per second each worker received, finished successfully, failed or retried.",
+            rate_targets,
+            "ops",
+        ),
+        p.timeseries_panel(
+            "Load average per worker",
+            "1, 5 and 15-minute load average of each worker's host, from its heartbeats.",
+            load_targets,
+            "none",
+        ),
+    ]
+
+
+def build() -> dashboard_builders.Dashboard:
+    board = p.dashboard_shell(
+        p.WORKERS_UID,
+        "Celery / Workers",
+        "Flower's Dashboard tab rebuilt on celery-events-exporter metrics.",
+        p.TASKS_UID,
+        "Celery / Tasks",
+    ).with_variable(
+        p.regex_textbox(
+            WORKER_VAR,
+            "Worker (regex)",
+            "Show workers whose full name matches this regex, e.g. celery@web.* (Flower's "
+            "search box).",
+        )
+    )
+    for panel in _stats():
+        board = board.with_panel(panel)
+    board = board.with_panel(_workers_table())
+    board = board.with_row(dashboard_builders.Row("Per-worker trends"))
+    for trend in _trends():
+        board = board.with_panel(trend)
+    return board

@@ -1,0 +1,127 @@
+"""Generate the Grafana dashboards from the metric catalogue.
+
+Usage: ``python grafana/generate.py`` rewrites grafana/dashboards/*.json;
+``python grafana/generate.py --check`` writes nothing and exits 1 if the committed JSON is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if __package__ in (None, ""):
+    # Run as a script (python grafana/generate.py): make the repository root importable so the
+    # `grafana` package and `exporter` resolve the same way as under pytest.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from grafana.dashboards_src import panels, tasks, workers
+from grafana.dashboards_src.serialize import to_dict
+
+if TYPE_CHECKING:
+    from grafana_foundation_sdk.builders import dashboard as dashboard_builders
+
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
+
+# uid -> (file name, builder). The order is the order of all_queries().
+DASHBOARDS: dict[str, tuple[str, Callable[[], dashboard_builders.Dashboard]]] = {
+    panels.WORKERS_UID: ("celery-workers.json", workers.build),
+    panels.TASKS_UID: ("celery-tasks.json", tasks.build),
+}
+
+# What the macros expand to when an expression is checked or run outside Grafana.
+MACRO_VALUES: Mapping[str, str] = {
+    "__rate_interval": "1m",
+    "__interval": "1m",
+    "__range": "1h",
+}
+
+_MACRO = re.compile(r"\$(__\w+)")
+_VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)")
+
+
+def dashboard_dict(uid: str) -> dict[str, Any]:
+    """The dashboard as Grafana's JSON model, with stable panel ids."""
+    _, build = DASHBOARDS[uid]
+    model = build().build()
+    # The SDK leaves ids at 0; Grafana keys panel state (links, edit, repeats) on unique ids.
+    for number, panel in enumerate(model.panels or [], start=1):
+        panel.id_val = number
+    return to_dict(model)
+
+
+def render(uid: str) -> str:
+    return json.dumps(dashboard_dict(uid), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def output_path(uid: str) -> Path:
+    return DASHBOARD_DIR / DASHBOARDS[uid][0]
+
+
+def substitute(expr: str, variables: Mapping[str, str]) -> str:
+    """Expand Grafana macros and dashboard variables the way Grafana would before querying.
+
+    Variable values land inside PromQL double-quoted strings, so they are escaped for that. An
+    unknown macro or variable raises KeyError: a typo must not pass as a literal.
+    """
+
+    def macro(match: re.Match[str]) -> str:
+        return MACRO_VALUES[match.group(1)]
+
+    def variable(match: re.Match[str]) -> str:
+        value = variables[match.group(1) or match.group(2)]
+        return value.replace("\\", "\\\\").replace('"', '\\"')
+
+    return _VARIABLE.sub(variable, _MACRO.sub(macro, expr))
+
+
+def iter_targets(board: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(panel, target) for every query of the dashboard, rows' nested panels included."""
+    for panel in board.get("panels", []):
+        for nested in [panel, *panel.get("panels", [])]:
+            for target in nested.get("targets") or []:
+                yield nested, target
+
+
+def all_queries(worker_regex: str = ".*", task_regex: str = ".*") -> list[tuple[str, str, str]]:
+    """(dashboard uid, panel title, PromQL ready to run) for every query of every dashboard."""
+    variables = {workers.WORKER_VAR: worker_regex, tasks.TASK_VAR: task_regex}
+    return [
+        (uid, str(panel["title"]), substitute(str(target["expr"]), variables))
+        for uid in DASHBOARDS
+        for panel, target in iter_targets(dashboard_dict(uid))
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if a committed dashboard differs from the generated one",
+    )
+    args = parser.parse_args(argv)
+    stale: list[Path] = []
+    for uid in DASHBOARDS:
+        path = output_path(uid)
+        fresh = render(uid)
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == fresh:
+            continue
+        if args.check:
+            stale.append(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(fresh, encoding="utf-8")
+            print(f"wrote {path}")
+    for path in stale:
+        print(f"stale: {path} (run python grafana/generate.py)", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

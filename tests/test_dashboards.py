@@ -1,0 +1,387 @@
+"""The generated Grafana dashboards: fresh, valid PromQL over catalogue metrics, Flower's layout."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import promql_parser
+import pytest
+
+from exporter import metrics
+from grafana import generate
+from grafana.dashboards_src import panels, tasks, workers
+from grafana.dashboards_src.serialize import round_trip
+
+REPO = Path(__file__).resolve().parent.parent
+UIDS = list(generate.DASHBOARDS)
+# Which label each dashboard's search variable filters, and the variable's name.
+FILTERS = {
+    panels.WORKERS_UID: (metrics.WORKER, workers.WORKER_VAR),
+    panels.TASKS_UID: (metrics.TASK, tasks.TASK_VAR),
+}
+
+# Flower's Workers columns as /work/shared/seed-flower-monitoring.md lists them, Load Average
+# split into its three figures (Grafana cannot render three numbers in one cell).
+FLOWER_WORKER_COLUMNS = [
+    "Worker Name",
+    "Status",
+    "Active",
+    "Processed",
+    "Failed",
+    "Succeeded",
+    "Retried",
+    "Load Average (1 min)",
+    "Load Average (5 min)",
+    "Load Average (15 min)",
+]
+
+
+def committed(uid: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(generate.output_path(uid).read_text(encoding="utf-8"))
+    return data
+
+
+def all_panels(board: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    for panel in board["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def selectors(node: Any) -> Iterator[promql_parser.VectorSelector]:
+    """Every vector selector of a parsed PromQL expression."""
+    if isinstance(node, promql_parser.VectorSelector):
+        yield node
+    elif isinstance(node, promql_parser.MatrixSelector):
+        yield node.vector_selector
+    elif isinstance(node, promql_parser.BinaryExpr):
+        yield from selectors(node.lhs)
+        yield from selectors(node.rhs)
+    elif isinstance(node, promql_parser.AggregateExpr):
+        yield from selectors(node.expr)
+        if node.param is not None:
+            yield from selectors(node.param)
+    elif isinstance(
+        node, promql_parser.ParenExpr | promql_parser.UnaryExpr | promql_parser.SubqueryExpr
+    ):
+        yield from selectors(node.expr)
+    elif isinstance(node, promql_parser.Call):
+        for arg in node.args:
+            yield from selectors(arg)
+
+
+def metric_names(expr: str) -> set[str]:
+    names = {selector.name for selector in selectors(promql_parser.parse(expr))}
+    assert None not in names, f"selector without a metric name in {expr}"
+    return {name for name in names if name is not None}
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_committed_json_is_what_the_generator_writes(uid: str) -> None:
+    path = generate.output_path(uid)
+    assert path.exists(), f"{path} missing: run python grafana/generate.py"
+    assert path.read_text(encoding="utf-8") == generate.render(uid), (
+        f"{path} is stale: run python grafana/generate.py"
+    )
+
+
+def test_generation_is_deterministic() -> None:
+    for uid in UIDS:
+        assert generate.render(uid) == generate.render(uid)
+
+
+def test_check_flag_fails_on_a_stale_file_and_leaves_it_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for uid in UIDS:
+        (tmp_path / generate.DASHBOARDS[uid][0]).write_text(generate.render(uid), "utf-8")
+    monkeypatch.setattr(generate, "DASHBOARD_DIR", tmp_path)
+    assert generate.main(["--check"]) == 0
+
+    stale = tmp_path / generate.DASHBOARDS[panels.TASKS_UID][0]
+    stale.write_text("{}\n", encoding="utf-8")
+    assert generate.main(["--check"]) == 1
+    assert stale.read_text(encoding="utf-8") == "{}\n"
+
+    assert generate.main([]) == 0
+    assert stale.read_text(encoding="utf-8") == generate.render(panels.TASKS_UID)
+
+
+def test_script_check_passes_on_the_committed_files() -> None:
+    # The documented entry point, run as a script from the repository root.
+    result = subprocess.run(
+        [sys.executable, "grafana/generate.py", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("worker_regex", "task_regex"),
+    [(".*", ".*"), ("celery@web-1", "blurit\\.image"), ('odd"quote\\.x', 'x"y')],
+)
+def test_every_expression_parses(worker_regex: str, task_regex: str) -> None:
+    queries = generate.all_queries(worker_regex, task_regex)
+    assert {uid for uid, _, _ in queries} == set(UIDS)
+    for uid, title, expr in queries:
+        try:
+            promql_parser.parse(expr)
+        except ValueError as error:
+            pytest.fail(f"{uid} / {title}: {error}\n{expr}")
+
+
+def test_every_metric_is_in_the_catalogue() -> None:
+    exported = metrics.sample_names()
+    used: set[str] = set()
+    for uid, title, expr in generate.all_queries():
+        names = metric_names(expr)
+        assert names, f"{uid} / {title} reads no metric: {expr}"
+        assert names <= exported, f"{uid} / {title}: unknown {sorted(names - exported)}"
+        used |= names
+    required = {
+        *(spec.sample_names[0] for spec in metrics.TASK_STATE_COUNTERS.values()),
+        metrics.TASK_EXCEPTIONS.sample_names[0],
+        *metrics.TASK_RUNTIME.sample_names,
+        f"{metrics.TASK_QUEUE_WAIT.name}_bucket",
+        metrics.WORKER_ONLINE.name,
+        metrics.WORKER_ACTIVE_TASKS.name,
+        metrics.WORKER_LOAD1.name,
+        metrics.WORKER_LOAD5.name,
+        metrics.WORKER_LOAD15.name,
+    }
+    assert required - used == set()
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_every_selector_honours_the_search_variable(uid: str) -> None:
+    label, variable = FILTERS[uid]
+    sentinel = "sentinel-(a|b).*"
+    queries = generate.all_queries(worker_regex=sentinel, task_regex=sentinel)
+    for query_uid, title, expr in queries:
+        if query_uid != uid:
+            continue
+        for selector in selectors(promql_parser.parse(expr)):
+            filters = [
+                (matcher.op, matcher.value)
+                for matcher in selector.matchers.matchers
+                if matcher.name == label
+            ]
+            assert filters == [(promql_parser.MatchOp.Re, sentinel)], (
+                f"{uid} / {title}: {selector.name} not filtered by ${variable}"
+            )
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_range_functions_use_grafana_windows(uid: str) -> None:
+    for panel, target in generate.iter_targets(committed(uid)):
+        expr = str(target["expr"])
+        windows = re.findall(r"\[([^\]]*)\]", expr)
+        if re.search(r"\b(rate|increase)\(", expr):
+            assert windows, f"{panel['title']}: rate or increase without a range: {expr}"
+        assert set(windows) <= {"$__rate_interval", "$__range"}, (panel["title"], windows)
+        for window in re.findall(r"\brate\([^\[]*\[([^\]]*)\]", expr):
+            assert window == "$__rate_interval", (panel["title"], expr)
+
+
+def test_substitution_rejects_unknown_variables_and_macros() -> None:
+    with pytest.raises(KeyError):
+        generate.substitute('up{worker=~"$wroker"}', {"worker": ".*"})
+    with pytest.raises(KeyError):
+        generate.substitute("rate(up[$__rate_intervl])", {})
+    assert (
+        generate.substitute(
+            'rate(x{a=~"${worker}", b=~"${task:regex}", c=~"$task"}[$__rate_interval]) '
+            "+ increase(x[$__range])",
+            {"worker": "w", "task": "t"},
+        )
+        == 'rate(x{a=~"w", b=~"t", c=~"t"}[1m]) + increase(x[1h])'
+    )
+
+
+def workers_table() -> Mapping[str, Any]:
+    board = committed(panels.WORKERS_UID)
+    [table] = [p for p in all_panels(board) if p.get("title") == workers.TABLE_TITLE]
+    assert table["type"] == "table"
+    return table
+
+
+def visible_columns(table: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field name, title) of the columns the organize transformation shows, in order."""
+    [organize] = [t for t in table["transformations"] if t["id"] == "organize"]
+    options = organize["options"]
+    shown = [
+        name for name in options["indexByName"] if not options["excludeByName"].get(name, False)
+    ]
+    shown.sort(key=lambda name: options["indexByName"][name])
+    return [(name, options["renameByName"].get(name, name)) for name in shown]
+
+
+def test_workers_table_has_flowers_columns_in_flowers_order() -> None:
+    table = workers_table()
+    assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
+    columns = visible_columns(table)
+    assert [title for _, title in columns] == FLOWER_WORKER_COLUMNS
+    assert columns[0][0] == metrics.WORKER
+    assert table["options"]["sortBy"] == [{"desc": False, "displayName": "Worker Name"}]
+
+
+def test_workers_table_columns_read_the_right_metrics() -> None:
+    table = workers_table()
+    by_ref = {target["refId"]: target for target in table["targets"]}
+    for target in by_ref.values():
+        assert target["instant"] is True
+        assert target["format"] == "table"
+    online = metrics.WORKER_ONLINE.name
+
+    def counter(event: str) -> str:
+        return metrics.TASK_STATE_COUNTERS[event].sample_names[0]
+
+    expected = {
+        "Status": {online},
+        "Active": {metrics.WORKER_ACTIVE_TASKS.name},
+        "Processed": {counter("task-received"), online},
+        "Failed": {counter("task-failed"), online},
+        "Succeeded": {counter("task-succeeded"), online},
+        "Retried": {counter("task-retried"), online},
+        "Load Average (1 min)": {metrics.WORKER_LOAD1.name},
+        "Load Average (5 min)": {metrics.WORKER_LOAD5.name},
+        "Load Average (15 min)": {metrics.WORKER_LOAD15.name},
+    }
+    for field, title in visible_columns(table)[1:]:
+        ref = field.removeprefix("Value #")
+        expr = generate.substitute(by_ref[ref]["expr"], {workers.WORKER_VAR: ".*"})
+        assert metric_names(expr) == expected[title], title
+        # One value per worker: gauges keep the worker's own sample, counters add up its tasks.
+        kind = "sum" if title in ("Processed", "Failed", "Succeeded", "Retried") else "max"
+        assert row_aggregation(expr) == (kind, [metrics.WORKER]), title
+
+
+def row_aggregation(expr: str) -> tuple[str, list[str]]:
+    """The aggregation that decides a column's rows (the left side of a zero-filling `or`)."""
+    node: Any = promql_parser.parse(expr)
+    while isinstance(node, promql_parser.ParenExpr):
+        node = node.expr
+    if isinstance(node, promql_parser.BinaryExpr) and str(node.op) == "or":
+        node = node.lhs
+    assert isinstance(node, promql_parser.AggregateExpr), expr
+    assert node.modifier is not None, expr
+    assert node.modifier.type == promql_parser.AggModifierType.By, expr
+    return str(node.op), list(node.modifier.labels)
+
+
+def test_workers_status_maps_online_green_and_offline_red() -> None:
+    table = workers_table()
+    [status] = [o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Status"]
+    properties = {prop["id"]: prop["value"] for prop in status["properties"]}
+    [mapping] = properties["mappings"]
+    assert mapping["type"] == "value"
+    assert {key: (v["text"], v["color"]) for key, v in mapping["options"].items()} == {
+        "1": ("Online", "green"),
+        "0": ("Offline", "red"),
+    }
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_every_panel_has_a_description_and_every_data_panel_a_unit(uid: str) -> None:
+    for panel in all_panels(committed(uid)):
+        if panel["type"] == "row":
+            continue
+        assert panel.get("description", "").strip(), f"{panel['title']}: no description"
+        if panel.get("targets"):
+            unit = panel["fieldConfig"]["defaults"].get("unit")
+            assert unit, f"{panel['title']}: no unit"
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_datasource_is_a_variable_used_everywhere(uid: str) -> None:
+    board = committed(uid)
+    [variable] = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+    assert (variable["name"], variable["query"]) == ("datasource", "prometheus")
+    reference = {"type": "prometheus", "uid": "${datasource}"}
+    data_panels = [p for p in all_panels(board) if p["type"] not in ("row", "text")]
+    assert data_panels
+    for panel in data_panels:
+        assert panel["datasource"] == reference, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == reference, panel["title"]
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_dashboard_chrome(uid: str) -> None:
+    board = committed(uid)
+    _, variable = FILTERS[uid]
+    assert board["uid"] == uid
+    assert "celery" in board["tags"]
+    assert board["refresh"] == "30s"
+    assert "30s" in board["timepicker"]["refresh_intervals"]
+    [search] = [v for v in board["templating"]["list"] if v["name"] == variable]
+    assert (search["type"], search["query"]) == ("textbox", ".*")
+    [other] = [u for u in UIDS if u != uid]
+    assert any(link.get("url") == f"/d/{other}" for link in board["links"])
+    assert any(
+        link["type"] == "dashboards" and link["tags"] == ["celery"] for link in board["links"]
+    )
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_panels_fit_the_grid_without_overlapping(uid: str) -> None:
+    cells: dict[tuple[int, int], str] = {}
+    ids = []
+    for panel in committed(uid)["panels"]:
+        ids.append(panel["id"])
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+    assert len(set(ids)) == len(ids) and 0 not in ids
+
+
+def test_tasks_dashboard_covers_the_brief() -> None:
+    board = committed(panels.TASKS_UID)
+    titles = [panel["title"] for panel in all_panels(board)]
+    for _, state in tasks.STATES:
+        assert f"{state} per second" in titles
+    for required in (
+        "Failure ratio per task",
+        "Runtime p50 per task",
+        "Runtime p95 per task",
+        "Runtime p99 per task",
+        "Queue wait p95 per task",
+        "Slowest tasks (time range)",
+        "Failures by exception class",
+    ):
+        assert required in titles
+    [slowest] = [p for p in all_panels(board) if p["title"] == "Slowest tasks (time range)"]
+    assert slowest["options"]["sortBy"] == [{"desc": True, "displayName": "Runtime p95"}]
+    assert [title for _, title in visible_columns(slowest)][:2] == ["Name", "Runtime p95"]
+
+
+def test_recent_tasks_row_points_at_the_exporter_api() -> None:
+    top = committed(panels.TASKS_UID)["panels"]
+    [row_index] = [
+        i for i, p in enumerate(top) if p["type"] == "row" and p["title"] == "Recent tasks"
+    ]
+    following = top[row_index + 1]
+    assert following["type"] == "text"
+    content = following["options"]["content"]
+    assert "/api/tasks" in content
+    for column in ("UUID", "args", "kwargs", "Result"):
+        assert column in content
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_json_round_trips_through_the_sdk_models(uid: str) -> None:
+    # from_json drops keys the schema does not know, so a misspelt key shows up as a difference.
+    data = committed(uid)
+    assert round_trip(data) == data
