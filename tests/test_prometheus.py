@@ -1,0 +1,411 @@
+"""The Prometheus side: config, generated rules, promtool unit tests, runbook links, metric names.
+
+promtool and prometheus are real binaries (Debian's `prometheus` package); a missing one fails the
+tests with an install hint instead of skipping them, since CI installs it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import promql_parser
+import pytest
+import requests
+import yaml
+
+from exporter import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+PROM_DIR = ROOT / "prometheus"
+CONFIG = PROM_DIR / "prometheus.yml"
+RULES_DIR = PROM_DIR / "rules"
+RECORDING = RULES_DIR / "celery-recording.rules.yml"
+ALERTS = RULES_DIR / "celery-alerts.rules.yml"
+TESTS_DIR = PROM_DIR / "tests"
+GENERATOR = PROM_DIR / "generate_rules.py"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+RUNBOOK_URL = (
+    "https://github.com/celery-events-exporter/celery-events-exporter/blob/main/docs/runbook.md"
+)
+JOB = "celery-events-exporter"
+EXPECTED_ALERTS = {
+    "CeleryTaskFailureRatioHigh",
+    "CeleryWorkerOffline",
+    "CeleryNoWorkerOnline",
+    "CeleryExporterDown",
+    "CeleryBrokerDisconnected",
+    "CeleryEventsRejected",
+    "CeleryExporterFallingBehind",
+    "CeleryTaskQueueWaitHigh",
+}
+INSTALL_HINT = "install Debian's `prometheus` package: apt-get install prometheus"
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` is not on PATH; {INSTALL_HINT}", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return _binary("promtool")
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(arg) for arg in args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def _assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, (
+        f"{' '.join(result.args)} exited {result.returncode}\n"
+        f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
+
+
+def _load(path: Path) -> Any:
+    with path.open(encoding="utf-8") as stream:
+        return yaml.safe_load(stream)
+
+
+def _rules(path: Path) -> list[dict[str, Any]]:
+    return [rule for group in _load(path)["groups"] for rule in group["rules"]]
+
+
+def _alerts() -> list[dict[str, Any]]:
+    return _rules(ALERTS)
+
+
+def _unit_test_files() -> list[Path]:
+    return sorted(TESTS_DIR.glob("*.test.yml"))
+
+
+# --- promtool ------------------------------------------------------------------------------------
+
+
+def test_promtool_check_config(promtool: str) -> None:
+    result = _run(promtool, "check", "config", CONFIG)
+    _assert_ok(result)
+    rule_files = sorted(RULES_DIR.glob("*.rules.yml"))
+    assert rule_files == sorted([RECORDING, ALERTS])
+    # The glob in rule_files must pick up both generated files, relative to the config file.
+    assert f"SUCCESS: {len(rule_files)} rule files found" in result.stdout
+
+
+def test_promtool_check_rules(promtool: str) -> None:
+    result = _run(promtool, "check", "rules", RECORDING, ALERTS)
+    _assert_ok(result)
+    for path in (RECORDING, ALERTS):
+        assert f"SUCCESS: {len(_rules(path))} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass(promtool: str) -> None:
+    files = _unit_test_files()
+    assert len(files) >= 4, f"expected the promtool unit tests under {TESTS_DIR}, found {files}"
+    result = _run(promtool, "test", "rules", *files)
+    _assert_ok(result)
+    assert result.stdout.count("SUCCESS") == len(files)
+
+
+def _alert_rule_tests() -> list[dict[str, Any]]:
+    return [
+        case
+        for path in _unit_test_files()
+        for test in _load(path)["tests"]
+        for case in test.get("alert_rule_test", [])
+    ]
+
+
+def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
+    cases = _alert_rule_tests()
+    for name in EXPECTED_ALERTS:
+        mine = [case for case in cases if case["alertname"] == name]
+        firing = [case for case in mine if case.get("exp_alerts")]
+        silent = [case for case in mine if not case.get("exp_alerts")]
+        assert firing, f"no promtool case expects {name} to fire"
+        assert silent, f"no promtool case expects {name} to stay silent"
+        for case in firing:
+            for alert in case["exp_alerts"]:
+                assert "severity" in alert["exp_labels"], (name, alert)
+                assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
+
+
+def test_every_recording_rule_has_an_expression_test() -> None:
+    tested = " ".join(
+        case["expr"]
+        for path in _unit_test_files()
+        for test in _load(path)["tests"]
+        for case in test.get("promql_expr_test", [])
+    )
+    untested = [
+        rule["record"]
+        for rule in _rules(RECORDING)
+        if not re.search(rf"(?<![\w:]){re.escape(rule['record'])}(?![\w:])", tested)
+    ]
+    assert untested == []
+
+
+# --- the generator -------------------------------------------------------------------------------
+
+
+def _generate(output_dir: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return _run(sys.executable, GENERATOR, "--output-dir", output_dir, *options)
+
+
+def test_committed_rules_match_the_generator(tmp_path: Path) -> None:
+    _assert_ok(_generate(tmp_path))
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([RECORDING.name, ALERTS.name])
+    for committed in (RECORDING, ALERTS):
+        fresh = (tmp_path / committed.name).read_text(encoding="utf-8")
+        assert committed.read_text(encoding="utf-8") == fresh, (
+            f"{committed.relative_to(ROOT)} is stale: run `python prometheus/generate_rules.py`"
+        )
+
+
+def test_generator_options_reach_the_rules(tmp_path: Path, promtool: str) -> None:
+    _assert_ok(
+        _generate(
+            tmp_path,
+            "--rate-window=10m",
+            "--failure-ratio-threshold=0.25",
+            "--failure-min-tasks=40",
+            "--worker-offline-for=7m",
+            "--job=celery-prod",
+        )
+    )
+    alerts = {rule["alert"]: rule for rule in _rules(tmp_path / ALERTS.name)}
+    failure = alerts["CeleryTaskFailureRatioHigh"]
+    assert failure["expr"] == (
+        "task:celery_task_failure_ratio:rate10m > 0.25\n"
+        "and on (task)\n"
+        "task:celery_task_completed:rate10m * 600 >= 40"
+    )
+    assert "threshold 25%" in failure["annotations"]["description"]
+    assert alerts["CeleryWorkerOffline"]["for"] == "7m"
+    assert 'up{job="celery-prod"}' in alerts["CeleryExporterDown"]["expr"]
+    records = {rule["record"] for rule in _rules(tmp_path / RECORDING.name)}
+    assert "task:celery_task_failure_ratio:rate10m" in records
+    assert "task:celery_task_failure_ratio:rate5m" not in records
+    _assert_ok(_run(promtool, "check", "rules", *sorted(tmp_path.iterdir())))
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--rate-window=5 minutes", "not a Prometheus duration"),
+        ("--failure-ratio-threshold=1.5", "fraction below 1"),
+        ("--queue-wait-threshold=-1", "must not be negative"),
+    ],
+)
+def test_generator_rejects_bad_options(tmp_path: Path, option: str, message: str) -> None:
+    result = _generate(tmp_path, option)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- alerts and the runbook ----------------------------------------------------------------------
+
+
+def _github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a Markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def _runbook_anchors() -> set[str]:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    return {_github_anchor(m.group(1)) for m in re.finditer(r"^#+\s+(.+)$", text, re.MULTILINE)}
+
+
+def test_alerts_are_the_expected_set() -> None:
+    names = [rule["alert"] for rule in _alerts()]
+    assert sorted(names) == sorted(EXPECTED_ALERTS)
+
+
+@pytest.mark.parametrize("alert", _alerts(), ids=lambda rule: str(rule["alert"]))
+def test_alert_has_annotations_and_a_runbook_section(alert: dict[str, Any]) -> None:
+    name = alert["alert"]
+    assert set(alert["annotations"]) == {"summary", "description", "runbook_url"}
+    assert all(value.strip() for value in alert["annotations"].values())
+    assert alert["labels"]["severity"] in {"warning", "critical"}
+    anchor = name.lower()
+    assert alert["annotations"]["runbook_url"] == f"{RUNBOOK_URL}#{anchor}"
+    assert anchor in _runbook_anchors(), f"docs/runbook.md has no section '## {name}'"
+
+
+def test_runbook_has_no_section_without_an_alert() -> None:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    sections = re.findall(r"^## (\S+)\s*$", text, re.MULTILINE)
+    assert sorted(sections) == sorted(EXPECTED_ALERTS)
+
+
+# --- metric names --------------------------------------------------------------------------------
+
+
+def _selected_names(node: object) -> Iterator[str]:
+    """Every metric name a PromQL expression selects; a selector without a name is an error."""
+    if isinstance(node, promql_parser.VectorSelector):
+        names = [m.value for m in node.matchers.matchers if m.name == "__name__"]
+        name = node.name or (names[0] if names else None)
+        assert name, f"selector without a metric name: {node}"
+        yield name
+    elif isinstance(node, promql_parser.MatrixSelector):
+        yield from _selected_names(node.vector_selector)
+    elif isinstance(node, promql_parser.Call):
+        for arg in node.args:
+            yield from _selected_names(arg)
+    elif isinstance(node, promql_parser.AggregateExpr):
+        yield from _selected_names(node.expr)
+        if node.param is not None:
+            yield from _selected_names(node.param)
+    elif isinstance(node, promql_parser.BinaryExpr):
+        yield from _selected_names(node.lhs)
+        yield from _selected_names(node.rhs)
+    elif isinstance(
+        node, promql_parser.ParenExpr | promql_parser.UnaryExpr | promql_parser.SubqueryExpr
+    ):
+        yield from _selected_names(node.expr)
+    else:
+        assert isinstance(node, promql_parser.NumberLiteral | promql_parser.StringLiteral), node
+
+
+def _selectors(node: object) -> Iterator[promql_parser.VectorSelector]:
+    if isinstance(node, promql_parser.VectorSelector):
+        yield node
+    for child in ("vector_selector", "expr", "lhs", "rhs", "param"):
+        value = getattr(node, child, None)
+        if value is not None:
+            yield from _selectors(value)
+    for arg in getattr(node, "args", None) or ():
+        yield from _selectors(arg)
+
+
+def _parse(expr: str) -> promql_parser.Expr:
+    try:
+        return promql_parser.parse(expr)
+    except Exception as error:  # the parser raises a bare Exception subclass per failure
+        pytest.fail(f"cannot parse PromQL {expr!r}: {error}")
+
+
+def test_rules_select_only_catalogue_metrics_and_recorded_series() -> None:
+    recorded = {rule["record"] for rule in _rules(RECORDING)}
+    allowed = metrics.sample_names() | recorded | {"up"}
+    selected: set[str] = set()
+    for path in (RECORDING, ALERTS):
+        for rule in _rules(path):
+            names = set(_selected_names(_parse(rule["expr"])))
+            assert names, f"{rule} selects no series"
+            unknown = names - allowed
+            assert not unknown, f"{rule.get('alert') or rule.get('record')} selects {unknown}"
+            selected |= names
+    # The walk must reach selectors inside functions, aggregations, offsets and set operators.
+    assert {
+        "up",
+        *metrics.WORKER_ONLINE.sample_names,
+        *metrics.EXPORTER_EVENTS_REJECTED.sample_names,
+        *metrics.TASK_QUEUE_WAIT.sample_names[:1],
+    } <= selected
+
+
+def test_unit_test_series_are_catalogue_metrics() -> None:
+    """Test inputs with a misspelt name would prove nothing about the real series."""
+    allowed = metrics.sample_names() | {"up"}
+    for path in _unit_test_files():
+        for test in _load(path)["tests"]:
+            for series in test["input_series"]:
+                name = series["series"].split("{", 1)[0].strip()
+                assert name in allowed, f"{path.name}: {name} is not a metric the exporter exports"
+
+
+def test_job_matchers_name_the_scrape_job() -> None:
+    config = _load(CONFIG)
+    jobs = [job["job_name"] for job in config["scrape_configs"]]
+    assert jobs == [JOB]
+    matched = {
+        matcher.value
+        for rule in _alerts()
+        for selector in _selectors(_parse(rule["expr"]))
+        for matcher in selector.matchers.matchers
+        if matcher.name == "job"
+    }
+    assert matched == {JOB}
+
+
+def test_exporter_target_comes_from_file_sd() -> None:
+    (job,) = _load(CONFIG)["scrape_configs"]
+    assert "static_configs" not in job
+    assert job["file_sd_configs"] == [{"files": ["targets/*.yml"]}]
+    groups = _load(PROM_DIR / "targets" / "exporter.yml")
+    assert groups == [{"targets": ["exporter:19808"]}]
+
+
+# --- a real Prometheus loads the config ----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _poll(url: str, ready: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            data = requests.get(url, timeout=5).json()["data"]
+        except (requests.RequestException, ValueError) as error:
+            last = error
+        else:
+            if ready(data):
+                return data
+            last = data
+        time.sleep(0.5)
+    pytest.fail(f"{url} never became ready; last answer: {last}")
+
+
+def test_prometheus_discovers_the_exporter_and_loads_every_rule(tmp_path: Path) -> None:
+    binary = _binary("prometheus")
+    port = _free_port()
+    log = (tmp_path / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={CONFIG}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        targets = _poll(f"{base}/targets", lambda data: data["activeTargets"])
+        assert [(t["labels"]["job"], t["scrapeUrl"]) for t in targets["activeTargets"]] == [
+            (JOB, "http://exporter:19808/metrics")
+        ]
+        rules = _poll(f"{base}/rules", lambda data: data["groups"])
+        loaded = {rule["name"] for group in rules["groups"] for rule in group["rules"]}
+        expected = {rule["record"] for rule in _rules(RECORDING)} | EXPECTED_ALERTS
+        assert loaded == expected
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
