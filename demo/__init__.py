@@ -1,0 +1,1 @@
+"""Demo Celery workload that resembles Blurit's, used to feed the exporter and the dashboards."""
