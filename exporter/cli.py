@@ -90,6 +90,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--broker-url",
     envvar=_env("BROKER_URL"),
+    show_envvar=True,
     default=DEFAULT_BROKER_URL,
     show_default=True,
     callback=_check_broker_url,
@@ -99,6 +100,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     "--broker-transport-option",
     "transport_options",
     envvar=_env("BROKER_TRANSPORT_OPTION"),
+    show_envvar=True,
     multiple=True,
     type=_TransportOptionType(),
     help="A kombu transport option as KEY=VALUE; VALUE may be JSON. Repeatable; the environment "
@@ -107,6 +109,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--listen-address",
     envvar=_env("LISTEN_ADDRESS"),
+    show_envvar=True,
     default=f":{DEFAULT_PORT}",
     show_default=True,
     type=_ListenAddressType(),
@@ -115,6 +118,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--worker-timeout",
     envvar=_env("WORKER_TIMEOUT"),
+    show_envvar=True,
     default=0.0,
     show_default=True,
     type=click.FloatRange(min=0),
@@ -124,6 +128,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--purge-offline-worker-after",
     envvar=_env("PURGE_OFFLINE_WORKER_AFTER"),
+    show_envvar=True,
     default=3600.0,
     show_default=True,
     type=click.FloatRange(min=0),
@@ -133,6 +138,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--runtime-buckets",
     envvar=_env("RUNTIME_BUCKETS"),
+    show_envvar=True,
     default=_buckets_text(DEFAULT_RUNTIME_BUCKETS),
     show_default=True,
     type=_BucketsType(),
@@ -141,6 +147,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--queue-wait-buckets",
     envvar=_env("QUEUE_WAIT_BUCKETS"),
+    show_envvar=True,
     default=_buckets_text(DEFAULT_QUEUE_WAIT_BUCKETS),
     show_default=True,
     type=_BucketsType(),
@@ -149,6 +156,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--worker-label/--no-worker-label",
     envvar=_env("WORKER_LABEL"),
+    show_envvar=True,
     default=True,
     show_default=True,
     help="Label task metrics with the worker's hostname. Turn off for fleets whose hostnames "
@@ -157,6 +165,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--enable-events/--no-enable-events",
     envvar=_env("ENABLE_EVENTS"),
+    show_envvar=True,
     default=True,
     show_default=True,
     help="Broadcast enable_events to the workers periodically, so that workers started "
@@ -165,6 +174,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--enable-events-interval",
     envvar=_env("ENABLE_EVENTS_INTERVAL"),
+    show_envvar=True,
     default=30.0,
     show_default=True,
     type=click.FloatRange(min=1),
@@ -173,6 +183,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--max-tracked-tasks",
     envvar=_env("MAX_TRACKED_TASKS"),
+    show_envvar=True,
     default=100_000,
     show_default=True,
     type=click.IntRange(min=1),
@@ -182,6 +193,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--max-exception-classes",
     envvar=_env("MAX_EXCEPTION_CLASSES"),
+    show_envvar=True,
     default=50,
     show_default=True,
     type=click.IntRange(min=0),
@@ -191,6 +203,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--log-level",
     envvar=_env("LOG_LEVEL"),
+    show_envvar=True,
     default="info",
     show_default=True,
     type=click.Choice(exporter_logging.LOG_LEVELS, case_sensitive=False),
@@ -199,6 +212,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option(
     "--log-format",
     envvar=_env("LOG_FORMAT"),
+    show_envvar=True,
     default="auto",
     show_default=True,
     type=click.Choice(exporter_logging.LOG_FORMATS, case_sensitive=False),

@@ -38,6 +38,9 @@ MAX_CUSTOM_EVENT_TYPES = 50
 
 _EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)")
 
+TaskObserver = Callable[[dict[str, Any], str, str, str, float], None]
+"""(event, event type, resolved task name, hostname, received_at) -> None"""
+
 TaskKey = tuple[str, str]
 """(task name, worker hostname); the hostname is "" when the worker label is turned off."""
 
@@ -143,6 +146,9 @@ class State:
     _tracked: dict[str, _TrackedTask] = field(default_factory=dict)
     _exception_classes: set[str] = field(default_factory=set)
     on_reject: Callable[[str, str], None] | None = None
+    task_observer: TaskObserver | None = None
+    """Called (under ``lock``) with every task event after it is counted, its task name resolved;
+    the recent-task store of the Tasks view listens here."""
 
     # -- intake side -------------------------------------------------------------------------
 
@@ -217,6 +223,8 @@ class State:
             self._count_exception(name, event.get("exception"))
         elif event_type in ("task-rejected", "task-revoked"):
             self._tracked.pop(uuid, None)
+        if self.task_observer is not None:
+            self.task_observer(event, event_type, name, hostname, received_at)
 
     def _task_sent(
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
@@ -228,6 +236,8 @@ class State:
             queue if isinstance(queue, str) else "",
         )
         self.sent[key] = self.sent.get(key, 0) + 1
+        if self.task_observer is not None:
+            self.task_observer(event, event_type, key[0], hostname, received_at)
 
     def _worker_event(
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float

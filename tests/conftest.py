@@ -284,12 +284,16 @@ def _check_broker(url: str) -> None:
 
 
 @pytest.fixture
-def redis_url() -> str:
+def redis_url() -> Iterator[str]:
     """A Redis database of our own on the machine's Redis: pub/sub channels carry the db number,
-    so events of other users of this Redis do not reach our exporter."""
+    so events of other users of this Redis do not reach our exporter. Emptied afterwards."""
     url = f"redis://127.0.0.1:6379/{random.randint(1, 15)}"
     _check_broker(url)
-    return url
+    try:
+        yield url
+    finally:
+        with Connection(url) as conn:
+            conn.default_channel.client.flushdb()
 
 
 @pytest.fixture

@@ -117,13 +117,15 @@ def test_sigkilled_worker_goes_offline_then_is_purged(
     ) == 2.0  # fmt: skip
 
     wait_until(
-        lambda: "doomed@liveness"
-        not in exporter.metrics().by_label("celery_worker_online", "worker"),
+        lambda: (
+            "doomed@liveness" not in exporter.metrics().by_label("celery_worker_online", "worker")
+        ),
         timeout=10,
         what="the offline worker purged",
     )
     metrics = exporter.metrics()
-    for name in ("celery_worker_load1", "celery_task_succeeded_total", "celery_task_received_total"):
+    purged = ("celery_worker_load1", "celery_task_succeeded_total", "celery_task_received_total")
+    for name in purged:
         assert metrics.series(name, worker="doomed@liveness") == {}, name
 
 
@@ -134,24 +136,20 @@ def test_active_tasks_and_load_from_a_real_worker(redis_url: str, processes: Pro
         for _ in range(2):
             app.send_task("tests.sleep", (4.0,))
     wait_until(
-        lambda: exporter.metrics().get("celery_worker_active_tasks", worker="busy@liveness")
-        == 2.0,
+        lambda: exporter.metrics().get("celery_worker_active_tasks", worker="busy@liveness") == 2.0,
         what="2 active tasks in the heartbeat",
     )
     metrics = exporter.metrics()
     load1 = metrics.get("celery_worker_load1", worker="busy@liveness")
     assert load1 is not None and abs(load1 - os.getloadavg()[0]) < 2.0
     wait_until(
-        lambda: exporter.metrics().get("celery_worker_active_tasks", worker="busy@liveness")
-        == 0.0,
+        lambda: exporter.metrics().get("celery_worker_active_tasks", worker="busy@liveness") == 0.0,
         timeout=15,
         what="the active count back to 0",
     )
 
 
-def test_cleanly_stopped_worker_reads_offline_at_once(
-    redis_url: str, processes: Processes
-) -> None:
+def test_cleanly_stopped_worker_reads_offline_at_once(redis_url: str, processes: Processes) -> None:
     exporter = processes.exporter(redis_url)
     worker = processes.worker(redis_url, "polite@liveness")
     wait_until(lambda: exporter.metrics().get("celery_worker_online", worker="polite@liveness"))
