@@ -20,7 +20,8 @@ from exporter.config import Config
 from exporter.control import Controller
 from exporter.http import serve
 from exporter.ingest import Ingestor, RawMessage, RejectionLog
-from exporter.intake.broker import BrokerReader, BrokerStatus
+from exporter.intake import make_reader
+from exporter.intake.broker import BrokerStatus
 from exporter.logging import get_logger
 from exporter.state import State, StateSettings
 
@@ -49,7 +50,7 @@ def run(config: Config) -> int:
     state = build_state(config)
     status = BrokerStatus()
     ingestor = Ingestor(state, inbox)
-    reader = BrokerReader(config.broker_url, config.broker_transport_options, inbox, status)
+    reader = make_reader(config.broker_url, config.broker_transport_options, inbox, status)
     controller = Controller(
         config.broker_url,
         config.broker_transport_options,
@@ -69,7 +70,7 @@ def run(config: Config) -> int:
         "exporter started",
         version=__version__,
         listen=str(config.listen),
-        broker=reader._safe_url(),
+        broker=reader.safe_url(),
         worker_label=config.worker_label,
         enable_events=config.enable_events,
     )

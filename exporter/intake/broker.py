@@ -18,6 +18,7 @@ from typing import Any
 from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
+from kombu.utils.url import maybe_sanitize_url
 
 from exporter.ingest import RawMessage
 from exporter.logging import get_logger
@@ -79,7 +80,7 @@ class BrokerReader:
                     backoff = 1.0
                 log.warning(
                     "broker connection lost" if was_connected else "broker unreachable",
-                    broker=self._safe_url(),
+                    broker=self.safe_url(),
                     error=f"{type(exc).__name__}: {exc}",
                     retry_in_seconds=backoff,
                 )
@@ -110,7 +111,7 @@ class BrokerReader:
             with consumer:
                 self.status.connected = True
                 self.status.connected_event.set()
-                log.info("broker connected", broker=self._safe_url(), queue=self.queue_name)
+                log.info("broker connected", broker=self.safe_url(), queue=self.queue_name)
                 while not stop.is_set():
                     try:
                         conn.drain_events(timeout=1.0)
@@ -120,8 +121,6 @@ class BrokerReader:
     def _on_message(self, message: Message) -> None:
         self.outbox.put(RawMessage(time.time(), message.content_type, message.body))
 
-    def _safe_url(self) -> str:
-        try:
-            return str(self.connection().as_uri())  # masks the password
-        except Exception:
-            return "<unparsable broker URL>"
+    def safe_url(self) -> str:
+        """The broker URL with its password masked, for logs."""
+        return str(maybe_sanitize_url(self.broker_url))
