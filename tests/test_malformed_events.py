@@ -1,0 +1,150 @@
+"""Malformed, partial and unknown events published straight to the broker never crash the exporter:
+each is counted by reason, logged, and what comes after is still counted exactly."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery.events.event import get_exchange
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kombu import Connection, Producer
+
+from tests.conftest import ExporterProcess, Processes, client, wait_until
+
+CANARY = "canary@malformed"
+
+
+@pytest.fixture
+def publish(redis_url: str) -> Iterator[Any]:
+    """Publish raw bodies on Celery's event exchange, bypassing every serializer."""
+    with Connection(redis_url) as conn:
+        producer = Producer(conn.default_channel, exchange=get_exchange(conn))
+
+        def send(
+            body: bytes, routing_key: str = "task.multi", content_type: str = "application/json"
+        ) -> None:
+            producer.publish(
+                body, routing_key=routing_key, content_type=content_type, content_encoding="utf-8"
+            )
+
+        yield send
+
+
+def send_canary(broker_url: str, uuid: str) -> None:
+    with (
+        client(broker_url) as app,
+        app.events.default_dispatcher(hostname=CANARY) as dispatcher,
+    ):
+        dispatcher.send("task-received", uuid=uuid, name="canary.task")
+        dispatcher.send("task-succeeded", uuid=uuid, runtime=0.5)
+
+
+def canaries(exporter: ExporterProcess) -> float | None:
+    return exporter.metrics().get("celery_task_succeeded_total", task="canary.task", worker=CANARY)
+
+
+def test_each_kind_of_bad_input_is_counted_by_reason(
+    redis_url: str, processes: Processes, publish: Any
+) -> None:
+    exporter = processes.exporter(redis_url)
+    publish(b"not json {")
+    publish(b'"just a string"')
+    publish(b'[1, "x", {"type": "task-received"}]')  # 2 non-objects, 1 without hostname
+    publish(b'{"hostname": "bad@host"}')
+    publish(b'{"type": "task-succeeded", "hostname": "bad@host"}')
+    publish(b'{"type": "worker-heartbeat", "hostname": "bad@host", "loadavg": ["a", "b", "c"]}')
+    publish(
+        pickle.dumps({"type": "worker-heartbeat"}), content_type="application/x-python-serialize"
+    )
+    # Partial or unknown, but usable: counted, not rejected.
+    publish(b'{"type": "task-progress", "hostname": "odd@host", "uuid": "u-1", "pct": 50}')
+    publish(b'{"type": "task-succeeded", "hostname": "odd@host", "uuid": "u-2", "runtime": "x"}')
+    send_canary(redis_url, "c-0")
+    wait_until(lambda: canaries(exporter) == 1.0, what="the canary after the bad input")
+
+    metrics = exporter.metrics()
+    assert metrics.by_label("celery_exporter_events_rejected_total", "reason") == {
+        "invalid_json": 1.0,
+        "not_an_object": 3.0,
+        "missing_hostname": 1.0,
+        "missing_type": 1.0,
+        "missing_uuid": 1.0,
+        "invalid_field": 1.0,
+        "unsupported_content_type": 1.0,
+    }
+    events = metrics.by_label("celery_exporter_events_total", "type")
+    assert events["task-progress"] == 1.0
+    assert metrics.get("celery_task_succeeded_total", task="unknown", worker="odd@host") == 1.0
+    assert metrics.series("celery_task_runtime_seconds_count", worker="odd@host") == {}
+    assert metrics.get("celery_task_runtime_seconds_sum", task="canary.task", worker=CANARY) == 0.5
+    log = exporter.log()
+    for reason in ("invalid_json", "missing_uuid", "unsupported_content_type"):
+        assert f'"reason": "{reason}"' in log, reason
+
+
+# -- fuzzing -----------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+EVENT_TYPES = [
+    "task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+    "task-retried", "task-rejected", "task-revoked", "worker-online", "worker-heartbeat",
+    "worker-offline",
+]  # fmt: skip
+FIELDS = [
+    "uuid", "name", "runtime", "timestamp", "exception", "freq", "active", "processed",
+    "loadavg", "sw_ident", "sw_ver", "queue",
+]  # fmt: skip
+event_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(EVENT_TYPES) | st.text(max_size=12) | json_values},
+    optional={
+        "hostname": st.sampled_from(["fuzz@a", "fuzz@b"]) | json_values,
+        **{field: json_values for field in FIELDS},
+    },
+)
+bodies = st.one_of(
+    st.binary(max_size=64),
+    json_values.map(lambda value: json.dumps(value).encode()),
+    event_like.map(lambda event: json.dumps(event).encode()),
+    st.lists(event_like, max_size=6).map(lambda events: json.dumps(events).encode()),
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batch=st.lists(bodies, min_size=1, max_size=8))
+def test_fuzzed_events_never_crash_it(
+    redis_url: str, processes: Processes, publish: Any, batch: list[bytes]
+) -> None:
+    exporter = _shared_exporter(processes, redis_url)
+    before = canaries(exporter) or 0.0
+    for body in batch:
+        publish(body)
+    send_canary(redis_url, f"c-{before}")
+    wait_until(lambda: canaries(exporter) == before + 1, what="the canary after fuzzed input")
+    assert exporter.proc.poll() is None
+
+
+_EXPORTERS: dict[int, ExporterProcess] = {}
+
+
+def _shared_exporter(processes: Processes, redis_url: str) -> ExporterProcess:
+    """One exporter for all of hypothesis' examples within this test: it must survive them all."""
+    key = id(processes)
+    if key not in _EXPORTERS:
+        _EXPORTERS.clear()
+        _EXPORTERS[key] = processes.exporter(redis_url)
+    return _EXPORTERS[key]
