@@ -145,6 +145,7 @@ class State:
     # uuid -> name and received time, insertion-ordered so the oldest is evicted first.
     _tracked: dict[str, _TrackedTask] = field(default_factory=dict)
     _exception_classes: set[str] = field(default_factory=set)
+    _custom_event_types: int = 0
     on_reject: Callable[[str, str], None] | None = None
     task_observer: TaskObserver | None = None
     """Called (under ``lock``) with every task event after it is counted, its task name resolved;
@@ -181,9 +182,10 @@ class State:
         counts = self.events_by_type
         if event_type in counts:
             counts[event_type] += 1
-        elif event_type in KNOWN_EVENT_TYPES or len(counts) < (
-            len(KNOWN_EVENT_TYPES) + MAX_CUSTOM_EVENT_TYPES
-        ):
+        elif event_type in KNOWN_EVENT_TYPES:
+            counts[event_type] = 1
+        elif self._custom_event_types < MAX_CUSTOM_EVENT_TYPES:
+            self._custom_event_types += 1
             counts[event_type] = 1
         else:
             counts[OTHER] = counts.get(OTHER, 0) + 1
