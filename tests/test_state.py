@@ -131,7 +131,7 @@ def test_custom_event_types_are_capped() -> None:
 
 def test_liveness_follows_celerys_rule_and_wake_up_replies_blank_nothing() -> None:
     state = make_state()
-    full = {"freq": 2.0, "active": 2, "processed": 9, "loadavg": [0.5, 0.25, 0.125]}
+    full: dict[str, Any] = {"freq": 2.0, "active": 2, "processed": 9, "loadavg": [0.5, 0.25, 0.125]}
     feed(state, heartbeat(**full), at=T0)
     feed(state, heartbeat(freq=5.0), at=T0 + 1)  # wake-up reply: alive, nothing else
     metrics = render(state, now=T0 + 4.9)
