@@ -79,7 +79,7 @@ def test_every_flag_has_an_environment_twin_named_in_help() -> None:
 
 def test_environment_twins_configure_it(redis_url: str, processes: Processes) -> None:
     port = free_port()
-    proc, log_path = processes.spawn(
+    _proc, log_path = processes.spawn(
         [require_tool("celery-events-exporter")],
         "env-exporter.log",
         env={
