@@ -1,0 +1,85 @@
+"""Generate README.md's metric and configuration tables from the code that defines them.
+
+python scripts/readme_tables.py          # rewrite the tables in README.md
+python scripts/readme_tables.py --check  # exit 1 if README.md is stale (the tests run this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from exporter.cli import command
+from exporter.metrics import CATALOGUE
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def metrics_table() -> str:
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for spec in CATALOGUE:
+        names = " ".join(f"`{name}`" for name in spec.sample_names[:1])
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "—"
+        rows.append(f"| {names} | {spec.kind.value} | {labels} | {_cell(spec.help)} |")
+    return "\n".join(rows)
+
+
+def config_table() -> str:
+    rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    context = click.Context(command)
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name in ("help", "version"):
+            continue
+        flag = " / ".join(f"`{opt}`" for opt in (*param.opts, *param.secondary_opts))
+        default = param.get_default(context, call=False)
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
+        elif isinstance(default, (str, int, float)):
+            shown = f"`{default}`"
+        else:  # unset, or an empty repeatable flag
+            shown = "—"
+        rows.append(f"| {flag} | `{param.envvar}` | {shown} | {_cell(param.help or '')} |")
+    return "\n".join(rows)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+TABLES = {"metrics": metrics_table, "configuration": config_table}
+
+
+def render(readme: str) -> str:
+    for name, make in TABLES.items():
+        pattern = re.compile(
+            rf"(<!-- {name}:begin -->\n)(?:.*?\n)?(<!-- {name}:end -->)", flags=re.DOTALL
+        )
+        if not pattern.search(readme):
+            raise SystemExit(f"README.md has no <!-- {name}:begin/end --> markers")
+        readme = pattern.sub(lambda m, make=make: f"{m.group(1)}{make()}\n{m.group(2)}", readme)
+    return readme
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if README.md is stale")
+    args = parser.parse_args()
+    current = README.read_text()
+    fresh = render(current)
+    if args.check:
+        if fresh != current:
+            print(
+                "README.md tables are stale: run python scripts/readme_tables.py", file=sys.stderr
+            )
+            return 1
+        return 0
+    README.write_text(fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
