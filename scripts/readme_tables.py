@@ -60,7 +60,8 @@ def render(readme: str) -> str:
         )
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no <!-- {name}:begin/end --> markers")
-        readme = pattern.sub(lambda m, make=make: f"{m.group(1)}{make()}\n{m.group(2)}", readme)
+        table = make()
+        readme = pattern.sub(lambda m: f"{m.group(1)}{table}\n{m.group(2)}", readme)
     return readme
 
 
