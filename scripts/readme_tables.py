@@ -60,9 +60,12 @@ def render(readme: str) -> str:
         )
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no <!-- {name}:begin/end --> markers")
-        table = make()
-        readme = pattern.sub(lambda m: f"{m.group(1)}{table}\n{m.group(2)}", readme)
+        readme = _fill(pattern, readme, make())
     return readme
+
+
+def _fill(pattern: re.Pattern[str], text: str, table: str) -> str:
+    return pattern.sub(lambda match: f"{match.group(1)}{table}\n{match.group(2)}", text)
 
 
 def main() -> int:
