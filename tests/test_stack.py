@@ -10,8 +10,10 @@ exactly what each worker did.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -197,3 +199,55 @@ def _column_of(expr: str) -> str:
         if f"celery_worker_{gauge}" in expr:
             return gauge
     raise AssertionError(f"unexpected Workers-table query: {expr}")
+
+
+def test_the_demo_workload_is_counted_exactly(
+    redis_url: str, processes: Processes, tmp_path: Path
+) -> None:
+    """The compose stack's own pieces: demo worker, load generator, exporter."""
+    from collections import Counter
+    from itertools import islice
+
+    from demo.workload import dispatches
+
+    count, seed = 12, 4  # a mix with all four tasks, 2 failures and 4 retries
+    env = {"CELERY_BROKER_URL": redis_url, "DEMO_DATA_DIR": str(tmp_path / "images")}
+    exporter = processes.exporter(redis_url)
+    worker, log_path = processes.spawn(
+        [sys.executable, "-m", "celery", "-A", "demo.app", "worker", "-c", "2",
+         "-n", "demo@stack", "-l", "info"],
+        "demo-worker.log",
+        env,
+    )  # fmt: skip
+    wait_until(lambda: " ready." in log_path.read_text(), timeout=30, what="the demo worker")
+    loadgen = subprocess.run(
+        [sys.executable, "-m", "demo.loadgen", "--count", str(count), "--seed", str(seed),
+         "--rate", "50"],
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert loadgen.returncode == 0, loadgen.stderr
+
+    plan = list(islice(dispatches(seed), count))
+    expected: dict[str, Counter[str]] = {
+        state: Counter() for state in ("received", "retried", "succeeded", "failed")
+    }
+    for d in plan:
+        expected["received"][d.task] += 1 + d.retries
+        expected["retried"][d.task] += d.retries
+        expected["succeeded" if d.expect == "SUCCESS" else "failed"][d.task] += 1
+
+    def counts() -> dict[str, dict[str, float]]:
+        metrics = exporter.metrics()
+        return {
+            state: metrics.by_label(f"celery_task_{state}_total", "task", worker="demo@stack")
+            for state in expected
+        }
+
+    def settled() -> bool:
+        return counts() == {
+            state: {task: float(n) for task, n in by_task.items() if n}
+            for state, by_task in expected.items()
+        }
+
+    wait_until(settled, timeout=60, what=f"the demo's exact counts {dict(expected)}")
+    assert worker.poll() is None
