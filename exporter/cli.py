@@ -12,7 +12,7 @@ from typing import Any
 import click
 from kombu import Connection
 
-from exporter import __version__
+from exporter import __version__, webconfig
 from exporter import logging as exporter_logging
 from exporter.config import (
     DEFAULT_BROKER_URL,
@@ -25,6 +25,7 @@ from exporter.config import (
     parse_listen_address,
     parse_transport_option,
 )
+from exporter.redact import DEFAULT_SECRET_KEY_PATTERNS, compile_secret_keys
 
 ENV_PREFIX = "CELERY_EXPORTER_"
 
@@ -71,6 +72,26 @@ class _TransportOptionType(click.ParamType):  # type: ignore[type-arg]
             return parse_transport_option(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _check_web_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Load the file once here so that a mistake stops the exporter with a one-line error."""
+    if value:
+        try:
+            webconfig.load(value)
+        except webconfig.WebConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value or None
+
+
+def _check_secret_key_patterns(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    try:
+        compile_secret_keys(value or DEFAULT_SECRET_KEY_PATTERNS)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -201,6 +222,57 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     'count as exception="other".',
 )
 @click.option(
+    "--web-config-file",
+    envvar=_env("WEB_CONFIG_FILE"),
+    show_envvar=True,
+    default=None,
+    type=click.Path(dir_okay=False),
+    callback=_check_web_config,
+    help="Prometheus exporter-toolkit web config (YAML): basic_auth_users with bcrypt hashes "
+    "and tls_server_config. With users, every path but /healthz and /readyz needs them.",
+)
+@click.option(
+    "--max-recent-tasks",
+    envvar=_env("MAX_RECENT_TASKS"),
+    show_envvar=True,
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Tasks kept in memory for /api/tasks (the Tasks table); the oldest are dropped first. "
+    "0 turns the store off.",
+)
+@click.option(
+    "--expose-task-payloads/--no-expose-task-payloads",
+    envvar=_env("EXPOSE_TASK_PAYLOADS"),
+    show_envvar=True,
+    default=False,
+    show_default=True,
+    help="Serve task args, kwargs and results in /api/tasks. They often hold personal data and "
+    "secrets: values under secret-looking keys are masked, long values cut.",
+)
+@click.option(
+    "--secret-key-pattern",
+    "secret_key_patterns",
+    envvar=_env("SECRET_KEY_PATTERN"),
+    show_envvar=True,
+    multiple=True,
+    callback=_check_secret_key_patterns,
+    help="Regex (case-insensitive, searched) of dict keys and keyword names whose values are "
+    "masked in served payloads. Repeatable; replaces the default list: "
+    + " ".join(DEFAULT_SECRET_KEY_PATTERNS)
+    + ". The environment variable takes several separated by spaces.",
+)
+@click.option(
+    "--max-payload-length",
+    envvar=_env("MAX_PAYLOAD_LENGTH"),
+    show_envvar=True,
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=16, max=1_000_000),
+    help="Characters of args, kwargs, result, exception and traceback served per task; longer "
+    "values are cut with an ellipsis (tracebacks keep their end).",
+)
+@click.option(
     "--log-level",
     envvar=_env("LOG_LEVEL"),
     show_envvar=True,
@@ -237,6 +309,11 @@ def command(**options: Any) -> None:
         max_exception_classes=options["max_exception_classes"],
         log_level=options["log_level"].lower(),
         log_format=options["log_format"].lower(),
+        web_config_file=options["web_config_file"],
+        max_recent_tasks=options["max_recent_tasks"],
+        expose_task_payloads=options["expose_task_payloads"],
+        secret_key_patterns=tuple(options["secret_key_patterns"]),
+        max_payload_length=options["max_payload_length"],
     )
     exporter_logging.configure(config.log_level, config.log_format)
 

@@ -49,6 +49,15 @@ class Config:
     max_exception_classes: int = 50
     log_level: str = "info"
     log_format: str = "auto"
+    web_config_file: str | None = None
+    """exporter-toolkit web config (basic auth, TLS); None serves plain HTTP to anyone."""
+    max_recent_tasks: int = 10_000
+    """Tasks the /api/tasks store keeps; 0 turns the store off."""
+    expose_task_payloads: bool = False
+    """Serve args, kwargs and results (masked and cut) in /api/tasks."""
+    secret_key_patterns: tuple[str, ...] = ()
+    """Regexes of keys whose values are masked; empty means redact.DEFAULT_SECRET_KEY_PATTERNS."""
+    max_payload_length: int = 1024
 
 
 def parse_listen_address(value: str) -> ListenAddress:

@@ -80,11 +80,13 @@ def substitute(expr: str, variables: Mapping[str, str]) -> str:
 
 
 def iter_targets(board: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
-    """(panel, target) for every query of the dashboard, rows' nested panels included."""
+    """(panel, target) for every PromQL query of the dashboard, rows' nested panels included."""
     for panel in board.get("panels", []):
         for nested in [panel, *panel.get("panels", [])]:
             for target in nested.get("targets") or []:
-                yield nested, target
+                # Only PromQL: the recent-tasks table queries the exporter's API through Infinity.
+                if "expr" in target:
+                    yield nested, target
 
 
 def all_queries(worker_regex: str = ".*", task_regex: str = ".*") -> list[tuple[str, str, str]]:

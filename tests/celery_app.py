@@ -57,3 +57,22 @@ def reject(self: Task) -> None:
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@task("tests.image")
+def image(
+    input_image: dict[str, str],
+    output_image: dict[str, str],
+    lifespan: int,
+    api_token: str = "",
+) -> dict[str, Any]:
+    """Shaped like the seed's blurit.image: file references in, the same plus timings out; the
+    token lets tests check that secrets are masked in kwargs and in the result."""
+    if lifespan <= 0:
+        raise ValueError(f"lifespan must be positive, got {lifespan}")
+    return {
+        "input_image": input_image,
+        "output_image": output_image,
+        "chronos": {"total": 0.01},
+        "access_token": api_token,
+    }

@@ -99,13 +99,28 @@ class ExporterProcess:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    auth: tuple[str, str] | None = None
+    """Basic-auth credentials sent with every request but the probes."""
+    ca_file: Path | None = None
+    """Set when the exporter serves TLS: the CA that signed its certificate."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ca_file is not None else "http"
+        host = "localhost" if self.ca_file is not None else "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}"
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> requests.Response:
+        return requests.get(
+            f"{self.url}{path}",
+            params=params,
+            auth=self.auth,
+            verify=str(self.ca_file) if self.ca_file is not None else True,
+            timeout=10,
+        )
 
     def metrics(self) -> Metrics:
-        response = requests.get(f"{self.url}/metrics", timeout=5)
+        response = self.get("/metrics")
         response.raise_for_status()
         return Metrics.parse(response.text)
 
@@ -145,7 +160,14 @@ class Processes:
         self.started.append(proc)
         return proc, log_path
 
-    def exporter(self, broker_url: str, *args: str, wait_connected: bool = True) -> ExporterProcess:
+    def exporter(
+        self,
+        broker_url: str,
+        *args: str,
+        wait_connected: bool = True,
+        auth: tuple[str, str] | None = None,
+        ca_file: Path | None = None,
+    ) -> ExporterProcess:
         port = free_port()
         command = require_tool("celery-events-exporter")
         proc, log_path = self.spawn(
@@ -163,12 +185,12 @@ class Processes:
             ],
             f"exporter-{port}.log",
         )
-        exporter = ExporterProcess(proc, port, log_path)
+        exporter = ExporterProcess(proc, port, log_path, auth, ca_file)
 
         def up() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"exporter exited {proc.returncode}:\n{exporter.log()}")
-            return requests.get(f"{exporter.url}/healthz", timeout=1).status_code == 200
+            return exporter.get("/healthz").status_code == 200
 
         wait_until(up, what="exporter /healthz")
         if wait_connected:

@@ -146,12 +146,26 @@ def test_docker_compose_1_29_accepts_the_file_with_the_example_env() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_grafana_refuses_to_start_without_admin_credentials(tmp_path: Path) -> None:
+def _example_env() -> dict[str, str]:
+    defined: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            defined[key.strip()] = value.strip()
+    return defined
+
+
+@pytest.mark.parametrize(
+    "missing", ["GF_SECURITY_ADMIN_USER", "GF_SECURITY_ADMIN_PASSWORD", "EXPORTER_PASSWORD"]
+)
+def test_the_stack_refuses_to_start_without_each_credential(tmp_path: Path, missing: str) -> None:
     docker_compose = _tool("docker-compose", "apt-get install -y docker-compose")
-    empty = tmp_path / "empty.env"
-    empty.write_text("")
+    partial = tmp_path / "partial.env"
+    partial.write_text(
+        "".join(f"{key}={value}\n" for key, value in _example_env().items() if key != missing)
+    )
     done = subprocess.run(
-        [docker_compose, "--env-file", str(empty), "-f", str(COMPOSE), "config", "-q"],
+        [docker_compose, "--env-file", str(partial), "-f", str(COMPOSE), "config", "-q"],
         cwd=REPO,
         env=_compose_env(),
         capture_output=True,
@@ -159,7 +173,7 @@ def test_grafana_refuses_to_start_without_admin_credentials(tmp_path: Path) -> N
         timeout=120,
     )
     assert done.returncode != 0
-    assert "set GF_SECURITY_ADMIN_" in done.stderr, done.stderr
+    assert f"set {missing} in .env" in done.stderr, done.stderr
 
 
 def test_every_bind_mounted_host_path_exists(services: dict[str, dict[str, Any]]) -> None:
@@ -334,11 +348,7 @@ def test_grafana_installs_the_plugin_its_datasource_needs(
 def test_env_example_defines_every_interpolated_variable() -> None:
     uses = list(INTERPOLATION.finditer(COMPOSE.read_text()))
     assert uses, "the compose file should take Grafana's credentials from .env"
-    defined: dict[str, str] = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            defined[key.strip()] = value.strip()
+    defined = _example_env()
     for use in uses:
         assert defined.get(use["name"]), f"{use['name']} is not set in .env.example"
         # ":?" makes compose stop with a message instead of inventing a value.
@@ -356,9 +366,14 @@ def test_no_hard_coded_secrets(services: dict[str, dict[str, Any]]) -> None:
     for path in (COMPOSE, DATASOURCES, DASHBOARD_PROVIDERS):
         text = path.read_text()
         assert not credentials_in_url.search(text), f"credentials in a URL in {path.name}"
+    grafana_env = _environment(services["grafana"])
     for source in _load(DATASOURCES)["datasources"]:
-        assert "secureJsonData" not in source, source["uid"]
         assert "basicAuthPassword" not in source, source["uid"]
+        # Secrets only as references to Grafana's environment, which takes them from .env.
+        for key, value in source.get("secureJsonData", {}).items():
+            reference = re.fullmatch(r"\$__env\{(\w+)\}", str(value))
+            assert reference, f"{source['uid']}: {key} must be $__env{{VARIABLE}}"
+            assert reference[1] in grafana_env, f"grafana has no {reference[1]} in its environment"
 
 
 def test_local_env_file_stays_out_of_git_and_the_image() -> None:
@@ -385,3 +400,40 @@ def test_image_installs_the_project_with_the_demo_extra(
     assert demo_extra and re.search(r"[\"']pillow", demo_extra["requirements"], re.IGNORECASE), (
         "pyproject.toml needs a 'demo' extra with Pillow (the image installs .[demo])"
     )
+
+
+def _entrypoint_script(service: dict[str, Any]) -> list[str]:
+    entrypoint = service["entrypoint"]
+    assert entrypoint[:2] in (["sh", "-c"], ["/bin/sh", "-c"]), entrypoint
+    return shlex.split(entrypoint[2].replace("$$", "$"))
+
+
+def test_exporter_credentials_are_wired_from_one_password(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The exporter hashes EXPORTER_PASSWORD into its web config; Prometheus and Grafana send
+    the same user and password. A mismatch would only show as 401s in a running stack."""
+    exporter = services["exporter"]
+    script = _entrypoint_script(exporter)
+    assert script[:4] == ["python", "-m", "exporter.webconfig", "write"]
+    web_config = _option(script, "--output")
+    assert _option(_command(exporter), "--web-config-file") == web_config
+    username = _option(script, "--username")
+    variable = _option(script, "--password-env")
+    assert variable in _environment(exporter)
+    # The exporter process itself does not keep the clear password in its environment.
+    assert script[-5:] == ["exec", "env", "-u", variable, "$@"], script
+
+    job = _load(PROMETHEUS_CONFIG)["scrape_configs"][0]
+    assert job["basic_auth"]["username"] == username
+    prometheus = services["prometheus"]
+    prometheus_script = " ".join(_entrypoint_script(prometheus))
+    # shlex has dropped the quotes around "$EXPORTER_PASSWORD".
+    written = f"printf %s ${variable} > {job['basic_auth']['password_file']} && exec env -u"
+    assert written in prometheus_script, prometheus_script
+    assert variable in _environment(prometheus)
+
+    infinity = _datasource("infinity")
+    assert (infinity["basicAuth"], infinity["basicAuthUser"]) == (True, username)
+    assert infinity["jsonData"]["auth_method"] == "basicAuth"
+    assert infinity["secureJsonData"] == {"basicAuthPassword": f"$__env{{{variable}}}"}

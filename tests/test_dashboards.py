@@ -14,8 +14,11 @@ import promql_parser
 import pytest
 
 from exporter import metrics
+from exporter.api import TASK_PARAMETERS as TASK_API_PARAMETERS
+from exporter.api import TASK_ROW_KEYS
+from exporter.tasks_store import STATES
 from grafana import generate
-from grafana.dashboards_src import panels, tasks, workers
+from grafana.dashboards_src import panels, recent_tasks, tasks, workers
 from grafana.dashboards_src.serialize import round_trip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -303,10 +306,16 @@ def test_every_panel_has_a_description_and_every_data_panel_a_unit(uid: str) -> 
 @pytest.mark.parametrize("uid", UIDS)
 def test_datasource_is_a_variable_used_everywhere(uid: str) -> None:
     board = committed(uid)
-    [variable] = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
-    assert (variable["name"], variable["query"]) == ("datasource", "prometheus")
+    [variable] = [v for v in board["templating"]["list"] if v["name"] == "datasource"]
+    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
     reference = {"type": "prometheus", "uid": "${datasource}"}
-    data_panels = [p for p in all_panels(board) if p["type"] not in ("row", "text")]
+    # The recent-tasks table reads the exporter's API through its own datasource variable.
+    api = {"type": recent_tasks.INFINITY_TYPE, "uid": f"${{{recent_tasks.API_DATASOURCE_VAR}}}"}
+    data_panels = [
+        p
+        for p in all_panels(board)
+        if p["type"] not in ("row", "text") and p.get("datasource") != api
+    ]
     assert data_panels
     for panel in data_panels:
         assert panel["datasource"] == reference, panel["title"]
@@ -367,17 +376,73 @@ def test_tasks_dashboard_covers_the_brief() -> None:
     assert [title for _, title in visible_columns(slowest)][:2] == ["Name", "Runtime p95"]
 
 
-def test_recent_tasks_row_points_at_the_exporter_api() -> None:
-    top = committed(panels.TASKS_UID)["panels"]
+def recent_tasks_table() -> Mapping[str, Any]:
+    board = committed(panels.TASKS_UID)
+    top = board["panels"]
     [row_index] = [
-        i for i, p in enumerate(top) if p["type"] == "row" and p["title"] == "Recent tasks"
+        i for i, p in enumerate(top) if p["type"] == "row" and p["title"] == tasks.RECENT_TASKS_ROW
     ]
-    following = top[row_index + 1]
-    assert following["type"] == "text"
-    content = following["options"]["content"]
-    assert "/api/tasks" in content
-    for column in ("UUID", "args", "kwargs", "Result"):
-        assert column in content
+    table: Mapping[str, Any] = top[row_index + 1]
+    assert (table["type"], table["title"]) == ("table", recent_tasks.TITLE)
+    return table
+
+
+def test_recent_tasks_table_reads_the_exporter_api_through_infinity() -> None:
+    table = recent_tasks_table()
+    variables = {v["name"]: v for v in committed(panels.TASKS_UID)["templating"]["list"]}
+    api = variables[recent_tasks.API_DATASOURCE_VAR]
+    assert (api["type"], api["query"]) == ("datasource", "yesoreyeram-infinity-datasource")
+    assert table["datasource"] == {
+        "type": "yesoreyeram-infinity-datasource",
+        "uid": f"${{{recent_tasks.API_DATASOURCE_VAR}}}",
+    }
+    [target] = table["targets"]
+    assert (target["type"], target["source"], target["format"], target["parser"]) == (
+        "json", "url", "table", "backend",
+    )  # fmt: skip
+    assert target["url"] == "${tasks_api_url}/api/tasks"
+    base = variables["tasks_api_url"]
+    assert (base["type"], base["query"]) == ("constant", "http://exporter:19808")
+    params = {p["key"]: p["value"] for p in target["url_options"]["params"]}
+    # Every search box is a textbox variable, empty by default, wired to its API parameter.
+    assert params == {
+        "uuid": "${task_uuid}",
+        "name": "${task_name}",
+        "state": "${task_state}",
+        "from": "${__from}",
+        "to": "${__to}",
+        "limit": "500",
+    }
+    for parameter, value in params.items():
+        assert parameter in TASK_API_PARAMETERS
+        name = value.strip("${}")
+        if not name.startswith("__") and parameter != "limit":
+            assert (variables[name]["type"], variables[name]["query"]) == ("textbox", "")
+    # Flower's Tasks columns, in its order, and the failure's exception next to the result.
+    assert [(c["selector"], c["text"]) for c in target["columns"]] == [
+        ("name", "Name"), ("uuid", "UUID"), ("state", "State"), ("args", "args"),
+        ("kwargs", "kwargs"), ("result", "Result"), ("exception", "Exception"),
+        ("received", "Received"), ("started", "Started"), ("runtime", "Runtime"),
+        ("worker", "Worker"), ("retries", "Retries"),
+    ]  # fmt: skip
+    assert {c["selector"] for c in target["columns"]} <= set(TASK_ROW_KEYS)
+    assert table["options"]["sortBy"] == [{"desc": True, "displayName": "Received"}]
+
+
+def test_recent_tasks_states_are_coloured_and_runtime_has_units() -> None:
+    overrides = {
+        o["matcher"]["options"]: {prop["id"]: prop["value"] for prop in o["properties"]}
+        for o in recent_tasks_table()["fieldConfig"]["overrides"]
+    }
+    [mapping] = overrides["State"]["mappings"]
+    colors = {state: result["color"] for state, result in mapping["options"].items()}
+    assert {k: colors[k] for k in ("SUCCESS", "FAILURE", "STARTED")} == {
+        "SUCCESS": "green", "FAILURE": "red", "STARTED": "blue",
+    }  # fmt: skip
+    assert set(colors) == set(STATES)
+    assert overrides["State"]["custom.cellOptions"]["type"] == "color-background"
+    assert overrides["Runtime"]["unit"] == "s"
+    assert overrides["Exception"]["color"] == {"fixedColor": "red", "mode": "fixed"}
 
 
 @pytest.mark.parametrize("uid", UIDS)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
-from grafana_foundation_sdk.builders import stat, table, text, timeseries
+from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common
 
 from exporter import metrics as m
 
 from . import panels as p
 from . import promql as q
+from . import recent_tasks
 
 TASK_VAR = "task"
 _FLT: q.Filter = {m.TASK: f"${TASK_VAR}"}
@@ -319,24 +320,6 @@ def _runtime_panels() -> list[timeseries.Panel]:
     return panels
 
 
-RECENT_TASKS_TEXT = """\
-Flower's Tasks tab lists single tasks: **UUID, State, args, kwargs, Result, Received, Started,
-Runtime, Worker**. Prometheus keeps aggregates per task name, not one series per task, so that
-table cannot come from metrics.
-
-It will come from the exporter's `/api/tasks` endpoint (a later issue adds the endpoint and fills
-this row with a table panel reading it).
-"""
-
-
-def _recent_tasks() -> text.Panel:
-    return p.text_panel(
-        "Per-task table (UUID, args, kwargs, result...)",
-        "Placeholder: the per-task list comes from the exporter's /api/tasks, not Prometheus.",
-        RECENT_TASKS_TEXT,
-    )
-
-
 def build() -> dashboard_builders.Dashboard:
     board = p.dashboard_shell(
         p.TASKS_UID,
@@ -351,6 +334,8 @@ def build() -> dashboard_builders.Dashboard:
             "Show task names matching this regex, e.g. blurit\\..* (Flower's search box).",
         )
     )
+    for variable in recent_tasks.variables():
+        board = board.with_variable(variable)
     for panel in _stats():
         board = board.with_panel(panel)
     board = board.with_panel(_per_task_table())
@@ -367,4 +352,4 @@ def build() -> dashboard_builders.Dashboard:
         board = board.with_panel(runtime_panel)
     board = board.with_panel(_slowest_table())
     board = board.with_row(dashboard_builders.Row(RECENT_TASKS_ROW))
-    return board.with_panel(_recent_tasks())
+    return board.with_panel(recent_tasks.panel())

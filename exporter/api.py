@@ -1,0 +1,281 @@
+"""The JSON API behind Grafana's per-task table: ``/api/tasks`` and ``/api/workers``.
+
+Query strings are parsed strictly (an unknown or repeated parameter is a 400 naming it), the
+store is read under the state lock only long enough to list its records and copy the rows that
+are served, and payloads are masked and cut after the lock is released.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from exporter.redact import Redactor
+from exporter.state import State
+from exporter.tasks_store import STATES, RecentTasks, TaskRecord
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1_000_000
+PAYLOAD_FIELDS = ("args", "kwargs", "result")
+TIMESTAMP_FIELDS = (
+    "sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected",
+)  # fmt: skip
+PAYLOADS_HIDDEN = (
+    "hidden; args, kwargs and result are served empty unless the exporter runs with "
+    "--expose-task-payloads (CELERY_EXPORTER_EXPOSE_TASK_PAYLOADS=true)"
+)
+PAYLOADS_SHOWN = "shown; values under secret-looking keys are masked"
+TASK_ROW_KEYS = (
+    "name", "uuid", "state", *PAYLOAD_FIELDS, "exception", "traceback", *TIMESTAMP_FIELDS,
+    "runtime", "worker", "retries", "queue", "eta", "expires", "root_id", "parent_id", "timestamp",
+)  # fmt: skip
+"""Every key of an /api/tasks row."""
+TASK_PARAMETERS = ("uuid", "name", "state", "worker", "search", "limit", "from", "to")
+WORKER_PARAMETERS = ("search",)
+
+JSON = "application/json"
+
+
+class ApiError(Exception):
+    """A bad request; the message goes back to the client as is."""
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    uuid: str = ""
+    """Case-insensitive prefix of the task uuid (a whole uuid picks one task)."""
+    name: str = ""
+    """Case-insensitive substring of the task name."""
+    states: frozenset[str] = frozenset()
+    worker: str = ""
+    """Case-insensitive substring of the worker's hostname."""
+    search: str = ""
+    """Case-insensitive substring of any of uuid, name, state and worker."""
+    limit: int = DEFAULT_LIMIT
+    since: float | None = None
+    until: float | None = None
+
+    def matches(self, record: TaskRecord) -> bool:
+        if self.uuid and not record.uuid.lower().startswith(self.uuid):
+            return False
+        name = (record.name or "").lower()
+        if self.name and self.name not in name:
+            return False
+        if self.states and record.state not in self.states:
+            return False
+        worker = (record.worker or "").lower()
+        if self.worker and self.worker not in worker:
+            return False
+        if self.search and not any(
+            self.search in text
+            for text in (record.uuid.lower(), name, (record.state or "").lower(), worker)
+        ):
+            return False
+        moment = record.sort_time
+        if self.since is not None and moment < self.since:
+            return False
+        return self.until is None or moment <= self.until
+
+
+def _single_values(query_string: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    try:
+        parsed = parse_qs(query_string, keep_blank_values=True, strict_parsing=False)
+    except ValueError as exc:
+        raise ApiError(f"malformed query string: {exc}") from None
+    unknown = sorted(set(parsed) - set(allowed))
+    if unknown:
+        raise ApiError(
+            f"unknown query parameter(s): {', '.join(unknown)}; supported: {', '.join(allowed)}"
+        )
+    repeated = sorted(key for key, values in parsed.items() if len(values) > 1)
+    if repeated:
+        raise ApiError(f"query parameter(s) given more than once: {', '.join(repeated)}")
+    return {key: values[0].strip() for key, values in parsed.items()}
+
+
+def parse_task_query(query_string: str) -> TaskQuery:
+    values = _single_values(query_string, TASK_PARAMETERS)
+    states: set[str] = set()
+    for part in values.get("state", "").split(","):
+        state = part.strip().upper()
+        if not state:
+            continue
+        if state not in STATES:
+            raise ApiError(f"unknown state {part.strip()!r}; states are {', '.join(STATES)}")
+        states.add(state)
+    limit_text = values.get("limit", "")
+    limit = DEFAULT_LIMIT
+    if limit_text:
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            raise ApiError(f"limit must be a whole number, got {limit_text!r}") from None
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ApiError(f"limit must be within 1-{MAX_LIMIT}, got {limit}")
+    since = _parse_time("from", values.get("from", ""))
+    until = _parse_time("to", values.get("to", ""))
+    if since is not None and until is not None and since > until:
+        raise ApiError("from must not be later than to")
+    return TaskQuery(
+        uuid=values.get("uuid", "").lower(),
+        name=values.get("name", "").lower(),
+        states=frozenset(states),
+        worker=values.get("worker", "").lower(),
+        search=values.get("search", "").lower(),
+        limit=limit,
+        since=since,
+        until=until,
+    )
+
+
+def _parse_time(parameter: str, text: str) -> float | None:
+    """Epoch milliseconds (Grafana's ${__from} and ${__to}) or ISO 8601 (UTC if no offset)."""
+    if not text:
+        return None
+    try:
+        milliseconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(milliseconds):
+            raise ApiError(f"{parameter} must be finite, got {text!r}")
+        return milliseconds / 1000.0
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(
+            f"{parameter} must be epoch milliseconds or ISO 8601 "
+            f"(e.g. 2024-11-19T10:02:30.472Z), got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def iso(timestamp: float | None) -> str | None:
+    """ISO 8601 UTC with milliseconds, like Flower's columns: 2024-11-19T10:02:30.472Z."""
+    if timestamp is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Api:
+    def __init__(
+        self,
+        state: State,
+        store: RecentTasks | None,
+        redactor: Redactor,
+        *,
+        expose_payloads: bool,
+        clock: Callable[[], float],
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.redactor = redactor
+        self.expose_payloads = expose_payloads
+        self.clock = clock
+
+    def tasks(self, query_string: str) -> tuple[bytes, dict[str, str]]:
+        query = parse_task_query(query_string)
+        headers = {"X-Task-Payloads": PAYLOADS_SHOWN if self.expose_payloads else PAYLOADS_HIDDEN}
+        if self.store is None:
+            headers["X-Recent-Tasks"] = "disabled (--max-recent-tasks 0)"
+            return b"[]", headers
+        with self.state.lock:
+            records = self.store.records()
+        chosen = [record for record in records if query.matches(record)]
+        chosen.sort(key=lambda record: record.sort_time, reverse=True)
+        del chosen[query.limit :]
+        with self.state.lock:
+            rows = [record.copy() for record in chosen]
+        headers["X-Matching-Tasks"] = str(len(rows))
+        return orjson.dumps([self._task_row(row) for row in rows]), headers
+
+    def _task_row(self, record: TaskRecord) -> dict[str, Any]:
+        redact = self.redactor
+        row: dict[str, Any] = {
+            "name": record.name,
+            "uuid": record.uuid,
+            "state": record.state,
+        }
+        for field in PAYLOAD_FIELDS:
+            row[field] = redact.payload(getattr(record, field)) if self.expose_payloads else ""
+        row["exception"] = (
+            redact.truncate(redact.mask_text(record.exception)) if record.exception else ""
+        )
+        row["traceback"] = (
+            redact.truncate_tail(redact.mask_text(record.traceback)) if record.traceback else ""
+        )
+        for field in TIMESTAMP_FIELDS:
+            row[field] = iso(getattr(record, field))
+        row["runtime"] = _runtime(record)
+        row["worker"] = record.worker
+        row["retries"] = record.retries
+        row["queue"] = record.queue
+        row["eta"] = record.eta
+        row["expires"] = record.expires
+        row["root_id"] = record.root_id
+        row["parent_id"] = record.parent_id
+        row["timestamp"] = iso(record.state_timestamp or None)
+        return row
+
+    def workers(self, query_string: str) -> bytes:
+        search = _single_values(query_string, WORKER_PARAMETERS).get("search", "").lower()
+        now = self.clock()
+        rows = []
+        with self.state.lock:
+            known = self.state.workers
+            all_counts = {}
+            if self.store is not None:
+                self.store.forget_workers(set(known))
+                all_counts = self.store.worker_counts
+            for hostname, worker in known.items():
+                if search and search not in hostname.lower():
+                    continue
+                counts = all_counts.get(hostname)
+                processed = worker.processed
+                if processed is None and counts is not None:
+                    processed = counts.received
+                rows.append(
+                    {
+                        "worker": hostname,
+                        "status": "online" if self.state.is_online(worker, now) else "offline",
+                        "active": worker.active,
+                        "processed": processed,
+                        "received": counts.received if counts else None,
+                        "started": counts.started if counts else None,
+                        "succeeded": counts.succeeded if counts else None,
+                        "failed": counts.failed if counts else None,
+                        "retried": counts.retried if counts else None,
+                        "rejected": counts.rejected if counts else None,
+                        "revoked": counts.revoked if counts else None,
+                        "loadavg": list(worker.loadavg) if worker.loadavg else None,
+                        "heartbeat": iso(worker.last_heartbeat or None),
+                        "freq": worker.freq or None,
+                        "sw_ident": worker.software[0] or None,
+                        "sw_ver": worker.software[1] or None,
+                        "sw_sys": worker.software[2] or None,
+                    }
+                )
+        rows.sort(key=lambda row: str(row["worker"]))
+        return orjson.dumps(rows)
+
+
+def _runtime(record: TaskRecord) -> float | None:
+    """The worker-measured runtime of a success; for a failure, started to failed."""
+    if record.runtime is not None:
+        return record.runtime
+    ended = record.failed if record.state == "FAILURE" else None
+    if ended is not None and record.started is not None and ended >= record.started:
+        return round(ended - record.started, 6)
+    return None

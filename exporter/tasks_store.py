@@ -1,0 +1,275 @@
+"""The recent tasks of the Tasks view: one record per task uuid, bounded, oldest evicted first.
+
+Fed by ``State.task_observer``, so ``observe`` runs on the ingest thread under the state lock for
+every task event: it does plain attribute and OrderedDict work only. Payloads are kept exactly as
+the events carry them (Celery's repr strings, cut to a fixed length so memory stays bounded);
+parsing and masking wait until someone asks for them (exporter/redact.py).
+
+Events of one task can arrive out of order (a prefork worker's pool processes and its main process
+publish separately, and batch them). Every field an event carries is merged whatever its order;
+the state moves only to an event at least as recent as the one that set the current state (the
+worker's timestamps, then the lifecycle's order for a tie), so a late task-started never turns a
+SUCCESS back into STARTED.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+PENDING = "PENDING"
+RECEIVED = "RECEIVED"
+STARTED = "STARTED"
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+RETRY = "RETRY"
+REVOKED = "REVOKED"
+REJECTED = "REJECTED"
+
+EVENT_STATES: dict[str, str] = {
+    "task-sent": PENDING,
+    "task-received": RECEIVED,
+    "task-started": STARTED,
+    "task-succeeded": SUCCESS,
+    "task-failed": FAILURE,
+    "task-retried": RETRY,
+    "task-revoked": REVOKED,
+    "task-rejected": REJECTED,
+}
+STATES: tuple[str, ...] = tuple(EVENT_STATES.values())
+
+# Ties between equal timestamps are broken by how far along the lifecycle a state is.
+_RANK = {PENDING: 0, RECEIVED: 1, STARTED: 2, RETRY: 3, FAILURE: 4, SUCCESS: 5, REJECTED: 6,
+         REVOKED: 7}  # fmt: skip
+
+STORED_TEXT_LIMIT = LIMIT = 4096
+"""Characters kept of each payload, exception and traceback (Celery's own reprs stop at 1024);
+a traceback keeps its end."""
+
+MAX_WORKER_COUNTS = 7 * 4096
+"""(hostname, event) counts kept between two /api/workers calls, which drop the hostnames the
+state has purged: bounds memory on fleets whose hostnames churn."""
+
+
+class TaskRecord:
+    """What the events told about one task. Timestamps are the worker's (event ``timestamp``),
+    falling back to the exporter's clock when an event has none."""
+
+    __slots__ = (
+        "args",
+        "eta",
+        "exception",
+        "expires",
+        "failed",
+        "first_seen",
+        "kwargs",
+        "name",
+        "parent_id",
+        "queue",
+        "received",
+        "rejected",
+        "result",
+        "retried",
+        "retries",
+        "revoked",
+        "root_id",
+        "runtime",
+        "sent",
+        "started",
+        "state",
+        "state_timestamp",
+        "succeeded",
+        "traceback",
+        "uuid",
+        "worker",
+    )
+
+    def __init__(self, uuid: str, first_seen: float) -> None:
+        self.uuid = uuid
+        self.first_seen = first_seen
+        self.name: str | None = None
+        self.state: str | None = None
+        self.state_timestamp = 0.0
+        self.args: Any = None
+        self.kwargs: Any = None
+        self.result: Any = None
+        self.exception: str | None = None
+        self.traceback: str | None = None
+        self.retries: int | None = None
+        self.worker: str | None = None
+        self.queue: str | None = None
+        self.eta: str | None = None
+        self.expires: str | None = None
+        self.root_id: str | None = None
+        self.parent_id: str | None = None
+        self.runtime: float | None = None
+        self.sent: float | None = None
+        self.received: float | None = None
+        self.started: float | None = None
+        self.succeeded: float | None = None
+        self.failed: float | None = None
+        self.retried: float | None = None
+        self.revoked: float | None = None
+        self.rejected: float | None = None
+
+    @property
+    def sort_time(self) -> float:
+        """When the task was received, for ordering; first sight if it never was."""
+        return self.received if self.received is not None else self.first_seen
+
+    def copy(self) -> TaskRecord:
+        twin = TaskRecord.__new__(TaskRecord)
+        for slot in TaskRecord.__slots__:
+            setattr(twin, slot, getattr(self, slot))
+        return twin
+
+
+@dataclass
+class WorkerTaskCounts:
+    received: int = 0
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    rejected: int = 0
+    revoked: int = 0
+
+
+# event type -> (state, the record's timestamp field, rank); states are compared by identity.
+_KINDS: dict[str, tuple[str, str, int]] = {
+    event_type: (state, event_type.removeprefix("task-"), _RANK[state])
+    for event_type, state in EVENT_STATES.items()
+}
+
+
+class RecentTasks:
+    """Up to ``max_tasks`` task records; the oldest (by last task-received) is evicted first."""
+
+    def __init__(self, max_tasks: int) -> None:
+        if max_tasks < 1:
+            raise ValueError("max_tasks must be at least 1")
+        self.max_tasks = max_tasks
+        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
+        self.evicted = 0
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def get(self, uuid: str) -> TaskRecord | None:
+        return self._tasks.get(uuid)
+
+    def observe(
+        self, event: dict[str, Any], event_type: str, name: str, hostname: str, received_at: float
+    ) -> None:
+        """``State.task_observer``: merge one task event. The caller holds the state lock."""
+        kind = _KINDS.get(event_type)
+        uuid = event.get("uuid")
+        if kind is None or type(uuid) is not str or not uuid:
+            # A custom event (Task.send_event) or no uuid: nothing of Celery's task states.
+            return
+        state, field, rank = kind
+        tasks = self._tasks
+        record = tasks.get(uuid)
+        if record is None:
+            record = tasks[uuid] = TaskRecord(uuid, received_at)
+            if len(tasks) > self.max_tasks:
+                tasks.popitem(last=False)
+                self.evicted += 1
+        elif state is RECEIVED:
+            tasks.move_to_end(uuid)  # a retry is received again: it is recent again
+
+        timestamp = event.get("timestamp")
+        if type(timestamp) is not float:
+            timestamp = float(timestamp) if type(timestamp) is int else received_at
+        event_name = event.get("name")
+        if type(event_name) is str and event_name:
+            record.name = event_name
+        elif record.name is None and name != "unknown":
+            record.name = name
+
+        previous = getattr(record, field)
+        if previous is None or timestamp >= previous:
+            setattr(record, field, timestamp)
+        current = record.state
+        if state is PENDING:
+            if current is None:
+                record.state = state
+                record.state_timestamp = timestamp
+        else:
+            record.worker = hostname
+            key = (hostname, field)
+            counts = self._counts
+            if key in counts:
+                counts[key] += 1
+            elif len(counts) < MAX_WORKER_COUNTS:
+                counts[key] = 1
+            if (
+                current is None
+                or current is PENDING
+                or timestamp > record.state_timestamp
+                or (timestamp == record.state_timestamp and rank >= _RANK[current])
+            ):
+                record.state = state
+                record.state_timestamp = timestamp
+
+        if state is RECEIVED or state is PENDING:
+            args = event.get("args")
+            if args is not None:
+                record.args = args if type(args) is not str or len(args) <= LIMIT else args[:LIMIT]
+            kwargs = event.get("kwargs")
+            if kwargs is not None:
+                record.kwargs = (
+                    kwargs if type(kwargs) is not str or len(kwargs) <= LIMIT else kwargs[:LIMIT]
+                )
+            retries = event.get("retries")
+            if type(retries) is int and (record.retries is None or retries > record.retries):
+                record.retries = retries
+            if state is RECEIVED:
+                for key_name in ("eta", "expires", "root_id", "parent_id"):
+                    value = event.get(key_name)
+                    if type(value) is str:
+                        setattr(record, key_name, value)
+            else:
+                queue = event.get("queue")
+                if type(queue) is str:
+                    record.queue = queue
+        elif state is SUCCESS:
+            result = event.get("result")
+            record.result = (
+                result if type(result) is not str or len(result) <= LIMIT else result[:LIMIT]
+            )
+            runtime = event.get("runtime")
+            if (type(runtime) is float or type(runtime) is int) and runtime >= 0:
+                record.runtime = float(runtime)
+        elif state is FAILURE or state is RETRY:
+            exception = event.get("exception")
+            # self.retry() without exc= is reported as the repr of None.
+            if exception is not None and exception != "None":
+                text = exception if type(exception) is str else str(exception)
+                record.exception = text if len(text) <= LIMIT else text[:LIMIT]
+            traceback = event.get("traceback")
+            if type(traceback) is str:
+                record.traceback = traceback if len(traceback) <= LIMIT else traceback[-LIMIT:]
+
+    @property
+    def worker_counts(self) -> dict[str, WorkerTaskCounts]:
+        """Task events per worker hostname (task-sent, sent by clients, not counted)."""
+        found: dict[str, WorkerTaskCounts] = {}
+        for (hostname, field), count in self._counts.items():
+            counts = found.get(hostname)
+            if counts is None:
+                counts = found[hostname] = WorkerTaskCounts()
+            setattr(counts, field, count)
+        return found
+
+    def records(self) -> list[TaskRecord]:
+        """The live records, oldest first; call with the state lock held, and ``copy()`` (under
+        the lock again) those to be shown: the ingest thread keeps updating them."""
+        return list(self._tasks.values())
+
+    def forget_workers(self, keep: set[str]) -> None:
+        """Drop the task counts of workers the state no longer knows (it purged them)."""
+        for key in [key for key in self._counts if key[0] not in keep]:
+            del self._counts[key]

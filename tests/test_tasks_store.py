@@ -1,0 +1,559 @@
+"""The recent-task store, payload masking and the /api/tasks query language, without processes.
+
+Events are shaped like the ones Celery 5.7 sends (see /work/shared/FIELD-NOTES.md): task-received
+carries name, args and kwargs as repr strings, task-started only the uuid, and so on. They go
+through the real State so that the store sees what the exporter's ingest thread would give it.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import re
+import threading
+import tracemalloc
+from typing import Any
+
+import orjson
+import pytest
+
+from exporter.api import (
+    DEFAULT_LIMIT,
+    PAYLOADS_HIDDEN,
+    TASK_ROW_KEYS,
+    Api,
+    ApiError,
+    TaskQuery,
+    iso,
+    parse_task_query,
+)
+from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
+from exporter.redact import (
+    DEFAULT_SECRET_KEY_PATTERNS,
+    ELLIPSIS,
+    MASK,
+    Redactor,
+    compile_secret_keys,
+)
+from exporter.state import State, StateSettings
+from exporter.tasks_store import STORED_TEXT_LIMIT, RecentTasks, TaskRecord
+
+WORKER = "celery@18e5d5189283"
+UUID = "c2e583bc-1dc9-4193-9df5-fe412aa0b180"
+KWARGS = {
+    "input_image": {"protocol": "file", "path": "input/1732010550292-480.jpg"},
+    "output_image": {"protocol": "file", "path": "output/878ac326.jpg"},
+    "lifespan": 3600,
+}
+RESULT = {**KWARGS, "chronos": {"total": 2.219586}}
+T0 = 1_732_010_550.472
+
+
+def fed(max_tasks: int = 100) -> tuple[State, RecentTasks]:
+    state = State(StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS))
+    store = RecentTasks(max_tasks)
+    state.task_observer = store.observe
+    return state, store
+
+
+def feed(state: State, *events: dict[str, Any], received_at: float = T0 + 100) -> None:
+    with state.lock:
+        for event in events:
+            state.apply(event, received_at)
+
+
+def event(kind: str, uuid: str = UUID, at: float = T0, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": f"task-{kind}",
+        "uuid": uuid,
+        "hostname": fields.pop("hostname", WORKER),
+        "timestamp": at,
+        "utcoffset": 0,
+        "pid": 7,
+        "clock": 1,
+        **fields,
+    }
+
+
+def lifecycle(uuid: str = UUID, at: float = T0) -> list[dict[str, Any]]:
+    return [
+        event("sent", uuid, at - 0.5, hostname="gen1@client", name="blurit.image",
+              args="()", kwargs=repr(KWARGS), retries=0, queue="celery"),
+        event("received", uuid, at, name="blurit.image", args="()", kwargs=repr(KWARGS),
+              retries=0, eta=None, expires=None, root_id=uuid, parent_id=None),
+        event("started", uuid, at + 0.006),
+        event("succeeded", uuid, at + 2.5, result=repr(RESULT), runtime=2.219586),
+    ]  # fmt: skip
+
+
+def as_dict(record: TaskRecord) -> dict[str, Any]:
+    return {slot: getattr(record, slot) for slot in TaskRecord.__slots__}
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+def test_a_task_in_order_becomes_one_complete_record() -> None:
+    state, store = fed()
+    feed(state, *lifecycle())
+    record = store.get(UUID)
+    assert record is not None
+    assert as_dict(record) == {
+        "uuid": UUID,
+        "name": "blurit.image",
+        "state": "SUCCESS",
+        "state_timestamp": T0 + 2.5,
+        "args": "()",
+        "kwargs": repr(KWARGS),
+        "result": repr(RESULT),
+        "exception": None,
+        "traceback": None,
+        "retries": 0,
+        "worker": WORKER,
+        "queue": "celery",
+        "eta": None,
+        "expires": None,
+        "root_id": UUID,
+        "parent_id": None,
+        "runtime": 2.219586,
+        "first_seen": T0 + 100,
+        "sent": T0 - 0.5,
+        "received": T0,
+        "started": T0 + 0.006,
+        "succeeded": T0 + 2.5,
+        "failed": None,
+        "retried": None,
+        "revoked": None,
+        "rejected": None,
+    }
+
+
+def test_every_arrival_order_gives_the_same_record() -> None:
+    in_order = fed()
+    feed(in_order[0], *lifecycle())
+    expected = as_dict(in_order[1].get(UUID))  # type: ignore[arg-type]
+    orders = list(itertools.permutations(lifecycle()))
+    assert len(orders) == 24
+    for order in orders:
+        state, store = fed()
+        feed(state, *order)
+        record = store.get(UUID)
+        assert record is not None
+        assert as_dict(record) == expected, [e["type"] for e in order]
+
+
+def test_a_late_started_event_does_not_undo_a_failure() -> None:
+    state, store = fed()
+    feed(
+        state,
+        event("received", at=T0, name="tests.fail", args="('boom',)", kwargs="{}"),
+        event("failed", at=T0 + 1, exception="ValueError('boom')",
+              traceback="Traceback (most recent call last):\nValueError: boom\n"),
+        event("started", at=T0 + 0.5),
+    )  # fmt: skip
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.state, record.started, record.failed) == ("FAILURE", T0 + 0.5, T0 + 1)
+    assert record.exception == "ValueError('boom')"
+    assert record.traceback == "Traceback (most recent call last):\nValueError: boom\n"
+
+
+def test_retries_keep_the_uuid_and_end_in_the_last_state() -> None:
+    state, store = fed()
+    feed(
+        state,
+        event("received", at=T0, name="tests.flaky", args="(2,)", kwargs="{}", retries=0),
+        event("started", at=T0 + 0.01),
+        event("retried", at=T0 + 0.02, exception="Retry('in 0.1s')", traceback="tb"),
+        event("received", at=T0 + 0.2, name="tests.flaky", args="(2,)", kwargs="{}", retries=1),
+        event("started", at=T0 + 0.21),
+        event("succeeded", at=T0 + 0.3, result="2", runtime=0.05),
+    )
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.state, record.retries, record.received, record.started) == (
+        "SUCCESS", 1, T0 + 0.2, T0 + 0.21,
+    )  # fmt: skip
+    assert (record.retried, record.result, record.runtime) == (T0 + 0.02, "2", 0.05)
+
+
+def test_a_rejected_task_ends_rejected_after_its_failure() -> None:
+    state, store = fed()
+    feed(
+        state,
+        event("received", at=T0, name="tests.reject", args="()", kwargs="{}"),
+        event("started", at=T0 + 0.1),
+        event("failed", at=T0 + 0.2, exception="Reject('not today')", traceback="tb"),
+        event("rejected", at=T0 + 0.2, requeue=False),
+    )
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.state, record.rejected, record.exception) == (
+        "REJECTED", T0 + 0.2, "Reject('not today')",
+    )  # fmt: skip
+
+
+def test_the_clients_clock_cannot_hold_a_task_pending() -> None:
+    state, store = fed()
+    # The client's clock runs a minute ahead of the worker's.
+    feed(
+        state,
+        event("sent", at=T0 + 60, hostname="gen1@client", name="tests.add", args="(1, 2)"),
+        event("received", at=T0, name="tests.add", args="(1, 2)", kwargs="{}"),
+    )
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.state, record.worker) == ("RECEIVED", WORKER)
+    feed(state, event("sent", at=T0 + 61, hostname="gen1@client", name="tests.add"))
+    assert record.state == "RECEIVED"
+
+
+def test_a_task_first_seen_by_its_end_still_gets_the_name_it_was_sent_with() -> None:
+    state, store = fed()
+    feed(state, event("succeeded", at=T0, result="3", runtime=0.1))
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.name, record.state) == (None, "SUCCESS")
+    feed(state, event("received", at=T0 - 1, name="tests.add", args="(1, 2)", kwargs="{}"))
+    assert (record.name, record.state, record.args) == ("tests.add", "SUCCESS", "(1, 2)")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": "task-received", "hostname": WORKER},
+        {"type": "task-received", "hostname": WORKER, "uuid": 42},
+        {"type": "task-received", "hostname": WORKER, "uuid": ""},
+        {"type": "task-started", "hostname": WORKER, "uuid": UUID, "timestamp": "soon"},
+        {"type": "task-succeeded", "hostname": WORKER, "uuid": UUID, "runtime": "fast",
+         "result": {"not": "a repr"}},
+        {"type": "task-failed", "hostname": WORKER, "uuid": UUID, "exception": 12,
+         "traceback": ["x"]},
+        {"type": "task-received", "hostname": WORKER, "uuid": UUID, "name": 5, "retries": "x",
+         "eta": 3},
+        {"type": "task-custom-progress", "hostname": WORKER, "uuid": UUID},
+    ],
+)  # fmt: skip
+def test_odd_events_never_raise(bad: dict[str, Any]) -> None:
+    state, store = fed()
+    feed(state, bad)
+    assert state.rejected.get("invalid_field", 0) == 0
+    # Custom events (Task.send_event) carry no state of Celery's: not a task row of their own.
+    known = bad["type"] != "task-custom-progress"
+    assert len(store) == (1 if known and bad.get("uuid") == UUID else 0)
+
+
+def test_eviction_drops_the_oldest_and_a_re_received_task_is_young_again() -> None:
+    state, store = fed(max_tasks=3)
+    uuids = [f"task-{i}" for i in range(4)]
+    for i, uuid in enumerate(uuids[:3]):
+        feed(state, event("received", uuid, T0 + i, name="tests.add", args="()", kwargs="{}"))
+    # task-0 is retried: received again, it becomes the youngest.
+    feed(state, event("received", "task-0", T0 + 5, name="tests.add", args="()", kwargs="{}"))
+    feed(state, event("received", "task-3", T0 + 6, name="tests.add", args="()", kwargs="{}"))
+    assert [record.uuid for record in store.records()] == ["task-2", "task-0", "task-3"]
+    assert store.evicted == 1
+    # A late event of an evicted task starts a new, partial record (and evicts another).
+    feed(state, event("succeeded", "task-1", T0 + 7, result="1", runtime=0.1))
+    assert [record.uuid for record in store.records()] == ["task-0", "task-3", "task-1"]
+
+
+def test_memory_stays_flat_however_many_tasks_pass() -> None:
+    state, store = fed(max_tasks=1000)
+    kwargs = repr(KWARGS)
+
+    def burst(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            uuid = f"{i:08d}-1dc9-4193-9df5-fe412aa0b180"
+            feed(
+                state,
+                event("received", uuid, T0 + i, name="blurit.image", args="()", kwargs=kwargs),
+                event("started", uuid, T0 + i + 0.1),
+                event("succeeded", uuid, T0 + i + 0.2, result=repr(RESULT), runtime=0.1),
+            )
+
+    burst(0, 2000)  # fill the store and the state's own bounded structures
+    gc.collect()
+    tracemalloc.start()
+    try:
+        burst(2000, 5000)
+        gc.collect()
+        after_5k, _ = tracemalloc.get_traced_memory()
+        burst(7000, 20000)
+        gc.collect()
+        after_25k, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(store) == 1000
+    assert store.evicted == 26000
+    # 20 000 more tasks through a full store: no growth beyond allocator noise (a single kept
+    # task record with its strings is > 600 bytes, so a leak of one per task would be > 12 MB).
+    assert after_25k - after_5k < 200_000, (after_5k, after_25k)
+
+
+def test_huge_payloads_are_cut_on_arrival() -> None:
+    state, store = fed()
+    huge = "x" * (STORED_TEXT_LIMIT * 3)
+    feed(
+        state,
+        event("received", at=T0, name="tests.big", args=huge, kwargs=huge),
+        event("failed", at=T0 + 1, exception=huge, traceback="head\n" + huge + "\nValueError: x"),
+    )
+    record = store.get(UUID)
+    assert record is not None
+    assert len(record.args) == len(record.kwargs) == len(record.exception or "")
+    assert len(record.args) == STORED_TEXT_LIMIT
+    assert record.traceback is not None and len(record.traceback) == STORED_TEXT_LIMIT
+    assert record.traceback.endswith("\nValueError: x")
+
+
+def test_worker_counts_follow_the_task_events() -> None:
+    state, store = fed()
+    feed(state, *lifecycle("a"), *lifecycle("b"))
+    feed(state, event("received", "c", name="tests.fail"), event("failed", "c", exception="E()"))
+    counts = store.worker_counts[WORKER]
+    assert (counts.received, counts.started, counts.succeeded, counts.failed) == (3, 2, 2, 1)
+    assert "gen1@client" not in store.worker_counts  # task-sent comes from the client
+    store.forget_workers(set())
+    assert store.worker_counts == {}
+
+
+def test_the_store_refuses_a_zero_bound() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        RecentTasks(0)
+
+
+# -- masking and cutting --------------------------------------------------------------------------
+
+REDACTOR = Redactor(compile_secret_keys(DEFAULT_SECRET_KEY_PATTERNS), max_length=1024)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Literal reprs are parsed: masked at any depth, other values untouched.
+        (repr(KWARGS), repr(KWARGS)),
+        (repr({**KWARGS, "password": "hunter2"}), repr({**KWARGS, "password": MASK})),
+        (
+            repr({"headers": {"Authorization": "Bearer abc", "Accept": "*/*"},
+                  "items": [{"api_key": "k1"}, {"API-Key": 7}], "Cookie": "sid=1"}),
+            repr({"headers": {"Authorization": MASK, "Accept": "*/*"},
+                  "items": [{"api_key": MASK}, {"API-Key": MASK}], "Cookie": MASK}),
+        ),
+        (repr(("user@example.com", {"client_secret": "s"})),
+         repr(("user@example.com", {"client_secret": MASK}))),
+        (repr({"author": "Ann", "auth": "x", "oauth_token": "t"}),
+         repr({"author": "Ann", "auth": MASK, "oauth_token": MASK})),
+        (repr({"broker": "redis://user:s3cret@redis:6379/0"}),
+         repr({"broker": f"redis://user:{MASK}@redis:6379/0"})),
+        # Not literals: the text scanner masks key/value pairs, quoted or bare.
+        ("{'when': datetime.date(2024, 11, 19), 'password': 'a, b}', 'n': 1}",
+         f"{{'when': datetime.date(2024, 11, 19), 'password': '{MASK}', 'n': 1}}"),
+        ("Login(user='ann', password='pw', token=abc123, session=Session(id=3), x=1)",
+         f"Login(user='ann', password='{MASK}', token={MASK}, session={MASK}, x=1)"),
+        ("{'cfg': <Cfg at 0x7f>, 'secret': {'a': [1, '}'], 'b': 2}, 'z': 0}",
+         f"{{'cfg': <Cfg at 0x7f>, 'secret': {MASK}, 'z': 0}}"),
+        # Cut short by Celery's saferepr: the secret runs to the end of the text.
+        ("{'input': 'x', 'token': 'abcdefghijklmnop...", f"{{'input': 'x', 'token': '{MASK}'"),
+        ('{"token": "it\'s", "ok": 1, "Password": None}',
+         repr({"token": MASK, "ok": 1, "Password": MASK})),
+        ("{\"token\": \"it's\", 'when': now(), \"Password\": None}",
+         f"{{\"token\": \"{MASK}\", 'when': now(), \"Password\": {MASK}}}"),
+        # Positional secrets cannot be recognised: that is why payloads are opt-in.
+        ("('hunter2',)", "('hunter2',)"),
+    ],
+)  # fmt: skip
+def test_secrets_are_masked(text: str, expected: str) -> None:
+    assert REDACTOR.mask(text) == expected
+
+
+def test_free_text_is_masked_too() -> None:
+    assert (
+        REDACTOR.mask_text("ValueError(\"login failed with password='p4ss', user='ann'\")")
+        == f"ValueError(\"login failed with password='{MASK}', user='ann'\")"
+    )
+
+
+def test_json_payloads_of_old_clients_are_masked() -> None:
+    assert REDACTOR.payload({"token": "t", "n": [1, 2]}) == repr({"token": MASK, "n": [1, 2]})
+    assert REDACTOR.payload(None) == ""
+
+
+def test_custom_secret_key_patterns_replace_the_default() -> None:
+    custom = Redactor(compile_secret_keys([r"^ssn$", "iban"]), 1024)
+    assert custom.mask(repr({"ssn": "1", "IBAN_no": "2", "password": "3"})) == repr(
+        {"ssn": MASK, "IBAN_no": MASK, "password": "3"}
+    )
+    with pytest.raises(ValueError, match="bad secret key pattern"):
+        compile_secret_keys(["("])
+
+
+def test_long_values_are_cut_and_tracebacks_keep_their_end() -> None:
+    short = Redactor(compile_secret_keys(DEFAULT_SECRET_KEY_PATTERNS), max_length=20)
+    assert short.payload(repr("a" * 30)) == "'" + "a" * 19 + ELLIPSIS
+    assert short.payload(repr("a" * 18)) == repr("a" * 18)
+    assert short.truncate_tail("x" * 30 + "ValueError: boom") == ELLIPSIS + "x" * 4 + (
+        "ValueError: boom"
+    )
+
+
+def test_pathological_reprs_do_not_raise() -> None:
+    deep = "[" * 5000 + "]" * 5000
+    assert REDACTOR.mask(deep) == deep
+    assert REDACTOR.mask("{'password': ") == "{'password': "
+    assert REDACTOR.mask("'") == "'"
+
+
+# -- the query language and the rows --------------------------------------------------------------
+
+
+def test_query_defaults_and_every_parameter() -> None:
+    assert parse_task_query("") == TaskQuery()
+    assert TaskQuery().limit == DEFAULT_LIMIT
+    assert parse_task_query(
+        "uuid=C2E5&name=Blurit&state=success,Failure&worker=18E5&search=IMG&limit=5"
+        "&from=1732010550000&to=2024-11-19T11:00:00Z"
+    ) == TaskQuery(
+        uuid="c2e5",
+        name="blurit",
+        states=frozenset({"SUCCESS", "FAILURE"}),
+        worker="18e5",
+        search="img",
+        limit=5,
+        since=1_732_010_550.0,
+        until=1_732_014_000.0,
+    )
+    # Grafana sends every box, empty ones too: empty means no filter.
+    assert parse_task_query("uuid=&name=&state=&worker=&search=&from=&to=") == TaskQuery()
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("stat=SUCCESS", "unknown query parameter(s): stat; supported: uuid, name, state"),
+        ("state=DONE", "unknown state 'DONE'; states are PENDING, RECEIVED, STARTED"),
+        ("limit=ten", "limit must be a whole number, got 'ten'"),
+        ("limit=0", "limit must be within 1-1000000, got 0"),
+        ("name=a&name=b", "query parameter(s) given more than once: name"),
+        ("from=yesterday", "from must be epoch milliseconds or ISO 8601"),
+        ("to=nan", "to must be finite"),
+        ("from=2000&to=1000", "from must not be later than to"),
+    ],
+)
+def test_bad_queries_say_what_is_wrong(query: str, message: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_task_query(query)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_iso_timestamps_are_utc_with_milliseconds() -> None:
+    assert iso(T0) == "2024-11-19T10:02:30.472Z"
+    assert iso(None) is None
+    assert iso(1e300) is None
+
+
+def api_for(state: State, store: RecentTasks, expose: bool, max_length: int = 1024) -> Api:
+    redactor = Redactor(compile_secret_keys(DEFAULT_SECRET_KEY_PATTERNS), max_length)
+    return Api(state, store, redactor, expose_payloads=expose, clock=lambda: T0 + 101)
+
+
+def test_rows_hide_payloads_unless_asked() -> None:
+    state, store = fed()
+    secret_kwargs = {**KWARGS, "api_token": "tok-123"}
+    feed(
+        state,
+        event("received", at=T0, name="blurit.image", args="()", kwargs=repr(secret_kwargs)),
+        event("started", at=T0 + 0.006),
+        event("succeeded", at=T0 + 2.5, result=repr(RESULT), runtime=2.219586),
+    )
+    body, headers = api_for(state, store, expose=False).tasks(f"uuid={UUID}")
+    [hidden] = orjson.loads(body)
+    assert (hidden["args"], hidden["kwargs"], hidden["result"]) == ("", "", "")
+    assert headers["X-Task-Payloads"] == PAYLOADS_HIDDEN
+    assert "--expose-task-payloads" in headers["X-Task-Payloads"]
+
+    body, headers = api_for(state, store, expose=True).tasks(f"uuid={UUID}")
+    [shown] = orjson.loads(body)
+    assert shown == {
+        "name": "blurit.image",
+        "uuid": UUID,
+        "state": "SUCCESS",
+        "args": "()",
+        "kwargs": repr({**KWARGS, "api_token": MASK}),
+        "result": repr(RESULT),
+        "exception": "",
+        "traceback": "",
+        "sent": None,
+        "received": "2024-11-19T10:02:30.472Z",
+        "started": "2024-11-19T10:02:30.478Z",
+        "succeeded": "2024-11-19T10:02:32.972Z",
+        "failed": None,
+        "retried": None,
+        "revoked": None,
+        "rejected": None,
+        "runtime": 2.219586,
+        "worker": WORKER,
+        "retries": None,
+        "queue": None,
+        "eta": None,
+        "expires": None,
+        "root_id": None,
+        "parent_id": None,
+        "timestamp": "2024-11-19T10:02:32.972Z",
+    }
+    assert headers["X-Task-Payloads"].startswith("shown")
+    assert list(shown) == list(TASK_ROW_KEYS)
+
+
+def test_rows_are_newest_received_first_and_limited() -> None:
+    state, store = fed()
+    # Arrival order differs from the workers' order: sorting is by the received timestamp.
+    for i in (2, 0, 3, 1):
+        feed(state, event("received", f"t{i}", T0 + i, name="tests.add", args="()", kwargs="{}"))
+    api = api_for(state, store, expose=False)
+    assert [row["uuid"] for row in orjson.loads(api.tasks("")[0])] == ["t3", "t2", "t1", "t0"]
+    assert [row["uuid"] for row in orjson.loads(api.tasks("limit=2")[0])] == ["t3", "t2"]
+    window = f"from={int((T0 + 1) * 1000)}&to={int((T0 + 2) * 1000)}"
+    assert [row["uuid"] for row in orjson.loads(api.tasks(window)[0])] == ["t2", "t1"]
+
+
+def test_a_failures_runtime_is_started_to_failed_and_its_exception_is_masked() -> None:
+    state, store = fed()
+    feed(
+        state,
+        event("received", at=T0, name="tests.login", args="()", kwargs="{}"),
+        event("started", at=T0 + 1),
+        event("failed", at=T0 + 3.25, exception="PermissionError(\"password='pw' refused\")",
+              traceback="Traceback (most recent call last):\n" + "  frame\n" * 500
+              + "PermissionError: password='pw' refused\n"),
+    )  # fmt: skip
+    [row] = orjson.loads(api_for(state, store, expose=False, max_length=200).tasks("")[0])
+    assert row["runtime"] == 2.25
+    assert row["exception"] == f"PermissionError(\"password='{MASK}' refused\")"
+    assert row["traceback"].startswith(ELLIPSIS)
+    assert row["traceback"].endswith(f"PermissionError: password='{MASK}' refused\n")
+    assert len(row["traceback"]) == 201
+
+
+def test_serving_while_events_pour_in_is_consistent() -> None:
+    state, store = fed(max_tasks=500)
+    api = api_for(state, store, expose=True)
+    stop = threading.Event()
+
+    def pour() -> None:
+        i = 0
+        while not stop.is_set():
+            feed(state, *lifecycle(f"u{i}", T0 + i))
+            i += 1
+
+    thread = threading.Thread(target=pour)
+    thread.start()
+    try:
+        for _ in range(10):
+            for row in orjson.loads(api.tasks("limit=500")[0]):
+                assert row["state"] in ("PENDING", "RECEIVED", "STARTED", "SUCCESS")
+                if row["state"] == "SUCCESS":
+                    assert row["result"] and re.fullmatch(r"u\d+", row["uuid"])
+    finally:
+        stop.set()
+        thread.join()
