@@ -14,16 +14,20 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__
+from exporter import __version__, webconfig
+from exporter.api import Api
 from exporter.collector import EventsCollector
 from exporter.config import Config
 from exporter.control import Controller
+from exporter.exposition import MetricsPage
 from exporter.http import serve
 from exporter.ingest import Ingestor, RawMessage, RejectionLog
 from exporter.intake import make_reader
 from exporter.intake.broker import BrokerStatus
 from exporter.logging import get_logger
+from exporter.redact import DEFAULT_SECRET_KEY_PATTERNS, Redactor, compile_secret_keys
 from exporter.state import State, StateSettings
+from exporter.tasks_store import RecentTasks
 
 log = get_logger(__name__)
 
@@ -43,11 +47,26 @@ def build_state(config: Config) -> State:
     )
 
 
+def build_api(config: Config, state: State) -> Api:
+    """The recent-task store, listening to the state's task events, and the API serving it."""
+    store = None
+    if config.max_recent_tasks > 0:
+        store = RecentTasks(config.max_recent_tasks)
+        state.task_observer = store.observe
+    redactor = Redactor(
+        compile_secret_keys(config.secret_key_patterns or DEFAULT_SECRET_KEY_PATTERNS),
+        config.max_payload_length,
+    )
+    return Api(state, store, redactor, expose_payloads=config.expose_task_payloads, clock=time.time)
+
+
 def run(config: Config) -> int:
     """Run until SIGTERM or SIGINT, then stop the threads; returns the process exit code."""
     stop = threading.Event()
     inbox: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
     state = build_state(config)
+    api = build_api(config, state)
+    web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
     status = BrokerStatus()
     ingestor = Ingestor(state, inbox)
     reader = make_reader(config.broker_url, config.broker_transport_options, inbox, status)
@@ -59,13 +78,19 @@ def run(config: Config) -> int:
         interval=config.enable_events_interval,
     )
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(EventsCollector(state, status, ingestor))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
+    runtime = CollectorRegistry(auto_describe=False)  # process_*, python_*: the usual extras
+    ProcessCollector(registry=runtime)
+    PlatformCollector(registry=runtime)
+    GCCollector(registry=runtime)
+    page = MetricsPage(EventsCollector(state, status, ingestor, recent_tasks=api.store), [runtime])
 
-    server = serve(config.listen, registry, is_ready=lambda: status.connected)
+    server = serve(
+        config.listen,
+        page,
+        is_ready=lambda: status.connected,
+        api=api,
+        web_config=web_config,
+    )
     log.info(
         "exporter started",
         version=__version__,
@@ -73,6 +98,10 @@ def run(config: Config) -> int:
         broker=reader.safe_url(),
         worker_label=config.worker_label,
         enable_events=config.enable_events,
+        tls=web_config is not None and web_config.tls is not None,
+        basic_auth=web_config is not None and web_config.basic_auth is not None,
+        recent_tasks=config.max_recent_tasks,
+        task_payloads="exposed" if config.expose_task_payloads else "hidden",
     )
 
     threads = [

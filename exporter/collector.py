@@ -14,14 +14,17 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from exporter import __version__
+from exporter import __version__, exposition
 from exporter import metrics as m
+from exporter.exposition import FastText, LabelCache
 from exporter.ingest import Ingestor
 from exporter.intake.broker import BrokerStatus
 from exporter.metrics import WORKER, Kind, MetricSpec
-from exporter.state import Histogram, State, TaskKey, WorkerView
+from exporter.state import Histogram, Snapshot, State, TaskKey, WorkerView
+from exporter.tasks_store import RecentTasks
 
 Family = CounterMetricFamily | GaugeMetricFamily
 
@@ -36,19 +39,62 @@ def _family(spec: MetricSpec, labels: tuple[str, ...] | None = None) -> Family:
     raise TypeError(f"{spec.name} is a {spec.kind.value}")
 
 
-class EventsCollector(Collector):
+class EventsCollector(Collector, FastText):
     def __init__(
         self,
         state: State,
         broker: BrokerStatus,
         ingestor: Ingestor,
         clock: Callable[[], float] = time.time,
+        recent_tasks: RecentTasks | None = None,
     ) -> None:
         self.state = state
         self.broker = broker
         self.ingestor = ingestor
         self.clock = clock
+        self.recent_tasks = recent_tasks
         self._dropped = frozenset() if state.settings.worker_label else frozenset({WORKER})
+        self._labels = LabelCache()
+
+    def _collect_small(self, snap: Snapshot, now: float) -> Iterator[Metric]:
+        yield from self._workers(snap.workers)
+        yield from self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now)
+
+    def render_text(self) -> str:
+        """The same families as ``collect``, in the same order, as Prometheus text: the task
+        families written directly (``exporter.exposition``), the small ones by
+        prometheus-client."""
+        now = self.clock()
+        with self.state.lock:
+            self.state.purge_offline_workers(now)
+            snap = self.state.snapshot(now)
+        settings = self.state.settings
+        names = m.TASK_RUNTIME.labels_without(self._dropped)
+        with_worker = settings.worker_label
+
+        def task_values(key: tuple[str, ...]) -> tuple[str, ...]:
+            return key if with_worker else key[:1]
+
+        def as_is(key: tuple[str, ...]) -> tuple[str, ...]:
+            return key
+
+        out: list[str] = []
+        cache = self._labels
+        for event_type, spec in m.TASK_STATE_COUNTERS.items():
+            exposition.counter(out, cache, spec, names, snap.task_counts[event_type], task_values)
+        exposition.counter(out, cache, m.TASK_SENT, m.TASK_SENT.labels, snap.sent, as_is)
+        exposition.counter(
+            out, cache, m.TASK_EXCEPTIONS, m.TASK_EXCEPTIONS.labels, snap.exceptions, as_is
+        )
+        for spec, histograms, bounds in (
+            (m.TASK_RUNTIME, snap.runtime, settings.runtime_buckets),
+            (m.TASK_QUEUE_WAIT, snap.queue_wait, settings.queue_wait_buckets),
+        ):
+            exposition.histogram(out, cache, spec, names, histograms, bounds, task_values)
+        cache.rotate()
+        small = _Families(list(self._collect_small(snap, now)))
+        out.append(generate_latest(small).decode())
+        return "".join(out)
 
     def describe(self) -> Iterable[Metric]:
         # Without describe() the registry would call collect() at registration time.
@@ -86,8 +132,7 @@ class EventsCollector(Collector):
         ):
             yield self._histogram(spec, task_labels, histograms, bounds, task_values)
 
-        yield from self._workers(snap.workers)
-        yield from self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now)
+        yield from self._collect_small(snap, now)
 
     @staticmethod
     def _histogram(
@@ -152,8 +197,25 @@ class EventsCollector(Collector):
         tracked_family = _family(m.EXPORTER_TRACKED_TASKS)
         tracked_family.add_metric([], tracked)
         yield tracked_family
+        if self.recent_tasks is not None:
+            stored = _family(m.EXPORTER_RECENT_TASKS)
+            stored.add_metric([], len(self.recent_tasks))
+            yield stored
+            evicted = _family(m.EXPORTER_RECENT_TASKS_EVICTED)
+            evicted.add_metric([], self.recent_tasks.evicted)
+            yield evicted
         build = _family(m.EXPORTER_BUILD_INFO)
         build.add_metric(
             [__version__, celery.__version__, kombu.__version__, platform.python_version()], 1.0
         )
         yield build
+
+
+class _Families(Collector):
+    """Already-built families, for ``generate_latest``."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families

@@ -1,25 +1,34 @@
-"""The HTTP side: ``/metrics`` (text or OpenMetrics, gzip when asked), ``/healthz``, ``/readyz``.
+"""The HTTP side: ``/metrics`` (text or OpenMetrics, gzip when asked), ``/healthz``, ``/readyz``,
+the JSON API (``/api/tasks``, ``/api/workers``), with the web config's basic auth and TLS.
 
 A stdlib threading server rather than prometheus-client's ``start_http_server``: the exporter
-serves more than ``/metrics`` (health, readiness, and later its JSON API and basic auth), and a
-scrape must never wait for another one.
+serves more than ``/metrics``, needs basic auth, and a scrape must never wait for another one.
+With basic auth configured, every path but the two probes requires it: ``/healthz`` and
+``/readyz`` tell nothing but "the process runs" and "the broker is connected", and container
+health checks and Kubernetes probes cannot be expected to hold the credentials.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import gzip
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
+import orjson
 
 from exporter import __version__
+from exporter.api import JSON, Api, ApiError
 from exporter.config import ListenAddress
+from exporter.exposition import MetricsPage
 from exporter.logging import get_logger
+from exporter.webconfig import WebConfig
 
 log = get_logger(__name__)
 
@@ -27,18 +36,30 @@ LANDING_PAGE = f"""<!doctype html>
 <html><head><title>celery-events-exporter</title></head>
 <body><h1>celery-events-exporter {__version__}</h1>
 <ul><li><a href="metrics">metrics</a></li><li><a href="healthz">healthz</a></li>
-<li><a href="readyz">readyz</a> (503 while the broker is unreachable)</li></ul>
+<li><a href="readyz">readyz</a> (503 while the broker is unreachable)</li>
+<li><a href="api/tasks">api/tasks</a> (recent tasks as JSON; parameters uuid, name, state, worker,
+search, limit, from, to)</li><li><a href="api/workers">api/workers</a> (workers as JSON)</li></ul>
 </body></html>
 """.encode()
 
 
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
+REALM = "celery-events-exporter"
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = f"celery-events-exporter/{__version__}"
-    registry: ClassVar[CollectorRegistry]
+    # A client that connects and says nothing must not hold a thread forever.
+    timeout = 30
+    page: ClassVar[MetricsPage]
     is_ready: ClassVar[Callable[[], bool]]
+    api: ClassVar[Api | None]
+    web_config: ClassVar[WebConfig | None]
 
     def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
+        if path not in UNAUTHENTICATED_PATHS and not self._authorized():
+            return
         if path == "/metrics":
             self._metrics()
         elif path == "/healthz":
@@ -50,13 +71,58 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(503, b"broker not connected\n", "text/plain; charset=utf-8")
         elif path == "/":
             self._send(200, LANDING_PAGE, "text/html; charset=utf-8")
+        elif path in ("/api/tasks", "/api/workers") and type(self).api is not None:
+            self._api(path, query)
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
-    def _metrics(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+    def _authorized(self) -> bool:
+        """True if no basic auth is configured or the request carries valid credentials; else
+        answers 401 itself."""
+        config = type(self).web_config
+        auth = config.basic_auth if config is not None else None
+        if auth is None:
+            return True
+        header = self.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = ""
+            username, sep, password = decoded.partition(":")
+            if sep and auth.check(username, password):
+                return True
+        self._send(
+            401,
+            b"unauthorized\n",
+            "text/plain; charset=utf-8",
+            {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
+        )
+        return False
+
+    def _api(self, path: str, query: str) -> None:
+        api = type(self).api
+        assert api is not None
         try:
-            body = encoder(type(self).registry)
+            if path == "/api/tasks":
+                body, headers = api.tasks(query)
+            else:
+                body, headers = api.workers(query), {}
+        except ApiError as exc:
+            body = f'{{"error": {_json_string(str(exc))}}}'.encode()
+            self._send(400, body, JSON)
+            return
+        except Exception as exc:
+            log.exception("api request failed", path=path)
+            self._send(500, f"api request failed: {exc}\n".encode(), "text/plain")
+            return
+        headers["Cache-Control"] = "no-store"
+        self._send(200, body, JSON, headers)
+
+    def _metrics(self) -> None:
+        try:
+            body, content_type = type(self).page.render(self.headers.get("Accept", ""))
         except Exception as exc:
             log.exception("rendering metrics failed")
             self._send(500, f"rendering metrics failed: {exc}\n".encode(), "text/plain")
@@ -73,7 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
+        config = type(self).web_config
+        extra = config.headers if config is not None else {}
+        for name, value in {**extra, **(headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
@@ -92,14 +160,65 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+class _TLSServer(_Server):
+    """Wraps each accepted connection in the handler's thread: a TLS handshake waits on the
+    client, and must not stall the accept loop that every other client needs."""
+
+    ssl_context: ssl.SSLContext
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        assert isinstance(request, socket.socket)  # a stream server
+        request.settimeout(_Handler.timeout)
+        try:
+            wrapped = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("TLS handshake failed", client=str(client_address), error=str(exc))
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            # wrap_socket() detached the raw socket, so shutdown_request() cannot close it.
+            with contextlib.suppress(OSError):
+                wrapped.shutdown(socket.SHUT_RDWR)
+            wrapped.close()
+
+
+class _TLSServer6(_TLSServer):
+    address_family = socket.AF_INET6
+
+
+def _json_string(text: str) -> str:
+    return orjson.dumps(text).decode()
+
+
 def serve(
-    listen: ListenAddress, registry: CollectorRegistry, is_ready: Callable[[], bool]
+    listen: ListenAddress,
+    page: MetricsPage,
+    is_ready: Callable[[], bool],
+    *,
+    api: Api | None = None,
+    web_config: WebConfig | None = None,
 ) -> ThreadingHTTPServer:
     """Bind and start serving on a daemon thread; returns the server (``shutdown()`` stops it)."""
     handler = type(
-        "Handler", (_Handler,), {"registry": registry, "is_ready": staticmethod(is_ready)}
+        "Handler",
+        (_Handler,),
+        {
+            "page": page,
+            "is_ready": staticmethod(is_ready),
+            "api": api,
+            "web_config": web_config,
+        },
     )
-    server_class = _Server6 if ":" in listen.host else _Server
-    server = server_class((listen.host, listen.port), handler)
+    ipv6 = ":" in listen.host
+    server: ThreadingHTTPServer
+    if web_config is not None and web_config.tls is not None:
+        tls_server = (_TLSServer6 if ipv6 else _TLSServer)((listen.host, listen.port), handler)
+        tls_server.ssl_context = web_config.tls.context()
+        server = tls_server
+    else:
+        server = (_Server6 if ipv6 else _Server)((listen.host, listen.port), handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

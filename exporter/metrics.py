@@ -193,6 +193,16 @@ EXPORTER_TRACKED_TASKS = MetricSpec(
     Kind.GAUGE,
     "Task uuids whose name the exporter remembers, to label events that carry no name.",
 )
+EXPORTER_RECENT_TASKS = MetricSpec(
+    "celery_exporter_recent_tasks",
+    Kind.GAUGE,
+    "Tasks held in the recent-task store that /api/tasks serves (at most --max-recent-tasks).",
+)
+EXPORTER_RECENT_TASKS_EVICTED = MetricSpec(
+    "celery_exporter_recent_tasks_evicted",
+    Kind.COUNTER,
+    "Tasks dropped from the recent-task store to keep it within --max-recent-tasks, oldest first.",
+)
 EXPORTER_BUILD_INFO = MetricSpec(
     "celery_exporter_build_info",
     Kind.GAUGE,
@@ -226,6 +236,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_INTAKE_BACKLOG,
     EXPORTER_INTAKE_LAG,
     EXPORTER_TRACKED_TASKS,
+    EXPORTER_RECENT_TASKS,
+    EXPORTER_RECENT_TASKS_EVICTED,
     EXPORTER_BUILD_INFO,
 )
 

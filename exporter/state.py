@@ -112,12 +112,6 @@ class Snapshot:
 
 
 @dataclass
-class _TrackedTask:
-    name: str
-    received: float | None
-
-
-@dataclass
 class StateSettings:
     runtime_buckets: tuple[float, ...]
     queue_wait_buckets: tuple[float, ...]
@@ -142,8 +136,9 @@ class State:
     workers: dict[str, WorkerState] = field(default_factory=dict)
     events_by_type: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
-    # uuid -> name and received time, insertion-ordered so the oldest is evicted first.
-    _tracked: dict[str, _TrackedTask] = field(default_factory=dict)
+    # uuid -> (name, received time), insertion-ordered so the oldest is evicted first; a tuple,
+    # not an object: one is made for every task.
+    _tracked: dict[str, tuple[str, float | None]] = field(default_factory=dict)
     _exception_classes: set[str] = field(default_factory=set)
     _custom_event_types: int = 0
     on_reject: Callable[[str, str], None] | None = None
@@ -164,10 +159,17 @@ class State:
             hostname = event.get("hostname")
             if not isinstance(hostname, str) or not hostname:
                 raise Rejected("missing_hostname", f"{event_type} without hostname")
-            self._count_event_type(event_type)
-            handler = _HANDLERS.get(event_type)
-            if handler is not None:
-                handler(self, event, event_type, hostname, received_at)
+            counts = self.events_by_type
+            if event_type in counts:  # the hot path: a type seen before
+                counts[event_type] += 1
+            else:
+                self._count_event_type(event_type)
+            if event_type in _TASK_STATES:
+                self._task_event(event, event_type, hostname, received_at)
+            else:
+                handler = _HANDLERS.get(event_type)
+                if handler is not None:
+                    handler(self, event, event_type, hostname, received_at)
         except Rejected as rejection:
             self.reject(rejection.reason, str(rejection))
         except Exception as exc:  # a bug or an input we did not foresee: count it, keep going
@@ -193,40 +195,60 @@ class State:
     def _task_event(
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
     ) -> None:
+        # Runs for every task event: locals instead of attribute chains and helper calls, the
+        # common types tested first; the rare cases fall back to the general checks.
         uuid = event.get("uuid")
         if not isinstance(uuid, str) or not uuid:
             raise Rejected("missing_uuid", f"{event_type} without uuid")
         name = event.get("name")
-        tracked = self._tracked.get(uuid)
+        tracked_tasks = self._tracked
+        tracked = tracked_tasks.get(uuid)
         if event_type == "task-received":
             if not isinstance(name, str) or not name:
-                name = tracked.name if tracked else UNKNOWN_TASK
+                name = tracked[0] if tracked else UNKNOWN_TASK
             timestamp = event.get("timestamp")
-            self._track(uuid, name, timestamp if isinstance(timestamp, (int, float)) else None)
+            # A retry is received again: move it to the young end.
+            if tracked is not None:
+                del tracked_tasks[uuid]
+            tracked_tasks[uuid] = (
+                name,
+                timestamp if isinstance(timestamp, (int, float)) else None,
+            )
+            if len(tracked_tasks) > self.settings.max_tracked_tasks:
+                del tracked_tasks[next(iter(tracked_tasks))]
         elif not isinstance(name, str) or not name:
-            name = tracked.name if tracked else UNKNOWN_TASK
+            name = tracked[0] if tracked else UNKNOWN_TASK
 
-        key = (name, hostname if self.settings.worker_label else "")
+        settings = self.settings
+        key = (name, hostname if settings.worker_label else "")
         counts = self.task_counts[event_type]
-        counts[key] = counts.get(key, 0) + 1
+        if key in counts:
+            counts[key] += 1
+        else:
+            counts[key] = 1
 
         if event_type == "task-started":
             started = event.get("timestamp")
-            if tracked is not None and tracked.received is not None and _is_number(started):
-                wait = max(0.0, float(started) - tracked.received)
-                self._observe(self.queue_wait, key, wait, self.settings.queue_wait_buckets)
+            if tracked is not None and tracked[1] is not None and _is_number(started):
+                wait = float(started) - tracked[1]
+                _observe(self.queue_wait, key, wait if wait > 0.0 else 0.0,
+                         settings.queue_wait_buckets)  # fmt: skip
         elif event_type == "task-succeeded":
             runtime = event.get("runtime")
-            if _is_number(runtime) and runtime >= 0:
-                self._observe(self.runtime, key, float(runtime), self.settings.runtime_buckets)
-            self._tracked.pop(uuid, None)
+            if type(runtime) is float and runtime >= 0 and runtime != _INF:
+                _observe(self.runtime, key, runtime, settings.runtime_buckets)
+            elif _is_number(runtime) and runtime >= 0:
+                _observe(self.runtime, key, float(runtime), settings.runtime_buckets)
+            if tracked is not None:
+                del tracked_tasks[uuid]
         elif event_type == "task-failed":
             # Not forgotten yet: a task that raised Reject fails first, then is rejected.
             self._count_exception(name, event.get("exception"))
-        elif event_type in ("task-rejected", "task-revoked"):
-            self._tracked.pop(uuid, None)
-        if self.task_observer is not None:
-            self.task_observer(event, event_type, name, hostname, received_at)
+        elif (event_type == "task-rejected" or event_type == "task-revoked") and tracked:
+            del tracked_tasks[uuid]
+        observer = self.task_observer
+        if observer is not None:
+            observer(event, event_type, name, hostname, received_at)
 
     def _task_sent(
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
@@ -278,13 +300,6 @@ class State:
             _text(event.get("sw_sys")),
         )
 
-    def _track(self, uuid: str, name: str, received: float | None) -> None:
-        tracked = self._tracked
-        tracked.pop(uuid, None)  # a retry is received again: move it to the young end
-        tracked[uuid] = _TrackedTask(name, received)
-        if len(tracked) > self.settings.max_tracked_tasks:
-            del tracked[next(iter(tracked))]
-
     def _count_exception(self, task: str, exception: Any) -> None:
         match = _EXCEPTION_CLASS.match(exception) if isinstance(exception, str) else None
         cls = match.group(1) if match else UNKNOWN_TASK
@@ -295,19 +310,6 @@ class State:
                 self._exception_classes.add(cls)
         key = (task, cls)
         self.exceptions[key] = self.exceptions.get(key, 0) + 1
-
-    @staticmethod
-    def _observe(
-        histograms: dict[TaskKey, Histogram],
-        key: TaskKey,
-        value: float,
-        bounds: tuple[float, ...],
-    ) -> None:
-        histogram = histograms.get(key)
-        if histogram is None:
-            histogram = histograms[key] = Histogram([0] * (len(bounds) + 1))
-        histogram.counts[bisect_left(bounds, value)] += 1
-        histogram.total += value
 
     # -- scrape side -------------------------------------------------------------------------
 
@@ -367,6 +369,16 @@ class State:
         )
 
 
+def _observe(
+    histograms: dict[TaskKey, Histogram], key: TaskKey, value: float, bounds: tuple[float, ...]
+) -> None:
+    histogram = histograms.get(key)
+    if histogram is None:
+        histogram = histograms[key] = Histogram([0] * (len(bounds) + 1))
+    histogram.counts[bisect_left(bounds, value)] += 1
+    histogram.total += value
+
+
 def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -374,6 +386,9 @@ def _is_number(value: Any) -> TypeGuard[float]:
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
+
+_INF = math.inf
+_TASK_STATES = frozenset(TASK_STATE_COUNTERS)
 
 _Handler = Callable[[State, dict[str, Any], str, str, float], None]
 

@@ -9,6 +9,7 @@ exactly what each worker did.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -24,6 +25,7 @@ import pytest
 import requests
 import yaml
 
+from exporter.webconfig import hash_password
 from grafana.generate import all_queries
 from tests.conftest import (
     REPO,
@@ -98,12 +100,25 @@ class Prometheus:
         return result
 
 
+SCRAPE_USER, SCRAPE_PASSWORD = "monitoring", "stack-test-password"
+
+
 @pytest.fixture
 def prometheus(tmp_path: Path, exporter_for_stack: ExporterProcess) -> Iterator[Prometheus]:
     config_dir = tmp_path / "prometheus"
     shutil.copytree(REPO / "prometheus", config_dir, ignore=shutil.ignore_patterns("tests"))
     targets = [{"targets": [f"127.0.0.1:{exporter_for_stack.port}"]}]
     (config_dir / "targets" / "exporter.yml").write_text(yaml.safe_dump(targets))
+    # The committed config reads the scrape password from the compose stack's path; here it
+    # lives in a file of ours (as the config's comment says to do outside compose).
+    password_file = tmp_path / "exporter-password"
+    password_file.write_text(SCRAPE_PASSWORD)
+    config_path = config_dir / "prometheus.yml"
+    config = yaml.safe_load(config_path.read_text())
+    (job,) = config["scrape_configs"]
+    assert job["basic_auth"]["username"] == SCRAPE_USER
+    job["basic_auth"]["password_file"] = str(password_file)
+    config_path.write_text(yaml.safe_dump(config))
     port = free_port()
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
@@ -134,9 +149,19 @@ def workers_for_stack(redis_url: str, processes: Processes) -> None:
 
 @pytest.fixture
 def exporter_for_stack(
-    redis_url: str, processes: Processes, workers_for_stack: None
+    redis_url: str, processes: Processes, workers_for_stack: None, tmp_path: Path
 ) -> ExporterProcess:
-    exporter = processes.exporter(redis_url)
+    """The exporter as the compose stack runs it: basic auth on, payloads exposed."""
+    web_config = tmp_path / "web-config.yml"
+    users = {"basic_auth_users": {SCRAPE_USER: hash_password(SCRAPE_PASSWORD, cost=4)}}
+    web_config.write_text(yaml.safe_dump(users))
+    exporter = processes.exporter(
+        redis_url,
+        "--web-config-file",
+        str(web_config),
+        "--expose-task-payloads",
+        auth=(SCRAPE_USER, SCRAPE_PASSWORD),
+    )
     wait_until(
         lambda: set(exporter.metrics().by_label("celery_worker_online", "worker")) == {W1, W2},
         what="both workers' heartbeats",
@@ -182,6 +207,41 @@ def test_every_dashboard_query_returns_data_and_the_workers_table_is_exact(
         assert columns["online"][worker] == 1.0
         assert columns["active_tasks"][worker] == 0.0
         assert 0.0 <= columns["load1"][worker] < 100.0
+
+    # The recent-tasks table: the Infinity query of the committed dashboard, as the Grafana
+    # server would send it (empty search boxes, the last hour), against the exporter.
+    board = json.loads((REPO / "grafana" / "dashboards" / "celery-tasks.json").read_text())
+    infinity = [
+        target
+        for row in board["panels"]
+        for panel in [row, *row.get("panels", [])]
+        for target in panel.get("targets", [])
+        if target.get("source") == "url"
+    ]
+    assert len(infinity) == 1
+    now_ms = int(time.time() * 1000)
+    grafana_vars = {
+        "${tasks_api_url}": exporter_for_stack.url,
+        "${task_uuid}": "", "${task_name}": "", "${task_state}": "",
+        "${__from}": str(now_ms - 3_600_000), "${__to}": str(now_ms),
+    }  # fmt: skip
+    url = infinity[0]["url"]
+    params = {}
+    for param in infinity[0]["url_options"]["params"]:
+        value = param["value"]
+        params[param["key"]] = grafana_vars.get(value, value)
+    for name, value in grafana_vars.items():
+        url = url.replace(name, value)
+    response = requests.get(url, params=params, auth=(SCRAPE_USER, SCRAPE_PASSWORD), timeout=10)
+    assert response.status_code == 200, response.text
+    rows = response.json()
+    # One row per uuid (a retried task is one row): 5 tasks sent to w1, 6 to w2, per round.
+    assert len(rows) == ROUNDS * (5 + 6)
+    selectors = {column["selector"] for column in infinity[0]["columns"]}
+    assert all(selectors <= set(row) for row in rows)
+    states = {row["state"] for row in rows}
+    assert {"SUCCESS", "FAILURE", "REVOKED", "REJECTED"} <= states
+    assert requests.get(url, params=params, timeout=10).status_code == 401
 
     rules = requests.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     unhealthy = [

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ EVENT_EXCHANGE = "celeryev"
 EVENT_QUEUE_TTL = 5.0  # Celery's event_queue_ttl default
 EVENT_QUEUE_EXPIRES = 60.0  # Celery's event_queue_expires default
 MAX_BACKOFF = 30.0
+DRAIN_TIMEOUT = 1.0
 
 
 @dataclass
@@ -91,6 +93,7 @@ class BrokerReader:
     def _consume(self, stop: threading.Event) -> None:
         with self.connection() as conn:
             conn.ensure_connection(max_retries=1)
+            buffer_amqp_reads(conn)
             channel = conn.channel()
             event_queue = Queue(
                 self.queue_name,
@@ -114,7 +117,7 @@ class BrokerReader:
                 log.info("broker connected", broker=self.safe_url(), queue=self.queue_name)
                 while not stop.is_set():
                     try:
-                        conn.drain_events(timeout=1.0)
+                        conn.drain_events(timeout=DRAIN_TIMEOUT)
                     except TimeoutError:
                         conn.heartbeat_check()
 
@@ -124,3 +127,45 @@ class BrokerReader:
     def safe_url(self) -> str:
         """The broker URL with its password masked, for logs."""
         return str(maybe_sanitize_url(self.broker_url))
+
+
+AMQP_READ_SIZE = 1 << 20
+
+
+class BufferedRecv:
+    """Stands in for py-amqp's ``sock.recv``: one system call takes everything the kernel holds
+    (up to ``AMQP_READ_SIZE``), later calls are served from it.
+
+    py-amqp asks for each frame's header and payload by exact size, so a busy event queue costs
+    several ``recv`` calls per message, and each one gives the GIL away: with the ingest thread
+    busy, the reader then waits up to a switch interval (5 ms) for it every time, the socket
+    backs up and RabbitMQ's 5 s message TTL starts dropping events.
+    """
+
+    def __init__(self, recv: Callable[[int], bytes]) -> None:
+        self._recv = recv
+        self._buffer = memoryview(b"")
+        self._offset = 0
+
+    def __call__(self, n: int) -> bytes:
+        if self._offset >= len(self._buffer):
+            data = self._recv(max(n, AMQP_READ_SIZE))
+            if not data:
+                return data  # EOF: py-amqp raises on it
+            self._buffer, self._offset = memoryview(data), 0
+        start = self._offset
+        self._offset = min(start + n, len(self._buffer))
+        return bytes(self._buffer[start : self._offset])
+
+
+def buffer_amqp_reads(conn: Connection) -> None:
+    """Install ``BufferedRecv`` on a plain-TCP py-amqp connection; TLS and other transports keep
+    their own reads."""
+    if conn.transport.driver_type != "amqp":
+        return
+    transport: Any = getattr(conn.connection, "transport", None)
+    if type(transport).__name__ == "TCPTransport" and hasattr(transport, "_quick_recv"):
+        transport._quick_recv = BufferedRecv(transport._quick_recv)
+        # py-amqp sets the socket's timeout before every frame read and restores it after (two
+        # system calls per frame) unless it already is the one asked for: make it so.
+        transport.sock.settimeout(DRAIN_TIMEOUT)

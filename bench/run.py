@@ -1,0 +1,265 @@
+"""Run the benchmark scenarios and print a table (markdown); see bench/README.md.
+
+python -m bench.run                 # every scenario, a few minutes on 2 cores
+python -m bench.run --only redis-throughput,amqp-throughput
+python -m bench.run --scale 0.1     # smaller runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.brokers import private_redis, private_vhost
+from bench.consumers import BareReceiver, Exporter, Usage, parse_counts
+from bench.fleet import Expected
+from bench.publisher import BrokerPublisher, make_fleet, prepare_burst
+
+LOGS = Path(tempfile.gettempdir()) / "cee-bench-logs"
+
+
+@dataclass
+class Row:
+    scenario: str
+    broker: str
+    consumer: str
+    task_events: int
+    seconds: float = 0.0
+    rate: float = 0.0
+    cpu_per_100k: float = 0.0
+    peak_rss_mb: float = 0.0
+    lost: int = 0
+    render_ms: float | None = None
+    series: int | None = None
+    max_lag_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _broker(kind: str, unlimited: bool) -> AbstractContextManager[str]:
+    return private_redis(unlimited_pubsub_buffer=unlimited) if kind == "redis" else private_vhost()
+
+
+def _lost(expected: Expected, by_type: dict[str, float], tasks: dict[tuple[str, str, str], float],
+          ) -> tuple[int, list[str]]:  # fmt: skip
+    """Events the consumer did not count, and any per-series mismatch (counted twice, wrong
+    label): exactness, not just totals."""
+    lost = sum(max(0, n - int(by_type.get(t, 0))) for t, n in expected.events_by_type.items())
+    notes = [f"extra {t}: {int(by_type[t]) - n}" for t, n in expected.events_by_type.items()
+             if by_type.get(t, 0) > n]  # fmt: skip
+    wrong = sum(1 for key, n in expected.tasks.items() if tasks.get(key, 0) != n)
+    unexpected = sum(1 for key in tasks if key not in expected.tasks)
+    if wrong or unexpected:
+        notes.append(f"{wrong} task series short or over, {unexpected} unexpected")
+    return lost, notes
+
+
+def measure(
+    scenario: str,
+    kind: str,
+    consumer: str,
+    tasks: int,
+    workers: int,
+    names: int,
+    unlimited: bool = True,
+    watch_lag: bool = False,
+) -> Row:
+    """Publish ``tasks`` tasks as one burst to a fresh consumer and measure it."""
+    with _broker(kind, unlimited) as url:
+        fleet = make_fleet(url, workers, names)
+        publisher = BrokerPublisher(url)
+        prepared = publisher.prepare(prepare_burst(fleet, tasks))
+        expected = fleet.expected
+        row = Row(scenario, kind, consumer, expected.task_events)
+        log = LOGS / f"{scenario}-{kind}-{consumer}.log"
+        proc: Exporter | BareReceiver = (
+            BareReceiver(url, expected.total) if consumer == "bare" else Exporter(url, log)
+        )
+        try:
+            before = proc.usage()
+            lag_samples: list[float] = []
+            stop_watch = threading.Event()
+            if isinstance(proc, Exporter) and watch_lag:
+                exporter = proc
+
+                def watch() -> None:
+                    while not stop_watch.wait(0.5):
+                        value = exporter.scrape_value("celery_exporter_intake_lag_seconds")
+                        if value is not None:
+                            lag_samples.append(value)
+
+                threading.Thread(target=watch, daemon=True).start()
+            start = time.time()
+            publisher.transmit(prepared)
+            published = time.time()
+            if isinstance(proc, BareReceiver):
+                result = proc.result()
+                done_at, counted = result["done_at"], int(result["count"])
+                row.lost = expected.total - counted
+                after = Usage(result["cpu_seconds"], result["peak_rss_mb"], 0.0)
+                if not result["complete"]:
+                    row.notes.append("stopped: disconnected, or 5 s without events")
+            else:
+                done_at = proc.wait_quiet()
+                after = proc.usage()
+            stop_watch.set()
+            row.seconds = done_at - start
+            row.rate = expected.task_events / row.seconds
+            row.cpu_per_100k = (after.cpu_seconds - before.cpu_seconds) / expected.total * 1e5
+            row.peak_rss_mb = after.peak_rss_mb
+            if published - start > 0.5 * row.seconds:
+                row.notes.append(f"publisher took {published - start:.2f} s")
+            if isinstance(proc, Exporter):
+                text, first = proc.scrape()
+                by_type, counted_tasks, row.series = parse_counts(text)
+                row.lost, notes = _lost(expected, by_type, counted_tasks)
+                row.notes += notes
+                renders = [first] + [proc.scrape()[1] for _ in range(2)]
+                row.render_ms = statistics.median(renders) * 1000
+                if lag_samples:
+                    row.max_lag_s = max(lag_samples)
+        finally:
+            proc.stop()
+            publisher.close()
+    if row.lost:
+        row.rate = 0.0  # a consumer that lost events has no meaningful rate
+    return row
+
+
+def million_tasks(kind: str, tasks: int, workers: int, names: int) -> Row:
+    """``tasks`` tasks in slices through one exporter: RSS after each quarter, exact counts."""
+    with _broker(kind, True) as url:
+        fleet = make_fleet(url, workers, names)
+        publisher = BrokerPublisher(url)
+        exporter = Exporter(url, LOGS / f"rss-{kind}.log")
+        row = Row("1M-tasks-rss", kind, "exporter", 0)
+        try:
+            before = exporter.usage()
+            fleet.worker_event("worker-online")
+            publisher.send(fleet.take())
+            step = max(1, tasks // 20)
+            quarter = max(1, tasks // 4)
+            done = 0
+            rss: list[str] = []
+            start = time.time()
+            while done < tasks:
+                fleet.run_tasks(min(step, tasks - done))
+                done += min(step, tasks - done)
+                if done == tasks:
+                    fleet.flush()
+                publisher.send(fleet.take())
+                if done % quarter == 0 or done == tasks:
+                    exporter.wait_quiet(quiet=0.5)
+                    rss.append(f"{done // 1000}k: {exporter.usage().rss_mb:.0f} MB")
+            fleet.worker_event("worker-heartbeat")
+            publisher.send(fleet.take())
+            done_at = exporter.wait_quiet()
+            after = exporter.usage()
+            text, _ = exporter.scrape()
+            by_type, counted, row.series = parse_counts(text)
+            row.lost, notes = _lost(fleet.expected, by_type, counted)
+            row.task_events = fleet.expected.task_events
+            row.seconds = done_at - start
+            row.cpu_per_100k = (after.cpu_seconds - before.cpu_seconds) / fleet.expected.total * 1e5
+            row.peak_rss_mb = after.peak_rss_mb
+            row.notes += ["RSS " + ", ".join(rss), "rate bound by the publisher", *notes]
+        finally:
+            exporter.stop()
+            publisher.close()
+    return row
+
+
+Scenario = Callable[[float], Iterator[Row]]
+
+
+def _throughput(kind: str) -> Scenario:
+    def run(scale: float) -> Iterator[Row]:
+        tasks = int(100_000 * scale)
+        for consumer in ("bare", "exporter"):
+            yield measure(f"{kind}-throughput", kind, consumer, tasks, 8, 10)
+
+    return run
+
+
+def _burst(scale: float) -> Iterator[Row]:
+    tasks = int(200_000 * scale) // 3  # 200 k task events
+    for consumer in ("bare", "exporter"):
+        yield measure("redis-burst-default-limits", "redis", consumer, tasks, 8, 10,
+                      unlimited=False, watch_lag=consumer == "exporter")  # fmt: skip
+
+
+def _cardinality(scale: float) -> Iterator[Row]:
+    # 20 k tasks on 20 k distinct (task, worker) pairs of 200 x 500: ~820 k series.
+    yield measure("high-cardinality-200x500", "redis", "exporter", int(20_000 * scale), 200, 500)
+
+
+def _series_50k(scale: float) -> Iterator[Row]:
+    # 40 workers x 30 names = 1200 (task, worker) pairs, ~41 series each: about 50 k series.
+    yield measure("render-50k-series", "redis", "exporter", 12_000, 40, 30)
+
+
+def _million(scale: float) -> Iterator[Row]:
+    yield million_tasks("redis", int(1_000_000 * scale), 8, 10)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "redis-throughput": _throughput("redis"),
+    "amqp-throughput": _throughput("amqp"),
+    "redis-burst": _burst,
+    "high-cardinality": _cardinality,
+    "render-50k-series": _series_50k,
+    "1m-tasks": _million,
+}
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| scenario | broker | consumer | task events | task events/s | x bare | CPU s/100k ev "
+        "| peak RSS MB | lost | /metrics ms (series) | max lag s | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    bare = {(r.scenario, r.broker): r.rate for r in rows if r.consumer == "bare"}
+    for r in rows:
+        base = bare.get((r.scenario, r.broker))
+        ratio = f"{r.rate / base:.2f}" if base and r.rate and r.consumer != "bare" else ""
+        render = f"{r.render_ms:.0f} ({r.series})" if r.render_ms is not None else ""
+        lag = f"{r.max_lag_s:.1f}" if r.max_lag_s is not None else ""
+        rate = f"{r.rate / 1000:.1f} k" if r.rate else "—"
+        lines.append(
+            f"| {r.scenario} | {r.broker} | {r.consumer} | {r.task_events} | {rate} | {ratio} "
+            f"| {r.cpu_per_100k:.2f} | {r.peak_rss_mb:.0f} | {r.lost} | {render} | {lag} "
+            f"| {'; '.join(r.notes)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="celery-events-exporter benchmark")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply run sizes")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    LOGS.mkdir(exist_ok=True)
+    rows: list[Row] = []
+    print(f"# load average before: {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
+    for name in args.only.split(","):
+        for row in SCENARIOS[name](args.scale):
+            rows.append(row)
+            print(json.dumps(asdict(row)), flush=True)
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

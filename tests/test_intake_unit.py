@@ -1,0 +1,170 @@
+"""Pure logic of the fast intake paths: kombu's topics, envelopes, buffered reads, exposition."""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from kombu import Connection
+from prometheus_client.exposition import generate_latest
+from prometheus_client.utils import floatToGoString
+
+from exporter.app import build_state
+from exporter.collector import EventsCollector
+from exporter.config import Config
+from exporter.exposition import number
+from exporter.ingest import Ingestor, RawMessage, b64decode, open_envelope
+from exporter.intake.broker import BrokerStatus, BufferedRecv
+from exporter.intake.redis import is_redis_url, subscribe_topics
+
+
+def _channel(url: str, **options: object) -> Any:
+    """kombu's own Redis channel for ``url`` (the machine's Redis): its topic logic is the
+    reference."""
+    connection = Connection(url, transport_options=options)
+    _connections.append(connection)
+    return connection.default_channel
+
+
+_connections: list[Connection] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    yield
+    while _connections:
+        _connections.pop().release()
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "topics"),
+    [
+        ("redis://127.0.0.1:6379/0", {}, ["/0.celeryev/*"]),
+        ("redis://127.0.0.1:6379/7", {}, ["/7.celeryev/*"]),
+        ("redis://127.0.0.1:6379/2", {"fanout_patterns": False}, ["/2.celeryev"]),
+        ("redis://127.0.0.1:6379/2", {"fanout_prefix": False}, ["celeryev/*"]),
+        ("redis://127.0.0.1:6379/2", {"fanout_prefix": "app:"}, ["app:celeryev/*"]),
+        ("redis://127.0.0.1:6379/3", {"global_keyprefix": "tenant_"}, ["tenant_/3.celeryev/*"]),
+    ],
+)
+def test_topics_are_kombus(url: str, options: dict[str, object], topics: list[str]) -> None:
+    assert subscribe_topics(_channel(url, **options)) == topics
+
+
+def test_topics_match_what_kombu_publishes_to() -> None:
+    channel = _channel("redis://127.0.0.1:6379/5")
+    published = channel._get_publish_topic("celeryev", "task.multi")
+    assert published == "/5.celeryev/task.multi"
+    assert subscribe_topics(channel) == ["/5.celeryev/*"]
+
+
+def test_only_redis_urls_take_the_fast_path() -> None:
+    assert is_redis_url(Connection("redis://h/0"))
+    assert is_redis_url(Connection("rediss://h/0"))
+    assert not is_redis_url(Connection("amqp://g:g@h//"))
+    assert not is_redis_url(Connection("filesystem://"))
+
+
+def _envelope(body: bytes, **extra: object) -> bytes:
+    envelope: dict[str, object] = {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"hostname": "celery@a"},
+        "properties": {"body_encoding": "base64", "delivery_tag": "x", "delivery_mode": 1},
+    }
+    envelope.update(extra)
+    return json.dumps(envelope).encode()
+
+
+def test_envelope_base64_body() -> None:
+    assert open_envelope(_envelope(b'[{"type": "x"}]')) == ("application/json", b'[{"type": "x"}]')
+
+
+def test_envelope_plain_body_and_other_content_type() -> None:
+    raw = json.dumps({"body": "hello", "content-type": "text/plain", "properties": {}})
+    assert open_envelope(raw) == ("text/plain", "hello")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[1, 2]",
+        b"{}",
+        b'{"body": 3, "properties": {}}',
+        b'{"body": "x", "properties": {"body_encoding": "rot13"}}',
+    ],
+)
+def test_bad_envelopes_raise(raw: bytes) -> None:
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        open_envelope(raw)
+
+
+def test_base64_is_as_lenient_as_kombus() -> None:
+    assert b64decode("aGVsbG8=") == base64.b64decode("aGVsbG8=")
+    assert b64decode("aGVs\nbG8=") == base64.b64decode("aGVs\nbG8=") == b"hello"
+
+
+def test_enveloped_messages_are_counted_and_bad_ones_rejected() -> None:
+    state = build_state(Config())
+    ingestor = Ingestor(state, queue.SimpleQueue())
+    events = [
+        {"type": "task-received", "hostname": "celery@a", "uuid": "u1", "name": "t.a"},
+        {"type": "task-succeeded", "hostname": "celery@a", "uuid": "u1", "runtime": 0.5},
+    ]
+    for raw in (_envelope(orjson.dumps(events)), b"not json", _envelope(b"{nope")):
+        with state.lock:
+            ingestor.handle(RawMessage(1.0, None, raw, enveloped=True))
+    assert state.task_counts["task-received"] == {("t.a", "celery@a"): 1}
+    assert state.task_counts["task-succeeded"] == {("t.a", "celery@a"): 1}
+    assert state.rejected == {"invalid_envelope": 1, "invalid_json": 1}
+
+
+def test_buffered_recv_serves_exact_sizes_from_one_read() -> None:
+    reads: list[int] = []
+    chunks = [b"abcdefghij", b"", b"never"]
+
+    def recv(n: int) -> bytes:
+        reads.append(n)
+        return chunks.pop(0)
+
+    buffered = BufferedRecv(recv)
+    assert [buffered(3), buffered(3), buffered(10), buffered(5)] == [b"abc", b"def", b"ghij", b""]
+    assert len(reads) == 2  # one read for the data, one that saw the end
+
+
+@pytest.mark.parametrize("value", [0, 1, 999_999, 1_000_000, 12_345_678, 0.5, 1e-7, 2.5e9])
+def test_number_matches_prometheus_client(value: float) -> None:
+    assert number(value) == floatToGoString(value)  # type: ignore[no-untyped-call]
+
+
+def test_fast_text_is_byte_identical_to_prometheus_client() -> None:
+    state = build_state(Config())
+    t0 = 1_000.0
+    for i in range(60):
+        worker, name = f"celery@w{i % 4}", f'odd"name\\{i % 5}\n'
+        for event in (
+            {"type": "task-sent", "hostname": "client", "uuid": f"u{i}", "name": name,
+             "queue": "q"},
+            {"type": "task-received", "hostname": worker, "uuid": f"u{i}", "name": name,
+             "timestamp": t0},
+            {"type": "task-started", "hostname": worker, "uuid": f"u{i}", "timestamp": t0 + i},
+            {"type": "task-failed", "hostname": worker, "uuid": f"u{i}",
+             "exception": "KeyError('k')"} if i % 7 == 0 else
+            {"type": "task-succeeded", "hostname": worker, "uuid": f"u{i}",
+             "runtime": 1e6 + i if i == 3 else i / 10},
+        ):  # fmt: skip
+            state.apply(event, t0)
+    state.apply({"type": "worker-heartbeat", "hostname": "celery@w1", "freq": 2.0,
+                 "active": 1, "processed": 5, "loadavg": [1, 2, 3]}, t0)  # fmt: skip
+    collector = EventsCollector(
+        state, BrokerStatus(), Ingestor(state, queue.SimpleQueue()), clock=lambda: t0 + 1
+    )
+    expected = generate_latest(collector)
+    assert collector.render_text().encode() == expected
+    assert collector.render_text().encode() == expected  # again, from the label cache
