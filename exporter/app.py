@@ -74,8 +74,10 @@ def run(config: Config) -> int:
         config.broker_url,
         config.broker_transport_options,
         status,
+        state,
         enable_events=config.enable_events,
-        interval=config.enable_events_interval,
+        inspect_workers=config.inspect_workers,
+        interval=config.broadcast_interval,
     )
 
     runtime = CollectorRegistry(auto_describe=False)  # process_*, python_*: the usual extras

@@ -193,13 +193,23 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     "without -E send task events too.",
 )
 @click.option(
-    "--enable-events-interval",
-    envvar=_env("ENABLE_EVENTS_INTERVAL"),
+    "--inspect-workers/--no-inspect-workers",
+    envvar=_env("INSPECT_WORKERS"),
+    show_envvar=True,
+    default=True,
+    show_default=True,
+    help="Ask the workers for their pool size (inspect stats) periodically, to export "
+    "celery_worker_concurrency.",
+)
+@click.option(
+    "--broadcast-interval",
+    envvar=_env("BROADCAST_INTERVAL"),
     show_envvar=True,
     default=30.0,
     show_default=True,
     type=click.FloatRange(min=1),
-    help="Seconds between enable_events broadcasts.",
+    help="Seconds between the broadcasts to the workers (enable_events, inspect stats); "
+    "they are also sent at every (re)connection to the broker.",
 )
 @click.option(
     "--max-tracked-tasks",
@@ -304,7 +314,8 @@ def command(**options: Any) -> None:
         queue_wait_buckets=options["queue_wait_buckets"],
         worker_label=options["worker_label"],
         enable_events=options["enable_events"],
-        enable_events_interval=options["enable_events_interval"],
+        inspect_workers=options["inspect_workers"],
+        broadcast_interval=options["broadcast_interval"],
         max_tracked_tasks=options["max_tracked_tasks"],
         max_exception_classes=options["max_exception_classes"],
         log_level=options["log_level"].lower(),

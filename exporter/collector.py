@@ -160,6 +160,8 @@ class EventsCollector(Collector, FastText):
                 families[m.WORKER_HEARTBEAT_INTERVAL].add_metric(host, worker.freq)
             if worker.active is not None:
                 families[m.WORKER_ACTIVE_TASKS].add_metric(host, worker.active)
+            if worker.concurrency is not None:
+                families[m.WORKER_CONCURRENCY].add_metric(host, worker.concurrency)
             if worker.processed is not None:
                 families[m.WORKER_PROCESSED].add_metric(host, worker.processed)
             if worker.loadavg is not None:

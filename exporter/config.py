@@ -44,7 +44,8 @@ class Config:
     queue_wait_buckets: tuple[float, ...] = DEFAULT_QUEUE_WAIT_BUCKETS
     worker_label: bool = True
     enable_events: bool = True
-    enable_events_interval: float = 30.0
+    inspect_workers: bool = True
+    broadcast_interval: float = 30.0
     max_tracked_tasks: int = 100_000
     max_exception_classes: int = 50
     log_level: str = "info"

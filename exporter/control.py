@@ -1,8 +1,9 @@
-"""Broadcasts to the workers: wake them up (so they announce themselves at once) and turn their
-task events on (so workers started without ``-E`` still send them).
+"""Broadcasts to the workers: wake them up (so they announce themselves at once), turn their
+task events on (so workers started without ``-E`` still send them), and ask their pool size
+(heartbeats do not carry it).
 
-Both are fire-and-forget broadcasts over the broker's control exchange, on a connection of their
-own: kombu connections are not shared across threads.
+All go over the broker's control exchange, on a connection of their own: kombu connections are
+not shared across threads.
 """
 
 from __future__ import annotations
@@ -14,8 +15,26 @@ from celery import Celery
 
 from exporter.intake.broker import BrokerStatus
 from exporter.logging import get_logger
+from exporter.state import State
 
 log = get_logger(__name__)
+
+INSPECT_TIMEOUT = 1.0
+"""Seconds to collect inspect replies; a worker too busy to answer is asked again next time."""
+
+
+def pool_sizes(replies: Any) -> dict[str, int]:
+    """{worker hostname: max-concurrency} from ``inspect().stats()``'s replies; workers whose
+    reply lacks a usable pool size are left out."""
+    sizes: dict[str, int] = {}
+    if not isinstance(replies, dict):
+        return sizes
+    for hostname, stats in replies.items():
+        pool = stats.get("pool") if isinstance(stats, dict) else None
+        size = pool.get("max-concurrency") if isinstance(pool, dict) else None
+        if isinstance(hostname, str) and type(size) is int and size > 0:
+            sizes[hostname] = size
+    return sizes
 
 
 class Controller:
@@ -24,14 +43,19 @@ class Controller:
         broker_url: str,
         transport_options: dict[str, Any],
         status: BrokerStatus,
+        state: State,
+        *,
         enable_events: bool,
+        inspect_workers: bool,
         interval: float,
     ) -> None:
         self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
         self.app.conf.broker_transport_options = transport_options
         self.app.conf.broker_connection_retry_on_startup = False
         self.status = status
+        self.state = state
         self.enable_events = enable_events
+        self.inspect_workers = inspect_workers
         self.interval = interval
 
     def run(self, stop: threading.Event) -> None:
@@ -54,5 +78,11 @@ class Controller:
                     self.app.control.enable_events(connection=conn)
                 if wake_up:
                     self.app.control.broadcast("heartbeat", connection=conn)
+                if self.inspect_workers:
+                    inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
+                    sizes = pool_sizes(inspector.stats())
+                    with self.state.lock:
+                        for hostname, size in sizes.items():
+                            self.state.set_concurrency(hostname, size)
         except Exception as exc:
             log.warning("broadcast to workers failed", error=f"{type(exc).__name__}: {exc}")

@@ -121,6 +121,13 @@ WORKER_ACTIVE_TASKS = MetricSpec(
     "Tasks the worker is executing, from its last heartbeat.",
     (WORKER,),
 )
+WORKER_CONCURRENCY = MetricSpec(
+    "celery_worker_concurrency",
+    Kind.GAUGE,
+    "Processes or threads the worker's pool may run tasks in (its max-concurrency, from "
+    "inspect stats every --broadcast-interval); active / concurrency is how busy it is.",
+    (WORKER,),
+)
 WORKER_LOAD1 = MetricSpec(
     "celery_worker_load1", Kind.GAUGE, "1-minute load average of the worker's host.", (WORKER,)
 )
@@ -213,6 +220,7 @@ EXPORTER_BUILD_INFO = MetricSpec(
 WORKER_GAUGES = (
     WORKER_ONLINE,
     WORKER_ACTIVE_TASKS,
+    WORKER_CONCURRENCY,
     WORKER_LOAD1,
     WORKER_LOAD5,
     WORKER_LOAD15,

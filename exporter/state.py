@@ -86,6 +86,8 @@ class WorkerState:
     software: tuple[str, str, str] = ("", "", "")
     said_goodbye: bool = False
     """worker-offline arrived after the last heartbeat (a clean shutdown)."""
+    concurrency: int | None = None
+    """The pool's max-concurrency, from inspect stats (heartbeats do not carry it)."""
 
 
 @dataclass
@@ -310,6 +312,14 @@ class State:
                 self._exception_classes.add(cls)
         key = (task, cls)
         self.exceptions[key] = self.exceptions.get(key, 0) + 1
+
+    def set_concurrency(self, hostname: str, concurrency: int) -> None:
+        """Record a worker's pool size from its inspect stats reply; the caller holds ``lock``.
+        A worker not heard of yet is remembered too: its heartbeat will make it online."""
+        worker = self.workers.get(hostname)
+        if worker is None:
+            worker = self.workers[hostname] = WorkerState(hostname)
+        worker.concurrency = concurrency
 
     # -- scrape side -------------------------------------------------------------------------
 

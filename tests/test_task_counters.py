@@ -143,7 +143,7 @@ def test_workers_started_without_events_are_switched_on(
     )
     assert quiet.metrics().series("celery_task_received_total") == {}
 
-    loud = processes.exporter(redis_url, "--enable-events-interval", "1")
+    loud = processes.exporter(redis_url, "--broadcast-interval", "1")
     wait_until(lambda: "enabled by remote" in _worker_log(processes, WORKER), what="enable_events")
     with client(redis_url) as app:
         for i in range(4):

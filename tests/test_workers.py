@@ -129,9 +129,15 @@ def test_sigkilled_worker_goes_offline_then_is_purged(
         assert metrics.series(name, worker="doomed@liveness") == {}, name
 
 
-def test_active_tasks_and_load_from_a_real_worker(redis_url: str, processes: Processes) -> None:
-    exporter = processes.exporter(redis_url)
-    processes.worker(redis_url, "busy@liveness", concurrency=2)
+def test_active_tasks_concurrency_and_load_from_a_real_worker(
+    redis_url: str, processes: Processes
+) -> None:
+    exporter = processes.exporter(redis_url, "--broadcast-interval", "1")
+    processes.worker(redis_url, "busy@liveness", concurrency=3)
+    wait_until(
+        lambda: exporter.metrics().get("celery_worker_concurrency", worker="busy@liveness") == 3.0,
+        what="the pool size from inspect stats",
+    )
     with client(redis_url) as app:
         for _ in range(2):
             app.send_task("tests.sleep", (4.0,))

@@ -29,11 +29,10 @@ LOAD_1 = "Load Average (1 min)"
 LOAD_5 = "Load Average (5 min)"
 LOAD_15 = "Load Average (15 min)"
 
-# The catalogue has no pool-size metric (heartbeats do not carry the concurrency), so "overload"
-# cannot be active / concurrency; these absolute levels stand in and are meant to be edited to
-# the workers' --concurrency.
-ACTIVE_BUSY = 4.0
-ACTIVE_OVERLOADED = 8.0
+# Overload is active / concurrency (the pool size the exporter asks with inspect stats): yellow
+# from 80 % of the pool busy, red when every slot is taken and new tasks wait.
+POOL_BUSY = 0.8
+POOL_FULL = 1.0
 
 TABLE_TITLE = "Workers"
 
@@ -78,8 +77,13 @@ def _status_mappings() -> list[dashboard.ValueMapping]:
     ]
 
 
-def _active_levels() -> dashboard.ThresholdsConfig:
-    return p.thresholds(p.GREEN, (ACTIVE_BUSY, p.YELLOW), (ACTIVE_OVERLOADED, p.RED)).build()
+def _pool_levels() -> dashboard_builders.ThresholdsConfig:
+    return p.thresholds(p.GREEN, (POOL_BUSY, p.YELLOW), (POOL_FULL, p.RED))
+
+
+def _utilisation() -> str:
+    """Active tasks over pool size, per worker: 1 means every pool slot is busy."""
+    return q.ratio(_gauge_by_worker(m.WORKER_ACTIVE_TASKS), _gauge_by_worker(m.WORKER_CONCURRENCY))
 
 
 def _workers_table() -> table.Panel:
@@ -88,9 +92,9 @@ def _workers_table() -> table.Panel:
         "One row per Celery worker, as on Flower's Dashboard tab. Status comes from heartbeats "
         "(Celery's rule: online while one arrived within 2 x its interval). Processed counts "
         "tasks received, Failed/Succeeded/Retried count task events, all since the exporter "
-        "started. Load Average is the worker host's 1/5/15-minute load. Active turns yellow at "
-        f"{ACTIVE_BUSY:g} and red at {ACTIVE_OVERLOADED:g} running tasks; set these to the "
-        "workers' concurrency. Filter with the Worker variable (regex).",
+        "started. Load Average is the worker host's 1/5/15-minute load. How full each worker's "
+        "pool is (Active / concurrency) is charted below the table. Filter with the Worker "
+        "variable (regex).",
         [(m.WORKER, WORKER_NAME)],
         table_columns(),
         sort_by=WORKER_NAME,
@@ -104,16 +108,6 @@ def _workers_table() -> table.Panel:
             "mappings": _status_mappings(),
             "custom.cellOptions": common.TableColorTextCellOptions(),
             "unit": "none",
-        },
-    )
-    panel = p.override(
-        panel,
-        ACTIVE,
-        {
-            "thresholds": _active_levels(),
-            "custom.cellOptions": common.TableColoredBackgroundCellOptions(
-                mode=common.TableCellBackgroundDisplayMode.BASIC
-            ),
         },
     )
     for load in (LOAD_1, LOAD_5, LOAD_15):
@@ -145,6 +139,7 @@ def _stats() -> list[stat.Panel]:
             f"count({online} == 1) or vector(0)",
             "short",
             p.thresholds(p.RED, (1, p.GREEN)),
+            width=4,
         ),
         p.stat_panel(
             "Workers offline",
@@ -153,6 +148,7 @@ def _stats() -> list[stat.Panel]:
             f"count({online} == 0) or vector(0)",
             "short",
             p.thresholds(p.GREEN, (1, p.RED)),
+            width=4,
         ),
         p.stat_panel(
             "Tasks active",
@@ -160,6 +156,17 @@ def _stats() -> list[stat.Panel]:
             f"sum({active}) or vector(0)",
             "short",
             p.thresholds(p.GREEN),
+            width=5,
+        ),
+        p.stat_panel(
+            "Busiest pool",
+            "The fullest worker pool among the selected workers: its active tasks over its "
+            "concurrency. At 100 % new tasks wait for a free slot.",
+            f"max({_utilisation()})",
+            "percentunit",
+            _pool_levels(),
+            no_value="pool size unknown",
+            width=5,
         ),
         p.stat_panel(
             "Failure ratio (time range)",
@@ -196,24 +203,33 @@ def _trends() -> list[timeseries.Panel]:
     return [
         p.timeseries_panel(
             "Active tasks per worker",
-            "Tasks each worker is executing (heartbeat 'active'). The dashed lines mark "
-            f"{ACTIVE_BUSY:g} and {ACTIVE_OVERLOADED:g} tasks: adjust them to the workers' "
-            "concurrency, the exporter does not know the pool size.",
+            "Tasks each worker is executing (heartbeat 'active').",
             [p.query(active, "A", "{{worker}}")],
             "short",
-            colors=p.thresholds(p.GREEN, (ACTIVE_BUSY, p.YELLOW), (ACTIVE_OVERLOADED, p.RED)),
+            width=12,
+        ),
+        p.timeseries_panel(
+            "Pool utilisation per worker",
+            "Active tasks over the worker's concurrency (celery_worker_concurrency, from inspect "
+            "stats). The dashed lines mark 80 % and 100 %: a pool that stays full is overloaded.",
+            [p.query(_utilisation(), "A", "{{worker}}")],
+            "percentunit",
+            width=12,
+            colors=_pool_levels(),
         ),
         p.timeseries_panel(
             "Task rate by state per worker",
             "Tasks per second each worker received, finished successfully, failed or retried.",
             rate_targets,
             "ops",
+            width=12,
         ),
         p.timeseries_panel(
             "Load average per worker",
             "1, 5 and 15-minute load average of each worker's host, from its heartbeats.",
             load_targets,
             "none",
+            width=12,
         ),
     ]
 
