@@ -7,6 +7,7 @@ one-line error for a bad flag.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -38,40 +39,27 @@ def _buckets_text(bounds: tuple[float, ...]) -> str:
     return ",".join(f"{b:g}" for b in bounds)
 
 
-class _ListenAddressType(click.ParamType):  # type: ignore[type-arg]
-    name = "HOST:PORT"
+class _Parsed(click.ParamType):  # type: ignore[type-arg]
+    """A flag value read by one of exporter.config's parsers; their ValueError becomes click's
+    one-line usage error. A value that is already parsed (a default) passes through."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any], parsed: type) -> None:
+        self.name = name
+        self._parse = parse
+        self._parsed = parsed
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, ListenAddress):
+        if isinstance(value, self._parsed):
             return value
         try:
-            return parse_listen_address(str(value))
+            return self._parse(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-class _BucketsType(click.ParamType):  # type: ignore[type-arg]
-    name = "BOUNDS"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_buckets(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class _TransportOptionType(click.ParamType):  # type: ignore[type-arg]
-    name = "KEY=VALUE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_transport_option(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+LISTEN_ADDRESS = _Parsed("HOST:PORT", parse_listen_address, ListenAddress)
+BUCKETS = _Parsed("BOUNDS", parse_buckets, tuple)
+TRANSPORT_OPTION = _Parsed("KEY=VALUE", parse_transport_option, tuple)
 
 
 def _check_web_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -123,7 +111,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     envvar=_env("BROKER_TRANSPORT_OPTION"),
     show_envvar=True,
     multiple=True,
-    type=_TransportOptionType(),
+    type=TRANSPORT_OPTION,
     help="A kombu transport option as KEY=VALUE; VALUE may be JSON. Repeatable; the environment "
     "variable takes several separated by spaces.",
 )
@@ -133,7 +121,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     show_envvar=True,
     default=f":{DEFAULT_PORT}",
     show_default=True,
-    type=_ListenAddressType(),
+    type=LISTEN_ADDRESS,
     help="Address to serve /metrics and /healthz on; an empty host means every interface.",
 )
 @click.option(
@@ -162,7 +150,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     show_envvar=True,
     default=_buckets_text(DEFAULT_RUNTIME_BUCKETS),
     show_default=True,
-    type=_BucketsType(),
+    type=BUCKETS,
     help="Upper bounds, in seconds, of the task runtime histogram buckets.",
 )
 @click.option(
@@ -171,7 +159,7 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     show_envvar=True,
     default=_buckets_text(DEFAULT_QUEUE_WAIT_BUCKETS),
     show_default=True,
-    type=_BucketsType(),
+    type=BUCKETS,
     help="Upper bounds, in seconds, of the queue-wait (received to started) histogram buckets.",
 )
 @click.option(
