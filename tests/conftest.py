@@ -52,10 +52,11 @@ def wait_until(
     )
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, install: str = "scripts/test installs it") -> str:
+    """The tool's path; a missing tool fails the test (never skips it) and says how to install."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed; .ci/run installs it (see README, Development)")
+        pytest.fail(f"{name} is not installed; {install}", pytrace=False)
     return path
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -15,6 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
@@ -45,13 +46,6 @@ def compose() -> dict[str, Any]:
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = compose["services"]
     return found
-
-
-def _tool(name: str, install: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed; CI installs it with: {install}")
-    return path
 
 
 def _compose_env() -> dict[str, str]:
@@ -119,7 +113,7 @@ def _datasource(uid: str) -> dict[str, Any]:
 
 
 def test_dclint_validates_against_the_compose_spec() -> None:
-    dclint = _tool("dclint", "npm install -g dclint@3")
+    dclint = require_tool("dclint", "npm install -g dclint@3")
     done = subprocess.run(
         [dclint, "--max-warnings", "0", "-c", ".dclintrc", "-f", "json", COMPOSE.name],
         cwd=REPO,
@@ -134,7 +128,7 @@ def test_dclint_validates_against_the_compose_spec() -> None:
 
 
 def test_docker_compose_1_29_accepts_the_file_with_the_example_env() -> None:
-    docker_compose = _tool("docker-compose", "apt-get install -y docker-compose")
+    docker_compose = require_tool("docker-compose", "apt-get install -y docker-compose")
     done = subprocess.run(
         [docker_compose, "--env-file", ENV_EXAMPLE.name, "-f", COMPOSE.name, "config", "-q"],
         cwd=REPO,
@@ -159,7 +153,7 @@ def _example_env() -> dict[str, str]:
     "missing", ["GF_SECURITY_ADMIN_USER", "GF_SECURITY_ADMIN_PASSWORD", "EXPORTER_PASSWORD"]
 )
 def test_the_stack_refuses_to_start_without_each_credential(tmp_path: Path, missing: str) -> None:
-    docker_compose = _tool("docker-compose", "apt-get install -y docker-compose")
+    docker_compose = require_tool("docker-compose", "apt-get install -y docker-compose")
     partial = tmp_path / "partial.env"
     partial.write_text(
         "".join(f"{key}={value}\n" for key, value in _example_env().items() if key != missing)
@@ -377,7 +371,7 @@ def test_no_hard_coded_secrets(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_local_env_file_stays_out_of_git_and_the_image() -> None:
-    git = _tool("git", "apt-get install -y git")
+    git = require_tool("git", "apt-get install -y git")
     ignored = subprocess.run([git, "check-ignore", "-q", ".env"], cwd=REPO, timeout=30)
     assert ignored.returncode == 0, ".env must be listed in .gitignore"
     dockerignore = (REPO / ".dockerignore").read_text().splitlines()

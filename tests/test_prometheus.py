@@ -7,7 +7,6 @@ tests with an install hint instead of skipping them, since CI installs it.
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import requests
 import yaml
 
 from exporter import metrics
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM_DIR = ROOT / "prometheus"
@@ -49,16 +49,9 @@ EXPECTED_ALERTS = {
 INSTALL_HINT = "install Debian's `prometheus` package: apt-get install prometheus"
 
 
-def _binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"`{name}` is not on PATH; {INSTALL_HINT}", pytrace=False)
-    return path
-
-
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    return _binary("promtool")
+    return require_tool("promtool", INSTALL_HINT)
 
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -378,7 +371,7 @@ def _poll(url: str, ready: Any, timeout: float = 60) -> Any:
 
 
 def test_prometheus_discovers_the_exporter_and_loads_every_rule(tmp_path: Path) -> None:
-    binary = _binary("prometheus")
+    binary = require_tool("prometheus", INSTALL_HINT)
     port = _free_port()
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
