@@ -4,6 +4,8 @@ Messages go through ``kombu.Producer.publish`` with Celery's arguments (exchange
 JSON, the ``hostname`` header, delivery mode 1), so the bytes on the wire are kombu's own. On
 Redis, kombu's ``_put_fanout`` is redirected into a pipeline: same topics, same payload, one round
 trip per few hundred messages instead of one per message, so the publisher outruns the consumer.
+On AMQP, py-amqp's frames for each publish are captured when the burst is prepared and written a
+few hundred messages per system call.
 
 Command line (prints the expected counts as JSON)::
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from celery import Celery
 from celery.events.event import get_exchange
-from kombu import Connection, Producer, serialization
+from kombu import Connection, Producer
 from kombu.utils.json import dumps as kombu_dumps
 
 from bench.fleet import HEARTBEAT_FREQ, Expected, Fleet, Outgoing
@@ -75,12 +77,7 @@ class BrokerPublisher:
 
     def prepare(self, messages: Iterable[Outgoing]) -> list[Prepared]:
         if not self.redis:
-            out = []
-            for message in messages:
-                content_type, encoding, body = serialization.dumps(message.body, "json")
-                assert content_type == "application/json" and encoding == "utf-8"
-                out.append(Prepared(message.routing_key, body, message.headers, message.events))
-            return out
+            return self._prepare_amqp(messages)
         for message in messages:
             self._events_of_current = message.events
             self.producer.publish(
@@ -105,19 +102,38 @@ class BrokerPublisher:
                     events += item.events
                 pipe.execute()
             return events
-        publish = self.producer.publish
-        for item in prepared:
-            publish(
-                item.payload,
-                routing_key=item.target,
-                exchange=self.exchange.name,
-                content_type="application/json",
-                content_encoding="utf-8",
-                headers=item.headers,
-                delivery_mode=1,
-            )
-            events += item.events
+        write = self.channel.connection.transport.write
+        for start in range(0, len(prepared), PIPELINE_MESSAGES):
+            batch = prepared[start : start + PIPELINE_MESSAGES]
+            write(b"".join(item.payload for item in batch))  # type: ignore[misc]
+            events += sum(item.events for item in batch)
         return events
+
+    def _prepare_amqp(self, messages: Iterable[Outgoing]) -> list[Prepared]:
+        # py-amqp's own frames for each publish (method, content header, body), kept instead of
+        # written: the analogue of the Redis pipeline, so the publisher outruns the consumer.
+        transport = self.channel.connection.transport
+        frames: list[bytes] = []
+        original = transport._write
+        transport._write = lambda data: frames.append(bytes(data))  # its buffer is reused
+        out = []
+        try:
+            for message in messages:
+                self.producer.publish(
+                    message.body,
+                    routing_key=message.routing_key,
+                    exchange=self.exchange.name,
+                    serializer="json",
+                    headers=message.headers,
+                    delivery_mode=1,
+                )
+                out.append(
+                    Prepared(message.routing_key, b"".join(frames), message.headers, message.events)
+                )
+                frames.clear()
+        finally:
+            transport._write = original
+        return out
 
     def send(self, messages: Iterable[Outgoing]) -> int:
         return self.transmit(self.prepare(messages))

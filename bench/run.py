@@ -19,7 +19,15 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.brokers import private_redis, private_vhost
+from amqp.exceptions import ResourceLocked
+
+from bench.brokers import (
+    QueueWatch,
+    expired_messages,
+    private_redis,
+    private_vhost,
+    vhost_queues,
+)
 from bench.consumers import BareReceiver, Exporter, Usage, parse_counts
 from bench.fleet import Expected
 from bench.publisher import BrokerPublisher, make_fleet, prepare_burst
@@ -41,6 +49,12 @@ class Row:
     render_ms: float | None = None
     series: int | None = None
     max_lag_s: float | None = None
+    expired: int | None = None
+    """RabbitMQ: messages expired (dead-lettered) from the consumer's event queue."""
+    peak_ready: int | None = None
+    """RabbitMQ: the most messages seen waiting in the consumer's queue (sampled every 0.1 s)."""
+    messages: int | None = None
+    """RabbitMQ: messages published."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -84,9 +98,12 @@ def measure(
             BareReceiver(url, expected.total) if consumer == "bare" else Exporter(url, log)
         )
         try:
-            before = proc.usage()
             lag_samples: list[float] = []
             stop_watch = threading.Event()
+            if kind == "amqp":
+                row.messages = len(prepared)
+                watch_queue(url, row, stop_watch)
+            before = proc.usage()
             if isinstance(proc, Exporter) and watch_lag:
                 exporter = proc
 
@@ -126,12 +143,47 @@ def measure(
                 row.render_ms = statistics.median(renders) * 1000
                 if lag_samples:
                     row.max_lag_s = max(lag_samples)
+            if kind == "amqp":
+                row.expired = expired_messages(url)
+                peak = "n/a (exclusive queue)" if row.peak_ready is None else row.peak_ready
+                left = {
+                    n: m for n, (m, _) in vhost_queues(url).items() if n.startswith("celeryev.")
+                }
+                row.notes.append(
+                    f"RabbitMQ: {row.expired} of {row.messages} messages expired, peak "
+                    f"{peak} waiting in the queue, left after the run {sum(left.values())}"
+                )
         finally:
+            stop_watch.set()
             proc.stop()
             publisher.close()
     if row.lost:
         row.rate = 0.0  # a consumer that lost events has no meaningful rate
     return row
+
+
+def watch_queue(url: str, row: Row, stop: threading.Event) -> None:
+    """Sample the ready messages of the consumer's event queue (the only ``celeryev.*`` queue in
+    the private vhost) until ``stop``; the peak goes to ``row.peak_ready``."""
+    names = [name for name in vhost_queues(url) if name.startswith("celeryev.")]
+    if len(names) != 1:
+        raise RuntimeError(f"expected one event queue, found {names}")
+    queue_watch = QueueWatch(url, names[0])
+    try:
+        row.peak_ready = queue_watch.depth()
+    except ResourceLocked:
+        # Celery's own receiver declares its queue exclusive (event_queue_exclusive): no other
+        # connection may look at it; the dead-letter count still covers it.
+        queue_watch.__exit__()
+        row.peak_ready = None
+        return
+
+    def sample() -> None:
+        with queue_watch:
+            while not stop.wait(0.1):
+                row.peak_ready = max(row.peak_ready or 0, queue_watch.depth())
+
+    threading.Thread(target=sample, daemon=True).start()
 
 
 def million_tasks(kind: str, tasks: int, workers: int, names: int) -> Row:

@@ -134,13 +134,8 @@ class Ingestor:
         except orjson.JSONDecodeError as exc:
             state.reject("invalid_json", str(exc))
             return
-        received_at = message.received_at
-        apply = state.apply
-        if type(payload) is list:  # prefork workers batch task events (routing key task.multi)
-            for event in payload:
-                apply(event, received_at)
-        else:
-            apply(payload, received_at)
+        # Prefork workers batch task events in a list (routing key task.multi).
+        state.apply_many(payload if type(payload) is list else (payload,), message.received_at)
 
 
 def open_envelope(raw: bytes | str) -> tuple[str | None, bytes | str]:

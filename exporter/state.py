@@ -11,7 +11,7 @@ import math
 import re
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -152,30 +152,112 @@ class State:
 
     def apply(self, event: Any, received_at: float) -> None:
         """Count one decoded event. The caller holds ``lock``. Never raises on bad input."""
-        try:
-            if not isinstance(event, dict):
-                raise Rejected("not_an_object", f"event is a {type(event).__name__}")
-            event_type = event.get("type")
-            if not isinstance(event_type, str) or not event_type:
-                raise Rejected("missing_type")
-            hostname = event.get("hostname")
-            if not isinstance(hostname, str) or not hostname:
-                raise Rejected("missing_hostname", f"{event_type} without hostname")
-            counts = self.events_by_type
-            if event_type in counts:  # the hot path: a type seen before
-                counts[event_type] += 1
-            else:
-                self._count_event_type(event_type)
-            if event_type in _TASK_STATES:
-                self._task_event(event, event_type, hostname, received_at)
-            else:
-                handler = _HANDLERS.get(event_type)
-                if handler is not None:
-                    handler(self, event, event_type, hostname, received_at)
-        except Rejected as rejection:
-            self.reject(rejection.reason, str(rejection))
-        except Exception as exc:  # a bug or an input we did not foresee: count it, keep going
-            self.reject("invalid_field", f"{type(exc).__name__}: {exc}")
+        self.apply_many((event,), received_at)
+
+    def apply_many(self, events: Iterable[Any], received_at: float) -> None:
+        """Count decoded events (a ``task.multi`` list, or one event); the caller holds ``lock``.
+        Never raises on bad input.
+
+        This runs for every event, so the task path is written out here, once per batch of
+        locals: no helper calls and no attribute chains per event, the common cases first; the
+        rare ones fall back to the general checks.
+        """
+        by_type = self.events_by_type
+        task_counts = self.task_counts
+        tracked_tasks = self._tracked
+        settings = self.settings
+        worker_label = settings.worker_label
+        max_tracked = settings.max_tracked_tasks
+        observer = self.task_observer
+        queue_wait, wait_bounds = self.queue_wait, settings.queue_wait_buckets
+        runtimes, run_bounds = self.runtime, settings.runtime_buckets
+        for event in events:
+            try:
+                if type(event) is not dict and not isinstance(event, dict):
+                    raise Rejected("not_an_object", f"event is a {type(event).__name__}")
+                event_type = event.get("type")
+                if not isinstance(event_type, str) or not event_type:
+                    raise Rejected("missing_type")
+                hostname = event.get("hostname")
+                if not isinstance(hostname, str) or not hostname:
+                    raise Rejected("missing_hostname", f"{event_type} without hostname")
+                if event_type in by_type:  # a type seen before
+                    by_type[event_type] += 1
+                else:
+                    self._count_event_type(event_type)
+                counts = task_counts.get(event_type)
+                if counts is None:  # not a task state: worker events, task-sent, custom
+                    handler = _HANDLERS.get(event_type)
+                    if handler is not None:
+                        handler(self, event, event_type, hostname, received_at)
+                    continue
+
+                uuid = event.get("uuid")
+                if (type(uuid) is not str and not isinstance(uuid, str)) or not uuid:
+                    raise Rejected("missing_uuid", f"{event_type} without uuid")
+                name = event.get("name")
+                tracked = tracked_tasks.get(uuid)
+                if event_type == "task-received":
+                    if (type(name) is not str and not isinstance(name, str)) or not name:
+                        name = tracked[0] if tracked else UNKNOWN_TASK
+                    timestamp = event.get("timestamp")
+                    # A retry is received again: move it to the young end.
+                    if tracked is not None:
+                        del tracked_tasks[uuid]
+                    tracked_tasks[uuid] = (
+                        name,
+                        timestamp if isinstance(timestamp, (int, float)) else None,
+                    )
+                    if len(tracked_tasks) > max_tracked:
+                        del tracked_tasks[next(iter(tracked_tasks))]
+                elif (type(name) is not str and not isinstance(name, str)) or not name:
+                    name = tracked[0] if tracked else UNKNOWN_TASK
+
+                key = (name, hostname) if worker_label else (name, "")
+                count = counts.get(key)
+                counts[key] = 1 if count is None else count + 1
+
+                if event_type == "task-started":
+                    started = event.get("timestamp")
+                    if (
+                        tracked is not None
+                        and tracked[1] is not None
+                        and (
+                            (type(started) is float and -_INF < started < _INF)
+                            or _is_number(started)
+                        )
+                    ):
+                        wait = float(started) - tracked[1]
+                        if not wait > 0.0:  # NaN too, as a received timestamp may be
+                            wait = 0.0
+                        histogram = queue_wait.get(key)
+                        if histogram is None:
+                            histogram = queue_wait[key] = Histogram([0] * (len(wait_bounds) + 1))
+                        histogram.counts[bisect_left(wait_bounds, wait)] += 1
+                        histogram.total += wait
+                elif event_type == "task-succeeded":
+                    runtime = event.get("runtime")
+                    if type(runtime) is float and 0 <= runtime < _INF:
+                        histogram = runtimes.get(key)
+                        if histogram is None:
+                            histogram = runtimes[key] = Histogram([0] * (len(run_bounds) + 1))
+                        histogram.counts[bisect_left(run_bounds, runtime)] += 1
+                        histogram.total += runtime
+                    elif _is_number(runtime) and runtime >= 0:
+                        _observe(runtimes, key, float(runtime), run_bounds)
+                    if tracked is not None:
+                        del tracked_tasks[uuid]
+                elif event_type == "task-failed":
+                    # Not forgotten yet: a task that raised Reject fails first, then is rejected.
+                    self._count_exception(name, event.get("exception"))
+                elif (event_type == "task-rejected" or event_type == "task-revoked") and tracked:
+                    del tracked_tasks[uuid]
+                if observer is not None:
+                    observer(event, event_type, name, hostname, received_at)
+            except Rejected as rejection:
+                self.reject(rejection.reason, str(rejection))
+            except Exception as exc:  # a bug or an input we did not foresee: count it, go on
+                self.reject("invalid_field", f"{type(exc).__name__}: {exc}")
 
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -193,64 +275,6 @@ class State:
             counts[event_type] = 1
         else:
             counts[OTHER] = counts.get(OTHER, 0) + 1
-
-    def _task_event(
-        self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
-    ) -> None:
-        # Runs for every task event: locals instead of attribute chains and helper calls, the
-        # common types tested first; the rare cases fall back to the general checks.
-        uuid = event.get("uuid")
-        if not isinstance(uuid, str) or not uuid:
-            raise Rejected("missing_uuid", f"{event_type} without uuid")
-        name = event.get("name")
-        tracked_tasks = self._tracked
-        tracked = tracked_tasks.get(uuid)
-        if event_type == "task-received":
-            if not isinstance(name, str) or not name:
-                name = tracked[0] if tracked else UNKNOWN_TASK
-            timestamp = event.get("timestamp")
-            # A retry is received again: move it to the young end.
-            if tracked is not None:
-                del tracked_tasks[uuid]
-            tracked_tasks[uuid] = (
-                name,
-                timestamp if isinstance(timestamp, (int, float)) else None,
-            )
-            if len(tracked_tasks) > self.settings.max_tracked_tasks:
-                del tracked_tasks[next(iter(tracked_tasks))]
-        elif not isinstance(name, str) or not name:
-            name = tracked[0] if tracked else UNKNOWN_TASK
-
-        settings = self.settings
-        key = (name, hostname if settings.worker_label else "")
-        counts = self.task_counts[event_type]
-        if key in counts:
-            counts[key] += 1
-        else:
-            counts[key] = 1
-
-        if event_type == "task-started":
-            started = event.get("timestamp")
-            if tracked is not None and tracked[1] is not None and _is_number(started):
-                wait = float(started) - tracked[1]
-                _observe(self.queue_wait, key, wait if wait > 0.0 else 0.0,
-                         settings.queue_wait_buckets)  # fmt: skip
-        elif event_type == "task-succeeded":
-            runtime = event.get("runtime")
-            if type(runtime) is float and runtime >= 0 and runtime != _INF:
-                _observe(self.runtime, key, runtime, settings.runtime_buckets)
-            elif _is_number(runtime) and runtime >= 0:
-                _observe(self.runtime, key, float(runtime), settings.runtime_buckets)
-            if tracked is not None:
-                del tracked_tasks[uuid]
-        elif event_type == "task-failed":
-            # Not forgotten yet: a task that raised Reject fails first, then is rejected.
-            self._count_exception(name, event.get("exception"))
-        elif (event_type == "task-rejected" or event_type == "task-revoked") and tracked:
-            del tracked_tasks[uuid]
-        observer = self.task_observer
-        if observer is not None:
-            observer(event, event_type, name, hostname, received_at)
 
     def _task_sent(
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
@@ -398,12 +422,11 @@ def _text(value: Any) -> str:
 
 
 _INF = math.inf
-_TASK_STATES = frozenset(TASK_STATE_COUNTERS)
 
 _Handler = Callable[[State, dict[str, Any], str, str, float], None]
 
+# Task states are counted in State.apply_many itself.
 _HANDLERS: Mapping[str, _Handler] = {
-    **{event_type: State._task_event for event_type in TASK_STATE_COUNTERS},
     "task-sent": State._task_sent,
     "worker-online": State._worker_event,
     "worker-heartbeat": State._worker_event,

@@ -152,7 +152,11 @@ class RecentTasks:
         self.max_tasks = max_tasks
         self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
         self.evicted = 0
-        self._counts: dict[tuple[str, str], int] = {}
+        self._counts: dict[str, dict[str, int]] = {}
+        """hostname -> {event field ("received"...): count}; nested, so the hot path builds no
+        key tuple."""
+        self._count_keys = 0
+        """(hostname, field) pairs in ``_counts``, bounded by MAX_WORKER_COUNTS."""
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -164,6 +168,8 @@ class RecentTasks:
         self, event: dict[str, Any], event_type: str, name: str, hostname: str, received_at: float
     ) -> None:
         """``State.task_observer``: merge one task event. The caller holds the state lock."""
+        # Runs for every task event: one branch per state with plain attribute access (no
+        # getattr/setattr by field name), the commonest states first.
         kind = _KINDS.get(event_type)
         uuid = event.get("uuid")
         if kind is None or type(uuid) is not str or not uuid:
@@ -189,53 +195,62 @@ class RecentTasks:
         elif record.name is None and name != "unknown":
             record.name = name
 
-        previous = getattr(record, field)
-        if previous is None or timestamp >= previous:
-            setattr(record, field, timestamp)
-        current = record.state
         if state is PENDING:
-            if current is None:
+            if record.sent is None or timestamp >= record.sent:
+                record.sent = timestamp
+            if record.state is None:
                 record.state = state
                 record.state_timestamp = timestamp
-        else:
-            record.worker = hostname
-            key = (hostname, field)
-            counts = self._counts
-            if key in counts:
-                counts[key] += 1
-            elif len(counts) < MAX_WORKER_COUNTS:
-                counts[key] = 1
-            if (
-                current is None
-                or current is PENDING
-                or timestamp > record.state_timestamp
-                or (timestamp == record.state_timestamp and rank >= _RANK[current])
-            ):
-                record.state = state
-                record.state_timestamp = timestamp
+            self._payload(record, event)
+            queue = event.get("queue")
+            if type(queue) is str:
+                record.queue = queue
+            return
 
-        if state is RECEIVED or state is PENDING:
-            args = event.get("args")
-            if args is not None:
-                record.args = args if type(args) is not str or len(args) <= LIMIT else args[:LIMIT]
-            kwargs = event.get("kwargs")
-            if kwargs is not None:
-                record.kwargs = (
-                    kwargs if type(kwargs) is not str or len(kwargs) <= LIMIT else kwargs[:LIMIT]
-                )
-            retries = event.get("retries")
-            if type(retries) is int and (record.retries is None or retries > record.retries):
-                record.retries = retries
-            if state is RECEIVED:
-                for key_name in ("eta", "expires", "root_id", "parent_id"):
-                    value = event.get(key_name)
-                    if type(value) is str:
-                        setattr(record, key_name, value)
-            else:
-                queue = event.get("queue")
-                if type(queue) is str:
-                    record.queue = queue
+        record.worker = hostname
+        host_counts = self._counts.get(hostname)
+        if host_counts is not None:
+            count = host_counts.get(field)
+            if count is not None:
+                host_counts[field] = count + 1
+            elif self._count_keys < MAX_WORKER_COUNTS:
+                host_counts[field] = 1
+                self._count_keys += 1
+        elif self._count_keys < MAX_WORKER_COUNTS:
+            self._counts[hostname] = {field: 1}
+            self._count_keys += 1
+        current = record.state
+        if (
+            current is None
+            or current is PENDING
+            or timestamp > record.state_timestamp
+            or (timestamp == record.state_timestamp and rank >= _RANK[current])
+        ):
+            record.state = state
+            record.state_timestamp = timestamp
+
+        if state is STARTED:
+            if record.started is None or timestamp >= record.started:
+                record.started = timestamp
+        elif state is RECEIVED:
+            if record.received is None or timestamp >= record.received:
+                record.received = timestamp
+            self._payload(record, event)
+            value = event.get("eta")
+            if type(value) is str:
+                record.eta = value
+            value = event.get("expires")
+            if type(value) is str:
+                record.expires = value
+            value = event.get("root_id")
+            if type(value) is str:
+                record.root_id = value
+            value = event.get("parent_id")
+            if type(value) is str:
+                record.parent_id = value
         elif state is SUCCESS:
+            if record.succeeded is None or timestamp >= record.succeeded:
+                record.succeeded = timestamp
             result = event.get("result")
             record.result = (
                 result if type(result) is not str or len(result) <= LIMIT else result[:LIMIT]
@@ -243,25 +258,43 @@ class RecentTasks:
             runtime = event.get("runtime")
             if (type(runtime) is float or type(runtime) is int) and runtime >= 0:
                 record.runtime = float(runtime)
-        elif state is FAILURE or state is RETRY:
-            exception = event.get("exception")
-            # self.retry() without exc= is reported as the repr of None.
-            if exception is not None and exception != "None":
-                text = exception if type(exception) is str else str(exception)
-                record.exception = text if len(text) <= LIMIT else text[:LIMIT]
-            traceback = event.get("traceback")
-            if type(traceback) is str:
-                record.traceback = traceback if len(traceback) <= LIMIT else traceback[-LIMIT:]
+        else:
+            previous = getattr(record, field)
+            if previous is None or timestamp >= previous:
+                setattr(record, field, timestamp)
+            if state is FAILURE or state is RETRY:
+                exception = event.get("exception")
+                # self.retry() without exc= is reported as the repr of None.
+                if exception is not None and exception != "None":
+                    text = exception if type(exception) is str else str(exception)
+                    record.exception = text if len(text) <= LIMIT else text[:LIMIT]
+                traceback = event.get("traceback")
+                if type(traceback) is str:
+                    record.traceback = traceback if len(traceback) <= LIMIT else traceback[-LIMIT:]
+
+    @staticmethod
+    def _payload(record: TaskRecord, event: dict[str, Any]) -> None:
+        """What task-sent and task-received carry: the call's arguments and retry count."""
+        args = event.get("args")
+        if args is not None:
+            record.args = args if type(args) is not str or len(args) <= LIMIT else args[:LIMIT]
+        kwargs = event.get("kwargs")
+        if kwargs is not None:
+            record.kwargs = (
+                kwargs if type(kwargs) is not str or len(kwargs) <= LIMIT else kwargs[:LIMIT]
+            )
+        retries = event.get("retries")
+        if type(retries) is int and (record.retries is None or retries > record.retries):
+            record.retries = retries
 
     @property
     def worker_counts(self) -> dict[str, WorkerTaskCounts]:
         """Task events per worker hostname (task-sent, sent by clients, not counted)."""
         found: dict[str, WorkerTaskCounts] = {}
-        for (hostname, field), count in self._counts.items():
-            counts = found.get(hostname)
-            if counts is None:
-                counts = found[hostname] = WorkerTaskCounts()
-            setattr(counts, field, count)
+        for hostname, host_counts in self._counts.items():
+            counts = found[hostname] = WorkerTaskCounts()
+            for field, count in host_counts.items():
+                setattr(counts, field, count)
         return found
 
     def records(self) -> list[TaskRecord]:
@@ -271,5 +304,5 @@ class RecentTasks:
 
     def forget_workers(self, keep: set[str]) -> None:
         """Drop the task counts of workers the state no longer knows (it purged them)."""
-        for key in [key for key in self._counts if key[0] not in keep]:
-            del self._counts[key]
+        for hostname in [hostname for hostname in self._counts if hostname not in keep]:
+            self._count_keys -= len(self._counts.pop(hostname))

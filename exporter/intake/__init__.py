@@ -9,11 +9,17 @@ from __future__ import annotations
 import queue
 from typing import Any
 
+from kombu import Connection
+
 from exporter.ingest import RawMessage
+from exporter.intake.amqp import AmqpReader, is_plain_amqp_url
 from exporter.intake.broker import BrokerReader, BrokerStatus
 from exporter.logging import get_logger
 
 log = get_logger(__name__)
+
+FAST_PATH_OPTION = "exporter_fast_path"
+"""Transport option read (and removed) by the exporter: false keeps kombu's intake path."""
 
 
 def make_reader(
@@ -26,15 +32,21 @@ def make_reader(
     here; every path shares BrokerReader's interface (``run(stop)``, ``safe_url()``).
 
     Redis (``redis://``, ``rediss://``, ``sentinel://``) gets the pub/sub fast path when hiredis
-    is installed; every other broker, and Redis without hiredis, goes through kombu.
+    is installed; RabbitMQ over plain TCP (``amqp://``, ``pyamqp://``) the frame-reading fast
+    path; every other broker (``amqps://`` included), and Redis without hiredis, goes through
+    kombu. The transport option ``exporter_fast_path: false`` forces kombu's path.
     """
+    options = dict(transport_options)
+    if not options.pop(FAST_PATH_OPTION, True):
+        return BrokerReader(broker_url, options, outbox, status)
+    connection = Connection(broker_url, transport_options=options)
+    if is_plain_amqp_url(connection):
+        return AmqpReader(broker_url, options, outbox, status)
     try:
-        from kombu import Connection
-
         from exporter.intake.redis import RedisPubSubReader, is_redis_url
     except ImportError as exc:  # hiredis missing: kombu's path still works
         log.info("redis fast path unavailable", reason=str(exc))
-        return BrokerReader(broker_url, transport_options, outbox, status)
-    if is_redis_url(Connection(broker_url, transport_options=transport_options)):
-        return RedisPubSubReader(broker_url, transport_options, outbox, status)
-    return BrokerReader(broker_url, transport_options, outbox, status)
+        return BrokerReader(broker_url, options, outbox, status)
+    if is_redis_url(connection):
+        return RedisPubSubReader(broker_url, options, outbox, status)
+    return BrokerReader(broker_url, options, outbox, status)

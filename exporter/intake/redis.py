@@ -101,9 +101,13 @@ class RedisPubSubReader(BrokerReader):
         last_data = time.monotonic()
         pinged = False
         sock.settimeout(1.0)
+        # Read into one reused buffer: a fresh multi-megabyte bytes object per read costs page
+        # faults and a shrinking copy; hiredis copies what it is fed.
+        chunk = bytearray(READ_SIZE)
+        chunk_view = memoryview(chunk)
         while not stop.is_set():
             try:
-                chunk = sock.recv(READ_SIZE)
+                size = sock.recv_into(chunk_view)
             except TimeoutError:
                 silent = time.monotonic() - last_data
                 if silent > 2 * PING_AFTER and pinged:
@@ -112,13 +116,14 @@ class RedisPubSubReader(BrokerReader):
                     sock.sendall(b"*1\r\n$4\r\nPING\r\n")
                     pinged = True
                 continue
-            if not chunk:
+            if not size:
                 raise ConnectionError("connection closed by the server")
             received_at = time.time()
             last_data = time.monotonic()
             pinged = False
-            for offset in range(0, len(chunk), FEED_SIZE):
-                reader.feed(chunk, offset, min(FEED_SIZE, len(chunk) - offset))
+            for offset in range(0, size, FEED_SIZE):
+                # hiredis takes any buffer ("s*"); its stub only lists str and bytes.
+                reader.feed(chunk, offset, min(FEED_SIZE, size - offset))  # type: ignore[arg-type]
                 while (reply := reader.gets()) is not False:
                     if isinstance(reply, list) and reply[0] == b"pmessage":
                         if reply[3]:
