@@ -20,7 +20,6 @@ Plain TCP only: TLS (``amqps://``, ``ssl`` options) stays on kombu's path (``mak
 from __future__ import annotations
 
 import contextlib
-import queue
 import socket
 import struct
 import threading
@@ -37,7 +36,6 @@ from exporter.intake.broker import (
     EVENT_QUEUE_EXPIRES,
     EVENT_QUEUE_TTL,
     BrokerReader,
-    BrokerStatus,
 )
 from exporter.logging import get_logger
 
@@ -258,15 +256,6 @@ def is_plain_amqp_url(connection: Connection) -> bool:
 
 class AmqpReader(BrokerReader):
     """Same interface and reconnection loop as ``BrokerReader``; only ``_consume`` differs."""
-
-    def __init__(
-        self,
-        broker_url: str,
-        transport_options: dict[str, Any],
-        outbox: queue.SimpleQueue[RawMessage],
-        status: BrokerStatus,
-    ) -> None:
-        super().__init__(broker_url, transport_options, outbox, status)
 
     def _consume(self, stop: threading.Event) -> None:
         conn = self.connection()

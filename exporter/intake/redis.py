@@ -15,7 +15,6 @@ sees exactly the events kombu would deliver.
 
 from __future__ import annotations
 
-import queue
 import socket
 import threading
 import time
@@ -25,7 +24,7 @@ import hiredis
 from kombu import Connection
 
 from exporter.ingest import RawMessage
-from exporter.intake.broker import EVENT_EXCHANGE, BrokerReader, BrokerStatus
+from exporter.intake.broker import EVENT_EXCHANGE, BrokerReader
 from exporter.logging import get_logger
 
 log = get_logger(__name__)
@@ -71,15 +70,6 @@ def is_redis_url(connection: Connection) -> bool:
 
 class RedisPubSubReader(BrokerReader):
     """Same interface and reconnection loop as ``BrokerReader``; only ``_consume`` differs."""
-
-    def __init__(
-        self,
-        broker_url: str,
-        transport_options: dict[str, Any],
-        outbox: queue.SimpleQueue[RawMessage],
-        status: BrokerStatus,
-    ) -> None:
-        super().__init__(broker_url, transport_options, outbox, status)
 
     def _consume(self, stop: threading.Event) -> None:
         with self.connection() as conn:
