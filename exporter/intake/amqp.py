@@ -27,14 +27,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery.events.event import get_exchange
-from kombu import Connection, Queue
+from kombu import Connection
 
 from exporter.ingest import RawMessage
 from exporter.intake.broker import (
-    EVENT_EXCHANGE,
-    EVENT_QUEUE_EXPIRES,
-    EVENT_QUEUE_TTL,
     BrokerReader,
 )
 from exporter.logging import get_logger
@@ -262,15 +258,7 @@ class AmqpReader(BrokerReader):
         try:
             conn.ensure_connection(max_retries=1)
             channel: Any = conn.channel()
-            Queue(
-                self.queue_name,
-                exchange=get_exchange(conn, name=EVENT_EXCHANGE),
-                routing_key="#",
-                auto_delete=True,
-                durable=False,
-                message_ttl=EVENT_QUEUE_TTL,
-                expires=EVENT_QUEUE_EXPIRES,
-            )(channel).declare()
+            self.event_queue(conn)(channel).declare()
             channel.basic_consume(self.queue_name, no_ack=True, callback=_never_called)
             amqp_connection: Any = conn.connection
             transport = amqp_connection.transport

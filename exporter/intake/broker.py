@@ -90,23 +90,26 @@ class BrokerReader:
                 backoff = min(backoff * 2, MAX_BACKOFF)
         self.status.connected = False
 
+    def event_queue(self, conn: Connection) -> Queue:
+        """The event queue, declared as Celery's own EventReceiver declares it."""
+        return Queue(
+            self.queue_name,
+            exchange=get_exchange(conn, name=EVENT_EXCHANGE),
+            routing_key="#",
+            auto_delete=True,
+            durable=False,
+            message_ttl=EVENT_QUEUE_TTL,
+            expires=EVENT_QUEUE_EXPIRES,
+        )
+
     def _consume(self, stop: threading.Event) -> None:
         with self.connection() as conn:
             conn.ensure_connection(max_retries=1)
             buffer_amqp_reads(conn)
             channel = conn.channel()
-            event_queue = Queue(
-                self.queue_name,
-                exchange=get_exchange(conn, name=EVENT_EXCHANGE),
-                routing_key="#",
-                auto_delete=True,
-                durable=False,
-                message_ttl=EVENT_QUEUE_TTL,
-                expires=EVENT_QUEUE_EXPIRES,
-            )
             consumer = Consumer(
                 channel,
-                queues=[event_queue],
+                queues=[self.event_queue(conn)],
                 on_message=self._on_message,
                 no_ack=True,
                 accept=["application/json"],
