@@ -100,7 +100,7 @@ class Ingestor:
                 pass
             with self.state.lock:
                 for message in batch:
-                    self.handle(message)
+                    self.handle_safely(message)
             self._in_hand = None
 
     def drain(self) -> None:
@@ -111,7 +111,16 @@ class Ingestor:
             except queue.Empty:
                 return
             with self.state.lock:
-                self.handle(message)
+                self.handle_safely(message)
+
+    def handle_safely(self, message: RawMessage) -> None:
+        """``handle``, with a net under it: input that slips past every check is counted and
+        logged, and never ends the ingest thread (its end would end the exporter)."""
+        try:
+            self.handle(message)
+        except Exception as exc:
+            log.exception("message could not be handled", error=f"{type(exc).__name__}: {exc}")
+            self.state.reject("internal_error", f"{type(exc).__name__}: {exc}")
 
     def handle(self, message: RawMessage) -> None:
         """Decode one broker message (a single event or a task.multi list) and count it.
@@ -149,6 +158,8 @@ def open_envelope(raw: bytes | str) -> tuple[str | None, bytes | str]:
         raise TypeError(f"envelope is a {type(envelope).__name__}")
     body = envelope["body"]
     properties = envelope.get("properties") or {}
+    if type(properties) is not dict:
+        raise TypeError(f"properties is a {type(properties).__name__}")
     encoding = properties.get("body_encoding")
     if encoding == "base64":
         body = b64decode(body)

@@ -148,3 +148,67 @@ def _shared_exporter(processes: Processes, redis_url: str) -> ExporterProcess:
         _EXPORTERS.clear()
         _EXPORTERS[key] = processes.exporter(redis_url)
     return _EXPORTERS[key]
+
+
+# -- raw envelopes on Redis ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def publish_raw(redis_url: str) -> Iterator[Any]:
+    """PUBLISH bytes on the event channel itself: envelopes no kombu producer would write."""
+    import redis
+
+    client_ = redis.Redis.from_url(redis_url)
+    db = redis_url.rsplit("/", 1)[1]
+    try:
+        yield lambda body: client_.publish(f"/{db}.celeryev/task.multi", body)
+    finally:
+        client_.close()
+
+
+def test_malformed_envelopes_are_counted_not_fatal(
+    redis_url: str, processes: Processes, publish_raw: Any
+) -> None:
+    exporter = processes.exporter(redis_url)
+    publish_raw(b"not json")
+    publish_raw(b"[1, 2]")
+    publish_raw(b'{"nobody": 1}')
+    publish_raw(b'{"body": 5}')
+    publish_raw(b'{"body": "", "properties": [1]}')
+    publish_raw(b'{"body": "e30=", "properties": {"body_encoding": "rot13"}}')
+    publish_raw(b'{"body": "!!!", "properties": {"body_encoding": "base64"}}')  # decodes to b""
+    send_canary(redis_url, "c-raw")
+    wait_until(lambda: canaries(exporter) == 1.0, what="the canary after raw envelopes")
+    assert exporter.metrics().by_label("celery_exporter_events_rejected_total", "reason") == {
+        "invalid_envelope": 6.0,
+        "invalid_json": 1.0,
+    }
+    assert exporter.proc.poll() is None
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    batch=st.lists(
+        st.binary(max_size=64)
+        | st.fixed_dictionaries(
+            {"body": json_values},
+            optional={"properties": json_values, "content-type": json_values},
+        ).map(lambda envelope: json.dumps(envelope).encode()),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_fuzzed_envelopes_never_crash_it(
+    redis_url: str, processes: Processes, publish_raw: Any, batch: list[bytes]
+) -> None:
+    exporter = _shared_exporter(processes, redis_url)
+    before = canaries(exporter) or 0.0
+    for body in batch:
+        publish_raw(body)
+    send_canary(redis_url, f"c-raw-{before}")
+    wait_until(lambda: canaries(exporter) == before + 1, what="the canary after fuzzed envelopes")
+    assert exporter.proc.poll() is None
