@@ -80,16 +80,20 @@ class BrokerPublisher:
             return self._prepare_amqp(messages)
         for message in messages:
             self._events_of_current = message.events
-            self.producer.publish(
-                message.body,
-                routing_key=message.routing_key,
-                exchange=self.exchange.name,
-                serializer="json",
-                headers=message.headers,
-                delivery_mode=1,
-            )
+            self._publish(message)
         staged, self._staged = self._staged, []
         return staged
+
+    def _publish(self, message: Outgoing) -> None:
+        """Publish as Celery's event dispatcher does; prepare() captures what goes out."""
+        self.producer.publish(
+            message.body,
+            routing_key=message.routing_key,
+            exchange=self.exchange.name,
+            serializer="json",
+            headers=message.headers,
+            delivery_mode=1,
+        )
 
     def transmit(self, prepared: list[Prepared]) -> int:
         """Put prepared messages on the wire; returns the number of events they carried."""
@@ -119,14 +123,7 @@ class BrokerPublisher:
         out = []
         try:
             for message in messages:
-                self.producer.publish(
-                    message.body,
-                    routing_key=message.routing_key,
-                    exchange=self.exchange.name,
-                    serializer="json",
-                    headers=message.headers,
-                    delivery_mode=1,
-                )
+                self._publish(message)
                 out.append(
                     Prepared(message.routing_key, b"".join(frames), message.headers, message.events)
                 )
