@@ -39,6 +39,17 @@ TASK_ROW_KEYS = (
 TASK_PARAMETERS = ("uuid", "name", "state", "worker", "search", "limit", "from", "to")
 WORKER_PARAMETERS = ("search",)
 
+WORKER_TASK_COLUMNS = {
+    "task-received": "received",
+    "task-started": "started",
+    "task-succeeded": "succeeded",
+    "task-failed": "failed",
+    "task-retried": "retried",
+    "task-rejected": "rejected",
+    "task-revoked": "revoked",
+}
+"""/api/workers' task columns: Flower's Workers view, counted from the task events."""
+
 JSON = "application/json"
 
 
@@ -235,38 +246,30 @@ class Api:
         rows = []
         with self.state.lock:
             known = self.state.workers
-            all_counts = {}
-            if self.store is not None:
-                self.store.forget_workers(set(known))
-                all_counts = self.store.worker_counts
+            all_counts = self.state.worker_task_counts()
             for hostname, worker in known.items():
                 if search and search not in hostname.lower():
                     continue
                 counts = all_counts.get(hostname)
                 processed = worker.processed
                 if processed is None and counts is not None:
-                    processed = counts.received
-                rows.append(
-                    {
-                        "worker": hostname,
-                        "status": "online" if self.state.is_online(worker, now) else "offline",
-                        "active": worker.active,
-                        "processed": processed,
-                        "received": counts.received if counts else None,
-                        "started": counts.started if counts else None,
-                        "succeeded": counts.succeeded if counts else None,
-                        "failed": counts.failed if counts else None,
-                        "retried": counts.retried if counts else None,
-                        "rejected": counts.rejected if counts else None,
-                        "revoked": counts.revoked if counts else None,
-                        "loadavg": list(worker.loadavg) if worker.loadavg else None,
-                        "heartbeat": iso(worker.last_heartbeat or None),
-                        "freq": worker.freq or None,
-                        "sw_ident": worker.software[0] or None,
-                        "sw_ver": worker.software[1] or None,
-                        "sw_sys": worker.software[2] or None,
-                    }
-                )
+                    processed = counts.get("task-received", 0)
+                row: dict[str, Any] = {
+                    "worker": hostname,
+                    "status": "online" if self.state.is_online(worker, now) else "offline",
+                    "active": worker.active,
+                    "processed": processed,
+                }
+                for event_type, column in WORKER_TASK_COLUMNS.items():
+                    # A worker with no task events yet has no counts, not zeros.
+                    row[column] = counts.get(event_type, 0) if counts is not None else None
+                row["loadavg"] = list(worker.loadavg) if worker.loadavg else None
+                row["heartbeat"] = iso(worker.last_heartbeat or None)
+                row["freq"] = worker.freq or None
+                row["sw_ident"] = worker.software[0] or None
+                row["sw_ver"] = worker.software[1] or None
+                row["sw_sys"] = worker.software[2] or None
+                rows.append(row)
         rows.sort(key=lambda row: str(row["worker"]))
         return orjson.dumps(rows)
 

@@ -38,8 +38,12 @@ MAX_CUSTOM_EVENT_TYPES = 50
 
 _EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)")
 
-TaskObserver = Callable[[dict[str, Any], str, str, str, float], None]
-"""(event, event type, resolved task name, hostname, received_at) -> None"""
+TaskEvent = tuple[dict[str, Any], str, str, str, float]
+"""(event, event type, resolved task name, hostname, received_at)"""
+
+TaskObserver = Callable[[list[TaskEvent]], None]
+"""Called with the task events of one message, in order: one call per message, not per event,
+because a Python call per event cost as much as the store's own work."""
 
 TaskKey = tuple[str, str]
 """(task name, worker hostname); the hostname is "" when the worker label is turned off."""
@@ -142,11 +146,14 @@ class State:
     # not an object: one is made for every task.
     _tracked: dict[str, tuple[str, float | None]] = field(default_factory=dict)
     _exception_classes: set[str] = field(default_factory=set)
+    _unlabelled: dict[str, dict[str, int]] = field(default_factory=dict)
+    """hostname -> {task event type: count}, kept only when the worker label is off (with it on,
+    ``task_counts`` already holds them)."""
     _custom_event_types: int = 0
     on_reject: Callable[[str, str], None] | None = None
     task_observer: TaskObserver | None = None
-    """Called (under ``lock``) with every task event after it is counted, its task name resolved;
-    the recent-task store of the Tasks view listens here."""
+    """Called (under ``lock``) with the task events of each message after they are counted, their
+    task names resolved; the recent-task store of the Tasks view listens here."""
 
     # -- intake side -------------------------------------------------------------------------
 
@@ -169,6 +176,7 @@ class State:
         worker_label = settings.worker_label
         max_tracked = settings.max_tracked_tasks
         observer = self.task_observer
+        observed: list[TaskEvent] | None = [] if observer is not None else None
         queue_wait, wait_bounds = self.queue_wait, settings.queue_wait_buckets
         runtimes, run_bounds = self.runtime, settings.runtime_buckets
         for event in events:
@@ -189,7 +197,9 @@ class State:
                 if counts is None:  # not a task state: worker events, task-sent, custom
                     handler = _HANDLERS.get(event_type)
                     if handler is not None:
-                        handler(self, event, event_type, hostname, received_at)
+                        task_name = handler(self, event, event_type, hostname, received_at)
+                        if task_name is not None and observed is not None:
+                            observed.append((event, event_type, task_name, hostname, received_at))
                     continue
 
                 uuid = event.get("uuid")
@@ -213,7 +223,11 @@ class State:
                 elif (type(name) is not str and not isinstance(name, str)) or not name:
                     name = tracked[0] if tracked else UNKNOWN_TASK
 
-                key = (name, hostname) if worker_label else (name, "")
+                if worker_label:
+                    key = (name, hostname)
+                else:
+                    key = (name, "")
+                    self._count_unlabelled(hostname, event_type)
                 count = counts.get(key)
                 counts[key] = 1 if count is None else count + 1
 
@@ -252,12 +266,34 @@ class State:
                     self._count_exception(name, event.get("exception"))
                 elif (event_type == "task-rejected" or event_type == "task-revoked") and tracked:
                     del tracked_tasks[uuid]
-                if observer is not None:
-                    observer(event, event_type, name, hostname, received_at)
+                if observed is not None:
+                    observed.append((event, event_type, name, hostname, received_at))
             except Rejected as rejection:
                 self.reject(rejection.reason, str(rejection))
             except Exception as exc:  # a bug or an input we did not foresee: count it, go on
                 self.reject("invalid_field", f"{type(exc).__name__}: {exc}")
+        if observer is not None and observed:
+            observer(observed)
+
+    def _count_unlabelled(self, hostname: str, event_type: str) -> None:
+        counts = self._unlabelled.get(hostname)
+        if counts is None:
+            counts = self._unlabelled[hostname] = {}
+        counts[event_type] = counts.get(event_type, 0) + 1
+
+    def worker_task_counts(self) -> dict[str, dict[str, int]]:
+        """Task events counted per worker: hostname -> {event type: count}, for the Workers
+        view's columns; call with ``lock`` held."""
+        if not self.settings.worker_label:
+            return {host: dict(counts) for host, counts in self._unlabelled.items()}
+        found: dict[str, dict[str, int]] = {}
+        for event_type, counts in self.task_counts.items():
+            for (_, hostname), count in counts.items():
+                host_counts = found.get(hostname)
+                if host_counts is None:
+                    host_counts = found[hostname] = {}
+                host_counts[event_type] = host_counts.get(event_type, 0) + count
+        return found
 
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -278,7 +314,8 @@ class State:
 
     def _task_sent(
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
-    ) -> None:
+    ) -> str:
+        """Count a task-sent; returns the task name, for the observer."""
         name = event.get("name")
         queue = event.get("queue")
         key = (
@@ -286,12 +323,12 @@ class State:
             queue if isinstance(queue, str) else "",
         )
         self.sent[key] = self.sent.get(key, 0) + 1
-        if self.task_observer is not None:
-            self.task_observer(event, event_type, key[0], hostname, received_at)
+        return key[0]
 
     def _worker_event(
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
     ) -> None:
+        """Update a worker's liveness and gauges; nothing for the task observer."""
         worker = self.workers.get(hostname)
         if worker is None:
             worker = self.workers[hostname] = WorkerState(hostname)
@@ -371,6 +408,7 @@ class State:
         ]
         for host in gone:
             del self.workers[host]
+            self._unlabelled.pop(host, None)
             if self.settings.worker_label:
                 series: list[dict[TaskKey, Any]] = [
                     *self.task_counts.values(),
@@ -423,7 +461,8 @@ def _text(value: Any) -> str:
 
 _INF = math.inf
 
-_Handler = Callable[[State, dict[str, Any], str, str, float], None]
+_Handler = Callable[[State, dict[str, Any], str, str, float], str | None]
+"""Counts one event that is not a task state; returns the task name to observe, if any."""
 
 # Task states are counted in State.apply_many itself.
 _HANDLERS: Mapping[str, _Handler] = {

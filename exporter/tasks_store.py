@@ -15,8 +15,9 @@ SUCCESS back into STARTED.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
+
+from exporter.state import TaskEvent
 
 PENDING = "PENDING"
 RECEIVED = "RECEIVED"
@@ -46,10 +47,6 @@ _RANK = {PENDING: 0, RECEIVED: 1, STARTED: 2, RETRY: 3, FAILURE: 4, SUCCESS: 5, 
 STORED_TEXT_LIMIT = LIMIT = 4096
 """Characters kept of each payload, exception and traceback (Celery's own reprs stop at 1024);
 a traceback keeps its end."""
-
-MAX_WORKER_COUNTS = 7 * 4096
-"""(hostname, event) counts kept between two /api/workers calls, which drop the hostnames the
-state has purged: bounds memory on fleets whose hostnames churn."""
 
 
 class TaskRecord:
@@ -125,17 +122,6 @@ class TaskRecord:
         return twin
 
 
-@dataclass
-class WorkerTaskCounts:
-    received: int = 0
-    started: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    rejected: int = 0
-    revoked: int = 0
-
-
 # event type -> (state, the record's timestamp field, rank); states are compared by identity.
 _KINDS: dict[str, tuple[str, str, int]] = {
     event_type: (state, event_type.removeprefix("task-"), _RANK[state])
@@ -143,49 +129,94 @@ _KINDS: dict[str, tuple[str, str, int]] = {
 }
 
 
+FOLD_AFTER = 8
+"""Pending events a task may hold before they are merged into its record: bounds the memory of a
+task that keeps emitting (retries, custom events) when nobody reads the store."""
+
+_FOLD_AT_ONCE = frozenset({"task-failed", "task-retried"})
+"""Events merged on arrival: they carry tracebacks, which are unbounded until cut."""
+
+
 class RecentTasks:
-    """Up to ``max_tasks`` task records; the oldest (by last task-received) is evicted first."""
+    """Up to ``max_tasks`` task records; the oldest (by last task-received) is evicted first.
+
+    Merging is deferred: ``observe`` only appends the event to its task's entry, and the entry is
+    merged into a ``TaskRecord`` when someone reads it (``get``, ``records``). At a busy fleet's
+    rate almost every task is evicted before any read, so its events are never merged at all:
+    the merge, half of the ingest thread's cost per event when it ran on arrival, is paid only
+    for the tasks a query can still reach. Merging in arrival order gives the same record as
+    merging on arrival did.
+    """
 
     def __init__(self, max_tasks: int) -> None:
         if max_tasks < 1:
             raise ValueError("max_tasks must be at least 1")
         self.max_tasks = max_tasks
-        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._tasks: OrderedDict[str, list[Any]] = OrderedDict()
+        """uuid -> [TaskRecord or None, *pending events]"""
         self.evicted = 0
-        self._counts: dict[str, dict[str, int]] = {}
-        """hostname -> {event field ("received"...): count}; nested, so the hot path builds no
-        key tuple."""
-        self._count_keys = 0
-        """(hostname, field) pairs in ``_counts``, bounded by MAX_WORKER_COUNTS."""
 
     def __len__(self) -> int:
         return len(self._tasks)
 
     def get(self, uuid: str) -> TaskRecord | None:
-        return self._tasks.get(uuid)
+        """The task's record, its pending events merged; call with the state lock held."""
+        entry = self._tasks.get(uuid)
+        if entry is None:
+            return None
+        if len(entry) > 1:
+            self._fold(uuid, entry)
+        record: TaskRecord | None = entry[0]
+        return record
 
-    def observe(
-        self, event: dict[str, Any], event_type: str, name: str, hostname: str, received_at: float
+    def observe(self, events: list[TaskEvent]) -> None:
+        """``State.task_observer``: keep a message's task events. The caller holds the state
+        lock."""
+        tasks = self._tasks
+        for event in events:
+            uuid = event[0].get("uuid")
+            if type(uuid) is not str or not uuid:
+                continue
+            event_type = event[1]
+            entry = tasks.get(uuid)
+            if entry is None:
+                entry = tasks[uuid] = [None, event]
+                if len(tasks) > self.max_tasks:
+                    tasks.popitem(last=False)
+                    self.evicted += 1
+            else:
+                entry.append(event)
+                if event_type == "task-received":
+                    tasks.move_to_end(uuid)  # a retry is received again: it is recent again
+                if len(entry) > FOLD_AFTER:
+                    self._fold(uuid, entry)
+                    continue
+            if event_type in _FOLD_AT_ONCE:
+                self._fold(uuid, entry)
+
+    def _fold(self, uuid: str, entry: list[Any]) -> None:
+        record: TaskRecord | None = entry[0]
+        if record is None:
+            record = entry[0] = TaskRecord(uuid, entry[1][4])
+        merge = self._merge
+        for pending in entry[1:]:
+            merge(record, *pending)
+        del entry[1:]
+
+    def _merge(
+        self,
+        record: TaskRecord,
+        event: dict[str, Any],
+        event_type: str,
+        name: str,
+        hostname: str,
+        received_at: float,
     ) -> None:
-        """``State.task_observer``: merge one task event. The caller holds the state lock."""
-        # Runs for every task event: one branch per state with plain attribute access (no
-        # getattr/setattr by field name), the commonest states first.
+        """Merge one event into its task's record, whatever order the events came in."""
         kind = _KINDS.get(event_type)
-        uuid = event.get("uuid")
-        if kind is None or type(uuid) is not str or not uuid:
-            # A custom event (Task.send_event) or no uuid: nothing of Celery's task states.
+        if kind is None:  # a custom event (Task.send_event): nothing of Celery's task states
             return
         state, field, rank = kind
-        tasks = self._tasks
-        record = tasks.get(uuid)
-        if record is None:
-            record = tasks[uuid] = TaskRecord(uuid, received_at)
-            if len(tasks) > self.max_tasks:
-                tasks.popitem(last=False)
-                self.evicted += 1
-        elif state is RECEIVED:
-            tasks.move_to_end(uuid)  # a retry is received again: it is recent again
-
         timestamp = event.get("timestamp")
         if type(timestamp) is not float:
             timestamp = float(timestamp) if type(timestamp) is int else received_at
@@ -208,17 +239,6 @@ class RecentTasks:
             return
 
         record.worker = hostname
-        host_counts = self._counts.get(hostname)
-        if host_counts is not None:
-            count = host_counts.get(field)
-            if count is not None:
-                host_counts[field] = count + 1
-            elif self._count_keys < MAX_WORKER_COUNTS:
-                host_counts[field] = 1
-                self._count_keys += 1
-        elif self._count_keys < MAX_WORKER_COUNTS:
-            self._counts[hostname] = {field: 1}
-            self._count_keys += 1
         current = record.state
         if (
             current is None
@@ -287,22 +307,14 @@ class RecentTasks:
         if type(retries) is int and (record.retries is None or retries > record.retries):
             record.retries = retries
 
-    @property
-    def worker_counts(self) -> dict[str, WorkerTaskCounts]:
-        """Task events per worker hostname (task-sent, sent by clients, not counted)."""
-        found: dict[str, WorkerTaskCounts] = {}
-        for hostname, host_counts in self._counts.items():
-            counts = found[hostname] = WorkerTaskCounts()
-            for field, count in host_counts.items():
-                setattr(counts, field, count)
-        return found
-
     def records(self) -> list[TaskRecord]:
-        """The live records, oldest first; call with the state lock held, and ``copy()`` (under
-        the lock again) those to be shown: the ingest thread keeps updating them."""
-        return list(self._tasks.values())
-
-    def forget_workers(self, keep: set[str]) -> None:
-        """Drop the task counts of workers the state no longer knows (it purged them)."""
-        for hostname in [hostname for hostname in self._counts if hostname not in keep]:
-            self._count_keys -= len(self._counts.pop(hostname))
+        """The live records, oldest first, their pending events merged; call with the state lock
+        held, and ``copy()`` (under the lock again) those to be shown: the ingest thread keeps
+        updating them."""
+        fold = self._fold
+        records = []
+        for uuid, entry in self._tasks.items():
+            if len(entry) > 1:
+                fold(uuid, entry)
+            records.append(entry[0])
+        return records

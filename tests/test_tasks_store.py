@@ -205,6 +205,7 @@ def test_the_clients_clock_cannot_hold_a_task_pending() -> None:
     assert record is not None
     assert (record.state, record.worker) == ("RECEIVED", WORKER)
     feed(state, event("sent", at=T0 + 61, hostname="gen1@client", name="tests.add"))
+    assert store.get(UUID) is record  # merged on read, into the same record
     assert record.state == "RECEIVED"
 
 
@@ -215,6 +216,7 @@ def test_a_task_first_seen_by_its_end_still_gets_the_name_it_was_sent_with() -> 
     assert record is not None
     assert (record.name, record.state) == (None, "SUCCESS")
     feed(state, event("received", at=T0 - 1, name="tests.add", args="(1, 2)", kwargs="{}"))
+    assert store.get(UUID) is record
     assert (record.name, record.state, record.args) == ("tests.add", "SUCCESS", "(1, 2)")
 
 
@@ -307,15 +309,17 @@ def test_huge_payloads_are_cut_on_arrival() -> None:
     assert record.traceback.endswith("\nValueError: x")
 
 
-def test_worker_counts_follow_the_task_events() -> None:
-    state, store = fed()
+@pytest.mark.parametrize("worker_label", [True, False])
+def test_worker_counts_follow_the_task_events(worker_label: bool) -> None:
+    state, _ = fed()
+    state.settings.worker_label = worker_label
     feed(state, *lifecycle("a"), *lifecycle("b"))
     feed(state, event("received", "c", name="tests.fail"), event("failed", "c", exception="E()"))
-    counts = store.worker_counts[WORKER]
-    assert (counts.received, counts.started, counts.succeeded, counts.failed) == (3, 2, 2, 1)
-    assert "gen1@client" not in store.worker_counts  # task-sent comes from the client
-    store.forget_workers(set())
-    assert store.worker_counts == {}
+    with state.lock:
+        counts = state.worker_task_counts()
+    assert counts == {
+        WORKER: {"task-received": 3, "task-started": 2, "task-succeeded": 2, "task-failed": 1}
+    }  # task-sent comes from the client: not a worker's count
 
 
 def test_the_store_refuses_a_zero_bound() -> None:

@@ -1,0 +1,77 @@
+"""Time the ingest thread's work in process: kombu's Redis envelopes, as the fleet's workers
+publish them, opened, decoded and counted by ``Ingestor.handle``, with the Tasks-view store
+listening and without it. No broker and no socket: this isolates the cost per event that the
+end-to-end run (``bench.run``) cannot split from reading the socket.
+
+    python -m bench.ingest --tasks 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import time
+
+from exporter.app import build_state
+from exporter.config import Config
+from exporter.ingest import Ingestor, RawMessage
+from exporter.tasks_store import RecentTasks
+
+from .publisher import BrokerPublisher, make_fleet, prepare_burst
+
+BROKER_URL = "redis://127.0.0.1:6379/15"
+"""Only kombu's serialization runs: nothing is published."""
+
+
+def envelopes(tasks: int, workers: int, names: int) -> tuple[list[RawMessage], int]:
+    """The burst's messages as the Redis fast path queues them, and how many task events."""
+    fleet = make_fleet(BROKER_URL, workers, names)
+    publisher = BrokerPublisher(BROKER_URL)
+    try:
+        prepared = publisher.prepare(prepare_burst(fleet, tasks))
+    finally:
+        publisher.close()
+    now = time.time()
+    messages = [RawMessage(now, None, item.payload, enveloped=True) for item in prepared]
+    return messages, fleet.expected.task_events
+
+
+def time_handle(messages: list[RawMessage], store_size: int, repeat: int) -> float:
+    """Least seconds to handle every message once, a fresh state (and store) each time."""
+    runs = []
+    for _ in range(repeat):
+        state = build_state(Config())
+        if store_size:
+            state.task_observer = RecentTasks(store_size).observe
+        ingestor = Ingestor(state, queue.SimpleQueue())
+        handle = ingestor.handle
+        start = time.perf_counter()
+        for message in messages:
+            handle(message)
+        runs.append(time.perf_counter() - start)
+    return min(runs)  # the least disturbed run: other processes share the cores
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=20)
+    parser.add_argument("--names", type=int, default=10)
+    parser.add_argument("--store", type=int, default=Config().max_recent_tasks)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    messages, task_events = envelopes(args.tasks, args.workers, args.names)
+    with_store = time_handle(messages, args.store, args.repeat)
+    without = time_handle(messages, 0, args.repeat)
+    per_event = 1e6 / task_events
+    print(
+        f"{task_events} task events in {len(messages)} messages: "
+        f"{with_store * per_event:.2f} µs/event with the store ({args.store}), "
+        f"{without * per_event:.2f} µs/event without; "
+        f"{task_events / with_store / 1000:.0f} k events/s with the store"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
