@@ -1,11 +1,13 @@
 """Publish an emulated fleet's events through the real broker, at a set rate or as a burst.
 
 Messages go through ``kombu.Producer.publish`` with Celery's arguments (exchange ``celeryev``,
-JSON, the ``hostname`` header, delivery mode 1), so the bytes on the wire are kombu's own. On
-Redis, kombu's ``_put_fanout`` is redirected into a pipeline: same topics, same payload, one round
-trip per few hundred messages instead of one per message, so the publisher outruns the consumer.
-On AMQP, py-amqp's frames for each publish are captured when the burst is prepared and written a
-few hundred messages per system call.
+JSON, the ``hostname`` header, delivery mode 1), so the bytes on the wire are kombu's own. The
+publisher shares the machine's cores with the broker and the consumer under test, so what it does
+while the clock runs must cost next to nothing, or it slows the faster consumer more than the
+slower one: on Redis, kombu's ``_put_fanout`` is redirected into a capture (same topics, same
+payload), each PUBLISH is encoded in Redis' protocol when the burst is prepared, and a few hundred
+are written per system call; on AMQP, py-amqp's frames for each publish are captured when the
+burst is prepared and written a few hundred messages per system call.
 
 Command line (prints the expected counts as JSON)::
 
@@ -43,6 +45,8 @@ class Prepared:
     payload: bytes | str
     headers: dict[str, Any]
     events: int
+    wire: bytes = b""
+    """On Redis, the PUBLISH command as Redis' protocol puts it on the wire."""
 
 
 class BrokerPublisher:
@@ -70,8 +74,10 @@ class BrokerPublisher:
         # What kombu's Channel._put_fanout would PUBLISH, kept instead of sent.
         payload = kombu_dumps(message)
         events = self._events_of_current
+        prefix = self.channel.global_keyprefix or ""  # what kombu's client prepends
         for topic in self.channel._get_publish_topics(exchange, routing_key):
-            self._staged.append(Prepared(topic, payload, {}, events))
+            wire = resp_command(b"PUBLISH", (prefix + topic).encode(), payload.encode())
+            self._staged.append(Prepared(topic, payload, {}, events, wire))
 
     _events_of_current = 0
 
@@ -99,12 +105,18 @@ class BrokerPublisher:
         """Put prepared messages on the wire; returns the number of events they carried."""
         events = 0
         if self.redis:
-            pipe = self.channel.client.pipeline(transaction=False)
-            for start in range(0, len(prepared), PIPELINE_MESSAGES):
-                for item in prepared[start : start + PIPELINE_MESSAGES]:
-                    pipe.publish(item.target, item.payload)
-                    events += item.events
-                pipe.execute()
+            pool = self.channel.client.connection_pool
+            connection = pool.get_connection()
+            try:
+                connection.connect()
+                sock = connection._sock
+                for start in range(0, len(prepared), PIPELINE_MESSAGES):
+                    batch = prepared[start : start + PIPELINE_MESSAGES]
+                    sock.sendall(b"".join(item.wire for item in batch))
+                    events += sum(item.events for item in batch)
+                _read_replies(sock, len(prepared))
+            finally:
+                pool.release(connection)
             return events
         write = self.channel.connection.transport.write
         for start in range(0, len(prepared), PIPELINE_MESSAGES):
@@ -137,6 +149,28 @@ class BrokerPublisher:
 
     def close(self) -> None:
         self.connection.release()
+
+
+def resp_command(*parts: bytes) -> bytes:
+    """A command in Redis' protocol (RESP2): an array of bulk strings."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
+
+
+def _read_replies(sock: Any, count: int) -> None:
+    """Read ``count`` one-line replies (PUBLISH answers an integer); fail on an error reply."""
+    seen, tail = 0, b""
+    while seen < count:
+        data = sock.recv(1 << 16)
+        if not data:
+            raise ConnectionError("redis closed the connection while publishing")
+        data = tail + data
+        if b"-" in data and any(line.startswith(b"-") for line in data.split(b"\r\n")):
+            raise RuntimeError(f"redis refused a PUBLISH: {data[:200]!r}")
+        seen += data.count(b"\r\n")
+        tail = data[data.rfind(b"\r\n") + 2 :]
 
 
 def make_fleet(broker_url: str, workers: int, names: int, fail_every: int = 50) -> Fleet:
