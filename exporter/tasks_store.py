@@ -1,9 +1,12 @@
 """The recent tasks of the Tasks view: one record per task uuid, bounded, oldest evicted first.
 
 Fed by ``State.task_observer``, so ``observe`` runs on the ingest thread under the state lock for
-every task event: it does plain attribute and OrderedDict work only. Payloads are kept exactly as
-the events carry them (Celery's repr strings, cut to a fixed length so memory stays bounded);
-parsing and masking wait until someone asks for them (exporter/redact.py).
+every message: it only files each task event under its uuid. The events are merged into a
+``TaskRecord`` when the task is read, so tasks evicted unread (most of them on a busy fleet) cost
+no merging at all. Payloads are kept exactly as the events carry them (Celery's repr strings, cut
+to a fixed length when merged); parsing and masking wait until someone asks for them
+(exporter/redact.py). Memory: up to ``max_tasks`` tasks, each with its record and at most
+``FOLD_AFTER`` unmerged events; events with tracebacks are merged (and cut) on arrival.
 
 Events of one task can arrive out of order (a prefork worker's pool processes and its main process
 publish separately, and batch them). Every field an event carries is merged whatever its order;
