@@ -172,6 +172,23 @@ def test_without_the_worker_label_task_series_merge_across_workers() -> None:
     feed(state, task("received", "u1", name="t"), task("received", "u2", "w2@h", name="t"))
     metrics = render(state)
     assert metrics.series("celery_task_received_total") == {frozenset({("task", "t")}): 2.0}
+    # The Workers view still gets each worker's own counts.
+    with state.lock:
+        assert state.worker_task_counts() == {
+            "w1@h": {"task-received": 1},
+            "w2@h": {"task-received": 1},
+        }
+
+
+@pytest.mark.parametrize("worker_label", [True, False])
+def test_a_purged_worker_leaves_no_task_counts_behind(worker_label: bool) -> None:
+    state = make_state(purge_offline_worker_after=60.0, worker_label=worker_label)
+    feed(state, heartbeat(freq=2.0, active=0), heartbeat("w2@h", freq=2.0, active=0))
+    feed(state, task("received", "u1", name="t"), task("received", "u2", "w2@h", name="t"))
+    feed(state, heartbeat("w2@h", freq=2.0, active=0), at=T0 + 100)
+    render(state, now=T0 + 100)  # a scrape purges w1
+    with state.lock:
+        assert state.worker_task_counts() == {"w2@h": {"task-received": 1}}
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ from exporter.redact import (
     compile_secret_keys,
 )
 from exporter.state import State, StateSettings
-from exporter.tasks_store import STORED_TEXT_LIMIT, RecentTasks, TaskRecord
+from exporter.tasks_store import FOLD_AFTER, STORED_TEXT_LIMIT, RecentTasks, TaskRecord
 
 WORKER = "celery@18e5d5189283"
 UUID = "c2e583bc-1dc9-4193-9df5-fe412aa0b180"
@@ -291,6 +291,19 @@ def test_memory_stays_flat_however_many_tasks_pass() -> None:
     # 20 000 more tasks through a full store: no growth beyond allocator noise (a single kept
     # task record with its strings is > 600 bytes, so a leak of one per task would be > 12 MB).
     assert after_25k - after_5k < 200_000, (after_5k, after_25k)
+
+
+def test_unread_events_wait_for_a_read_but_never_pile_up() -> None:
+    state, store = fed()
+    feed(state, event("received", at=T0, name="tests.add", args="(1, 2)", kwargs="{}"))
+    for i in range(1, 20):  # a task whose events keep coming while nobody reads the store
+        feed(state, event("started", at=T0 + i))
+        assert len(store._tasks[UUID]) - 1 <= FOLD_AFTER  # pending events besides the record
+    feed(state, event("failed", at=T0 + 30, exception="E()", traceback="Traceback\nE()"))
+    assert store._tasks[UUID][1:] == []  # a traceback is merged (and cut) on arrival
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.state, record.started, record.args) == ("FAILURE", T0 + 19, "(1, 2)")
 
 
 def test_huge_payloads_are_cut_on_arrival() -> None:
