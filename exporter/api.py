@@ -202,12 +202,11 @@ class Api:
         if self.store is None:
             headers["X-Recent-Tasks"] = "disabled (--max-recent-tasks 0)"
             return b"[]", headers
-        with self.state.lock:
-            records = self.store.records()
-        chosen = [record for record in records if query.matches(record)]
-        chosen.sort(key=lambda record: record.sort_time, reverse=True)
-        del chosen[query.limit :]
-        with self.state.lock:
+        # Not under the state lock: the store merges what it kept while the ingest goes on.
+        with self.store.reading() as records:
+            chosen = [record for record in records if query.matches(record)]
+            chosen.sort(key=lambda record: record.sort_time, reverse=True)
+            del chosen[query.limit :]
             rows = [record.copy() for record in chosen]
         headers["X-Matching-Tasks"] = str(len(rows))
         return orjson.dumps([self._task_row(row) for row in rows]), headers

@@ -61,7 +61,7 @@ def build_api(config: Config, state: State) -> Api:
     store = None
     if config.max_recent_tasks > 0:
         store = RecentTasks(config.max_recent_tasks)
-        state.task_observer = store.observe
+        state.task_observer = store.keep
     redactor = Redactor(
         compile_secret_keys(config.secret_key_patterns or DEFAULT_SECRET_KEY_PATTERNS),
         config.max_payload_length,

@@ -144,7 +144,9 @@ class Ingestor:
             state.reject("invalid_json", str(exc))
             return
         # Prefork workers batch task events in a list (routing key task.multi).
-        state.apply_many(payload if type(payload) is list else (payload,), message.received_at)
+        state.apply_many(
+            payload if type(payload) is list else (payload,), message.received_at, body
+        )
 
 
 def open_envelope(raw: bytes | str) -> tuple[str | None, bytes | str]:

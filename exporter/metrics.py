@@ -203,12 +203,20 @@ EXPORTER_TRACKED_TASKS = MetricSpec(
 EXPORTER_RECENT_TASKS = MetricSpec(
     "celery_exporter_recent_tasks",
     Kind.GAUGE,
-    "Tasks held in the recent-task store that /api/tasks serves (at most --max-recent-tasks).",
+    "Tasks held in the recent-task store that /api/tasks serves (at most --max-recent-tasks), "
+    "as of the last read: the store merges new events when it is read.",
 )
 EXPORTER_RECENT_TASKS_EVICTED = MetricSpec(
     "celery_exporter_recent_tasks_evicted",
     Kind.COUNTER,
-    "Tasks dropped from the recent-task store to keep it within --max-recent-tasks, oldest first.",
+    "Tasks dropped from the recent-task store to keep it within --max-recent-tasks, oldest first "
+    "(counted when a read merges new events).",
+)
+EXPORTER_RECENT_TASK_EVENTS_DROPPED = MetricSpec(
+    "celery_exporter_recent_task_events_dropped",
+    Kind.COUNTER,
+    "Task events the recent-task store let go unmerged: more than 6 x --max-recent-tasks task "
+    "events arrived between two reads of /api/tasks.",
 )
 EXPORTER_BUILD_INFO = MetricSpec(
     "celery_exporter_build_info",
@@ -246,6 +254,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_TRACKED_TASKS,
     EXPORTER_RECENT_TASKS,
     EXPORTER_RECENT_TASKS_EVICTED,
+    EXPORTER_RECENT_TASK_EVENTS_DROPPED,
     EXPORTER_BUILD_INFO,
 )
 

@@ -11,9 +11,11 @@ import math
 import re
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
+
+import orjson
 
 from exporter.metrics import TASK_STATE_COUNTERS
 
@@ -38,12 +40,10 @@ MAX_CUSTOM_EVENT_TYPES = 50
 
 _EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)")
 
-TaskEvent = tuple[dict[str, Any], str, str, str, float]
-"""(event, event type, resolved task name, hostname, received_at)"""
-
-TaskObserver = Callable[[list[TaskEvent]], None]
-"""Called with the task events of one message, in order: one call per message, not per event,
-because a Python call per event cost as much as the store's own work."""
+TaskObserver = Callable[[bytes | str, float, int], None]
+"""(the message's JSON body, received_at, task events counted from it) -> None: called once per
+message that carried task events, so that the recent-task store can keep the body and decode it
+when someone reads it (a call or an object per event cost as much as counting the event)."""
 
 TaskKey = tuple[str, str]
 """(task name, worker hostname); the hostname is "" when the worker label is turned off."""
@@ -152,8 +152,8 @@ class State:
     _custom_event_types: int = 0
     on_reject: Callable[[str, str], None] | None = None
     task_observer: TaskObserver | None = None
-    """Called (under ``lock``) with the task events of each message after they are counted, their
-    task names resolved; the recent-task store of the Tasks view listens here."""
+    """Called (under ``lock``) with each message that carried task events, after they are counted;
+    the recent-task store of the Tasks view listens here."""
 
     # -- intake side -------------------------------------------------------------------------
 
@@ -161,9 +161,12 @@ class State:
         """Count one decoded event. The caller holds ``lock``. Never raises on bad input."""
         self.apply_many((event,), received_at)
 
-    def apply_many(self, events: Iterable[Any], received_at: float) -> None:
+    def apply_many(
+        self, events: Sequence[Any], received_at: float, body: bytes | str | None = None
+    ) -> None:
         """Count decoded events (a ``task.multi`` list, or one event); the caller holds ``lock``.
-        Never raises on bad input.
+        ``body`` is the JSON they were decoded from, for the task observer (re-encoded when not
+        given). Never raises on bad input.
 
         This runs for every event, so the task path is written out here, once per batch of
         locals: no helper calls and no attribute chains per event, the common cases first; the
@@ -176,7 +179,7 @@ class State:
         worker_label = settings.worker_label
         max_tracked = settings.max_tracked_tasks
         observer = self.task_observer
-        observed: list[TaskEvent] | None = [] if observer is not None else None
+        observed = 0
         queue_wait, wait_bounds = self.queue_wait, settings.queue_wait_buckets
         runtimes, run_bounds = self.runtime, settings.runtime_buckets
         for event in events:
@@ -196,10 +199,10 @@ class State:
                 counts = task_counts.get(event_type)
                 if counts is None:  # not a task state: worker events, task-sent, custom
                     handler = _HANDLERS.get(event_type)
-                    if handler is not None:
-                        task_name = handler(self, event, event_type, hostname, received_at)
-                        if task_name is not None and observed is not None:
-                            observed.append((event, event_type, task_name, hostname, received_at))
+                    if handler is not None and handler(
+                        self, event, event_type, hostname, received_at
+                    ):
+                        observed += 1
                     continue
 
                 uuid = event.get("uuid")
@@ -266,14 +269,18 @@ class State:
                     self._count_exception(name, event.get("exception"))
                 elif (event_type == "task-rejected" or event_type == "task-revoked") and tracked:
                     del tracked_tasks[uuid]
-                if observed is not None:
-                    observed.append((event, event_type, name, hostname, received_at))
+                observed += 1
             except Rejected as rejection:
                 self.reject(rejection.reason, str(rejection))
             except Exception as exc:  # a bug or an input we did not foresee: count it, go on
                 self.reject("invalid_field", f"{type(exc).__name__}: {exc}")
         if observer is not None and observed:
-            observer(observed)
+            if body is None:
+                try:
+                    body = orjson.dumps(events)
+                except TypeError:  # not what JSON decodes to: the events were rejected above
+                    return
+            observer(body, received_at, observed)
 
     def _count_unlabelled(self, hostname: str, event_type: str) -> None:
         counts = self._unlabelled.get(hostname)
@@ -314,8 +321,8 @@ class State:
 
     def _task_sent(
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
-    ) -> str:
-        """Count a task-sent; returns the task name, for the observer."""
+    ) -> bool:
+        """Count a task-sent; True: the task observer wants it."""
         name = event.get("name")
         queue = event.get("queue")
         key = (
@@ -323,18 +330,18 @@ class State:
             queue if isinstance(queue, str) else "",
         )
         self.sent[key] = self.sent.get(key, 0) + 1
-        return key[0]
+        return True
 
     def _worker_event(
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
-    ) -> None:
-        """Update a worker's liveness and gauges; nothing for the task observer."""
+    ) -> bool:
+        """Update a worker's liveness and gauges; False: nothing for the task observer."""
         worker = self.workers.get(hostname)
         if worker is None:
             worker = self.workers[hostname] = WorkerState(hostname)
         if event_type == "worker-offline":
             worker.said_goodbye = True
-            return
+            return False
         worker.said_goodbye = False
         worker.last_heartbeat = received_at
         freq = event.get("freq")
@@ -345,7 +352,7 @@ class State:
         if _is_number(freq) and freq > 0 and (full or worker.freq == 0.0):
             worker.freq = float(freq)
         if not full:
-            return
+            return False
         active = event.get("active")
         if _is_number(active):
             worker.active = int(active)
@@ -362,6 +369,7 @@ class State:
             _text(event.get("sw_ver")),
             _text(event.get("sw_sys")),
         )
+        return False
 
     def _count_exception(self, task: str, exception: Any) -> None:
         match = _EXCEPTION_CLASS.match(exception) if isinstance(exception, str) else None
@@ -461,8 +469,8 @@ def _text(value: Any) -> str:
 
 _INF = math.inf
 
-_Handler = Callable[[State, dict[str, Any], str, str, float], str | None]
-"""Counts one event that is not a task state; returns the task name to observe, if any."""
+_Handler = Callable[[State, dict[str, Any], str, str, float], bool]
+"""Counts one event that is not a task state; returns whether the task observer wants it."""
 
 # Task states are counted in State.apply_many itself.
 _HANDLERS: Mapping[str, _Handler] = {

@@ -1,12 +1,11 @@
 """The recent tasks of the Tasks view: one record per task uuid, bounded, oldest evicted first.
 
-Fed by ``State.task_observer``, so ``observe`` runs on the ingest thread under the state lock for
-every message: it only files each task event under its uuid. The events are merged into a
-``TaskRecord`` when the task is read, so tasks evicted unread (most of them on a busy fleet) cost
-no merging at all. Payloads are kept exactly as the events carry them (Celery's repr strings, cut
-to a fixed length when merged); parsing and masking wait until someone asks for them
-(exporter/redact.py). Memory: up to ``max_tasks`` tasks, each with its record and at most
-``FOLD_AFTER`` unmerged events; events with tracebacks are merged (and cut) on arrival.
+Fed by ``State.task_observer``, so ``keep`` runs on the ingest thread under the state lock for
+every message that carried task events: it only files the message's JSON body. A read of the
+store decodes what was filed since the previous read and merges it into the records, so tasks
+that pass unread (most of them, on a busy fleet) cost the ingest thread nothing. Payloads are kept
+exactly as the events carry them (Celery's repr strings, cut to a fixed length when merged);
+parsing and masking wait until someone asks for them (exporter/redact.py).
 
 Events of one task can arrive out of order (a prefork worker's pool processes and its main process
 publish separately, and batch them). Every field an event carries is merged whatever its order;
@@ -17,10 +16,14 @@ SUCCESS back into STARTED.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import itertools
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from exporter.state import TaskEvent
+import orjson
 
 PENDING = "PENDING"
 RECEIVED = "RECEIVED"
@@ -132,102 +135,151 @@ _KINDS: dict[str, tuple[str, str, int]] = {
 }
 
 
-FOLD_AFTER = 8
-"""Pending events a task may hold before they are merged into its record: bounds the memory of a
-task that keeps emitting (retries, custom events) when nobody reads the store."""
+WINDOW_EVENTS_PER_TASK = 6
+"""Task events kept unmerged per task of ``max_tasks``: a task sends 3 to 4 (sent, received,
+started, then its end), so the window reaches back past the ``max_tasks`` most recent tasks."""
 
-_FOLD_AT_ONCE = frozenset({"task-failed", "task-retried"})
-"""Events merged on arrival: they carry tracebacks, which are unbounded until cut."""
+Kept = tuple[bytes | str, float, int]
+"""A message kept for a later merge: (JSON body, received_at, task events in it)."""
 
 
 class RecentTasks:
     """Up to ``max_tasks`` task records; the oldest (by last task-received) is evicted first.
 
-    Merging is deferred: ``observe`` only appends the event to its task's entry, and the entry is
-    merged into a ``TaskRecord`` when someone reads it (``get``, ``records``). At a busy fleet's
-    rate almost every task is evicted before any read, so its events are never merged at all:
-    the merge, half of the ingest thread's cost per event when it ran on arrival, is paid only
-    for the tasks a query can still reach. Merging in arrival order gives the same record as
-    merging on arrival did.
+    The ingest thread does not merge anything: ``keep`` files each message's JSON body, as read
+    from the broker, in a window of the last ``WINDOW_EVENTS_PER_TASK * max_tasks`` task events.
+    A read (``records``, ``get``) decodes what arrived since the previous read and merges it into
+    the records, in arrival order, which gives the records that merging on arrival gave. On a
+    busy fleet most tasks leave the window before anyone reads it and cost nothing but the
+    window's slot: merging every event on arrival was half of the ingest thread's cost per event,
+    and keeping each decoded event for a later merge cost as much again in memory traffic.
+
+    A window overrun (more task events between two reads than it holds) skips the oldest
+    messages: counted in ``dropped``; a task whose early events were skipped shows what its
+    later events carry.
     """
 
     def __init__(self, max_tasks: int) -> None:
         if max_tasks < 1:
             raise ValueError("max_tasks must be at least 1")
         self.max_tasks = max_tasks
-        self._tasks: OrderedDict[str, list[Any]] = OrderedDict()
-        """uuid -> [TaskRecord or None, *pending events]"""
+        self.window_events = WINDOW_EVENTS_PER_TASK * max_tasks
+        self._window: deque[Kept] = deque()
+        self._window_task_events = 0
+        self._kept = 0
+        """Messages ever kept: the sequence number of the newest one."""
+        self._merged = 0
+        """Sequence number of the newest message merged into the records."""
+        self._window_lock = threading.Lock()
+        self._merge_lock = threading.Lock()
+        """Held while records are merged or read: one reader at a time owns them."""
+        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
         self.evicted = 0
+        """Tasks evicted from the records to keep them within ``max_tasks``."""
+        self.dropped = 0
+        """Task events that left the window before a read merged them."""
 
     def __len__(self) -> int:
+        """Task records as of the last read."""
         return len(self._tasks)
 
+    @property
+    def pending(self) -> int:
+        """Task events kept in the window and not merged yet."""
+        with self._window_lock:
+            skip = max(0, self._merged - (self._kept - len(self._window)))
+            return sum(item[2] for item in itertools.islice(self._window, skip, None))
+
+    def keep(self, body: bytes | str, received_at: float, task_events: int) -> None:
+        """``State.task_observer``: keep a message that carried ``task_events`` task events."""
+        window = self._window
+        with self._window_lock:
+            window.append((body, received_at, task_events))
+            self._kept += 1
+            self._window_task_events += task_events
+            while self._window_task_events > self.window_events and len(window) > 1:
+                oldest = self._kept - len(window) + 1
+                dropped = window.popleft()[2]
+                self._window_task_events -= dropped
+                if oldest > self._merged:
+                    self.dropped += dropped
+
+    @contextmanager
+    def reading(self) -> Iterator[list[TaskRecord]]:
+        """The records, oldest first, up to date with every message kept so far; they are the
+        reader's until the block ends (another reader waits), so copy what outlives it."""
+        with self._merge_lock:
+            self._merge_new()
+            yield list(self._tasks.values())
+
+    def records(self) -> list[TaskRecord]:
+        """Copies of the records, oldest first, up to date with every message kept so far."""
+        with self.reading() as records:
+            return [record.copy() for record in records]
+
     def get(self, uuid: str) -> TaskRecord | None:
-        """The task's record, its pending events merged; call with the state lock held."""
-        entry = self._tasks.get(uuid)
-        if entry is None:
-            return None
-        if len(entry) > 1:
-            self._fold(uuid, entry)
-        record: TaskRecord | None = entry[0]
-        return record
+        """A copy of one task's record, up to date with every message kept so far."""
+        with self._merge_lock:
+            self._merge_new()
+            record = self._tasks.get(uuid)
+            return None if record is None else record.copy()
 
-    def observe(self, events: list[TaskEvent]) -> None:
-        """``State.task_observer``: keep a message's task events. The caller holds the state
-        lock."""
-        tasks = self._tasks
-        for event in events:
-            uuid = event[0].get("uuid")
-            if type(uuid) is not str or not uuid:
+    def _merge_new(self) -> None:
+        with self._window_lock:
+            first = self._kept - len(self._window) + 1
+            new = list(itertools.islice(self._window, max(0, self._merged + 1 - first), None))
+            self._merged = self._kept
+        observe = self._observe
+        for body, received_at, _ in new:
+            try:
+                events = orjson.loads(body)
+            except orjson.JSONDecodeError:  # the state counted it as invalid already
                 continue
-            event_type = event[1]
-            entry = tasks.get(uuid)
-            if entry is None:
-                entry = tasks[uuid] = [None, event]
-                if len(tasks) > self.max_tasks:
-                    tasks.popitem(last=False)
-                    self.evicted += 1
-            else:
-                entry.append(event)
-                if event_type == "task-received":
-                    tasks.move_to_end(uuid)  # a retry is received again: it is recent again
-                if len(entry) > FOLD_AFTER:
-                    self._fold(uuid, entry)
-                    continue
-            if event_type in _FOLD_AT_ONCE:
-                self._fold(uuid, entry)
+            for event in events if type(events) is list else (events,):
+                observe(event, received_at)
 
-    def _fold(self, uuid: str, entry: list[Any]) -> None:
-        record: TaskRecord | None = entry[0]
+    def _observe(self, event: Any, received_at: float) -> None:
+        """Merge one event into its task's record, the events the state rejected left out."""
+        if type(event) is not dict:
+            return
+        event_type = event.get("type")
+        uuid = event.get("uuid")
+        hostname = event.get("hostname")
+        if (
+            event_type not in _KINDS
+            or type(uuid) is not str
+            or not uuid
+            or type(hostname) is not str
+            or not hostname
+        ):
+            return
+        tasks = self._tasks
+        record = tasks.get(uuid)
         if record is None:
-            record = entry[0] = TaskRecord(uuid, entry[1][4])
-        merge = self._merge
-        for pending in entry[1:]:
-            merge(record, *pending)
-        del entry[1:]
+            record = tasks[uuid] = TaskRecord(uuid, received_at)
+            if len(tasks) > self.max_tasks:
+                tasks.popitem(last=False)
+                self.evicted += 1
+        elif event_type == "task-received":
+            tasks.move_to_end(uuid)  # a retry is received again: it is recent again
+        self._merge(record, event, event_type, hostname, received_at)
 
     def _merge(
         self,
         record: TaskRecord,
         event: dict[str, Any],
         event_type: str,
-        name: str,
         hostname: str,
         received_at: float,
     ) -> None:
         """Merge one event into its task's record, whatever order the events came in."""
-        kind = _KINDS.get(event_type)
-        if kind is None:  # a custom event (Task.send_event): nothing of Celery's task states
-            return
-        state, field, rank = kind
+        state, field, rank = _KINDS[event_type]
         timestamp = event.get("timestamp")
         if type(timestamp) is not float:
             timestamp = float(timestamp) if type(timestamp) is int else received_at
         event_name = event.get("name")
         if type(event_name) is str and event_name:
             record.name = event_name
-        elif record.name is None and name != "unknown":
-            record.name = name
 
         if state is PENDING:
             if record.sent is None or timestamp >= record.sent:
@@ -309,15 +361,3 @@ class RecentTasks:
         retries = event.get("retries")
         if type(retries) is int and (record.retries is None or retries > record.retries):
             record.retries = retries
-
-    def records(self) -> list[TaskRecord]:
-        """The live records, oldest first, their pending events merged; call with the state lock
-        held, and ``copy()`` (under the lock again) those to be shown: the ingest thread keeps
-        updating them."""
-        fold = self._fold
-        records = []
-        for uuid, entry in self._tasks.items():
-            if len(entry) > 1:
-                fold(uuid, entry)
-            records.append(entry[0])
-        return records

@@ -28,6 +28,7 @@ from exporter.api import (
     parse_task_query,
 )
 from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
+from exporter.metrics import EXPORTER_RECENT_TASK_EVENTS_DROPPED
 from exporter.redact import (
     DEFAULT_SECRET_KEY_PATTERNS,
     ELLIPSIS,
@@ -36,7 +37,12 @@ from exporter.redact import (
     compile_secret_keys,
 )
 from exporter.state import State, StateSettings
-from exporter.tasks_store import FOLD_AFTER, STORED_TEXT_LIMIT, RecentTasks, TaskRecord
+from exporter.tasks_store import (
+    STORED_TEXT_LIMIT,
+    WINDOW_EVENTS_PER_TASK,
+    RecentTasks,
+    TaskRecord,
+)
 
 WORKER = "celery@18e5d5189283"
 UUID = "c2e583bc-1dc9-4193-9df5-fe412aa0b180"
@@ -52,7 +58,7 @@ T0 = 1_732_010_550.472
 def fed(max_tasks: int = 100) -> tuple[State, RecentTasks]:
     state = State(StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS))
     store = RecentTasks(max_tasks)
-    state.task_observer = store.observe
+    state.task_observer = store.keep
     return state, store
 
 
@@ -205,7 +211,8 @@ def test_the_clients_clock_cannot_hold_a_task_pending() -> None:
     assert record is not None
     assert (record.state, record.worker) == ("RECEIVED", WORKER)
     feed(state, event("sent", at=T0 + 61, hostname="gen1@client", name="tests.add"))
-    assert store.get(UUID) is record  # merged on read, into the same record
+    record = store.get(UUID)  # merged on read
+    assert record is not None
     assert record.state == "RECEIVED"
 
 
@@ -216,7 +223,8 @@ def test_a_task_first_seen_by_its_end_still_gets_the_name_it_was_sent_with() -> 
     assert record is not None
     assert (record.name, record.state) == (None, "SUCCESS")
     feed(state, event("received", at=T0 - 1, name="tests.add", args="(1, 2)", kwargs="{}"))
-    assert store.get(UUID) is record
+    record = store.get(UUID)
+    assert record is not None
     assert (record.name, record.state, record.args) == ("tests.add", "SUCCESS", "(1, 2)")
 
 
@@ -242,7 +250,7 @@ def test_odd_events_never_raise(bad: dict[str, Any]) -> None:
     assert state.rejected.get("invalid_field", 0) == 0
     # Custom events (Task.send_event) carry no state of Celery's: not a task row of their own.
     known = bad["type"] != "task-custom-progress"
-    assert len(store) == (1 if known and bad.get("uuid") == UUID else 0)
+    assert len(store.records()) == (1 if known and bad.get("uuid") == UUID else 0)
 
 
 def test_eviction_drops_the_oldest_and_a_re_received_task_is_young_again() -> None:
@@ -266,6 +274,8 @@ def test_memory_stays_flat_however_many_tasks_pass() -> None:
 
     def burst(start: int, count: int) -> None:
         for i in range(start, start + count):
+            if i % 500 == 0:
+                store.records()  # a reader now and then: the records are merged, not only kept
             uuid = f"{i:08d}-1dc9-4193-9df5-fe412aa0b180"
             feed(
                 state,
@@ -286,24 +296,51 @@ def test_memory_stays_flat_however_many_tasks_pass() -> None:
         after_25k, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    store.records()
     assert len(store) == 1000
-    assert store.evicted == 26000
+    assert (store.evicted, store.dropped) == (26000, 0)
     # 20 000 more tasks through a full store: no growth beyond allocator noise (a single kept
     # task record with its strings is > 600 bytes, so a leak of one per task would be > 12 MB).
     assert after_25k - after_5k < 200_000, (after_5k, after_25k)
 
 
-def test_unread_events_wait_for_a_read_but_never_pile_up() -> None:
-    state, store = fed()
+def test_unread_messages_stay_within_the_window_and_an_overrun_is_counted() -> None:
+    state, store = fed(max_tasks=2)  # a window of 12 task events
+    assert store.window_events == 12
+    for i in range(20):  # nobody reads the store meanwhile
+        feed(state, event("received", f"task-{i}", T0 + i, name="tests.add", args=f"({i},)"))
+    assert (store.pending, store.dropped, len(store)) == (12, 8, 0)
+    records = store.records()
+    assert [(r.uuid, r.args) for r in records] == [("task-18", "(18,)"), ("task-19", "(19,)")]
+    assert (store.pending, store.evicted) == (0, 10)
+    # Messages already merged leave the window without counting as dropped.
+    for i in range(20, 32):
+        feed(state, event("started", f"task-{i % 2 + 18}", T0 + i))
+    assert (store.pending, store.dropped) == (12, 8)
+    assert [r.state for r in store.records()] == ["STARTED", "STARTED"]
+    assert store.dropped == 8
+
+
+def test_the_dropped_counter_states_the_window_the_store_really_has() -> None:
+    assert f"{WINDOW_EVENTS_PER_TASK} x --max-recent-tasks" in (
+        EXPORTER_RECENT_TASK_EVENTS_DROPPED.help
+    )
+
+
+def test_a_task_whose_early_events_left_the_window_shows_what_came_later() -> None:
+    state, store = fed(max_tasks=1)  # a window of 6 task events
     feed(state, event("received", at=T0, name="tests.add", args="(1, 2)", kwargs="{}"))
-    for i in range(1, 20):  # a task whose events keep coming while nobody reads the store
+    for i in range(1, 7):
         feed(state, event("started", at=T0 + i))
-        assert len(store._tasks[UUID]) - 1 <= FOLD_AFTER  # pending events besides the record
-    feed(state, event("failed", at=T0 + 30, exception="E()", traceback="Traceback\nE()"))
-    assert store._tasks[UUID][1:] == []  # a traceback is merged (and cut) on arrival
     record = store.get(UUID)
     assert record is not None
-    assert (record.state, record.started, record.args) == ("FAILURE", T0 + 19, "(1, 2)")
+    assert (record.name, record.args, record.state, record.started) == (
+        None,
+        None,
+        "STARTED",
+        T0 + 6,
+    )
+    assert store.dropped == 1
 
 
 def test_huge_payloads_are_cut_on_arrival() -> None:
