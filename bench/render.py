@@ -1,6 +1,11 @@
-"""Time /metrics rendering in process, for a state holding W x M (task, worker) pairs: the
-prometheus-client path (``generate_latest``) against the exporter's own text writer
-(``EventsCollector.render_text``), and check that both write the same bytes.
+"""Time /metrics rendering in process, for a state holding W x M (task, worker) pairs, in both
+formats a scrape can get: the text format, and OpenMetrics, which Prometheus 2.x asks for first.
+
+Each format is rendered as the exporter serves it (``MetricsPage.render``, the process and runtime
+families included) with the state unchanged between renders, and after a fraction of the
+(task, worker) pairs saw a task (as between two real scrapes, 15 s apart on a busy fleet); then
+once through prometheus-client for reference. The event families must be byte-identical to
+prometheus-client's in both formats.
 
     python -m bench.render --workers 40 --names 30
 """
@@ -11,52 +16,155 @@ import argparse
 import queue
 import statistics
 import time
+from collections.abc import Callable
 
-from prometheus_client.exposition import generate_latest
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from exporter.app import build_state
 from exporter.collector import EventsCollector
 from exporter.config import Config
+from exporter.exposition import MetricsPage
 from exporter.ingest import Ingestor
 from exporter.intake.broker import BrokerStatus
+from exporter.state import State
+
+# What Prometheus 2.42 sends (seen on the wire); it gets OpenMetrics.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+FORMATS = {"text": "text/plain;version=0.0.4", "openmetrics": PROMETHEUS_ACCEPT}
+HEARTBEAT = {
+    "type": "worker-heartbeat",
+    "freq": 2.0,
+    "active": 3,
+    "processed": 1234,
+    "loadavg": [0.5, 0.75, 1.25],
+    "sw_ident": "py-celery",
+    "sw_ver": "5.7.0",
+    "sw_sys": "Linux",
+}
+
+Pair = tuple[str, str]
+Touch = Callable[[], None]
+
+
+def _run_task(state: State, pair: Pair, uuid: str, now: float) -> None:
+    host, name = pair
+    with state.lock:
+        for event in (
+            {"type": "task-received", "uuid": uuid, "name": name, "timestamp": now},
+            {"type": "task-started", "uuid": uuid, "timestamp": now + 0.01},
+            {"type": "task-succeeded", "uuid": uuid, "runtime": 0.02},
+        ):
+            state.apply({**event, "hostname": host}, now)
+
+
+def _page(state: State, now: float, with_runtime: bool) -> MetricsPage:
+    # A fixed clock: the workers stay online however long prometheus-client takes.
+    ingestor = Ingestor(state, queue.SimpleQueue())
+    events = EventsCollector(state, BrokerStatus(), ingestor, clock=lambda: now)
+    if not with_runtime:
+        return MetricsPage(events, [])
+    runtime = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=runtime)
+    PlatformCollector(registry=runtime)
+    GCCollector(registry=runtime)
+    return MetricsPage(events, [runtime])
+
+
+def _median_ms(
+    render: Callable[[], object], before: Callable[[], None], runs: int
+) -> tuple[float, float]:
+    """Median wall and CPU ms per render: on a shared machine, the CPU time is the steadier."""
+    wall, cpu = [], []
+    for _ in range(runs):
+        before()
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        render()
+        cpu.append(time.thread_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+    return statistics.median(wall) * 1000, statistics.median(cpu) * 1000
+
+
+def _row(
+    page: MetricsPage, accept: str, runs: int, touches: dict[str, Touch]
+) -> dict[str, tuple[float, float]]:
+    """Median ms per render after each of ``touches``, then through prometheus-client."""
+    encoder, _ = choose_encoder(accept)
+    page.render(accept)  # warm the caches
+    row = {
+        label: _median_ms(lambda: page.render(accept), touch, runs)
+        for label, touch in touches.items()
+    }
+    row["prometheus_client"] = _median_ms(lambda: encoder(page.registry), _nothing, 3)
+    return row
+
+
+def _nothing() -> None:
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=40)
     parser.add_argument("--names", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=15, help="renders per measurement")
+    parser.add_argument(
+        "--changed", type=float, default=0.1, help="fraction of pairs that see a task per render"
+    )
     args = parser.parse_args(argv)
     state = build_state(Config())
     now = time.time()
+    pairs = [
+        (f"celery@bench-{w:04d}", f"bench.task_{n:04d}")
+        for w in range(args.workers)
+        for n in range(args.names)
+    ]
+    for i, pair in enumerate(pairs):
+        _run_task(state, pair, f"seed-{i}", now)
     for w in range(args.workers):
-        host = f"celery@bench-{w:04d}"
-        for n in range(args.names):
-            uuid, name = f"{w}-{n}", f"bench.task_{n:04d}"
-            for event in (
-                {"type": "task-received", "uuid": uuid, "name": name, "timestamp": now},
-                {"type": "task-started", "uuid": uuid, "timestamp": now + 0.01},
-                {"type": "task-succeeded", "uuid": uuid, "runtime": 0.02},
-            ):
-                state.apply({**event, "hostname": host}, now)
-    collector = EventsCollector(state, BrokerStatus(), Ingestor(state, queue.SimpleQueue()))
-    slow = generate_latest(collector)
-    fast = collector.render_text().encode()
-    series = sum(1 for line in slow.splitlines() if not line.startswith(b"#"))
-    timings = {}
-    for label, render in (
-        ("prometheus_client", lambda: generate_latest(collector)),
-        ("render_text", lambda: collector.render_text()),
-    ):
-        runs = []
-        for _ in range(5):
-            start = time.perf_counter()
-            render()
-            runs.append(time.perf_counter() - start)
-        timings[label] = statistics.median(runs) * 1000
-    print(
-        f"{args.workers} x {args.names} pairs, {series} series, identical={slow == fast}: "
-        + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items())
-    )
+        with state.lock:
+            state.apply({**HEARTBEAT, "hostname": f"celery@bench-{w:04d}"}, now)
+    tasks = iter(range(10**9))
+
+    def touch(count: int) -> Touch:
+        def before() -> None:
+            for _ in range(count):
+                i = next(tasks)
+                _run_task(state, pairs[i % len(pairs)], f"t-{i}", now)
+
+        return before
+
+    events_only, page = _page(state, now, with_runtime=False), _page(state, now, with_runtime=True)
+    series = 0
+    for fmt, accept in FORMATS.items():
+        encoder, _ = choose_encoder(accept)
+        for _ in range(2):  # the second render comes from the caches, if any
+            ours, _ = events_only.render(accept)
+            reference = encoder(events_only.registry)
+            if ours != reference:
+                print(f"{fmt}: the event families differ from prometheus-client's")
+                return 1
+        series = sum(1 for line in reference.splitlines() if not line.startswith(b"#"))
+    print(f"{args.workers} x {args.names} pairs, {series} event series, both formats identical")
+
+    changed = max(1, round(args.changed * len(pairs)))
+    touches = {
+        "unchanged": _nothing,
+        f"{args.changed:.0%} changed": touch(changed),
+        "all changed": touch(len(pairs)),
+    }
+    for fmt, accept in FORMATS.items():
+        row = _row(page, accept, args.runs, touches)
+        print(
+            f"{fmt:>11}: "
+            + ", ".join(f"{k} {wall:.1f} ms (CPU {cpu:.1f})" for k, (wall, cpu) in row.items())
+        )
     return 0
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TypeVar
 
 import celery
 import kombu
@@ -14,12 +15,11 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from exporter import __version__, exposition
 from exporter import metrics as m
-from exporter.exposition import FastText, LabelCache
+from exporter.exposition import FastExposition, LabelKey, SeriesCache
 from exporter.ingest import Ingestor
 from exporter.intake.broker import BrokerStatus
 from exporter.metrics import WORKER, Kind, MetricSpec
@@ -27,6 +27,9 @@ from exporter.state import Histogram, Snapshot, State, TaskKey, WorkerView
 from exporter.tasks_store import RecentTasks
 
 Family = CounterMetricFamily | GaugeMetricFamily
+Values = Callable[[TaskKey], LabelKey]
+SmallFamilies = list[tuple[MetricSpec, dict[LabelKey, float]]]
+K = TypeVar("K")
 
 
 def _family(spec: MetricSpec, labels: tuple[str, ...] | None = None) -> Family:
@@ -39,7 +42,7 @@ def _family(spec: MetricSpec, labels: tuple[str, ...] | None = None) -> Family:
     raise TypeError(f"{spec.name} is a {spec.kind.value}")
 
 
-class EventsCollector(Collector, FastText):
+class EventsCollector(Collector, FastExposition):
     def __init__(
         self,
         state: State,
@@ -54,47 +57,57 @@ class EventsCollector(Collector, FastText):
         self.clock = clock
         self.recent_tasks = recent_tasks
         self._dropped = frozenset() if state.settings.worker_label else frozenset({WORKER})
-        self._labels = LabelCache()
+        self._task_series: dict[str, SeriesCache[TaskKey]] = {}
+        self._small_series: dict[str, SeriesCache[LabelKey]] = {}
 
-    def _collect_small(self, snap: Snapshot, now: float) -> Iterator[Metric]:
-        yield from self._workers(snap.workers)
-        yield from self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now)
+    def _small(self, snap: Snapshot, now: float) -> SmallFamilies:
+        """The worker and self-monitoring families: a few series each, per worker at most."""
+        return [
+            *self._workers(snap.workers),
+            *self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now),
+        ]
 
-    def render_text(self) -> str:
-        """The same families as ``collect``, in the same order, as Prometheus text: the task
-        families written directly (``exporter.exposition``), the small ones by
-        prometheus-client."""
+    def render(self, fmt: exposition.Format) -> list[bytes]:
+        """The same families as ``collect``, in the same order, written directly
+        (``exporter.exposition``)."""
         now = self.clock()
         with self.state.lock:
             self.state.purge_offline_workers(now)
             snap = self.state.snapshot(now)
+        out: list[bytes] = []
+        self._render_tasks(out, snap, fmt)
+        for spec, series in self._small(snap, now):
+            out.append(exposition.header(spec, fmt))
+            cache = _cache(self._small_series, spec)
+            exposition.counter(out, cache, spec, spec.labels, series, _as_is)
+        return out
+
+    def _render_tasks(self, out: list[bytes], snap: Snapshot, fmt: exposition.Format) -> None:
         settings = self.state.settings
         names = m.TASK_RUNTIME.labels_without(self._dropped)
         with_worker = settings.worker_label
 
-        def task_values(key: tuple[str, ...]) -> tuple[str, ...]:
+        def task_values(key: TaskKey) -> LabelKey:
             return key if with_worker else key[:1]
 
-        def as_is(key: tuple[str, ...]) -> tuple[str, ...]:
-            return key
-
-        out: list[str] = []
-        cache = self._labels
-        for event_type, spec in m.TASK_STATE_COUNTERS.items():
-            exposition.counter(out, cache, spec, names, snap.task_counts[event_type], task_values)
-        exposition.counter(out, cache, m.TASK_SENT, m.TASK_SENT.labels, snap.sent, as_is)
-        exposition.counter(
-            out, cache, m.TASK_EXCEPTIONS, m.TASK_EXCEPTIONS.labels, snap.exceptions, as_is
-        )
-        for spec, histograms, bounds in (
-            (m.TASK_RUNTIME, snap.runtime, settings.runtime_buckets),
-            (m.TASK_QUEUE_WAIT, snap.queue_wait, settings.queue_wait_buckets),
+        counters: list[tuple[MetricSpec, LabelKey, Mapping[TaskKey, float], Values]] = [
+            *(
+                (spec, names, snap.task_counts[event_type], task_values)
+                for event_type, spec in m.TASK_STATE_COUNTERS.items()
+            ),
+            (m.TASK_SENT, m.TASK_SENT.labels, snap.sent, _as_is),
+            (m.TASK_EXCEPTIONS, m.TASK_EXCEPTIONS.labels, snap.exceptions, _as_is),
+        ]
+        for spec, labels, series, values in counters:
+            out.append(exposition.header(spec, fmt))
+            exposition.counter(out, _cache(self._task_series, spec), spec, labels, series, values)
+        for spec, histograms, sums, bounds in (
+            (m.TASK_RUNTIME, snap.runtime, snap.runtime_sums, settings.runtime_buckets),
+            (m.TASK_QUEUE_WAIT, snap.queue_wait, snap.queue_wait_sums, settings.queue_wait_buckets),
         ):
-            exposition.histogram(out, cache, spec, names, histograms, bounds, task_values)
-        cache.rotate()
-        small = _Families(list(self._collect_small(snap, now)))
-        out.append(generate_latest(small).decode())
-        return "".join(out)
+            out.append(exposition.header(spec, fmt))
+            cache = _cache(self._task_series, spec)
+            exposition.histogram(out, cache, spec, names, (histograms, sums), bounds, task_values)
 
     def describe(self) -> Iterable[Metric]:
         # Without describe() the registry would call collect() at registration time.
@@ -126,98 +139,87 @@ class EventsCollector(Collector, FastText):
             exceptions.add_metric([task, cls], count)
         yield exceptions
 
-        for spec, histograms, bounds in (
-            (m.TASK_RUNTIME, snap.runtime, self.state.settings.runtime_buckets),
-            (m.TASK_QUEUE_WAIT, snap.queue_wait, self.state.settings.queue_wait_buckets),
+        settings = self.state.settings
+        for spec, histograms, sums, bounds in (
+            (m.TASK_RUNTIME, snap.runtime, snap.runtime_sums, settings.runtime_buckets),
+            (m.TASK_QUEUE_WAIT, snap.queue_wait, snap.queue_wait_sums, settings.queue_wait_buckets),
         ):
-            yield self._histogram(spec, task_labels, histograms, bounds, task_values)
+            yield self._histogram(spec, task_labels, histograms, sums, bounds, task_values)
 
-        yield from self._collect_small(snap, now)
+        for spec, series in self._small(snap, now):
+            family = _family(spec)
+            for labels, value in series.items():
+                family.add_metric(list(labels), value)
+            yield family
 
     @staticmethod
     def _histogram(
         spec: MetricSpec,
         labels: tuple[str, ...],
-        histograms: dict[TaskKey, Histogram],
+        histograms: dict[TaskKey, tuple[int, ...]],
+        sums: dict[TaskKey, float],
         bounds: tuple[float, ...],
         values: Callable[[TaskKey], list[str]],
     ) -> Metric:
         family = HistogramMetricFamily(spec.name, spec.help, labels=labels)
-        for key, histogram in histograms.items():
-            family.add_metric(values(key), histogram.cumulative(bounds), histogram.total)
+        for key, counts in histograms.items():
+            total = sums[key]
+            family.add_metric(values(key), Histogram(list(counts), total).cumulative(bounds), total)
         return family
 
     @staticmethod
-    def _workers(workers: Iterable[WorkerView]) -> Iterator[Metric]:
-        families = {spec: _family(spec) for spec in (*m.WORKER_GAUGES, m.WORKER_PROCESSED)}
-        info = _family(m.WORKER_INFO)
+    def _workers(workers: Iterable[WorkerView]) -> SmallFamilies:
+        specs = (*m.WORKER_GAUGES, m.WORKER_PROCESSED, m.WORKER_INFO)
+        families: dict[MetricSpec, dict[LabelKey, float]] = {spec: {} for spec in specs}
         for view in workers:
             worker = view.state
-            host = [worker.hostname]
-            families[m.WORKER_ONLINE].add_metric(host, 1.0 if view.online else 0.0)
-            families[m.WORKER_LAST_HEARTBEAT].add_metric(host, worker.last_heartbeat)
+            host = (worker.hostname,)
+            families[m.WORKER_ONLINE][host] = 1.0 if view.online else 0.0
+            families[m.WORKER_LAST_HEARTBEAT][host] = worker.last_heartbeat
             if worker.freq:
-                families[m.WORKER_HEARTBEAT_INTERVAL].add_metric(host, worker.freq)
+                families[m.WORKER_HEARTBEAT_INTERVAL][host] = worker.freq
             if worker.active is not None:
-                families[m.WORKER_ACTIVE_TASKS].add_metric(host, worker.active)
+                families[m.WORKER_ACTIVE_TASKS][host] = worker.active
             if worker.concurrency is not None:
-                families[m.WORKER_CONCURRENCY].add_metric(host, worker.concurrency)
+                families[m.WORKER_CONCURRENCY][host] = worker.concurrency
             if worker.processed is not None:
-                families[m.WORKER_PROCESSED].add_metric(host, worker.processed)
+                families[m.WORKER_PROCESSED][host] = worker.processed
             if worker.loadavg is not None:
                 loads = (m.WORKER_LOAD1, m.WORKER_LOAD5, m.WORKER_LOAD15)
                 for spec, value in zip(loads, worker.loadavg, strict=True):
-                    families[spec].add_metric(host, value)
+                    families[spec][host] = value
             if any(worker.software):
-                info.add_metric([worker.hostname, *worker.software], 1.0)
-        yield from families.values()
-        yield info
+                families[m.WORKER_INFO][(worker.hostname, *worker.software)] = 1.0
+        return list(families.items())
 
     def _self_metrics(
         self, events: dict[str, int], rejected: dict[str, int], tracked: int, now: float
-    ) -> Iterator[Metric]:
-        connected = _family(m.EXPORTER_BROKER_CONNECTED)
-        connected.add_metric([], 1.0 if self.broker.connected else 0.0)
-        yield connected
-        errors = _family(m.EXPORTER_BROKER_CONNECTION_ERRORS)
-        errors.add_metric([], self.broker.connection_errors)
-        yield errors
-        by_type = _family(m.EXPORTER_EVENTS)
-        for event_type, count in sorted(events.items()):
-            by_type.add_metric([event_type], count)
-        yield by_type
-        rejections = _family(m.EXPORTER_EVENTS_REJECTED)
-        for reason, count in sorted(rejected.items()):
-            rejections.add_metric([reason], count)
-        yield rejections
-        backlog = _family(m.EXPORTER_INTAKE_BACKLOG)
-        backlog.add_metric([], self.ingestor.backlog)
-        yield backlog
-        lag = _family(m.EXPORTER_INTAKE_LAG)
-        lag.add_metric([], self.ingestor.lag(now))
-        yield lag
-        tracked_family = _family(m.EXPORTER_TRACKED_TASKS)
-        tracked_family.add_metric([], tracked)
-        yield tracked_family
+    ) -> SmallFamilies:
+        families: SmallFamilies = [
+            (m.EXPORTER_BROKER_CONNECTED, {(): 1.0 if self.broker.connected else 0.0}),
+            (m.EXPORTER_BROKER_CONNECTION_ERRORS, {(): self.broker.connection_errors}),
+            (m.EXPORTER_EVENTS, {(t,): count for t, count in sorted(events.items())}),
+            (m.EXPORTER_EVENTS_REJECTED, {(r,): count for r, count in sorted(rejected.items())}),
+            (m.EXPORTER_INTAKE_BACKLOG, {(): self.ingestor.backlog}),
+            (m.EXPORTER_INTAKE_LAG, {(): self.ingestor.lag(now)}),
+            (m.EXPORTER_TRACKED_TASKS, {(): tracked}),
+        ]
         if self.recent_tasks is not None:
-            stored = _family(m.EXPORTER_RECENT_TASKS)
-            stored.add_metric([], len(self.recent_tasks))
-            yield stored
-            evicted = _family(m.EXPORTER_RECENT_TASKS_EVICTED)
-            evicted.add_metric([], self.recent_tasks.evicted)
-            yield evicted
-        build = _family(m.EXPORTER_BUILD_INFO)
-        build.add_metric(
-            [__version__, celery.__version__, kombu.__version__, platform.python_version()], 1.0
-        )
-        yield build
+            families.append((m.EXPORTER_RECENT_TASKS, {(): len(self.recent_tasks)}))
+            families.append((m.EXPORTER_RECENT_TASKS_EVICTED, {(): self.recent_tasks.evicted}))
+            dropped = self.recent_tasks.dropped
+            families.append((m.EXPORTER_RECENT_TASK_EVENTS_DROPPED, {(): dropped}))
+        versions = (__version__, celery.__version__, kombu.__version__, platform.python_version())
+        families.append((m.EXPORTER_BUILD_INFO, {versions: 1.0}))
+        return families
 
 
-class _Families(Collector):
-    """Already-built families, for ``generate_latest``."""
+def _cache(caches: dict[str, SeriesCache[K]], spec: MetricSpec) -> SeriesCache[K]:
+    cache = caches.get(spec.name)
+    if cache is None:
+        cache = caches[spec.name] = SeriesCache()
+    return cache
 
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
 
-    def collect(self) -> Iterable[Metric]:
-        return self.families
+def _as_is(key: LabelKey) -> LabelKey:
+    return key

@@ -109,8 +109,13 @@ class Snapshot:
     task_counts: dict[str, dict[TaskKey, int]]
     sent: dict[tuple[str, str], int]
     exceptions: dict[tuple[str, str], int]
-    runtime: dict[TaskKey, Histogram]
-    queue_wait: dict[TaskKey, Histogram]
+    runtime: dict[TaskKey, tuple[int, ...]]
+    """Per-bucket counts per key, the sums in ``runtime_sums``: not a ``Histogram`` (or a list)
+    per key, whose copies made up most of the time a scrape holds the lock, and set off the
+    garbage collector (a collection of the whole heap costs tens of ms mid-scrape)."""
+    runtime_sums: dict[TaskKey, float]
+    queue_wait: dict[TaskKey, tuple[int, ...]]
+    queue_wait_sums: dict[TaskKey, float]
     workers: list[WorkerView]
     events_by_type: dict[str, int]
     rejected: dict[str, int]
@@ -434,8 +439,10 @@ class State:
             task_counts={kind: dict(counts) for kind, counts in self.task_counts.items()},
             sent=dict(self.sent),
             exceptions=dict(self.exceptions),
-            runtime={k: Histogram(list(h.counts), h.total) for k, h in self.runtime.items()},
-            queue_wait={k: Histogram(list(h.counts), h.total) for k, h in self.queue_wait.items()},
+            runtime={k: tuple(h.counts) for k, h in self.runtime.items()},
+            runtime_sums={k: h.total for k, h in self.runtime.items()},
+            queue_wait={k: tuple(h.counts) for k, h in self.queue_wait.items()},
+            queue_wait_sums={k: h.total for k, h in self.queue_wait.items()},
             workers=[
                 WorkerView(
                     WorkerState(**vars(worker)),
