@@ -53,6 +53,8 @@ class Row:
     max_lag_s: float | None = None
     expired: int | None = None
     """RabbitMQ: messages expired (dead-lettered) from the consumer's event queue."""
+    round: int = 1
+    """Which repetition (``--repeat``) the row belongs to: a ratio compares rows of one round."""
     peak_ready: int | None = None
     """RabbitMQ: the most messages seen waiting in the consumer's queue (sampled every 0.1 s)."""
     messages: int | None = None
@@ -243,36 +245,42 @@ def _scrape_as_prometheus(url: str) -> float:
     return time.perf_counter() - start
 
 
-Scenario = Callable[[float], Iterator[Row]]
+Scenario = Callable[[float, int], Iterator[Row]]
+"""(scale, round) -> rows"""
+
+
+def _pair(round_: int) -> tuple[str, str]:
+    # The machine's speed drifts between runs: alternate which consumer goes first.
+    return ("bare", "exporter") if round_ % 2 else ("exporter", "bare")
 
 
 def _throughput(kind: str) -> Scenario:
-    def run(scale: float) -> Iterator[Row]:
+    def run(scale: float, round_: int) -> Iterator[Row]:
         tasks = int(100_000 * scale)
-        for consumer in ("bare", "exporter"):
+        for consumer in _pair(round_):
             yield measure(f"{kind}-throughput", kind, consumer, tasks, 8, 10)
 
     return run
 
 
-def _burst(scale: float) -> Iterator[Row]:
+def _burst(scale: float, round_: int) -> Iterator[Row]:
     tasks = int(200_000 * scale) // 3  # 200 k task events
-    for consumer in ("bare", "exporter"):
+    for consumer in _pair(round_):
         yield measure("redis-burst-default-limits", "redis", consumer, tasks, 8, 10,
                       unlimited=False, watch_lag=consumer == "exporter")  # fmt: skip
 
 
-def _cardinality(scale: float) -> Iterator[Row]:
+def _cardinality(scale: float, round_: int) -> Iterator[Row]:
     # 20 k tasks on 20 k distinct (task, worker) pairs of 200 x 500: ~820 k series.
     yield measure("high-cardinality-200x500", "redis", "exporter", int(20_000 * scale), 200, 500)
 
 
-def _series_50k(scale: float) -> Iterator[Row]:
+def _series_50k(scale: float, round_: int) -> Iterator[Row]:
     # 40 workers x 30 names = 1200 (task, worker) pairs, ~41 series each: about 50 k series.
     yield measure("render-50k-series", "redis", "exporter", 12_000, 40, 30)
 
 
-def _million(scale: float) -> Iterator[Row]:
+def _million(scale: float, round_: int) -> Iterator[Row]:
     yield million_tasks("redis", int(1_000_000 * scale), 8, 10)
 
 
@@ -292,19 +300,47 @@ def table(rows: list[Row]) -> str:
         "| peak RSS MB | lost | /metrics ms (series) | max lag s | notes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    bare = {(r.scenario, r.broker): r.rate for r in rows if r.consumer == "bare"}
+    bare = {(r.scenario, r.broker, r.round): r.rate for r in rows if r.consumer == "bare"}
     for r in rows:
-        base = bare.get((r.scenario, r.broker))
+        base = bare.get((r.scenario, r.broker, r.round))
         ratio = f"{r.rate / base:.2f}" if base and r.rate and r.consumer != "bare" else ""
         render = f"{r.render_ms:.0f} ({r.series})" if r.render_ms is not None else ""
         lag = f"{r.max_lag_s:.1f}" if r.max_lag_s is not None else ""
         rate = f"{r.rate / 1000:.1f} k" if r.rate else "—"
+        scenario = r.scenario if r.round == 1 else f"{r.scenario} ({r.round})"
         lines.append(
-            f"| {r.scenario} | {r.broker} | {r.consumer} | {r.task_events} | {rate} | {ratio} "
+            f"| {scenario} | {r.broker} | {r.consumer} | {r.task_events} | {rate} | {ratio} "
             f"| {r.cpu_per_100k:.2f} | {r.peak_rss_mb:.0f} | {r.lost} | {render} | {lag} "
             f"| {'; '.join(r.notes)} |"
         )
     return "\n".join(lines)
+
+
+def ratios(rows: list[Row]) -> str:
+    """Per scenario with a bare baseline: the exporter's rate and CPU per event against the bare
+    receiver's of the same round, over every round."""
+    pairs: dict[tuple[str, str], list[tuple[Row, Row]]] = {}
+    by_round = {(r.scenario, r.broker, r.round, r.consumer): r for r in rows}
+    for (scenario, broker, round_, consumer), row in by_round.items():
+        bare = by_round.get((scenario, broker, round_, "bare"))
+        if consumer == "exporter" and bare is not None:
+            pairs.setdefault((scenario, broker), []).append((bare, row))
+    lines = [
+        "| scenario | rounds | x bare (rate): median [min-max] | x bare (CPU per event): median "
+        "[min-max] |",
+        "|---|---|---|---|",
+    ]
+    for (scenario, _), found in pairs.items():
+        rate = sorted(e.rate / b.rate for b, e in found if b.rate and e.rate)
+        cpu = sorted(b.cpu_per_100k / e.cpu_per_100k for b, e in found if e.cpu_per_100k)
+        if not rate or not cpu:
+            continue
+        lines.append(
+            f"| {scenario} | {len(found)} | {statistics.median(rate):.2f} "
+            f"[{rate[0]:.2f}-{rate[-1]:.2f}] | {statistics.median(cpu):.2f} "
+            f"[{cpu[0]:.2f}-{cpu[-1]:.2f}] |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,16 +348,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply run sizes")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the scenarios this many rounds (ratios per round)",
+    )
     args = parser.parse_args(argv)
+    names = args.only.split(",")
+    unknown = sorted(set(names) - SCENARIOS.keys())
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     LOGS.mkdir(exist_ok=True)
     rows: list[Row] = []
     print(f"# load average before: {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
-    for name in args.only.split(","):
-        for row in SCENARIOS[name](args.scale):
-            rows.append(row)
-            print(json.dumps(asdict(row)), flush=True)
+    for round_ in range(1, args.repeat + 1):
+        for name in names:
+            for row in SCENARIOS[name](args.scale, round_):
+                row.round = round_
+                rows.append(row)
+                print(json.dumps(asdict(row)), flush=True)
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
     print(table(rows))
+    summary = ratios(rows)
+    if summary:
+        print()
+        print(summary)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     return 0

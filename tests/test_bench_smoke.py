@@ -3,10 +3,13 @@ counted exactly once, on the series it belongs to (correctness of the fast paths
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from bench.consumers import parse_counts
+from bench.ingest import main as ingest_main
 from bench.publisher import BrokerPublisher, make_fleet, prepare_burst
+from bench.run import Row, ratios
 from tests.conftest import Processes, wait_until
 
 
@@ -40,3 +43,23 @@ def requests_text(url: str) -> str:
     response = requests.get(f"{url}/metrics", timeout=5)
     response.raise_for_status()
     return response.text
+
+
+def test_ratios_pair_the_consumers_of_each_round() -> None:
+    rows = [
+        Row("redis-throughput", "redis", "bare", 300, rate=100.0, cpu_per_100k=1.0, round=1),
+        Row("redis-throughput", "redis", "exporter", 300, rate=300.0, cpu_per_100k=0.5, round=1),
+        Row("redis-throughput", "redis", "exporter", 300, rate=150.0, cpu_per_100k=0.4, round=2),
+        Row("redis-throughput", "redis", "bare", 300, rate=50.0, cpu_per_100k=2.0, round=2),
+        Row("redis-throughput", "redis", "exporter", 300, rate=400.0, cpu_per_100k=0.5, round=3),
+        Row("redis-throughput", "redis", "bare", 300, rate=100.0, cpu_per_100k=1.0, round=3),
+        Row("render-50k-series", "redis", "exporter", 36, rate=9.0, cpu_per_100k=0.5),
+    ]
+    assert ratios(rows).splitlines()[2:] == [
+        "| redis-throughput | 3 | 3.00 [3.00-4.00] | 2.00 [2.00-5.00] |"
+    ]
+
+
+def test_ingest_bench_counts_the_fleets_events(capsys: pytest.CaptureFixture[str]) -> None:
+    assert ingest_main(["--tasks", "200", "--workers", "2", "--names", "2", "--repeat", "1"]) == 0
+    assert capsys.readouterr().out.startswith("600 task events in ")
