@@ -216,7 +216,7 @@ EXPORTER_RECENT_TASK_EVENTS_DROPPED = MetricSpec(
     "celery_exporter_recent_task_events_dropped",
     Kind.COUNTER,
     "Task events the recent-task store let go unmerged: more than 6 x --max-recent-tasks task "
-    "events arrived between two reads of /api/tasks.",
+    "events (or 4 KiB x --max-recent-tasks of JSON) arrived between two reads of /api/tasks.",
 )
 EXPORTER_BUILD_INFO = MetricSpec(
     "celery_exporter_build_info",

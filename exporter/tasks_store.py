@@ -139,6 +139,11 @@ WINDOW_EVENTS_PER_TASK = 6
 """Task events kept unmerged per task of ``max_tasks``: a task sends 3 to 4 (sent, received,
 started, then its end), so the window reaches back past the ``max_tasks`` most recent tasks."""
 
+WINDOW_BYTES_PER_TASK = 4096
+"""Bytes of JSON kept unmerged per task of ``max_tasks``: Celery's task events take about 300
+each, so this binds only when payloads or tracebacks are large (a traceback is cut to
+``STORED_TEXT_LIMIT`` only when merged)."""
+
 Kept = tuple[bytes | str, float, int]
 """A message kept for a later merge: (JSON body, received_at, task events in it)."""
 
@@ -154,7 +159,7 @@ class RecentTasks:
     window's slot: merging every event on arrival was half of the ingest thread's cost per event,
     and keeping each decoded event for a later merge cost as much again in memory traffic.
 
-    A window overrun (more task events between two reads than it holds) skips the oldest
+    A window overrun (more task events, or bytes, between two reads than it holds) skips the oldest
     messages: counted in ``dropped``; a task whose early events were skipped shows what its
     later events carry.
     """
@@ -164,8 +169,10 @@ class RecentTasks:
             raise ValueError("max_tasks must be at least 1")
         self.max_tasks = max_tasks
         self.window_events = WINDOW_EVENTS_PER_TASK * max_tasks
+        self.window_bytes = WINDOW_BYTES_PER_TASK * max_tasks
         self._window: deque[Kept] = deque()
         self._window_task_events = 0
+        self._window_bytes = 0
         self._kept = 0
         """Messages ever kept: the sequence number of the newest one."""
         self._merged = 0
@@ -197,10 +204,15 @@ class RecentTasks:
             window.append((body, received_at, task_events))
             self._kept += 1
             self._window_task_events += task_events
-            while self._window_task_events > self.window_events and len(window) > 1:
+            self._window_bytes += len(body)
+            while (
+                self._window_task_events > self.window_events
+                or self._window_bytes > self.window_bytes
+            ) and len(window) > 1:
                 oldest = self._kept - len(window) + 1
-                dropped = window.popleft()[2]
+                old_body, _, dropped = window.popleft()
                 self._window_task_events -= dropped
+                self._window_bytes -= len(old_body)
                 if oldest > self._merged:
                     self.dropped += dropped
 

@@ -39,6 +39,7 @@ from exporter.redact import (
 from exporter.state import State, StateSettings
 from exporter.tasks_store import (
     STORED_TEXT_LIMIT,
+    WINDOW_BYTES_PER_TASK,
     WINDOW_EVENTS_PER_TASK,
     RecentTasks,
     TaskRecord,
@@ -322,9 +323,20 @@ def test_unread_messages_stay_within_the_window_and_an_overrun_is_counted() -> N
 
 
 def test_the_dropped_counter_states_the_window_the_store_really_has() -> None:
-    assert f"{WINDOW_EVENTS_PER_TASK} x --max-recent-tasks" in (
-        EXPORTER_RECENT_TASK_EVENTS_DROPPED.help
-    )
+    text = EXPORTER_RECENT_TASK_EVENTS_DROPPED.help
+    assert f"{WINDOW_EVENTS_PER_TASK} x --max-recent-tasks" in text
+    assert f"{WINDOW_BYTES_PER_TASK // 1024} KiB x --max-recent-tasks" in text
+
+
+def test_huge_tracebacks_cannot_make_the_window_hold_more_than_its_bytes() -> None:
+    state, store = fed(max_tasks=2)  # 8 KiB of JSON at most, beside the newest message
+    huge = "x" * 5000
+    for i in range(5):
+        feed(state, event("failed", f"task-{i}", T0 + i, exception="E()", traceback=huge))
+        assert store._window_bytes <= store.window_bytes or len(store._window) == 1
+    assert store.dropped == 4  # each message alone is over half the window
+    records = store.records()
+    assert [(r.uuid, len(r.traceback or "")) for r in records] == [("task-4", STORED_TEXT_LIMIT)]
 
 
 def test_a_task_whose_early_events_left_the_window_shows_what_came_later() -> None:
