@@ -9,11 +9,10 @@ end-to-end run (``bench.run``) cannot split from reading the socket.
 from __future__ import annotations
 
 import argparse
-import gc
 import queue
 import time
 
-from exporter.app import GC_THRESHOLD, build_state
+from exporter.app import build_state
 from exporter.config import Config
 from exporter.ingest import Ingestor, RawMessage
 from exporter.tasks_store import RecentTasks
@@ -62,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
     messages, task_events = envelopes(args.tasks, args.workers, args.names)
-    gc.set_threshold(*GC_THRESHOLD)  # as the exporter runs
     with_store = time_handle(messages, args.store, args.repeat)
     without = time_handle(messages, 0, args.repeat)
     per_event = 1e6 / task_events

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import queue
 import signal
 import threading
@@ -31,14 +30,6 @@ from exporter.state import State, StateSettings
 from exporter.tasks_store import RecentTasks
 
 log = get_logger(__name__)
-
-
-GC_THRESHOLD = (20_000, 10, 10)
-"""The cyclic collector's thresholds: the youngest generation is collected every 20 000 container
-allocations instead of 700. The ingest thread allocates a few containers per event and keeps the
-recent tasks' events alive until they are evicted, so at the default the collector ran every
-few hundred events and cost ~10 % of the ingest thread (bench/ingest.py); reference cycles are
-rare here, so collecting them less often costs no memory worth counting."""
 
 
 def build_state(config: Config) -> State:
@@ -115,7 +106,6 @@ def run(config: Config) -> int:
         task_payloads="exposed" if config.expose_task_payloads else "hidden",
     )
 
-    gc.set_threshold(*GC_THRESHOLD)
     threads = [
         threading.Thread(target=target, args=(stop,), name=name, daemon=True)
         for name, target in (
