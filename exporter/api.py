@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from exporter.metrics import TASK_STATE_COUNTERS
 from exporter.redact import Redactor
 from exporter.state import State
 from exporter.tasks_store import STATES, RecentTasks, TaskRecord
@@ -40,15 +41,10 @@ TASK_PARAMETERS = ("uuid", "name", "state", "worker", "search", "limit", "from",
 WORKER_PARAMETERS = ("search",)
 
 WORKER_TASK_COLUMNS = {
-    "task-received": "received",
-    "task-started": "started",
-    "task-succeeded": "succeeded",
-    "task-failed": "failed",
-    "task-retried": "retried",
-    "task-rejected": "rejected",
-    "task-revoked": "revoked",
+    event_type: event_type.removeprefix("task-") for event_type in TASK_STATE_COUNTERS
 }
-"""/api/workers' task columns: Flower's Workers view, counted from the task events."""
+"""/api/workers' task columns (received, started...): Flower's Workers view, one per task state
+event."""
 
 JSON = "application/json"
 
