@@ -194,8 +194,12 @@ class RecentTasks:
     def pending(self) -> int:
         """Task events kept in the window and not merged yet."""
         with self._window_lock:
-            skip = max(0, self._merged - (self._kept - len(self._window)))
-            return sum(item[2] for item in itertools.islice(self._window, skip, None))
+            return sum(item[2] for item in self._unmerged())
+
+    def _unmerged(self) -> Iterator[Kept]:
+        """The window's messages not merged yet; call with ``_window_lock`` held."""
+        merged_in_window = self._merged - (self._kept - len(self._window))
+        return itertools.islice(self._window, max(0, merged_in_window), None)
 
     def keep(self, body: bytes | str, received_at: float, task_events: int) -> None:
         """``State.task_observer``: keep a message that carried ``task_events`` task events."""
@@ -238,8 +242,7 @@ class RecentTasks:
 
     def _merge_new(self) -> None:
         with self._window_lock:
-            first = self._kept - len(self._window) + 1
-            new = list(itertools.islice(self._window, max(0, self._merged + 1 - first), None))
+            new = list(self._unmerged())
             self._merged = self._kept
         observe = self._observe
         for body, received_at, _ in new:
@@ -258,7 +261,8 @@ class RecentTasks:
         uuid = event.get("uuid")
         hostname = event.get("hostname")
         if (
-            event_type not in _KINDS
+            type(event_type) is not str
+            or event_type not in _KINDS
             or type(uuid) is not str
             or not uuid
             or type(hostname) is not str

@@ -305,6 +305,21 @@ def test_memory_stays_flat_however_many_tasks_pass() -> None:
     assert after_25k - after_5k < 200_000, (after_5k, after_25k)
 
 
+def test_what_the_state_rejected_in_a_kept_message_is_left_out_of_the_records() -> None:
+    state, store = fed()
+    odd: list[Any] = [
+        {"type": ["task-received"], "uuid": "odd-1", "hostname": WORKER},  # unhashable type
+        {"type": "task-received", "uuid": {"a": 1}, "hostname": WORKER},
+        {"type": "task-received", "uuid": "odd-2", "hostname": ["h"]},
+        ["not", "an", "event"],
+        None,
+    ]
+    with state.lock:
+        state.apply_many([event("received", name="tests.add"), *odd], T0 + 100)
+    assert sum(state.rejected.values()) == len(odd)
+    assert [(r.uuid, r.name, r.state) for r in store.records()] == [(UUID, "tests.add", "RECEIVED")]
+
+
 def test_unread_messages_stay_within_the_window_and_an_overrun_is_counted() -> None:
     state, store = fed(max_tasks=2)  # a window of 12 task events
     assert store.window_events == 12
