@@ -144,6 +144,9 @@ WINDOW_BYTES_PER_TASK = 4096
 each, so this binds only when payloads or tracebacks are large (a traceback is cut to
 ``STORED_TEXT_LIMIT`` only when merged)."""
 
+_RECEIVED_TEXT_FIELDS = ("eta", "expires", "root_id", "parent_id")
+"""What task-received carries besides the payload, kept as the event says it."""
+
 Kept = tuple[bytes | str, float, int]
 """A message kept for a later merge: (JSON body, received_at, task events in it)."""
 
@@ -327,18 +330,10 @@ class RecentTasks:
             if record.received is None or timestamp >= record.received:
                 record.received = timestamp
             self._payload(record, event)
-            value = event.get("eta")
-            if type(value) is str:
-                record.eta = value
-            value = event.get("expires")
-            if type(value) is str:
-                record.expires = value
-            value = event.get("root_id")
-            if type(value) is str:
-                record.root_id = value
-            value = event.get("parent_id")
-            if type(value) is str:
-                record.parent_id = value
+            for name in _RECEIVED_TEXT_FIELDS:
+                value = event.get(name)
+                if type(value) is str:
+                    setattr(record, name, value)
         elif state is SUCCESS:
             if record.succeeded is None or timestamp >= record.succeeded:
                 record.succeeded = timestamp

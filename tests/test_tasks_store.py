@@ -305,6 +305,25 @@ def test_memory_stays_flat_however_many_tasks_pass() -> None:
     assert after_25k - after_5k < 200_000, (after_5k, after_25k)
 
 
+def test_a_received_event_brings_its_schedule_and_lineage() -> None:
+    state, store = fed()
+    eta, expires = "2026-11-27T09:00:00+00:00", "2026-11-27T10:00:00+00:00"
+    feed(
+        state,
+        event("received", name="tests.add", eta=eta, expires=expires, root_id="r", parent_id="p"),
+        # Received again (a retry) with values that are not text: the earlier ones stay.
+        event("received", at=T0 + 1, name="tests.add", eta=3, root_id=None),
+    )
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.eta, record.expires, record.root_id, record.parent_id) == (
+        eta,
+        expires,
+        "r",
+        "p",
+    )
+
+
 def test_what_the_state_rejected_in_a_kept_message_is_left_out_of_the_records() -> None:
     state, store = fed()
     odd: list[Any] = [
