@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -306,17 +308,53 @@ def _check_broker(url: str) -> None:
         pytest.fail(f"broker {url} is not reachable ({exc}); .ci/run starts Redis and RabbitMQ")
 
 
+REDIS_DB_LEASES = Path(tempfile.gettempdir()) / "celery-events-exporter-redis-dbs"
+
+
+@contextmanager
+def leased_redis_db(first: int = 1, last: int = 15, timeout: float = 120.0) -> Iterator[int]:
+    """A database number of the machine's Redis that no other test run on this machine holds.
+
+    Test runs may share the machine (CI beside a developer's run, two worktrees): each db is
+    leased through an exclusive ``flock`` on a file of its own, which the kernel releases even
+    when the holder is killed, so two runs never count each other's events.
+    """
+    REDIS_DB_LEASES.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    candidates = list(range(first, last + 1))
+    while True:
+        random.shuffle(candidates)
+        for db in candidates:
+            handle = (REDIS_DB_LEASES / f"db-{db}.lock").open("a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield db
+            finally:
+                handle.close()  # closing the file releases the lock
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"every Redis db {first}-{last} stayed leased for {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis database of our own on the machine's Redis: pub/sub channels carry the db number,
-    so events of other users of this Redis do not reach our exporter. Emptied afterwards."""
-    url = f"redis://127.0.0.1:6379/{random.randint(1, 15)}"
-    _check_broker(url)
-    try:
-        yield url
-    finally:
+    so events of other users of this Redis do not reach our exporter. Emptied before and after."""
+    with leased_redis_db() as db:
+        url = f"redis://127.0.0.1:6379/{db}"
+        _check_broker(url)
         with Connection(url) as conn:
             conn.default_channel.client.flushdb()
+        try:
+            yield url
+        finally:
+            with Connection(url) as conn:
+                conn.default_channel.client.flushdb()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import io
 import itertools
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from PIL import Image, ImageChops, ImageFilter, ImageStat
 from demo import imaging
 from demo.app import create_app
 from demo.workload import dispatches
+from tests.conftest import leased_redis_db
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -50,25 +50,13 @@ class Worker:
     log: Path
 
 
-def _free_redis_db() -> int:
-    """A random empty db, so concurrent test runs on this Redis do not see each other."""
-    candidates = list(range(1, 16))
-    random.shuffle(candidates)
-    for db in candidates:
-        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
-        try:
-            if client.dbsize() == 0:
-                return db
-        except redis.ConnectionError as error:
-            pytest.fail(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}: {error}")
-        finally:
-            client.close()
-    pytest.fail("no empty Redis db among 1..15 for the demo test")
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    db = _free_redis_db()
+    with leased_redis_db() as db:
+        yield from _env(db, tmp_path_factory)
+
+
+def _env(db: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     token = uuid.uuid4().hex[:10]
     url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
     variables = {
