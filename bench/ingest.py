@@ -1,5 +1,5 @@
 """Time the ingest thread's work in process: kombu's Redis envelopes, as the fleet's workers
-publish them, opened, decoded and counted by ``Ingestor.handle``, with the Tasks-view store
+publish them, opened, decoded and counted by ``Decoder.handle``, with the Tasks-view store
 listening and without it. No broker and no socket: this isolates the cost per event that the
 end-to-end run (``bench.run``) cannot split from reading the socket.
 
@@ -14,8 +14,9 @@ import time
 
 from exporter.app import build_state
 from exporter.config import Config
-from exporter.ingest import Ingestor, RawMessage
-from exporter.tasks_store import RecentTasks
+from exporter.events.decode import Decoder
+from exporter.intake.message import RawMessage
+from exporter.tasks.store import RecentTasks
 
 from .publisher import BrokerPublisher, make_fleet, prepare_burst
 
@@ -43,8 +44,8 @@ def time_handle(messages: list[RawMessage], store_size: int, repeat: int) -> flo
         state = build_state(Config())
         if store_size:
             state.task_observer = RecentTasks(store_size).keep
-        ingestor = Ingestor(state, queue.SimpleQueue())
-        handle = ingestor.handle
+        decoder = Decoder(state, queue.SimpleQueue())
+        handle = decoder.handle
         start = time.perf_counter()
         for message in messages:
             handle(message)

@@ -25,11 +25,11 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter.app import build_state
-from exporter.collector import EventsCollector
 from exporter.config import Config
-from exporter.exposition import MetricsPage
-from exporter.ingest import Ingestor
-from exporter.intake.broker import BrokerStatus
+from exporter.events.decode import Decoder
+from exporter.exposition.collector import EventsCollector
+from exporter.exposition.writer import MetricsPage
+from exporter.intake.status import BrokerStatus
 from exporter.state import State
 
 # What Prometheus 2.42 sends (seen on the wire); it gets OpenMetrics.
@@ -66,8 +66,8 @@ def _run_task(state: State, pair: Pair, uuid: str, now: float) -> None:
 
 def _page(state: State, now: float, with_runtime: bool) -> MetricsPage:
     # A fixed clock: the workers stay online however long prometheus-client takes.
-    ingestor = Ingestor(state, queue.SimpleQueue())
-    events = EventsCollector(state, BrokerStatus(), ingestor, clock=lambda: now)
+    decoder = Decoder(state, queue.SimpleQueue())
+    events = EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now)
     if not with_runtime:
         return MetricsPage(events, [])
     runtime = CollectorRegistry(auto_describe=False)

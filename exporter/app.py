@@ -14,20 +14,22 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__, webconfig
-from exporter.api import Api
-from exporter.collector import EventsCollector
+from exporter import __version__
 from exporter.config import Config
 from exporter.control import Controller
-from exporter.exposition import MetricsPage
-from exporter.http import serve
-from exporter.ingest import Ingestor, RawMessage, RejectionLog
+from exporter.events.decode import Decoder, RejectionLog
+from exporter.exposition.collector import EventsCollector
+from exporter.exposition.writer import MetricsPage
 from exporter.intake import make_reader
-from exporter.intake.broker import BrokerStatus
+from exporter.intake.message import RawMessage
+from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
-from exporter.redact import DEFAULT_SECRET_KEY_PATTERNS, Redactor, compile_secret_keys
 from exporter.state import State, StateSettings
-from exporter.tasks_store import RecentTasks
+from exporter.tasks.redact import DEFAULT_SECRET_KEY_PATTERNS, Redactor, compile_secret_keys
+from exporter.tasks.store import RecentTasks
+from exporter.web import webconfig
+from exporter.web.api import Api
+from exporter.web.server import serve
 
 log = get_logger(__name__)
 
@@ -68,7 +70,7 @@ def run(config: Config) -> int:
     api = build_api(config, state)
     web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
     status = BrokerStatus()
-    ingestor = Ingestor(state, inbox)
+    decoder = Decoder(state, inbox)
     reader = make_reader(config.broker_url, config.broker_transport_options, inbox, status)
     controller = Controller(
         config.broker_url,
@@ -84,7 +86,7 @@ def run(config: Config) -> int:
     ProcessCollector(registry=runtime)
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
-    page = MetricsPage(EventsCollector(state, status, ingestor, recent_tasks=api.store), [runtime])
+    page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=api.store), [runtime])
 
     server = serve(
         config.listen,
@@ -109,7 +111,7 @@ def run(config: Config) -> int:
     threads = [
         threading.Thread(target=target, args=(stop,), name=name, daemon=True)
         for name, target in (
-            ("ingest", ingestor.run),
+            ("ingest", decoder.run),
             ("broker-reader", reader.run),
             ("controller", controller.run),
         )

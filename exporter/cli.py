@@ -13,7 +13,7 @@ from typing import Any
 import click
 from kombu import Connection
 
-from exporter import __version__, webconfig
+from exporter import __version__
 from exporter import logging as exporter_logging
 from exporter.config import (
     DEFAULT_BROKER_URL,
@@ -26,7 +26,8 @@ from exporter.config import (
     parse_listen_address,
     parse_transport_option,
 )
-from exporter.redact import DEFAULT_SECRET_KEY_PATTERNS, compile_secret_keys
+from exporter.tasks.redact import DEFAULT_SECRET_KEY_PATTERNS, compile_secret_keys
+from exporter.web import webconfig
 
 ENV_PREFIX = "CELERY_EXPORTER_"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 
-from exporter.intake.broker import BrokerStatus
+from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
 from exporter.state import State
 

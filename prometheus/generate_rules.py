@@ -2,8 +2,8 @@
 
 Every threshold is a command-line option, so a deployment tunes them here and regenerates, rather
 than hand-editing YAML that would drift from this source. Metric names come from the exporter's
-catalogue (``exporter.metrics``): renaming a metric there breaks generation (or the rule tests),
-not a rule in production.
+catalogue (``exporter.exposition.catalogue``): renaming a metric there breaks generation (or the
+rule tests), not a rule in production.
 
     python prometheus/generate_rules.py                      # rewrite prometheus/rules/*.yml
     python prometheus/generate_rules.py --failure-ratio-threshold 0.2 --output-dir /tmp/rules
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from exporter import metrics
+from exporter.exposition import catalogue as metrics
 
 RECORDING_FILE = "celery-recording.rules.yml"
 ALERTS_FILE = "celery-alerts.rules.yml"

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from exporter.cli import command
-from exporter.metrics import CATALOGUE
+from exporter.exposition.catalogue import CATALOGUE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -18,7 +18,6 @@ from amqp import Message
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
-from exporter.ingest import RawMessage
 from exporter.intake import make_reader
 from exporter.intake.amqp import (
     HEARTBEAT_FRAME,
@@ -29,8 +28,10 @@ from exporter.intake.amqp import (
     connection_close_frame,
     method_frame,
 )
-from exporter.intake.broker import BrokerReader, BrokerStatus
+from exporter.intake.kombu_reader import BrokerReader
+from exporter.intake.message import RawMessage
 from exporter.intake.redis import RedisPubSubReader
+from exporter.intake.status import BrokerStatus
 from tests.conftest import Processes, client, require_tool, wait_until
 
 FRAME_MAX = 4096

@@ -22,7 +22,10 @@ def test_broker_restart_keeps_counts_and_resumes(
     with client(private_redis.url) as app:
         for i in range(3):
             app.send_task("tests.add", (i, i))
-    wait_until(lambda: succeeded(exporter.metrics()) == 3.0, what="3 successes before the outage")
+    wait_until(
+        lambda: succeeded(exporter.metrics()) == 3.0,
+        what="3 successes before the outage",
+    )
 
     private_redis.stop()
     wait_until(

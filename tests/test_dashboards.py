@@ -13,10 +13,10 @@ from typing import Any
 import promql_parser
 import pytest
 
-from exporter import metrics
-from exporter.api import TASK_PARAMETERS as TASK_API_PARAMETERS
-from exporter.api import TASK_ROW_KEYS
-from exporter.tasks_store import STATES
+from exporter.exposition import catalogue as metrics
+from exporter.tasks.store import STATES
+from exporter.web.api import TASK_PARAMETERS as TASK_API_PARAMETERS
+from exporter.web.api import TASK_ROW_KEYS
 from grafana import generate
 from grafana.dashboards_src import panels, recent_tasks, tasks, workers
 from grafana.dashboards_src.serialize import round_trip

@@ -19,14 +19,14 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from exporter import http
 from exporter.app import build_state
-from exporter.collector import EventsCollector
 from exporter.config import Config, ListenAddress
-from exporter.exposition import Format, MetricsPage, fast_format, number
-from exporter.ingest import Ingestor
-from exporter.intake.broker import BrokerStatus
+from exporter.events.decode import Decoder
+from exporter.exposition.collector import EventsCollector
+from exporter.exposition.writer import Format, MetricsPage, fast_format, number
+from exporter.intake.status import BrokerStatus
 from exporter.state import Histogram, State
+from exporter.web import server as http
 
 # What Prometheus 2.42 (Debian's package) sends with every scrape, as seen on the wire.
 PROMETHEUS_ACCEPT = (
@@ -86,7 +86,7 @@ def _state(worker_label: bool = True) -> State:
 
 def _collector(state: State) -> EventsCollector:
     return EventsCollector(
-        state, BrokerStatus(), Ingestor(state, queue.SimpleQueue()), clock=lambda: T0 + 1
+        state, BrokerStatus(), Decoder(state, queue.SimpleQueue()), clock=lambda: T0 + 1
     )
 
 

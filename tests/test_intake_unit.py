@@ -15,12 +15,14 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
 from exporter.app import build_state
-from exporter.collector import EventsCollector
 from exporter.config import Config
-from exporter.exposition import Format, number
-from exporter.ingest import Ingestor, RawMessage, b64decode, open_envelope
-from exporter.intake.broker import BrokerStatus, BufferedRecv
+from exporter.events.decode import Decoder, b64decode, open_envelope
+from exporter.exposition.collector import EventsCollector
+from exporter.exposition.writer import Format, number
+from exporter.intake.kombu_reader import BufferedRecv
+from exporter.intake.message import RawMessage
 from exporter.intake.redis import is_redis_url, subscribe_topics
+from exporter.intake.status import BrokerStatus
 
 
 def _channel(url: str, **options: object) -> Any:
@@ -112,14 +114,14 @@ def test_base64_is_as_lenient_as_kombus() -> None:
 
 def test_enveloped_messages_are_counted_and_bad_ones_rejected() -> None:
     state = build_state(Config())
-    ingestor = Ingestor(state, queue.SimpleQueue())
+    decoder = Decoder(state, queue.SimpleQueue())
     events = [
         {"type": "task-received", "hostname": "celery@a", "uuid": "u1", "name": "t.a"},
         {"type": "task-succeeded", "hostname": "celery@a", "uuid": "u1", "runtime": 0.5},
     ]
     for raw in (_envelope(orjson.dumps(events)), b"not json", _envelope(b"{nope")):
         with state.lock:
-            ingestor.handle(RawMessage(1.0, None, raw, enveloped=True))
+            decoder.handle(RawMessage(1.0, None, raw, enveloped=True))
     assert state.task_counts["task-received"] == {("t.a", "celery@a"): 1}
     assert state.task_counts["task-succeeded"] == {("t.a", "celery@a"): 1}
     assert state.rejected == {"invalid_envelope": 1, "invalid_json": 1}
@@ -163,7 +165,7 @@ def test_fast_text_is_byte_identical_to_prometheus_client() -> None:
     state.apply({"type": "worker-heartbeat", "hostname": "celery@w1", "freq": 2.0,
                  "active": 1, "processed": 5, "loadavg": [1, 2, 3]}, t0)  # fmt: skip
     collector = EventsCollector(
-        state, BrokerStatus(), Ingestor(state, queue.SimpleQueue()), clock=lambda: t0 + 1
+        state, BrokerStatus(), Decoder(state, queue.SimpleQueue()), clock=lambda: t0 + 1
     )
     expected = generate_latest(collector)
     assert b"".join(collector.render(Format.TEXT)) == expected

@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from exporter import metrics
+from exporter.exposition import catalogue as metrics
 from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ import pytest
 import requests
 import yaml
 
-from exporter.webconfig import hash_password
+from exporter.web.webconfig import hash_password
 from grafana.generate import all_queries
 from tests.conftest import (
     REPO,

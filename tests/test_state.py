@@ -10,9 +10,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 
-from exporter.collector import EventsCollector
-from exporter.ingest import Ingestor, RawMessage
-from exporter.intake.broker import BrokerStatus
+from exporter.events.decode import Decoder
+from exporter.exposition.collector import EventsCollector
+from exporter.intake.message import RawMessage
+from exporter.intake.status import BrokerStatus
 from exporter.state import MAX_CUSTOM_EVENT_TYPES, State, StateSettings
 from tests.conftest import Metrics
 
@@ -43,8 +44,8 @@ def heartbeat(host: str = "w1@h", **fields: Any) -> dict[str, Any]:
 
 def render(state: State, now: float = T0) -> Metrics:
     registry = CollectorRegistry(auto_describe=False)
-    ingestor = Ingestor(state, queue.SimpleQueue())
-    registry.register(EventsCollector(state, BrokerStatus(), ingestor, clock=lambda: now))
+    decoder = Decoder(state, queue.SimpleQueue())
+    registry.register(EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now))
     return Metrics.parse(generate_latest(registry).decode())
 
 
@@ -207,7 +208,7 @@ def test_bad_messages_are_rejected_by_reason(body: bytes, reason: str | None) ->
     state = make_state()
     inbox: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
     inbox.put(RawMessage(T0, "application/json", body))
-    Ingestor(state, inbox).drain()
+    Decoder(state, inbox).drain()
     assert state.rejected == ({reason: 1} if reason else {})
 
 
@@ -216,5 +217,5 @@ def test_a_task_multi_batch_counts_every_event() -> None:
     batch = [task("received", f"u{i}", name="t") for i in range(24)]
     inbox: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
     inbox.put(RawMessage(T0, "application/json", orjson.dumps(batch)))
-    Ingestor(state, inbox).drain()
+    Decoder(state, inbox).drain()
     assert state.task_counts["task-received"] == {("t", "w1@h"): 24}

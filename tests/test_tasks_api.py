@@ -9,8 +9,8 @@ from typing import Any
 
 import requests
 
-from exporter.api import PAYLOADS_HIDDEN
-from exporter.redact import ELLIPSIS, MASK
+from exporter.tasks.redact import ELLIPSIS, MASK
+from exporter.web.api import PAYLOADS_HIDDEN
 from tests.conftest import ExporterProcess, Processes, client, wait_until
 
 WORKER = "w1@tasksapi"

@@ -17,7 +17,24 @@ from typing import Any
 import orjson
 import pytest
 
-from exporter.api import (
+from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
+from exporter.exposition.catalogue import EXPORTER_RECENT_TASK_EVENTS_DROPPED
+from exporter.state import State, StateSettings
+from exporter.tasks.redact import (
+    DEFAULT_SECRET_KEY_PATTERNS,
+    ELLIPSIS,
+    MASK,
+    Redactor,
+    compile_secret_keys,
+)
+from exporter.tasks.store import (
+    STORED_TEXT_LIMIT,
+    WINDOW_BYTES_PER_TASK,
+    WINDOW_EVENTS_PER_TASK,
+    RecentTasks,
+    TaskRecord,
+)
+from exporter.web.api import (
     DEFAULT_LIMIT,
     PAYLOADS_HIDDEN,
     TASK_ROW_KEYS,
@@ -26,23 +43,6 @@ from exporter.api import (
     TaskQuery,
     iso,
     parse_task_query,
-)
-from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
-from exporter.metrics import EXPORTER_RECENT_TASK_EVENTS_DROPPED
-from exporter.redact import (
-    DEFAULT_SECRET_KEY_PATTERNS,
-    ELLIPSIS,
-    MASK,
-    Redactor,
-    compile_secret_keys,
-)
-from exporter.state import State, StateSettings
-from exporter.tasks_store import (
-    STORED_TEXT_LIMIT,
-    WINDOW_BYTES_PER_TASK,
-    WINDOW_EVENTS_PER_TASK,
-    RecentTasks,
-    TaskRecord,
 )
 
 WORKER = "celery@18e5d5189283"

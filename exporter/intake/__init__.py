@@ -1,7 +1,7 @@
 """Event intake: paths from a broker to the ingest queue, one module per path.
 
 Each path only drains the broker into a queue of ``RawMessage``; decoding and counting happen on
-the ingest thread (``exporter.ingest``) so that the broker's socket never waits for them.
+the ingest thread (``exporter.events.decode``) so that the broker's socket never waits for them.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Any
 
 from kombu import Connection
 
-from exporter.ingest import RawMessage
 from exporter.intake.amqp import AmqpReader, is_plain_amqp_url
-from exporter.intake.broker import BrokerReader, BrokerStatus
+from exporter.intake.kombu_reader import BrokerReader
+from exporter.intake.message import RawMessage
+from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
 
 log = get_logger(__name__)

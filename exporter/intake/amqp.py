@@ -29,10 +29,10 @@ from typing import Any
 
 from kombu import Connection
 
-from exporter.ingest import RawMessage
-from exporter.intake.broker import (
+from exporter.intake.kombu_reader import (
     BrokerReader,
 )
+from exporter.intake.message import RawMessage
 from exporter.logging import get_logger
 
 log = get_logger(__name__)

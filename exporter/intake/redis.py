@@ -23,8 +23,8 @@ from typing import Any
 import hiredis
 from kombu import Connection
 
-from exporter.ingest import RawMessage
-from exporter.intake.broker import EVENT_EXCHANGE, BrokerReader
+from exporter.intake.kombu_reader import EVENT_EXCHANGE, BrokerReader
+from exporter.intake.message import RawMessage
 from exporter.logging import get_logger
 
 log = get_logger(__name__)

@@ -1,14 +1,14 @@
 """PromQL text for the dashboards.
 
-Every series name comes from a catalogue spec (``exporter.metrics``), so a renamed metric fails
-here at generation time instead of leaving an empty panel in production.
+Every series name comes from a catalogue spec (``exporter.exposition.catalogue``), so a
+renamed metric fails here at generation time instead of leaving an empty panel in production.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from exporter.metrics import Kind, MetricSpec
+from exporter.exposition.catalogue import Kind, MetricSpec
 
 # Grafana macros; tests substitute them before parsing.
 RATE_WINDOW = "$__rate_interval"

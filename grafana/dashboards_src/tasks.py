@@ -6,7 +6,7 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common
 
-from exporter import metrics as m
+from exporter.exposition import catalogue as m
 
 from . import panels as p
 from . import promql as q

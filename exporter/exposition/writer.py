@@ -25,7 +25,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from exporter.metrics import Kind, MetricSpec
+from exporter.exposition.catalogue import Kind, MetricSpec
 
 LabelKey = tuple[str, ...]
 K = TypeVar("K")

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from celery.events.event import get_exchange
@@ -21,7 +20,8 @@ from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 from kombu.utils.url import maybe_sanitize_url
 
-from exporter.ingest import RawMessage
+from exporter.intake.message import RawMessage
+from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
 
 log = get_logger(__name__)
@@ -31,16 +31,6 @@ EVENT_QUEUE_TTL = 5.0  # Celery's event_queue_ttl default
 EVENT_QUEUE_EXPIRES = 60.0  # Celery's event_queue_expires default
 MAX_BACKOFF = 30.0
 DRAIN_TIMEOUT = 1.0
-
-
-@dataclass
-class BrokerStatus:
-    """What the reader thread reports about its connection; read by the collector."""
-
-    connected: bool = False
-    connection_errors: int = 0
-    connected_event: threading.Event = field(default_factory=threading.Event)
-    """Set on every (re)connection, so the controller can wake the workers up again."""
 
 
 class BrokerReader:

@@ -26,11 +26,11 @@ from typing import Any, ClassVar, cast
 import orjson
 
 from exporter import __version__
-from exporter.api import JSON, Api, ApiError
 from exporter.config import ListenAddress
-from exporter.exposition import MetricsPage
+from exporter.exposition.writer import MetricsPage
 from exporter.logging import get_logger
-from exporter.webconfig import WebConfig
+from exporter.web.api import JSON, Api, ApiError
+from exporter.web.webconfig import WebConfig
 
 log = get_logger(__name__)
 

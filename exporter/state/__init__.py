@@ -17,7 +17,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from exporter.metrics import TASK_STATE_COUNTERS
+from exporter.exposition.catalogue import TASK_STATE_COUNTERS
 
 UNKNOWN_TASK = "unknown"
 """The task label for events whose task name the exporter never saw (it started after the task

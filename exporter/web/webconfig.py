@@ -14,7 +14,7 @@ Supported: ``basic_auth_users``; ``tls_server_config`` with ``cert_file``, ``key
 ``http_server_config.headers``. A key the exporter does not implement is an error rather than a
 silent no-op: a config that asks for a safeguard must not run without it.
 
-Also a small command line (``python -m exporter.webconfig``) to hash a password, write a web
+Also a small command line (``python -m exporter.web.webconfig``) to hash a password, write a web
 config for one user from a password in the environment (what the compose stack does), and check
 a file.
 """
@@ -180,7 +180,7 @@ def _parse(path: Path, data: Any) -> WebConfig:
                 raise WebConfigError(
                     f"basic_auth_users: the password of {username!r} must be a bcrypt hash "
                     "($2a$, $2b$ or $2y$, 60 characters), e.g. from "
-                    "`python -m exporter.webconfig hash` or `htpasswd -nBC 12 USER`"
+                    "`python -m exporter.web.webconfig hash` or `htpasswd -nBC 12 USER`"
                 )
             users[username] = hashed.encode()
         if users:
@@ -279,7 +279,7 @@ def hash_password(password: str, cost: int = 12) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m exporter.webconfig", description="Web config file helpers."
+        prog="python -m exporter.web.webconfig", description="Web config file helpers."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     hashing = commands.add_parser("hash", help="print the bcrypt hash of a password read on stdin")

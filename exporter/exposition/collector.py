@@ -17,14 +17,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from exporter import __version__, exposition
-from exporter import metrics as m
-from exporter.exposition import FastExposition, LabelKey, SeriesCache
-from exporter.ingest import Ingestor
-from exporter.intake.broker import BrokerStatus
-from exporter.metrics import WORKER, Kind, MetricSpec
+from exporter import __version__
+from exporter.events.decode import Decoder
+from exporter.exposition import catalogue as m
+from exporter.exposition import writer as exposition
+from exporter.exposition.catalogue import WORKER, Kind, MetricSpec
+from exporter.exposition.writer import FastExposition, LabelKey, SeriesCache
+from exporter.intake.status import BrokerStatus
 from exporter.state import Histogram, Snapshot, State, TaskKey, WorkerView
-from exporter.tasks_store import RecentTasks
+from exporter.tasks.store import RecentTasks
 
 Family = CounterMetricFamily | GaugeMetricFamily
 Values = Callable[[TaskKey], LabelKey]
@@ -47,13 +48,13 @@ class EventsCollector(Collector, FastExposition):
         self,
         state: State,
         broker: BrokerStatus,
-        ingestor: Ingestor,
+        decoder: Decoder,
         clock: Callable[[], float] = time.time,
         recent_tasks: RecentTasks | None = None,
     ) -> None:
         self.state = state
         self.broker = broker
-        self.ingestor = ingestor
+        self.decoder = decoder
         self.clock = clock
         self.recent_tasks = recent_tasks
         self._dropped = frozenset() if state.settings.worker_label else frozenset({WORKER})
@@ -69,7 +70,7 @@ class EventsCollector(Collector, FastExposition):
 
     def render(self, fmt: exposition.Format) -> list[bytes]:
         """The same families as ``collect``, in the same order, written directly
-        (``exporter.exposition``)."""
+        (``exporter.exposition.writer``)."""
         now = self.clock()
         with self.state.lock:
             self.state.purge_offline_workers(now)
@@ -200,8 +201,8 @@ class EventsCollector(Collector, FastExposition):
             (m.EXPORTER_BROKER_CONNECTION_ERRORS, {(): self.broker.connection_errors}),
             (m.EXPORTER_EVENTS, {(t,): count for t, count in sorted(events.items())}),
             (m.EXPORTER_EVENTS_REJECTED, {(r,): count for r, count in sorted(rejected.items())}),
-            (m.EXPORTER_INTAKE_BACKLOG, {(): self.ingestor.backlog}),
-            (m.EXPORTER_INTAKE_LAG, {(): self.ingestor.lag(now)}),
+            (m.EXPORTER_INTAKE_BACKLOG, {(): self.decoder.backlog}),
+            (m.EXPORTER_INTAKE_LAG, {(): self.decoder.lag(now)}),
             (m.EXPORTER_TRACKED_TASKS, {(): tracked}),
         ]
         if self.recent_tasks is not None:

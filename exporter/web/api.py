@@ -16,10 +16,10 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from exporter.metrics import TASK_STATE_COUNTERS
-from exporter.redact import Redactor
+from exporter.exposition.catalogue import TASK_STATE_COUNTERS
 from exporter.state import State
-from exporter.tasks_store import STATES, RecentTasks, TaskRecord
+from exporter.tasks.redact import Redactor
+from exporter.tasks.store import STATES, RecentTasks, TaskRecord
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1_000_000

@@ -13,11 +13,11 @@ import threading
 from binascii import Error as Base64Error
 from binascii import a2b_base64
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from exporter.intake.message import RawMessage
 from exporter.logging import get_logger
 from exporter.state import State
 
@@ -49,19 +49,7 @@ def b64decode(data: str | bytes) -> bytes:
         return a2b_base64(data)
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    received_at: float
-    """When the reader took the message off the socket (exporter's clock)."""
-    content_type: str | None
-    body: bytes | str
-    enveloped: bool = False
-    """``body`` is a kombu virtual-transport envelope (the Redis fast path): JSON holding the
-    message's ``body``, ``content-type`` and ``properties.body_encoding``. Opened here, on the
-    ingest thread, so that the reader only moves bytes."""
-
-
-class Ingestor:
+class Decoder:
     """Pops raw messages, decodes them and applies their events to the state in batches."""
 
     BATCH = 256

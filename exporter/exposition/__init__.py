@@ -1,0 +1,1 @@
+"""Exposition: the metric catalogue, the state rendered as metric families, the page writer."""

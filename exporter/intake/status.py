@@ -1,0 +1,17 @@
+"""The broker connection as the intake reader reports it, for readiness, metrics and the
+controller."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BrokerStatus:
+    """What the reader thread reports about its connection; read by the collector."""
+
+    connected: bool = False
+    connection_errors: int = 0
+    connected_event: threading.Event = field(default_factory=threading.Event)
+    """Set on every (re)connection, so the controller can wake the workers up again."""
