@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from exporter.exposition import catalogue as metrics
+from exporter.exposition import promql as q
 
 RECORDING_FILE = "celery-recording.rules.yml"
 ALERTS_FILE = "celery-alerts.rules.yml"
@@ -184,41 +185,10 @@ def _expr(*lines: str) -> str:
     return "\n".join(lines)
 
 
-def _counter(spec: metrics.MetricSpec) -> str:
-    """The one sample name of a counter family, refusing families of another kind."""
-    if spec.kind is not metrics.Kind.COUNTER:
-        raise TypeError(f"{spec.name} is a {spec.kind.value}, not a counter")
-    (name,) = spec.sample_names
-    return name
-
-
-def _gauge(spec: metrics.MetricSpec) -> str:
-    if spec.kind is not metrics.Kind.GAUGE:
-        raise TypeError(f"{spec.name} is a {spec.kind.value}, not a gauge")
-    (name,) = spec.sample_names
-    return name
-
-
-def _histogram_series(spec: metrics.MetricSpec, suffix: str) -> str:
-    if spec.kind is not metrics.Kind.HISTOGRAM:
-        raise TypeError(f"{spec.name} is a {spec.kind.value}, not a histogram")
-    name = f"{spec.name}_{suffix}"
-    if name not in spec.sample_names:
-        raise KeyError(name)
-    return name
-
-
-def _require_label(spec: metrics.MetricSpec, label: str) -> str:
-    """The label, after checking the family carries it, so a dropped label fails generation."""
-    if label not in spec.labels:
-        raise KeyError(f"{spec.name} has no label {label!r}")
-    return label
-
-
 FAILED = metrics.TASK_STATE_COUNTERS["task-failed"]
 SUCCEEDED = metrics.TASK_STATE_COUNTERS["task-succeeded"]
-TASK_LABEL = _require_label(FAILED, metrics.TASK)
-WORKER_LABEL = _require_label(metrics.WORKER_ONLINE, metrics.WORKER)
+TASK_LABEL = q.require_label(FAILED, metrics.TASK)
+WORKER_LABEL = q.require_label(metrics.WORKER_ONLINE, metrics.WORKER)
 QUANTILES = (0.5, 0.95, 0.99)
 
 
@@ -240,7 +210,7 @@ def quantile_record(spec: metrics.MetricSpec, quantile: float, window: str) -> s
 
 
 def observations_record(spec: metrics.MetricSpec, window: str) -> str:
-    return f"{TASK_LABEL}:{_histogram_series(spec, 'count')}:rate{window}"
+    return f"{TASK_LABEL}:{q.histogram_part(spec, 'count')}:rate{window}"
 
 
 def recording_rules(settings: Settings) -> list[RecordingRule]:
@@ -248,11 +218,11 @@ def recording_rules(settings: Settings) -> list[RecordingRule]:
     rules: list[RecordingRule] = []
     for level in (TASK_LABEL, WORKER_LABEL):
         for spec in metrics.TASK_STATE_COUNTERS.values():
-            _require_label(spec, level)
+            q.require_label(spec, level)
             rules.append(
                 RecordingRule(
                     rate_record(level, spec, window),
-                    f"sum by ({level}) (rate({_counter(spec)}[{window}]))",
+                    q.by("sum", [level], q.rate(q.select(q.counter(spec), spec), window)),
                 )
             )
 
@@ -277,20 +247,22 @@ def recording_rules(settings: Settings) -> list[RecordingRule]:
     )
 
     for spec in (metrics.TASK_QUEUE_WAIT, metrics.TASK_RUNTIME):
-        _require_label(spec, TASK_LABEL)
-        buckets = _histogram_series(spec, "bucket")
+        q.require_label(spec, TASK_LABEL)
         for quantile in QUANTILES:
             rules.append(
                 RecordingRule(
                     quantile_record(spec, quantile, window),
-                    f"histogram_quantile({_num(quantile)}, "
-                    f"sum by ({TASK_LABEL}, le) (rate({buckets}[{window}])))",
+                    q.quantile(quantile, spec, q.NO_FILTER, [TASK_LABEL], "rate", window),
                 )
             )
         rules.append(
             RecordingRule(
                 observations_record(spec, window),
-                f"sum by ({TASK_LABEL}) (rate({_histogram_series(spec, 'count')}[{window}]))",
+                q.by(
+                    "sum",
+                    [TASK_LABEL],
+                    q.rate(q.select(q.histogram_part(spec, "count"), spec), window),
+                ),
             )
         )
     return rules
@@ -301,11 +273,11 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
     window = s.rate_window
     window_seconds = duration_seconds(window)
     job = f'job="{s.job}"'
-    online = _gauge(metrics.WORKER_ONLINE)
-    connected = _gauge(metrics.EXPORTER_BROKER_CONNECTED)
-    rejected = _counter(metrics.EXPORTER_EVENTS_REJECTED)
-    reason = _require_label(metrics.EXPORTER_EVENTS_REJECTED, "reason")
-    lag = _gauge(metrics.EXPORTER_INTAKE_LAG)
+    online = q.gauge(metrics.WORKER_ONLINE)
+    connected = q.gauge(metrics.EXPORTER_BROKER_CONNECTED)
+    rejected = q.counter(metrics.EXPORTER_EVENTS_REJECTED)
+    reason = q.require_label(metrics.EXPORTER_EVENTS_REJECTED, "reason")
+    lag = q.gauge(metrics.EXPORTER_INTAKE_LAG)
     wait_p95 = quantile_record(metrics.TASK_QUEUE_WAIT, 0.95, window)
     wait_count = observations_record(metrics.TASK_QUEUE_WAIT, window)
     percent = f"{_num(s.failure_ratio_threshold * 100)}%"

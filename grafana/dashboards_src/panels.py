@@ -18,6 +18,10 @@ WORKERS_UID = "celery-workers"
 TASKS_UID = "celery-tasks"
 REFRESH_INTERVALS = ["10s", "30s", "1m", "5m", "15m", "1h"]
 DEFAULT_REFRESH = "30s"
+# Grafana's range macros; tests substitute them before parsing. $__rate_interval for sliding
+# rates (never fewer than two scrapes), $__range for totals over the dashboard's time range.
+RATE_WINDOW = "$__rate_interval"
+RANGE_WINDOW = "$__range"
 
 GREEN = "green"
 YELLOW = "yellow"

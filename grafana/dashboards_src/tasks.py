@@ -7,9 +7,9 @@ from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common
 
 from exporter.exposition import catalogue as m
+from exporter.exposition import promql as q
 
 from . import panels as p
-from . import promql as q
 from . import recent_tasks
 
 TASK_VAR = "task"
@@ -41,11 +41,11 @@ def _counter_selector(spec: m.MetricSpec) -> str:
 
 
 def _increase_by_task(spec: m.MetricSpec) -> str:
-    return q.by("sum", _BY_TASK, q.increase(_counter_selector(spec)))
+    return q.by("sum", _BY_TASK, q.increase(_counter_selector(spec), p.RANGE_WINDOW))
 
 
 def _rate_by_task(spec: m.MetricSpec) -> str:
-    return q.by("sum", _BY_TASK, q.rate(_counter_selector(spec)))
+    return q.by("sum", _BY_TASK, q.rate(_counter_selector(spec), p.RATE_WINDOW))
 
 
 def _histogram_sum_over_count(spec: m.MetricSpec, fn: str, window: str) -> str:
@@ -58,7 +58,7 @@ def _histogram_sum_over_count(spec: m.MetricSpec, fn: str, window: str) -> str:
 
 def _stats() -> list[stat.Panel]:
     def total(spec: m.MetricSpec) -> str:
-        return f"sum({q.increase(_counter_selector(spec))}) or vector(0)"
+        return f"sum({q.increase(_counter_selector(spec), p.RANGE_WINDOW)}) or vector(0)"
 
     return [
         p.stat_panel(
@@ -86,7 +86,7 @@ def _stats() -> list[stat.Panel]:
             "Failure ratio (time range)",
             "Failed / (failed + succeeded) over the dashboard's time range, for the selected "
             "task names. Empty when no task finished.",
-            q.failure_ratio(_FAILED, _SUCCEEDED, _FLT, [], "increase", q.RANGE_WINDOW),
+            q.failure_ratio(_FAILED, _SUCCEEDED, _FLT, [], "increase", p.RANGE_WINDOW),
             "percentunit",
             p.thresholds(p.GREEN, (0.01, p.YELLOW), (0.05, p.RED)),
             no_value="no finished task",
@@ -110,20 +110,20 @@ def per_task_columns() -> list[tuple[str, str]]:
     columns.append(
         (
             "Failure ratio",
-            q.failure_ratio(_FAILED, _SUCCEEDED, _FLT, _BY_TASK, "increase", q.RANGE_WINDOW),
+            q.failure_ratio(_FAILED, _SUCCEEDED, _FLT, _BY_TASK, "increase", p.RANGE_WINDOW),
         )
     )
     columns += [
         (
             f"Runtime {label}",
-            q.quantile(quantile, m.TASK_RUNTIME, _FLT, _BY_TASK, "increase", q.RANGE_WINDOW),
+            q.quantile(quantile, m.TASK_RUNTIME, _FLT, _BY_TASK, "increase", p.RANGE_WINDOW),
         )
         for quantile, label in QUANTILES
     ]
     columns.append(
         (
             "Queue wait p95",
-            q.quantile(0.95, m.TASK_QUEUE_WAIT, _FLT, _BY_TASK, "increase", q.RANGE_WINDOW),
+            q.quantile(0.95, m.TASK_QUEUE_WAIT, _FLT, _BY_TASK, "increase", p.RANGE_WINDOW),
         )
     )
     return columns
@@ -177,12 +177,12 @@ def _slowest_table() -> table.Panel:
     columns = [
         (
             "Runtime p95",
-            q.quantile(0.95, m.TASK_RUNTIME, _FLT, _BY_TASK, "increase", q.RANGE_WINDOW),
+            q.quantile(0.95, m.TASK_RUNTIME, _FLT, _BY_TASK, "increase", p.RANGE_WINDOW),
         ),
-        ("Runtime average", _histogram_sum_over_count(m.TASK_RUNTIME, "increase", q.RANGE_WINDOW)),
+        ("Runtime average", _histogram_sum_over_count(m.TASK_RUNTIME, "increase", p.RANGE_WINDOW)),
         (
             "Runtime p99",
-            q.quantile(0.99, m.TASK_RUNTIME, _FLT, _BY_TASK, "increase", q.RANGE_WINDOW),
+            q.quantile(0.99, m.TASK_RUNTIME, _FLT, _BY_TASK, "increase", p.RANGE_WINDOW),
         ),
         (
             "Executions",
@@ -190,7 +190,8 @@ def _slowest_table() -> table.Panel:
                 "sum",
                 _BY_TASK,
                 q.increase(
-                    q.select(q.histogram_part(m.TASK_RUNTIME, "count"), m.TASK_RUNTIME, _FLT)
+                    q.select(q.histogram_part(m.TASK_RUNTIME, "count"), m.TASK_RUNTIME, _FLT),
+                    p.RANGE_WINDOW,
                 ),
             ),
         ),
@@ -213,7 +214,11 @@ def _slowest_table() -> table.Panel:
 
 def _exceptions_table() -> table.Panel:
     spec = m.TASK_EXCEPTIONS
-    expr = q.by("sum", [m.TASK, m.EXCEPTION], q.increase(q.select(q.counter(spec), spec, _FLT)))
+    expr = q.by(
+        "sum",
+        [m.TASK, m.EXCEPTION],
+        q.increase(q.select(q.counter(spec), spec, _FLT), p.RANGE_WINDOW),
+    )
     panel = p.merged_table_panel(
         "Failures by exception class (time range)",
         "Failed tasks per task name and exception class over the dashboard's time range. "
@@ -245,7 +250,7 @@ def _failure_panels() -> list[timeseries.Panel]:
     exceptions = q.by(
         "sum",
         [m.TASK, m.EXCEPTION],
-        q.rate(q.select(q.counter(m.TASK_EXCEPTIONS), m.TASK_EXCEPTIONS, _FLT)),
+        q.rate(q.select(q.counter(m.TASK_EXCEPTIONS), m.TASK_EXCEPTIONS, _FLT), p.RATE_WINDOW),
     )
     return [
         p.timeseries_panel(
@@ -253,7 +258,7 @@ def _failure_panels() -> list[timeseries.Panel]:
             "Failed / (failed + succeeded) per task name, over a sliding rate window.",
             [
                 p.query(
-                    q.failure_ratio(_FAILED, _SUCCEEDED, _FLT, _BY_TASK, "rate", q.RATE_WINDOW),
+                    q.failure_ratio(_FAILED, _SUCCEEDED, _FLT, _BY_TASK, "rate", p.RATE_WINDOW),
                     "A",
                     "{{task}}",
                 )
@@ -277,7 +282,7 @@ def _runtime_panels() -> list[timeseries.Panel]:
             "celery_task_runtime_seconds histogram over a sliding rate window.",
             [
                 p.query(
-                    q.quantile(quantile, m.TASK_RUNTIME, _FLT, _BY_TASK, "rate", q.RATE_WINDOW),
+                    q.quantile(quantile, m.TASK_RUNTIME, _FLT, _BY_TASK, "rate", p.RATE_WINDOW),
                     "A",
                     "{{task}}",
                 )
@@ -293,7 +298,7 @@ def _runtime_panels() -> list[timeseries.Panel]:
             "worker's clock): high values mean tasks wait for a free pool slot.",
             [
                 p.query(
-                    q.quantile(0.95, m.TASK_QUEUE_WAIT, _FLT, _BY_TASK, "rate", q.RATE_WINDOW),
+                    q.quantile(0.95, m.TASK_QUEUE_WAIT, _FLT, _BY_TASK, "rate", p.RATE_WINDOW),
                     "A",
                     "{{task}}",
                 )
@@ -308,7 +313,7 @@ def _runtime_panels() -> list[timeseries.Panel]:
             "Mean worker-measured runtime per task name over a sliding rate window.",
             [
                 p.query(
-                    _histogram_sum_over_count(m.TASK_RUNTIME, "rate", q.RATE_WINDOW),
+                    _histogram_sum_over_count(m.TASK_RUNTIME, "rate", p.RATE_WINDOW),
                     "A",
                     "{{task}}",
                 )

@@ -7,9 +7,9 @@ from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common, dashboard
 
 from exporter.exposition import catalogue as m
+from exporter.exposition import promql as q
 
 from . import panels as p
-from . import promql as q
 
 WORKER_VAR = "worker"
 _FLT: q.Filter = {m.WORKER: f"${WORKER_VAR}"}
@@ -172,7 +172,7 @@ def _stats() -> list[stat.Panel]:
             "Failure ratio (time range)",
             "Failed / (failed + succeeded) tasks on the selected workers over the dashboard's "
             "time range. Empty when no task finished.",
-            q.failure_ratio(failed, succeeded, _FLT, [], "increase", q.RANGE_WINDOW),
+            q.failure_ratio(failed, succeeded, _FLT, [], "increase", p.RANGE_WINDOW),
             "percentunit",
             p.thresholds(p.GREEN, (0.01, p.YELLOW), (0.05, p.RED)),
             no_value="no finished task",
@@ -192,7 +192,7 @@ def _trends() -> list[timeseries.Panel]:
         )
     ):
         spec = m.TASK_STATE_COUNTERS[event]
-        expr = q.by("sum", _BY_WORKER, q.rate(q.select(q.counter(spec), spec, _FLT)))
+        expr = q.by("sum", _BY_WORKER, q.rate(q.select(q.counter(spec), spec, _FLT), p.RATE_WINDOW))
         rate_targets.append(p.query(expr, p.ref_letter(ref), "{{worker}} " + state))
     load_targets = [
         p.query(_gauge_by_worker(spec), p.ref_letter(ref), "{{worker}} " + window)

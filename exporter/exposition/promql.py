@@ -1,7 +1,16 @@
-"""PromQL text for the dashboards.
+"""PromQL over the catalogue's metrics: the one helper set of the dashboards and the rules.
 
-Every series name comes from a catalogue spec (``exporter.exposition.catalogue``), so a
-renamed metric fails here at generation time instead of leaving an empty panel in production.
+Both generators (``grafana/generate.py`` and ``prometheus/generate_rules.py``) write their
+queries with these functions, so a dashboard panel and the recording rule of the same figure
+are the same expression, and a metric renamed in the catalogue fails generation in both.
+
+It lives here, beside ``catalogue.py``, rather than in either generator's folder or a new
+top-level package: the queries are the catalogue's other face (how its series are read), both
+generators already import the installed ``exporter`` package (a script run from any folder
+finds it, no ``sys.path`` juggling), and nothing in the exporter's own runtime imports it.
+
+Every function returns PromQL text. Series names come from ``MetricSpec``s and label filters are
+checked against the family's labels, so a typo raises here instead of matching nothing.
 """
 
 from __future__ import annotations
@@ -10,12 +19,10 @@ from collections.abc import Mapping, Sequence
 
 from exporter.exposition.catalogue import Kind, MetricSpec
 
-# Grafana macros; tests substitute them before parsing.
-RATE_WINDOW = "$__rate_interval"
-RANGE_WINDOW = "$__range"
-
 Filter = Mapping[str, str]
-"""Label -> Grafana variable reference, matched as a regex (``label=~"$var"``)."""
+"""Label -> regex (often a Grafana variable reference), matched as ``label=~"regex"``."""
+
+NO_FILTER: Filter = {}
 
 
 def _sample(spec: MetricSpec, suffix: str) -> str:
@@ -26,54 +33,59 @@ def _sample(spec: MetricSpec, suffix: str) -> str:
 
 
 def counter(spec: MetricSpec) -> str:
+    """The sample name of a counter family (``..._total``); other kinds raise ValueError."""
     if spec.kind is not Kind.COUNTER:
         raise ValueError(f"{spec.name} is a {spec.kind.value}, not a counter")
     return _sample(spec, "_total")
 
 
 def gauge(spec: MetricSpec) -> str:
+    """The sample name of a gauge family; other kinds raise ValueError."""
     if spec.kind is not Kind.GAUGE:
         raise ValueError(f"{spec.name} is a {spec.kind.value}, not a gauge")
     return spec.name
 
 
 def histogram_part(spec: MetricSpec, part: str) -> str:
-    """``part`` is ``bucket``, ``sum`` or ``count``."""
+    """A histogram's ``bucket``, ``sum`` or ``count`` series name."""
     if spec.kind is not Kind.HISTOGRAM:
         raise ValueError(f"{spec.name} is a {spec.kind.value}, not a histogram")
     return _sample(spec, f"_{part}")
 
 
-def select(sample: str, spec: MetricSpec, flt: Filter) -> str:
+def require_label(spec: MetricSpec, label: str) -> str:
+    """``label``, after checking the family carries it, so a dropped label fails generation."""
+    if label not in spec.labels:
+        raise ValueError(f"{spec.name} has no label {label!r}")
+    return label
+
+
+def select(sample: str, spec: MetricSpec, flt: Filter = NO_FILTER) -> str:
+    """``sample{label=~"regex", ...}``; just ``sample`` without a filter."""
     unknown = set(flt) - set(spec.labels)
     if unknown:
         # A filter on a label the family lacks silently matches nothing when the regex is not
         # empty-matching; refuse it here.
         raise ValueError(f"{spec.name} has no label(s) {sorted(unknown)}")
+    if not flt:
+        return sample
     matchers = ", ".join(f'{label}=~"{ref}"' for label, ref in sorted(flt.items()))
     return f"{sample}{{{matchers}}}"
 
 
 def by(op: str, labels: Sequence[str], inner: str) -> str:
+    """``op by (labels) (inner)``; ``op(inner)`` when ``labels`` is empty."""
     if not labels:
         return f"{op}({inner})"
     return f"{op} by ({', '.join(labels)}) ({inner})"
 
 
-def rate(sample_selector: str, window: str = RATE_WINDOW) -> str:
+def rate(sample_selector: str, window: str) -> str:
     return f"rate({sample_selector}[{window}])"
 
 
-def increase(sample_selector: str, window: str = RANGE_WINDOW) -> str:
+def increase(sample_selector: str, window: str) -> str:
     return f"increase({sample_selector}[{window}])"
-
-
-def quantile(
-    q: float, spec: MetricSpec, flt: Filter, group: Sequence[str], fn: str, window: str
-) -> str:
-    """``histogram_quantile`` of ``fn`` (rate or increase) of the buckets, per ``group``."""
-    buckets = f"{fn}({select(histogram_part(spec, 'bucket'), spec, flt)}[{window}])"
-    return f"histogram_quantile({q}, {by('sum', [*group, 'le'], buckets)})"
 
 
 def zero_filled(summed: str, presence: str) -> str:
@@ -87,6 +99,14 @@ def zero_filled(summed: str, presence: str) -> str:
 def ratio(numerator: str, denominator: str) -> str:
     """Division that yields no sample, rather than NaN, where the denominator is 0."""
     return f"{numerator} / ({denominator} > 0)"
+
+
+def quantile(
+    q: float, spec: MetricSpec, flt: Filter, group: Sequence[str], fn: str, window: str
+) -> str:
+    """``histogram_quantile`` of ``fn`` (rate or increase) of the buckets, per ``group``."""
+    buckets = f"{fn}({select(histogram_part(spec, 'bucket'), spec, flt)}[{window}])"
+    return f"histogram_quantile({q:g}, {by('sum', [*group, 'le'], buckets)})"
 
 
 def failure_ratio(
