@@ -29,9 +29,8 @@ from typing import Any
 
 from kombu import Connection
 
-from exporter.intake.kombu_reader import (
-    BrokerReader,
-)
+from exporter.intake import compat
+from exporter.intake.kombu_reader import BrokerReader
 from exporter.intake.message import RawMessage
 from exporter.logging import get_logger
 
@@ -262,12 +261,12 @@ class AmqpReader(BrokerReader):
             channel.basic_consume(self.queue_name, no_ack=True, callback=_never_called)
             amqp_connection: Any = conn.connection
             transport = amqp_connection.transport
-            if type(transport).__name__ != "TCPTransport":
+            if not compat.is_py_amqp_tcp_transport(transport):
                 raise RuntimeError(f"unexpected py-amqp transport {type(transport).__name__}")
             parser = FrameParser(self.outbox.put, channel.channel_id)
             # py-amqp reads frames by exact size, so it holds nothing past consume-ok; if it
             # ever did, those bytes come first.
-            leftover = bytes(transport._read_buffer)
+            leftover = compat.py_amqp_read_buffer(transport)
             if leftover:
                 parser.feed(leftover, time.time())
             self.status.connected = True

@@ -20,6 +20,7 @@ from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 from kombu.utils.url import maybe_sanitize_url
 
+from exporter.intake import compat
 from exporter.intake.message import RawMessage
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
@@ -157,8 +158,8 @@ def buffer_amqp_reads(conn: Connection) -> None:
     if conn.transport.driver_type != "amqp":
         return
     transport: Any = getattr(conn.connection, "transport", None)
-    if type(transport).__name__ == "TCPTransport" and hasattr(transport, "_quick_recv"):
-        transport._quick_recv = BufferedRecv(transport._quick_recv)
+    if compat.is_py_amqp_tcp_transport(transport):
+        compat.replace_py_amqp_recv(transport, BufferedRecv)
         # py-amqp sets the socket's timeout before every frame read and restores it after (two
         # system calls per frame) unless it already is the one asked for: make it so.
         transport.sock.settimeout(DRAIN_TIMEOUT)

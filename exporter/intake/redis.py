@@ -23,6 +23,7 @@ from typing import Any
 import hiredis
 from kombu import Connection
 
+from exporter.intake import compat
 from exporter.intake.kombu_reader import EVENT_EXCHANGE, BrokerReader
 from exporter.intake.message import RawMessage
 from exporter.logging import get_logger
@@ -45,21 +46,9 @@ REDIS_TRANSPORTS = frozenset({"redis", "rediss", "sentinel"})
 
 
 def subscribe_topics(channel: Any, exchange: str = EVENT_EXCHANGE) -> list[str]:
-    """The pub/sub patterns kombu's Redis ``channel`` PSUBSCRIBEs for a queue bound to the
-    fanout ``exchange`` with routing key ``#``, global key prefix included.
-
-    kombu keeps a fanout binding as (exchange, routing key with ``#`` turned into ``*``) and
-    derives the topics from it and from the channel's options; its pub/sub client then prefixes
-    every PSUBSCRIBE argument with ``global_keyprefix``.
-    """
-    marker = f"celery-events-exporter.topics.{id(channel)}"
-    channel._fanout_queues[marker] = (exchange, "#".replace("#", "*"))
-    try:
-        topics: list[str] = channel._get_subscribe_topics(marker)
-    finally:
-        del channel._fanout_queues[marker]
-    prefix: str = channel.global_keyprefix or ""
-    return [prefix + topic for topic in topics]
+    """The pub/sub patterns kombu's Redis ``channel`` PSUBSCRIBEs for a queue bound to the fanout
+    ``exchange`` with routing key ``#``, global key prefix included (kombu's own rule)."""
+    return compat.redis_subscribe_topics(channel, exchange)
 
 
 def is_redis_url(connection: Connection) -> bool:
@@ -80,7 +69,7 @@ class RedisPubSubReader(BrokerReader):
             try:
                 redis_connection.connect()
                 redis_connection.send_command("PSUBSCRIBE", *topics)
-                self._read(stop, redis_connection._sock, topics)
+                self._read(stop, compat.redis_socket(redis_connection), topics)
             finally:
                 redis_connection.disconnect()
 

@@ -1,0 +1,89 @@
+"""Every touch of kombu's, redis-py's and py-amqp's private attributes, fenced in one module.
+
+The fast intake paths need four things those libraries do not publish: kombu's own rule for the
+Redis pub/sub topics of a fanout queue, redis-py's socket, py-amqp's raw socket read and its read
+buffer. Each function below is the only place one of them is touched, and each has a test in
+``tests/test_compat.py`` that fails loudly, naming the attribute, when an upgrade changes it.
+``pyproject.toml`` pins kombu, py-amqp and redis-py to the releases those tests cover: widen a pin
+only after the tests pass on the new release.
+
+Nothing else in the exporter may touch a private attribute of these libraries.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+FANOUT_ROUTING_KEY = "#"
+"""The routing key Celery's EventReceiver binds with: every event type."""
+
+
+class CompatError(RuntimeError):
+    """A private attribute the exporter relies on is missing or changed shape: the installed
+    kombu, redis-py or py-amqp is one ``tests/test_compat.py`` has not covered."""
+
+
+def redis_subscribe_topics(channel: Any, exchange: str) -> list[str]:
+    """The pub/sub patterns kombu's Redis ``channel`` PSUBSCRIBEs for a queue bound to the fanout
+    ``exchange`` with routing key ``#``, global key prefix included.
+
+    kombu keeps a fanout binding in ``Channel._fanout_queues`` as (exchange, routing key with
+    ``#`` turned into ``*``) and derives the topics with ``Channel._get_subscribe_topics`` from it
+    and the channel's options (``fanout_prefix``, ``fanout_patterns``, the db number, sentinel's
+    legacy topic); its pub/sub client then prefixes every PSUBSCRIBE argument with
+    ``global_keyprefix``. A binding is registered for the call only and removed after it.
+    """
+    fanout_queues = getattr(channel, "_fanout_queues", None)
+    get_topics = getattr(channel, "_get_subscribe_topics", None)
+    if not isinstance(fanout_queues, dict) or not callable(get_topics):
+        raise CompatError(
+            "kombu's Redis Channel has no _fanout_queues dict or _get_subscribe_topics method"
+        )
+    marker = f"celery-events-exporter.topics.{id(channel)}"
+    fanout_queues[marker] = (exchange, FANOUT_ROUTING_KEY.replace("#", "*"))
+    try:
+        topics = get_topics(marker)
+    finally:
+        del fanout_queues[marker]
+    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+        raise CompatError(f"kombu's _get_subscribe_topics returned {topics!r}, not a list of str")
+    prefix: str = channel.global_keyprefix or ""
+    return [prefix + topic for topic in topics]
+
+
+def redis_socket(connection: Any) -> socket.socket:
+    """The connected socket of a redis-py ``Connection`` (``Connection._sock``), which the Redis
+    fast path reads itself instead of going through redis-py's parser."""
+    sock = getattr(connection, "_sock", None)
+    if not isinstance(sock, socket.socket):
+        raise CompatError(f"redis-py Connection._sock is {type(sock).__name__}, not a socket")
+    return sock
+
+
+def is_py_amqp_tcp_transport(transport: Any) -> bool:
+    """py-amqp's plain-TCP transport, the one whose socket reads the exporter may take over."""
+    return type(transport).__name__ == "TCPTransport" and isinstance(
+        getattr(transport, "sock", None), socket.socket
+    )
+
+
+def py_amqp_read_buffer(transport: Any) -> bytes:
+    """Bytes py-amqp's transport has read off the socket but not parsed yet
+    (``_AbstractTransport._read_buffer``): they come before anything the fast path reads."""
+    buffer = getattr(transport, "_read_buffer", None)
+    if not isinstance(buffer, (bytes, bytearray, memoryview)):
+        raise CompatError(f"py-amqp transport _read_buffer is {type(buffer).__name__}, not bytes")
+    return bytes(buffer)
+
+
+def replace_py_amqp_recv(
+    transport: Any, wrap: Callable[[Callable[[int], bytes]], Callable[[int], bytes]]
+) -> None:
+    """Replace py-amqp's ``TCPTransport._quick_recv`` (the ``recv`` it reads every frame with)
+    by ``wrap(original)``."""
+    original = getattr(transport, "_quick_recv", None)
+    if not callable(original):
+        raise CompatError("py-amqp TCPTransport has no callable _quick_recv")
+    transport._quick_recv = wrap(original)
