@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import shlex
 import subprocess
@@ -22,8 +23,10 @@ COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DATASOURCES = REPO / "grafana/provisioning/datasources/prometheus.yml"
 DASHBOARD_PROVIDERS = REPO / "grafana/provisioning/dashboards/celery.yml"
-PROMETHEUS_CONFIG = REPO / "prometheus/prometheus.yml"
-EXPORTER_TARGETS = REPO / "prometheus/targets/exporter.yml"
+# The stack runs its own config (basic auth, the compose address); prometheus/prometheus.yml is
+# the no-Docker one.
+PROMETHEUS_CONFIG = REPO / "prometheus/compose/prometheus.yml"
+EXPORTER_TARGETS = REPO / "prometheus/compose/targets/exporter.yml"
 DASHBOARDS = ("celery-workers.json", "celery-tasks.json")
 INFINITY_PLUGIN = "yesoreyeram-infinity-datasource"
 # ${NAME}, ${NAME:?msg}, ${NAME:-default}...; "$$" is compose's escaped dollar.
@@ -85,7 +88,9 @@ def _bind_mounts(service: dict[str, Any]) -> list[tuple[Path, PurePosixPath]]:
 
 def _host_path(service: dict[str, Any], container_path: str) -> Path:
     """Where a path a container reads comes from in this repo (the deepest bind mount)."""
-    wanted = PurePosixPath(container_path)
+    # A container resolves `..` in the config's relative paths the way normpath does here (the
+    # mounts hold no symlinks).
+    wanted = PurePosixPath(posixpath.normpath(container_path))
     candidates = [(h, t) for h, t in _bind_mounts(service) if wanted.is_relative_to(t)]
     assert candidates, f"{container_path} is not bind-mounted from the repo"
     host, target = max(candidates, key=lambda mount: len(mount[1].parts))
@@ -272,7 +277,10 @@ def test_prometheus_reads_config_rules_and_targets_from_the_repo(
         in_container = base / pattern
         host_dir = _host_path(prometheus, str(in_container.parent))
         assert sorted(host_dir.glob(in_container.name)), f"{pattern} matches no file"
-    rules = _host_path(prometheus, str(base / "rules"))
+    rule_dirs = {(base / pattern).parent for pattern in config["rule_files"]}
+    assert len(rule_dirs) == 1, rule_dirs
+    rules = _host_path(prometheus, str(rule_dirs.pop()))
+    assert rules.resolve() == REPO / "prometheus" / "rules"
     for expected in ("celery-recording.rules.yml", "celery-alerts.rules.yml"):
         assert (rules / expected).is_file(), expected
     sd_files = [

@@ -26,6 +26,8 @@ from tests.conftest import require_tool
 ROOT = Path(__file__).resolve().parents[1]
 PROM_DIR = ROOT / "prometheus"
 CONFIG = PROM_DIR / "prometheus.yml"
+# The compose stack's config: the same job and rules, with basic auth and the compose address.
+COMPOSE_CONFIG = PROM_DIR / "compose" / "prometheus.yml"
 RULES_DIR = PROM_DIR / "rules"
 RECORDING = RULES_DIR / "celery-recording.rules.yml"
 ALERTS = RULES_DIR / "celery-alerts.rules.yml"
@@ -87,8 +89,9 @@ def _unit_test_files() -> list[Path]:
 # --- promtool ------------------------------------------------------------------------------------
 
 
-def test_promtool_check_config(promtool: str) -> None:
-    result = _run(promtool, "check", "config", CONFIG)
+@pytest.mark.parametrize("config", [CONFIG, COMPOSE_CONFIG], ids=["plain", "compose"])
+def test_promtool_check_config(promtool: str, config: Path) -> None:
+    result = _run(promtool, "check", "config", config)
     _assert_ok(result)
     rule_files = sorted(RULES_DIR.glob("*.rules.yml"))
     assert rule_files == sorted([RECORDING, ALERTS])
@@ -323,9 +326,9 @@ def test_unit_test_series_are_catalogue_metrics() -> None:
 
 
 def test_job_matchers_name_the_scrape_job() -> None:
-    config = _load(CONFIG)
-    jobs = [job["job_name"] for job in config["scrape_configs"]]
-    assert jobs == [JOB]
+    for path in (CONFIG, COMPOSE_CONFIG):
+        jobs = [job["job_name"] for job in _load(path)["scrape_configs"]]
+        assert jobs == [JOB], path
     matched = {
         matcher.value
         for rule in _alerts()
@@ -336,12 +339,34 @@ def test_job_matchers_name_the_scrape_job() -> None:
     assert matched == {JOB}
 
 
-def test_exporter_target_comes_from_file_sd() -> None:
-    (job,) = _load(CONFIG)["scrape_configs"]
+@pytest.mark.parametrize(
+    ("config", "target"),
+    [(CONFIG, "localhost:19808"), (COMPOSE_CONFIG, "exporter:19808")],
+    ids=["plain", "compose"],
+)
+def test_exporter_target_comes_from_file_sd(config: Path, target: str) -> None:
+    (job,) = _load(config)["scrape_configs"]
     assert "static_configs" not in job
     assert job["file_sd_configs"] == [{"files": ["targets/*.yml"]}]
-    groups = _load(PROM_DIR / "targets" / "exporter.yml")
-    assert groups == [{"targets": ["exporter:19808"]}]
+    groups = _load(config.parent / "targets" / "exporter.yml")
+    assert groups == [{"targets": [target]}]
+
+
+def test_only_the_compose_config_asks_for_basic_auth() -> None:
+    """The plain config must work against an exporter started as the README's quick start
+    starts it (no web config); the compose one scrapes the stack's exporter, which has one."""
+    (plain,) = _load(CONFIG)["scrape_configs"]
+    (compose,) = _load(COMPOSE_CONFIG)["scrape_configs"]
+    assert "basic_auth" not in plain
+    assert compose["basic_auth"] == {
+        "username": "monitoring",
+        "password_file": "/prometheus/exporter-password",
+    }
+    # Apart from auth and the target file's folder, the two configs are the same.
+    assert {k: v for k, v in compose.items() if k != "basic_auth"} == plain
+    plain_config, compose_config = _load(CONFIG), _load(COMPOSE_CONFIG)
+    assert plain_config["global"] == compose_config["global"]
+    assert compose_config["rule_files"] == [f"../{f}" for f in plain_config["rule_files"]]
 
 
 # --- a real Prometheus loads the config ----------------------------------------------------------
@@ -388,7 +413,7 @@ def test_prometheus_discovers_the_exporter_and_loads_every_rule(tmp_path: Path) 
     try:
         targets = _poll(f"{base}/targets", lambda data: data["activeTargets"])
         assert [(t["labels"]["job"], t["scrapeUrl"]) for t in targets["activeTargets"]] == [
-            (JOB, "http://exporter:19808/metrics")
+            (JOB, "http://localhost:19808/metrics")
         ]
         rules = _poll(f"{base}/rules", lambda data: data["groups"])
         loaded = {rule["name"] for group in rules["groups"] for rule in group["rules"]}

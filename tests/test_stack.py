@@ -1,8 +1,8 @@
 """The proof that the dashboards work: the real stack minus Grafana.
 
 Real prefork workers run real tasks; the exporter counts them; a real Prometheus scrapes it with
-the committed prometheus.yml and rules (only the target file is swapped for this machine's
-address, as the config's comment intends). Then every PromQL expression of every dashboard is
+the compose stack's committed prometheus config and rules (only the target file and the password
+file's path are swapped for this machine's). Then every PromQL expression of every dashboard is
 executed against that Prometheus and must return data, and the Workers table's columns must read
 exactly what each worker did.
 """
@@ -108,12 +108,12 @@ def prometheus(tmp_path: Path, exporter_for_stack: ExporterProcess) -> Iterator[
     config_dir = tmp_path / "prometheus"
     shutil.copytree(REPO / "prometheus", config_dir, ignore=shutil.ignore_patterns("tests"))
     targets = [{"targets": [f"127.0.0.1:{exporter_for_stack.port}"]}]
-    (config_dir / "targets" / "exporter.yml").write_text(yaml.safe_dump(targets))
-    # The committed config reads the scrape password from the compose stack's path; here it
-    # lives in a file of ours (as the config's comment says to do outside compose).
+    (config_dir / "compose" / "targets" / "exporter.yml").write_text(yaml.safe_dump(targets))
+    # The compose config reads the scrape password from the Prometheus container's path; here
+    # it lives in a file of ours.
     password_file = tmp_path / "exporter-password"
     password_file.write_text(SCRAPE_PASSWORD)
-    config_path = config_dir / "prometheus.yml"
+    config_path = config_dir / "compose" / "prometheus.yml"
     config = yaml.safe_load(config_path.read_text())
     (job,) = config["scrape_configs"]
     assert job["basic_auth"]["username"] == SCRAPE_USER
@@ -124,7 +124,7 @@ def prometheus(tmp_path: Path, exporter_for_stack: ExporterProcess) -> Iterator[
     proc = subprocess.Popen(
         [
             require_tool("prometheus"),
-            f"--config.file={config_dir / 'prometheus.yml'}",
+            f"--config.file={config_path}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{port}",
         ],
