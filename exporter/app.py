@@ -13,6 +13,7 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import Config
@@ -24,6 +25,8 @@ from exporter.intake import make_reader
 from exporter.intake.message import RawMessage
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
+from exporter.queues import wiring as queue_wiring
+from exporter.queues.registry import consumed_queues
 from exporter.state import State, StateSettings
 from exporter.tasks.redact import DEFAULT_SECRET_KEY_PATTERNS, Redactor, compile_secret_keys
 from exporter.tasks.store import RecentTasks
@@ -62,6 +65,30 @@ def build_api(config: Config, state: State) -> Api:
     return Api(state, store, redactor, expose_payloads=config.expose_task_payloads, clock=time.time)
 
 
+def build_queues(config: Config, state: State) -> queue_wiring.Queues | None:
+    """The queue-depth poller, or None when it is turned off or the broker has no reader."""
+    if config.queue_poll_interval <= 0:
+        return None
+
+    def online_workers(now: float) -> set[str]:
+        with state.lock:
+            return {h for h, w in state.workers.items() if state.is_online(w, now)}
+
+    def sent_to() -> set[str]:
+        with state.lock:
+            return {queue for _, queue in state.sent}
+
+    return queue_wiring.build(
+        config.broker_url,
+        config.broker_transport_options,
+        named=config.queues,
+        interval=config.queue_poll_interval,
+        limit=config.max_queues,
+        online_workers=online_workers,
+        sent_to=sent_to,
+    )
+
+
 def run(config: Config) -> int:
     """Run until SIGTERM or SIGINT, then stop the threads; returns the process exit code."""
     stop = threading.Event()
@@ -72,6 +99,7 @@ def run(config: Config) -> int:
     status = BrokerStatus()
     decoder = Decoder(state, inbox)
     reader = make_reader(config.broker_url, config.broker_transport_options, inbox, status)
+    queues = build_queues(config, state)
     controller = Controller(
         config.broker_url,
         config.broker_transport_options,
@@ -80,13 +108,21 @@ def run(config: Config) -> int:
         enable_events=config.enable_events,
         inspect_workers=config.inspect_workers,
         interval=config.broadcast_interval,
+        on_active_queues=(
+            None
+            if queues is None
+            else lambda replies: queues.registry.set_worker_queues(consumed_queues(replies))
+        ),
     )
 
     runtime = CollectorRegistry(auto_describe=False)  # process_*, python_*: the usual extras
     ProcessCollector(registry=runtime)
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
-    page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=api.store), [runtime])
+    extras: list[Collector] = [runtime]
+    if queues is not None:
+        extras.insert(0, queues.collector)
+    page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=api.store), extras)
 
     server = serve(
         config.listen,
@@ -106,6 +142,7 @@ def run(config: Config) -> int:
         basic_auth=web_config is not None and web_config.basic_auth is not None,
         recent_tasks=config.max_recent_tasks,
         task_payloads="exposed" if config.expose_task_payloads else "hidden",
+        queue_poll_interval=config.queue_poll_interval if queues is not None else None,
     )
 
     threads = [
@@ -114,6 +151,7 @@ def run(config: Config) -> int:
             ("ingest", decoder.run),
             ("broker-reader", reader.run),
             ("controller", controller.run),
+            *([("queue-poller", queues.poller.run)] if queues is not None else []),
         )
     ]
     for thread in threads:

@@ -272,6 +272,37 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     "values are cut with an ellipsis (tracebacks keep their end).",
 )
 @click.option(
+    "--queue",
+    "queues",
+    envvar=_env("QUEUE"),
+    show_envvar=True,
+    multiple=True,
+    help="A queue whose depth to poll even before any worker or task-sent event names it. "
+    "Repeatable; the environment variable takes several separated by spaces. Queues the workers "
+    "consume, queues seen in task-sent events and (on Redis) kombu's bound queues are watched "
+    "without it.",
+)
+@click.option(
+    "--queue-poll-interval",
+    envvar=_env("QUEUE_POLL_INTERVAL"),
+    show_envvar=True,
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between two polls of the queue depths, over a broker connection of their own. "
+    "0 turns queue polling off.",
+)
+@click.option(
+    "--max-queues",
+    envvar=_env("MAX_QUEUES"),
+    show_envvar=True,
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Queues watched at most (each costs one broker round trip per poll and a few series); "
+    "queue names discovered past it are counted in celery_exporter_queues_dropped_total.",
+)
+@click.option(
     "--log-level",
     envvar=_env("LOG_LEVEL"),
     show_envvar=True,
@@ -314,6 +345,9 @@ def command(**options: Any) -> None:
         expose_task_payloads=options["expose_task_payloads"],
         secret_key_patterns=tuple(options["secret_key_patterns"]),
         max_payload_length=options["max_payload_length"],
+        queues=tuple(options["queues"]),
+        queue_poll_interval=options["queue_poll_interval"],
+        max_queues=options["max_queues"],
     )
     exporter_logging.configure(config.log_level, config.log_format)
 

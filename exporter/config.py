@@ -59,6 +59,12 @@ class Config:
     secret_key_patterns: tuple[str, ...] = ()
     """Regexes of keys whose values are masked; empty means redact.DEFAULT_SECRET_KEY_PATTERNS."""
     max_payload_length: int = 1024
+    queues: tuple[str, ...] = ()
+    """Queues whose depth is always polled, besides those discovered."""
+    queue_poll_interval: float = 10.0
+    """Seconds between two polls of the queue depths; 0 turns the poller off."""
+    max_queues: int = 500
+    """Queues watched at most; names discovered past it are counted, not watched."""
 
 
 def parse_listen_address(value: str) -> ListenAddress:

@@ -9,6 +9,7 @@ not shared across threads.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -48,6 +49,7 @@ class Controller:
         enable_events: bool,
         inspect_workers: bool,
         interval: float,
+        on_active_queues: Callable[[Any], None] | None = None,
     ) -> None:
         self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
         self.app.conf.broker_transport_options = transport_options
@@ -57,6 +59,8 @@ class Controller:
         self.enable_events = enable_events
         self.inspect_workers = inspect_workers
         self.interval = interval
+        self.on_active_queues = on_active_queues
+        """Given each ``inspect active_queues`` reply: the queue poller watches those queues."""
 
     def run(self, stop: threading.Event) -> None:
         connected = self.status.connected_event
@@ -84,5 +88,8 @@ class Controller:
                     with self.state.lock:
                         for hostname, size in sizes.items():
                             self.state.set_concurrency(hostname, size)
+                if self.on_active_queues is not None:
+                    inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
+                    self.on_active_queues(inspector.active_queues())
         except Exception as exc:
             log.warning("broadcast to workers failed", error=f"{type(exc).__name__}: {exc}")

@@ -5,6 +5,7 @@ Its broker comes from TEST_BROKER_URL, so one app serves the Redis and the Rabbi
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 from celery import Celery, Task
 from celery.exceptions import Reject
+from kombu import Queue
 
 app = Celery("tests", broker=os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/15"))
 app.conf.update(
@@ -20,6 +22,17 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
+# Queue tests run workers with the broker layout under test (global_keyprefix, priority steps)
+# and with queues declared as the test's client declares them (x-max-priority).
+if os.environ.get("TEST_BROKER_TRANSPORT_OPTIONS"):
+    app.conf.broker_transport_options = json.loads(os.environ["TEST_BROKER_TRANSPORT_OPTIONS"])
+if os.environ.get("TEST_PRIORITY_QUEUES"):
+    app.conf.task_queues = [
+        Queue(name, queue_arguments={"x-max-priority": 10})
+        for name in os.environ["TEST_PRIORITY_QUEUES"].split(",")
+    ]
+if os.environ.get("TEST_PREFETCH_MULTIPLIER"):
+    app.conf.worker_prefetch_multiplier = int(os.environ["TEST_PREFETCH_MULTIPLIER"])
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

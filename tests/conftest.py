@@ -213,7 +213,10 @@ class Processes:
         events: bool = True,
         concurrency: int = 2,
         extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
+        """A ``celery worker`` of ``tests.celery_app``; ``env`` adds to its environment (the
+        app reads TEST_BROKER_TRANSPORT_OPTIONS, TEST_PRIORITY_QUEUES, TEST_PREFETCH_MULTIPLIER)."""
         celery = require_tool("celery")
         args = [
             celery,
@@ -232,7 +235,9 @@ class Processes:
             *(["-E"] if events else []),
             *extra,
         ]
-        proc, log_path = self.spawn(args, f"worker-{name}.log", {"TEST_BROKER_URL": broker_url})
+        proc, log_path = self.spawn(
+            args, f"worker-{name}.log", {"TEST_BROKER_URL": broker_url, **(env or {})}
+        )
         worker = WorkerProcess(proc, name, log_path)
         wait_until(worker.ready, timeout=30, what=f"worker {name} ready")
         return worker

@@ -163,6 +163,41 @@ WORKER_INFO = MetricSpec(
     (WORKER, "sw_ident", "sw_ver", "sw_sys"),
 )
 
+QUEUE_LENGTH = MetricSpec(
+    "celery_queue_length",
+    Kind.GAUGE,
+    "Messages waiting in the broker queue, as of the last poll (Redis: LLEN summed over kombu's "
+    "priority lists; RabbitMQ: ready messages). A queue that does not exist reads 0.",
+    (QUEUE,),
+)
+QUEUE_CONSUMERS = MetricSpec(
+    "celery_queue_consumers",
+    Kind.GAUGE,
+    "Consumers of the queue (RabbitMQ: the broker's consumer count; Redis: online workers that "
+    "consume it, from their inspect active_queues replies).",
+    (QUEUE,),
+)
+QUEUE_OLDEST_TASK_AGE = MetricSpec(
+    "celery_queue_oldest_task_age_seconds",
+    Kind.GAUGE,
+    "How long the oldest task sent to the queue and not yet received by a worker has waited "
+    "(from task-sent events); absent when unknown.",
+    (QUEUE,),
+)
+WORKER_PREFETCHED_TASKS = MetricSpec(
+    "celery_worker_prefetched_tasks",
+    Kind.GAUGE,
+    "Tasks the worker received and has not started yet (reserved; Flower's 'prefetched').",
+    (WORKER,),
+)
+TASK_ORPHANED = MetricSpec(
+    "celery_task_orphaned",
+    Kind.COUNTER,
+    "Tasks a worker had started and never finished when it went offline without a goodbye "
+    "(SIGKILL, OOM, a lost node): work that was lost.",
+    _TASK_LABELS,
+)
+
 EXPORTER_BROKER_CONNECTED = MetricSpec(
     "celery_exporter_broker_connected",
     Kind.GAUGE,
@@ -218,6 +253,37 @@ EXPORTER_RECENT_TASK_EVENTS_DROPPED = MetricSpec(
     "Task events the recent-task store let go unmerged: more than 6 x --max-recent-tasks task "
     "events (or 4 KiB x --max-recent-tasks of JSON) arrived between two reads of /api/tasks.",
 )
+EXPORTER_QUEUE_POLL_DURATION = MetricSpec(
+    "celery_exporter_queue_poll_duration_seconds",
+    Kind.GAUGE,
+    "Seconds the last poll of the queue depths took, failed or not.",
+)
+EXPORTER_QUEUE_POLL_ERRORS = MetricSpec(
+    "celery_exporter_queue_poll_errors",
+    Kind.COUNTER,
+    "Failed polls of the queue depths by reason (timeout, connection, auth, other), and queues "
+    "the broker refused to describe (queue_refused).",
+    ("reason",),
+)
+EXPORTER_QUEUE_READINGS_AGE = MetricSpec(
+    "celery_exporter_queue_readings_age_seconds",
+    Kind.GAUGE,
+    "Seconds since the queue readings were taken (the start of the last successful poll); it "
+    "grows past --queue-poll-interval while the broker does not answer. Absent before the "
+    "first success.",
+)
+EXPORTER_QUEUES_WATCHED = MetricSpec(
+    "celery_exporter_queues_watched",
+    Kind.GAUGE,
+    "Queues whose depth is polled: named with --queue, seen in task-sent events, consumed by "
+    "workers, bound in the broker.",
+)
+EXPORTER_QUEUES_DROPPED = MetricSpec(
+    "celery_exporter_queues_dropped",
+    Kind.COUNTER,
+    "Distinct queue names not watched because --max-queues was reached (or the name is over "
+    "1024 characters).",
+)
 EXPORTER_BUILD_INFO = MetricSpec(
     "celery_exporter_build_info",
     Kind.GAUGE,
@@ -245,6 +311,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     *WORKER_GAUGES,
     WORKER_PROCESSED,
     WORKER_INFO,
+    QUEUE_LENGTH,
+    QUEUE_CONSUMERS,
     EXPORTER_BROKER_CONNECTED,
     EXPORTER_BROKER_CONNECTION_ERRORS,
     EXPORTER_EVENTS,
@@ -255,6 +323,11 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_RECENT_TASKS,
     EXPORTER_RECENT_TASKS_EVICTED,
     EXPORTER_RECENT_TASK_EVENTS_DROPPED,
+    EXPORTER_QUEUE_POLL_DURATION,
+    EXPORTER_QUEUE_POLL_ERRORS,
+    EXPORTER_QUEUE_READINGS_AGE,
+    EXPORTER_QUEUES_WATCHED,
+    EXPORTER_QUEUES_DROPPED,
     EXPORTER_BUILD_INFO,
 )
 

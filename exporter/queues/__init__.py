@@ -1,0 +1,8 @@
+"""Broker queues: how many messages wait and who consumes them.
+
+The event stream cannot say how many messages wait in a broker queue, so a poller thread of its own
+(``poller.py``) asks the broker, over a connection of its own, through one reader per broker
+(``redis.py``: LLEN over kombu's priority lists; ``amqp.py``: passive ``queue.declare``). Which
+queues to ask about is ``registry.py``'s job; ``collector.py`` exports the poller's last readings,
+so a stalled broker never delays a scrape; ``wiring.py`` puts them together for a broker URL.
+"""

@@ -1,0 +1,88 @@
+"""The queue families at scrape time, from the poller's last readings: a scrape never waits for the
+broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter.exposition import catalogue as m
+from exporter.exposition.catalogue import Kind, MetricSpec
+from exporter.queues.poller import QueuePoller
+from exporter.queues.registry import QueueRegistry
+
+OnlineWorkers = Callable[[float], set[str]]
+"""now -> hostnames of the workers online then (from the state's liveness rule)."""
+
+
+def _family(spec: MetricSpec) -> CounterMetricFamily | GaugeMetricFamily:
+    if spec.kind is Kind.COUNTER:
+        return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+class QueuesCollector(Collector):
+    def __init__(
+        self,
+        poller: QueuePoller,
+        registry: QueueRegistry,
+        online_workers: OnlineWorkers,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.poller = poller
+        self.registry = registry
+        self.online_workers = online_workers
+        self.clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # else the registry would collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        status = self.poller.status
+        readings = status.readings
+        length = _family(m.QUEUE_LENGTH)
+        consumers = _family(m.QUEUE_CONSUMERS)
+        worker_consumers: dict[str, int] | None = None
+        for queue, reading in sorted(readings.items()):
+            length.add_metric([queue], reading.length)
+            if reading.consumers is not None:
+                consumers.add_metric([queue], reading.consumers)
+                continue
+            if worker_consumers is None:
+                worker_consumers = self._worker_consumers(now)
+            consumers.add_metric([queue], worker_consumers.get(queue, 0))
+        yield length
+        yield consumers
+
+        duration = _family(m.EXPORTER_QUEUE_POLL_DURATION)
+        if status.duration is not None:
+            duration.add_metric([], status.duration)
+        yield duration
+        errors = _family(m.EXPORTER_QUEUE_POLL_ERRORS)
+        for reason, count in sorted(status.errors.items()):
+            errors.add_metric([reason], count)
+        yield errors
+        age = _family(m.EXPORTER_QUEUE_READINGS_AGE)
+        if status.read_at is not None:
+            age.add_metric([], max(0.0, now - status.read_at))
+        yield age
+        watched = _family(m.EXPORTER_QUEUES_WATCHED)
+        watched.add_metric([], len(self.registry))
+        yield watched
+        dropped = _family(m.EXPORTER_QUEUES_DROPPED)
+        dropped.add_metric([], self.registry.dropped)
+        yield dropped
+
+    def _worker_consumers(self, now: float) -> dict[str, int]:
+        """{queue: online workers consuming it}, for brokers that do not count consumers."""
+        online = self.online_workers(now)
+        counts: dict[str, int] = {}
+        for worker, queues in self.registry.worker_queues().items():
+            if worker in online:
+                for queue in queues:
+                    counts[queue] = counts.get(queue, 0) + 1
+        return counts

@@ -1,0 +1,121 @@
+"""Which queues to watch: named on the command line, seen in task-sent events, consumed by the
+workers (their ``inspect active_queues`` replies), bound in the broker (kombu's Redis bindings).
+
+Queue names come from the outside (any client may send a task to any queue name), so the set is
+capped: names past ``limit`` are refused and counted, never watched. Names from the command line
+are always watched, cap or not: the operator asked for them.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+MAX_QUEUE_NAME_LENGTH = 1024
+"""Longer names are refused (and counted as dropped): no real queue is named like that, and label
+values of unbounded size would bloat every scrape."""
+
+EVENT_QUEUE_PREFIX = "celeryev."
+"""Celery's event receivers' queues (the exporter's own among them): not task queues."""
+
+CONTROL_QUEUE_SUFFIX = ".pidbox"
+"""Celery's remote-control queues (``celery@host.celery.pidbox``, ``*.reply.celery.pidbox``)."""
+
+DELAYED_DELIVERY_QUEUE = re.compile(r"celery_delayed_\d+")
+"""Celery 5.5+'s native delayed delivery on RabbitMQ quorum queues parks ETA and countdown tasks
+in ``celery_delayed_0`` ... ``celery_delayed_27`` until they are due: not backlog, so never
+discovered (``--queue`` still watches one on purpose)."""
+
+
+def is_task_queue(name: str) -> bool:
+    """False for Celery's own event, control and delayed-delivery queues: their messages are not
+    tasks waiting for a worker."""
+    return (
+        not name.startswith(EVENT_QUEUE_PREFIX)
+        and not name.endswith(CONTROL_QUEUE_SUFFIX)
+        and DELAYED_DELIVERY_QUEUE.fullmatch(name) is None
+    )
+
+
+def consumed_queues(replies: Any) -> dict[str, list[str]]:
+    """{worker hostname: queue names} from ``inspect().active_queues()``'s replies; malformed
+    entries are left out."""
+    found: dict[str, list[str]] = {}
+    if not isinstance(replies, dict):
+        return found
+    for hostname, queues in replies.items():
+        if not isinstance(hostname, str) or not isinstance(queues, list):
+            continue
+        found[hostname] = [
+            queue["name"]
+            for queue in queues
+            if isinstance(queue, dict) and isinstance(queue.get("name"), str) and queue["name"]
+        ]
+    return found
+
+
+class QueueRegistry:
+    """The watched queue names and each worker's consumed queues; safe to use from any thread."""
+
+    def __init__(self, named: Iterable[str] = (), limit: int = 500) -> None:
+        self.named = dict.fromkeys(name for name in named if name)
+        """Queues from the command line, in their order; always watched."""
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._discovered: dict[str, None] = {}
+        self._refused: set[str] = set()
+        self.dropped = 0
+        """Distinct queue names refused at the cap (or for their length), since the start."""
+        self._worker_queues: dict[str, frozenset[str]] = {}
+
+    def add(self, names: Iterable[str]) -> None:
+        """Watch ``names`` (from events, workers or the broker) while the cap allows."""
+        with self._lock:
+            for name in names:
+                if name in self._discovered or name in self.named or not name:
+                    continue
+                if not is_task_queue(name):
+                    continue
+                if name in self._refused:
+                    continue
+                if (
+                    len(self._discovered) + len(self.named) >= self.limit
+                    or len(name) > MAX_QUEUE_NAME_LENGTH
+                ):
+                    # Remember refused names (bounded too) so that one name sent a million
+                    # times counts once: the counter says how many queues go unwatched.
+                    if len(self._refused) < self.limit:
+                        self._refused.add(name)
+                    self.dropped += 1
+                    continue
+                self._discovered[name] = None
+
+    def set_worker_queues(self, replies: Mapping[str, Iterable[str]]) -> None:
+        """Record which queues each worker consumes (``inspect active_queues``) and watch them."""
+        names: list[str] = []
+        with self._lock:
+            for worker, queues in replies.items():
+                consumed = frozenset(queues)
+                self._worker_queues[worker] = consumed
+                names.extend(sorted(consumed))
+        self.add(names)
+
+    def worker_queues(self) -> dict[str, frozenset[str]]:
+        """{worker hostname: queues it consumed at its last active_queues reply}."""
+        with self._lock:
+            return dict(self._worker_queues)
+
+    def forget_worker(self, worker: str) -> None:
+        with self._lock:
+            self._worker_queues.pop(worker, None)
+
+    def names(self) -> list[str]:
+        """Every watched queue, command-line ones first."""
+        with self._lock:
+            return [*self.named, *(n for n in self._discovered if n not in self.named)]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.named) + len(self._discovered)

@@ -1,0 +1,69 @@
+"""Build the queue poller for a broker URL: its broker's reader, the registry, the collector."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import Connection
+
+from exporter.logging import get_logger
+from exporter.queues.collector import OnlineWorkers, QueuesCollector
+from exporter.queues.poller import QueuePoller, ReadingsListener
+from exporter.queues.reading import QueueReader
+from exporter.queues.registry import QueueRegistry
+
+log = get_logger(__name__)
+
+EXPORTER_ONLY_OPTIONS = frozenset({"exporter_fast_path"})
+"""Transport options the exporter reads itself; kombu's AMQP transport would pass them on."""
+
+MAX_TIMEOUT = 5.0
+"""Seconds a broker may take to answer one poll's command before the poll fails."""
+
+
+def reader_factory(
+    broker_url: str, transport_options: dict[str, Any], timeout: float
+) -> Callable[[], QueueReader] | None:
+    """A function that opens a queue reader for the broker, or None for brokers without one."""
+    options = {k: v for k, v in transport_options.items() if k not in EXPORTER_ONLY_OPTIONS}
+    driver = Connection(broker_url, transport_options=options).transport.driver_type
+    if driver == "redis":
+        from exporter.queues.redis import RedisQueues
+
+        return lambda: RedisQueues(broker_url, options, timeout)
+    if driver == "amqp":
+        from exporter.queues.amqp import AmqpQueues
+
+        return lambda: AmqpQueues(broker_url, options, timeout)
+    return None
+
+
+@dataclass
+class Queues:
+    registry: QueueRegistry
+    poller: QueuePoller
+    collector: QueuesCollector
+
+
+def build(
+    broker_url: str,
+    transport_options: dict[str, Any],
+    *,
+    named: Iterable[str],
+    interval: float,
+    limit: int,
+    online_workers: OnlineWorkers,
+    listener: ReadingsListener | None = None,
+    sent_to: Callable[[], Iterable[str]] | None = None,
+) -> Queues | None:
+    """The queue poller and its collector; None (logged) when the broker has no queue reader."""
+    timeout = min(MAX_TIMEOUT, interval)
+    open_reader = reader_factory(broker_url, transport_options, timeout)
+    if open_reader is None:
+        log.warning("queue depths are not read on this broker", broker=broker_url.split(":")[0])
+        return None
+    registry = QueueRegistry(named, limit)
+    poller = QueuePoller(open_reader, registry, interval, listener=listener, sent_to=sent_to)
+    return Queues(registry, poller, QueuesCollector(poller, registry, online_workers))
