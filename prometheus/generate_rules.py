@@ -222,7 +222,7 @@ def recording_rules(settings: Settings) -> list[RecordingRule]:
             rules.append(
                 RecordingRule(
                     rate_record(level, spec, window),
-                    q.by("sum", [level], q.rate(q.select(q.counter(spec), spec), window)),
+                    q.by("sum", [level], q.fleet_counter_change(spec, q.NO_FILTER, "rate", window)),
                 )
             )
 
@@ -261,7 +261,9 @@ def recording_rules(settings: Settings) -> list[RecordingRule]:
                 q.by(
                     "sum",
                     [TASK_LABEL],
-                    q.rate(q.select(q.histogram_part(spec, "count"), spec), window),
+                    q.fleet_change(
+                        q.histogram_part(spec, "count"), spec, q.NO_FILTER, "rate", window
+                    ),
                 ),
             )
         )
@@ -299,15 +301,21 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
         ),
         AlertRule(
             "CeleryWorkerOffline",
-            # While the exporter is off the broker no heartbeat can arrive; that is
-            # CeleryBrokerDisconnected's alert, not one per worker.
-            _expr(f"{online} == 0", "unless on (job, instance)", f"{connected} == 0"),
+            # Offline only when no exporter of the job sees the worker online: the replicas'
+            # maximum, so one replica that lost the broker (and with it the heartbeats) does not
+            # page while another still hears the worker. With every exporter off the broker no
+            # heartbeat can arrive at all; that is CeleryBrokerDisconnected's alert.
+            _expr(
+                f"{q.fleet_gauge(metrics.WORKER_ONLINE)} == 0",
+                "unless on (job)",
+                f"max by (job) ({connected}) == 0",
+            ),
             s.worker_offline_for,
             "warning",
             "Celery worker {{ $labels.worker }} is offline",
-            "No heartbeat from {{ $labels.worker }} has reached the exporter "
-            f"{{{{ $labels.instance }}}} for {s.worker_offline_for}: the worker stopped, was "
-            "killed, or lost its broker connection.",
+            "No heartbeat from {{ $labels.worker }} has reached any exporter of job "
+            f"{{{{ $labels.job }}}} for {s.worker_offline_for}: the worker stopped, was killed, "
+            "or lost its broker connection.",
         ),
         AlertRule(
             "CeleryNoWorkerOnline",
@@ -315,7 +323,7 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             _expr(
                 f"max by (job) (up{{{job}}}) == 1",
                 "unless on (job)",
-                f"max by (job) ({online}{{{job}}}) == 1",
+                f"max by (job) ({q.one_replica(f'{online}{{{job}}}')}) == 1",
                 "unless on (job)",
                 f"max by (job) ({connected}{{{job}}}) == 0",
             ),

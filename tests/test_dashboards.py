@@ -20,6 +20,7 @@ from exporter.web.api import TASK_ROW_KEYS
 from grafana import generate
 from grafana.dashboards_src import panels, recent_tasks, tasks, workers
 from grafana.dashboards_src.serialize import round_trip
+from tests.replicas import undeduplicated
 
 REPO = Path(__file__).resolve().parent.parent
 UIDS = list(generate.DASHBOARDS)
@@ -161,6 +162,25 @@ def test_every_metric_is_in_the_catalogue() -> None:
         metrics.WORKER_LOAD15.name,
     }
     assert required - used == set()
+
+
+def test_every_fleet_series_is_deduplicated_across_exporter_replicas() -> None:
+    # Two exporters of one broker (an HA pair) must not double a panel: each series is folded
+    # with max without (instance, pod), after rate/increase, before any sum.
+    for uid, title, expr in generate.all_queries():
+        assert undeduplicated(expr) == [], f"{uid} / {title} counts replicas twice: {expr}"
+
+
+def test_the_replica_check_catches_a_plain_sum() -> None:
+    assert undeduplicated('sum by (worker) (celery_task_received_total{worker=~"w"})') == [
+        "celery_task_received_total"
+    ]
+    assert undeduplicated("count(max without (instance) (celery_worker_online) == 1)") == [
+        "celery_worker_online"
+    ]
+    assert undeduplicated("max without (instance, pod) (delta(celery_worker_load1[5m]))") == [
+        "celery_worker_load1"
+    ]
 
 
 @pytest.mark.parametrize("uid", UIDS)

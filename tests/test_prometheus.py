@@ -22,6 +22,7 @@ import yaml
 
 from exporter.exposition import catalogue as metrics
 from tests.conftest import require_tool
+from tests.replicas import undeduplicated
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM_DIR = ROOT / "prometheus"
@@ -313,6 +314,15 @@ def test_rules_select_only_catalogue_metrics_and_recorded_series() -> None:
         *metrics.EXPORTER_EVENTS_REJECTED.sample_names,
         *metrics.TASK_QUEUE_WAIT.sample_names[:1],
     } <= selected
+
+
+def test_every_rule_counts_exporter_replicas_once() -> None:
+    # Fleet series are folded with max without (instance, pod) before any sum; the exporter's own
+    # series (celery_exporter_*, up) stay per instance.
+    for path in (RECORDING, ALERTS):
+        for rule in _rules(path):
+            name = rule.get("alert") or rule.get("record")
+            assert undeduplicated(rule["expr"]) == [], f"{name} counts replicas twice"
 
 
 def test_unit_test_series_are_catalogue_metrics() -> None:

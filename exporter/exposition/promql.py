@@ -11,6 +11,17 @@ finds it, no ``sys.path`` juggling), and nothing in the exporter's own runtime i
 
 Every function returns PromQL text. Series names come from ``MetricSpec``s and label filters are
 checked against the family's labels, so a typo raises here instead of matching nothing.
+
+Replicas count once. Every exporter of a broker receives every event (the event exchange is a
+fanout), so two exporters scraped in one job (an HA pair, a blue/green deploy) expose the same
+fleet series twice, differing only in the target labels ``instance`` and ``pod``. The fleet
+helpers (``fleet_gauge``, ``fleet_total``, ``fleet_change`` and everything built on them) take
+``max without (instance, pod)`` of each series first, after ``rate()``/``increase()`` for
+counters (a replica that restarted resets its own counters, which ``rate`` handles per series)
+and before any ``sum``, so one exporter or several give the same numbers. ``max`` rather than
+``avg``: a replica that started late, or lost its broker for a while, has seen fewer events, never
+more. The exporter's own ``celery_exporter_*`` series describe one process each and are not
+de-duplicated.
 """
 
 from __future__ import annotations
@@ -18,6 +29,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from exporter.exposition.catalogue import Kind, MetricSpec
+
+REPLICA_LABELS = ("instance", "pod")
+"""The labels in which two exporters of one broker, scraped in one job, differ."""
+SELF_PREFIX = "celery_exporter_"
+"""Families under this prefix describe an exporter process, not the Celery fleet."""
 
 Filter = Mapping[str, str]
 """Label -> regex (often a Grafana variable reference), matched as ``label=~"regex"``."""
@@ -80,6 +96,45 @@ def by(op: str, labels: Sequence[str], inner: str) -> str:
     return f"{op} by ({', '.join(labels)}) ({inner})"
 
 
+def is_fleet(spec: MetricSpec) -> bool:
+    """Whether ``spec`` describes the Celery fleet (every replica exports the same series)."""
+    return not spec.name.startswith(SELF_PREFIX)
+
+
+def one_replica(inner: str) -> str:
+    """``inner`` with the replicas' copies of each series folded into one (their maximum)."""
+    return f"max without ({', '.join(REPLICA_LABELS)}) ({inner})"
+
+
+def _fleet(spec: MetricSpec) -> MetricSpec:
+    if not is_fleet(spec):
+        raise ValueError(f"{spec.name} is per exporter, not a fleet series: no de-duplication")
+    return spec
+
+
+def fleet_gauge(spec: MetricSpec, flt: Filter = NO_FILTER) -> str:
+    """A fleet gauge, one series per label set however many exporters export it."""
+    return one_replica(select(gauge(_fleet(spec)), spec, flt))
+
+
+def fleet_total(spec: MetricSpec, flt: Filter = NO_FILTER) -> str:
+    """A fleet counter's value since the exporter started, one series per label set."""
+    return one_replica(select(counter(_fleet(spec)), spec, flt))
+
+
+def fleet_change(sample: str, spec: MetricSpec, flt: Filter, fn: str, window: str) -> str:
+    """``fn`` (``rate`` or ``increase``) of a fleet counter or histogram series over ``window``,
+    then de-duplicated: ``max without (instance, pod) (rate(sample{...}[window]))``."""
+    if fn not in ("rate", "increase"):
+        raise ValueError(f"{fn!r} is neither rate nor increase")
+    return one_replica(f"{fn}({select(sample, _fleet(spec), flt)}[{window}])")
+
+
+def fleet_counter_change(spec: MetricSpec, flt: Filter, fn: str, window: str) -> str:
+    """``fleet_change`` of a counter family's ``_total`` series."""
+    return fleet_change(counter(spec), spec, flt, fn, window)
+
+
 def rate(sample_selector: str, window: str) -> str:
     return f"rate({sample_selector}[{window}])"
 
@@ -105,7 +160,7 @@ def quantile(
     q: float, spec: MetricSpec, flt: Filter, group: Sequence[str], fn: str, window: str
 ) -> str:
     """``histogram_quantile`` of ``fn`` (rate or increase) of the buckets, per ``group``."""
-    buckets = f"{fn}({select(histogram_part(spec, 'bucket'), spec, flt)}[{window}])"
+    buckets = fleet_change(histogram_part(spec, "bucket"), spec, flt, fn, window)
     return f"histogram_quantile({q:g}, {by('sum', [*group, 'le'], buckets)})"
 
 
@@ -118,8 +173,8 @@ def failure_ratio(
     window: str,
 ) -> str:
     """failed / (failed + succeeded), per group; 0 (not missing) for groups with no failure."""
-    failed_sum = by("sum", group, f"{fn}({select(counter(failed), failed, flt)}[{window}])")
-    ok_sum = by("sum", group, f"{fn}({select(counter(succeeded), succeeded, flt)}[{window}])")
+    failed_sum = by("sum", group, fleet_counter_change(failed, flt, fn, window))
+    ok_sum = by("sum", group, fleet_counter_change(succeeded, flt, fn, window))
     failed_filled = zero_filled(failed_sum, ok_sum)
     ok_filled = zero_filled(ok_sum, failed_sum)
     return ratio(failed_filled, f"{failed_filled} + {ok_filled}")

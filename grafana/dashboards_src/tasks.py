@@ -36,29 +36,29 @@ _SUCCEEDED = m.TASK_STATE_COUNTERS["task-succeeded"]
 _RECEIVED = m.TASK_STATE_COUNTERS["task-received"]
 
 
-def _counter_selector(spec: m.MetricSpec) -> str:
-    return q.select(q.counter(spec), spec, _FLT)
+def _increase(spec: m.MetricSpec) -> str:
+    return q.fleet_counter_change(spec, _FLT, "increase", p.RANGE_WINDOW)
 
 
 def _increase_by_task(spec: m.MetricSpec) -> str:
-    return q.by("sum", _BY_TASK, q.increase(_counter_selector(spec), p.RANGE_WINDOW))
+    return q.by("sum", _BY_TASK, _increase(spec))
 
 
 def _rate_by_task(spec: m.MetricSpec) -> str:
-    return q.by("sum", _BY_TASK, q.rate(_counter_selector(spec), p.RATE_WINDOW))
+    return q.by("sum", _BY_TASK, q.fleet_counter_change(spec, _FLT, "rate", p.RATE_WINDOW))
 
 
 def _histogram_sum_over_count(spec: m.MetricSpec, fn: str, window: str) -> str:
     def part(name: str) -> str:
-        selector = q.select(q.histogram_part(spec, name), spec, _FLT)
-        return q.by("sum", _BY_TASK, f"{fn}({selector}[{window}])")
+        change = q.fleet_change(q.histogram_part(spec, name), spec, _FLT, fn, window)
+        return q.by("sum", _BY_TASK, change)
 
     return q.ratio(part("sum"), part("count"))
 
 
 def _stats() -> list[stat.Panel]:
     def total(spec: m.MetricSpec) -> str:
-        return f"sum({q.increase(_counter_selector(spec), p.RANGE_WINDOW)}) or vector(0)"
+        return f"sum({_increase(spec)}) or vector(0)"
 
     return [
         p.stat_panel(
@@ -189,8 +189,11 @@ def _slowest_table() -> table.Panel:
             q.by(
                 "sum",
                 _BY_TASK,
-                q.increase(
-                    q.select(q.histogram_part(m.TASK_RUNTIME, "count"), m.TASK_RUNTIME, _FLT),
+                q.fleet_change(
+                    q.histogram_part(m.TASK_RUNTIME, "count"),
+                    m.TASK_RUNTIME,
+                    _FLT,
+                    "increase",
                     p.RANGE_WINDOW,
                 ),
             ),
@@ -217,7 +220,7 @@ def _exceptions_table() -> table.Panel:
     expr = q.by(
         "sum",
         [m.TASK, m.EXCEPTION],
-        q.increase(q.select(q.counter(spec), spec, _FLT), p.RANGE_WINDOW),
+        q.fleet_counter_change(spec, _FLT, "increase", p.RANGE_WINDOW),
     )
     panel = p.merged_table_panel(
         "Failures by exception class (time range)",
@@ -250,7 +253,7 @@ def _failure_panels() -> list[timeseries.Panel]:
     exceptions = q.by(
         "sum",
         [m.TASK, m.EXCEPTION],
-        q.rate(q.select(q.counter(m.TASK_EXCEPTIONS), m.TASK_EXCEPTIONS, _FLT), p.RATE_WINDOW),
+        q.fleet_counter_change(m.TASK_EXCEPTIONS, _FLT, "rate", p.RATE_WINDOW),
     )
     return [
         p.timeseries_panel(

@@ -38,16 +38,16 @@ TABLE_TITLE = "Workers"
 
 
 def _online() -> str:
-    return q.by("max", _BY_WORKER, q.select(q.gauge(m.WORKER_ONLINE), m.WORKER_ONLINE, _FLT))
+    return _gauge_by_worker(m.WORKER_ONLINE)
 
 
 def _gauge_by_worker(spec: m.MetricSpec) -> str:
-    return q.by("max", _BY_WORKER, q.select(q.gauge(spec), spec, _FLT))
+    return q.by("max", _BY_WORKER, q.fleet_gauge(spec, _FLT))
 
 
 def _counter_total_by_worker(event: str) -> str:
     spec = m.TASK_STATE_COUNTERS[event]
-    summed = q.by("sum", _BY_WORKER, q.select(q.counter(spec), spec, _FLT))
+    summed = q.by("sum", _BY_WORKER, q.fleet_total(spec, _FLT))
     return q.zero_filled(summed, _online())
 
 
@@ -128,8 +128,8 @@ def _workers_table() -> table.Panel:
 
 
 def _stats() -> list[stat.Panel]:
-    online = q.select(q.gauge(m.WORKER_ONLINE), m.WORKER_ONLINE, _FLT)
-    active = q.select(q.gauge(m.WORKER_ACTIVE_TASKS), m.WORKER_ACTIVE_TASKS, _FLT)
+    online = q.fleet_gauge(m.WORKER_ONLINE, _FLT)
+    active = q.fleet_gauge(m.WORKER_ACTIVE_TASKS, _FLT)
     failed = m.TASK_STATE_COUNTERS["task-failed"]
     succeeded = m.TASK_STATE_COUNTERS["task-succeeded"]
     return [
@@ -192,7 +192,7 @@ def _trends() -> list[timeseries.Panel]:
         )
     ):
         spec = m.TASK_STATE_COUNTERS[event]
-        expr = q.by("sum", _BY_WORKER, q.rate(q.select(q.counter(spec), spec, _FLT), p.RATE_WINDOW))
+        expr = q.by("sum", _BY_WORKER, q.fleet_counter_change(spec, _FLT, "rate", p.RATE_WINDOW))
         rate_targets.append(p.query(expr, p.ref_letter(ref), "{{worker}} " + state))
     load_targets = [
         p.query(_gauge_by_worker(spec), p.ref_letter(ref), "{{worker}} " + window)

@@ -1,0 +1,257 @@
+"""Two exporters on one broker, scraped by one real Prometheus, count every task once.
+
+Every exporter of a broker receives every event, so an HA pair exports each fleet series twice
+(differing in ``instance``). The dashboards and the recording rules fold the copies with
+``max without (instance, pod)`` (``exporter.exposition.promql``); this runs their very
+expressions through Prometheus' HTTP API against two real exporters, a real worker and real
+tasks.
+
+The Workers table's columns are counter values since the exporters started: they must read the
+exact task counts. ``increase()`` and ``rate()`` extrapolate to the edges of their window, so
+the time-range panels and the recording rules read the batch's count within Prometheus'
+extrapolation (a few percent here), never twice it; the same expressions without the
+de-duplication read twice as much, which proves the pair really doubles every series.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from grafana import generate
+from grafana.dashboards_src import panels, tasks, workers
+from tests.conftest import ExporterProcess, Processes, client, free_port, require_tool, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = REPO / "prometheus" / "rules"
+JOB = "celery-events-exporter"
+WORKER = "w1@pair"
+# The batch the panels must count; a warm-up of one success and one failure comes first, so
+# that every series exists before the window the time-range panels and the rates look at.
+BATCH_OK = 4
+BATCH_FAILED = 2
+TOTAL_OK = BATCH_OK + 1
+TOTAL_FAILED = BATCH_FAILED + 1
+# increase()/rate() extrapolate to the window's edges, by up to a scrape interval (250 ms) at
+# each end of a window of several seconds; a doubled count is +100 %.
+EXTRAPOLATION = 0.25
+
+
+@dataclass
+class Prometheus:
+    base: str
+
+    def query(self, expr: str, at: float) -> list[dict[str, Any]]:
+        response = requests.get(
+            f"{self.base}/api/v1/query", params={"query": expr, "time": f"{at:.3f}"}, timeout=10
+        )
+        body = response.json()
+        assert body.get("status") == "success", f"{expr}: {body}"
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def values(self, expr: str, at: float, label: str | None = None) -> dict[str, float]:
+        """{value of ``label`` (or "" for a single series): sample value}."""
+        return {
+            (sample["metric"].get(label, "") if label else ""): float(sample["value"][1])
+            for sample in self.query(expr, at)
+        }
+
+
+@pytest.fixture
+def prometheus_for(processes: Processes, tmp_path: Path) -> Iterator[Any]:
+    """Start a real Prometheus scraping the given exporters in one job."""
+
+    def start(exporters: list[ExporterProcess]) -> Prometheus:
+        binary = require_tool("prometheus", "apt-get install prometheus")
+        config = {
+            # Scrapes 4 times a second keep increase()'s extrapolation small over a
+            # window of seconds.
+            "global": {"scrape_interval": "250ms", "evaluation_interval": "1s"},
+            "rule_files": [str(path) for path in sorted(RULES.glob("*.rules.yml"))],
+            "scrape_configs": [
+                {
+                    "job_name": JOB,
+                    "static_configs": [
+                        {"targets": [f"127.0.0.1:{exporter.port}" for exporter in exporters]}
+                    ],
+                }
+            ],
+        }
+        config_path = tmp_path / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        port = free_port()
+        processes.spawn(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            "prometheus.log",
+        )
+        prometheus = Prometheus(f"http://127.0.0.1:{port}")
+        # Ready answers at once, the first scrape comes seconds later: wait for up == 1 on all.
+        wait_until(
+            lambda: (
+                prometheus.values(f'up{{job="{JOB}"}}', time.time(), "instance")
+                == {f"127.0.0.1:{exporter.port}": 1.0 for exporter in exporters}
+            ),
+            timeout=60,
+            interval=0.5,
+            what="Prometheus scraping both exporters",
+        )
+        return prometheus
+
+    yield start
+
+
+def _steady(prometheus: Prometheus, expr: str, expected: float, replicas: int) -> float:
+    """Wait until every replica's series of ``expr`` read ``expected`` for 3 s of scrapes."""
+
+    def check() -> bool:
+        found = prometheus.values(f"min_over_time(({expr})[3s:1s])", time.time(), "instance")
+        return len(found) == replicas and set(found.values()) == {expected}
+
+    wait_until(check, timeout=60, interval=0.5, what=f"{expr} steady at {expected}")
+    return time.time()
+
+
+def _run(broker_url: str, ok: int, failed: int) -> None:
+    with client(broker_url) as app:
+        for i in range(ok):
+            app.send_task("tests.add", (i, i))
+        for i in range(failed):
+            app.send_task("tests.fail", (f"boom {i}",))
+
+
+def _warmed_up(exporter: ExporterProcess) -> bool:
+    metrics = exporter.metrics()
+    failed = metrics.get("celery_task_failed_total", task="tests.fail", worker=WORKER)
+    succeeded = metrics.get("celery_task_succeeded_total", task="tests.add", worker=WORKER)
+    return failed == succeeded == 1.0
+
+
+def _received(task: str) -> str:
+    return f'celery_task_received_total{{task="{task}"}}'
+
+
+def _column(columns: list[tuple[str, str]], title: str, variables: dict[str, str]) -> str:
+    [expr] = [expr for name, expr in columns if name == title]
+    return generate.substitute(expr, variables)
+
+
+def test_two_exporters_count_every_task_once(
+    redis_url: str, processes: Processes, prometheus_for: Any
+) -> None:
+    pair = [processes.exporter(redis_url), processes.exporter(redis_url)]
+    processes.worker(redis_url, WORKER)
+    prometheus = prometheus_for(pair)
+
+    _run(redis_url, 1, 1)
+    # Both exporters count everything: that is what the queries must fold.
+    wait_until(lambda: all(_warmed_up(e) for e in pair), what="the warm-up on both exporters")
+    _steady(prometheus, 'celery_task_failed_total{task="tests.fail"}', 1.0, 2)
+    window_start = _steady(prometheus, 'celery_task_succeeded_total{task="tests.add"}', 1.0, 2)
+    window_start -= 1.5  # inside the 3 s every replica read the warm-up values
+
+    _run(redis_url, BATCH_OK, BATCH_FAILED)
+    _steady(prometheus, 'celery_task_failed_total{task="tests.fail"}', TOTAL_FAILED, 2)
+    _steady(prometheus, 'celery_task_succeeded_total{task="tests.add"}', TOTAL_OK, 2)
+    at = _steady(prometheus, _received("tests.add"), TOTAL_OK, 2)
+    window_ms = math.ceil((at - window_start) * 1000)
+
+    variables = {workers.WORKER_VAR: ".*", tasks.TASK_VAR: ".*"}
+
+    # -- the Workers table: exact totals, once ------------------------------------------------
+    columns = workers.table_columns()
+    table = {
+        title: prometheus.values(_column(columns, title, variables), at, "worker")
+        for title in (workers.PROCESSED, workers.FAILED, workers.SUCCEEDED, workers.RETRIED)
+    }
+    assert table == {
+        workers.PROCESSED: {WORKER: TOTAL_OK + TOTAL_FAILED},
+        workers.FAILED: {WORKER: TOTAL_FAILED},
+        workers.SUCCEEDED: {WORKER: TOTAL_OK},
+        workers.RETRIED: {WORKER: 0.0},
+    }
+    assert prometheus.values(_column(columns, workers.STATUS, variables), at, "worker") == {
+        WORKER: 1.0
+    }
+    # Control: summed without the de-duplication, the pair doubles the count.
+    assert prometheus.values("sum by (worker) (celery_task_received_total)", at, "worker") == {
+        WORKER: 2 * (TOTAL_OK + TOTAL_FAILED)
+    }
+
+    # -- the Tasks dashboard's time-range panels: the batch, once -----------------------------
+    def over_window(expr: str) -> str:
+        return expr.replace(f"[{generate.MACRO_VALUES['__range']}]", f"[{window_ms}ms]")
+
+    # generate.substitute expands $__range to its fixed value; put the test's window instead.
+    def tasks_query(title: str) -> str:
+        [expr] = [
+            expr
+            for uid, panel, expr in generate.all_queries()
+            if uid == panels.TASKS_UID and panel == title
+        ]
+        return over_window(expr)
+
+    batch = BATCH_OK + BATCH_FAILED
+    for title, count in (
+        ("Tasks received (time range)", batch),
+        ("Tasks succeeded (time range)", BATCH_OK),
+        ("Tasks failed (time range)", BATCH_FAILED),
+    ):
+        value = prometheus.values(tasks_query(title), at)[""]
+        assert value == pytest.approx(count, rel=EXTRAPOLATION), title
+    ratio = prometheus.values(tasks_query("Failure ratio (time range)"), at)[""]
+    assert ratio == pytest.approx(BATCH_FAILED / batch, abs=0.05)
+
+    per_task = tasks.per_task_columns()
+    for title, counts in (
+        ("Received", {"tests.add": BATCH_OK, "tests.fail": BATCH_FAILED}),
+        ("Failed", {"tests.add": 0, "tests.fail": BATCH_FAILED}),
+        ("Succeeded", {"tests.add": BATCH_OK, "tests.fail": 0}),
+    ):
+        found = prometheus.values(over_window(_column(per_task, title, variables)), at, "task")
+        assert found == pytest.approx(counts, rel=EXTRAPOLATION), title
+    doubled = prometheus.values(f"sum(increase(celery_task_received_total[{window_ms}ms]))", at)[""]
+    assert doubled == pytest.approx(2 * batch, rel=EXTRAPOLATION)
+
+    # -- the recording rules' expressions: the batch's rate, once ------------------------------
+    recording = {
+        rule["record"]: rule["expr"]
+        for group in yaml.safe_load((RULES / "celery-recording.rules.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    seconds = 300  # the rules' 5m window holds every sample of this test
+
+    def recorded(name: str, label: str) -> dict[str, float]:
+        rates = prometheus.values(recording[name], at, label)
+        return {key: value * seconds for key, value in rates.items()}
+
+    expectations = {
+        ("task:celery_task_received:rate5m", "task"): {
+            "tests.add": BATCH_OK,
+            "tests.fail": BATCH_FAILED,
+        },
+        ("task:celery_task_succeeded:rate5m", "task"): {"tests.add": BATCH_OK},
+        ("task:celery_task_failed:rate5m", "task"): {"tests.fail": BATCH_FAILED},
+        ("worker:celery_task_received:rate5m", "worker"): {WORKER: batch},
+        ("worker:celery_task_failed:rate5m", "worker"): {WORKER: BATCH_FAILED},
+        ("worker:celery_task_succeeded:rate5m", "worker"): {WORKER: BATCH_OK},
+    }
+    for (name, label), expected in expectations.items():
+        assert recorded(name, label) == pytest.approx(expected, rel=EXTRAPOLATION), name
+    undeduplicated = prometheus.values(
+        "sum by (worker) (rate(celery_task_received_total[5m]))", at, "worker"
+    )
+    assert undeduplicated[WORKER] * seconds == pytest.approx(2 * batch, rel=EXTRAPOLATION)
