@@ -28,7 +28,7 @@ from exporter.logging import get_logger
 from exporter.queues import wiring as queue_wiring
 from exporter.queues.registry import consumed_queues
 from exporter.state import State, StateSettings
-from exporter.tasks.redact import DEFAULT_SECRET_KEY_PATTERNS, Redactor, compile_secret_keys
+from exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
 from exporter.tasks.store import RecentTasks
 from exporter.web import webconfig
 from exporter.web.api import Api
@@ -59,7 +59,11 @@ def build_api(config: Config, state: State) -> Api:
         store = RecentTasks(config.max_recent_tasks)
         state.task_observer = store.keep
     redactor = Redactor(
-        compile_secret_keys(config.secret_key_patterns or DEFAULT_SECRET_KEY_PATTERNS),
+        compile_secret_keys(
+            secret_key_patterns(
+                config.secret_key_patterns, defaults=config.default_secret_key_patterns
+            )
+        ),
         config.max_payload_length,
     )
     return Api(state, store, redactor, expose_payloads=config.expose_task_payloads, clock=time.time)

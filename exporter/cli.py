@@ -76,10 +76,11 @@ def _check_web_config(ctx: click.Context, param: click.Parameter, value: str | N
 def _check_secret_key_patterns(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> tuple[str, ...]:
-    try:
-        compile_secret_keys(value or DEFAULT_SECRET_KEY_PATTERNS)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    for pattern in value:
+        try:
+            compile_secret_keys([pattern])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
     return value
 
 
@@ -256,10 +257,20 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     show_envvar=True,
     multiple=True,
     callback=_check_secret_key_patterns,
-    help="Regex (case-insensitive, searched) of dict keys and keyword names whose values are "
-    "masked in served payloads. Repeatable; replaces the default list: "
+    help="Regex (case-insensitive, searched) of dict keys, keyword names and flags whose values "
+    "are masked in served payloads, added to the default list (see "
+    "--no-default-secret-key-patterns). Repeatable; the environment variable takes several "
+    "separated by spaces.",
+)
+@click.option(
+    "--default-secret-key-patterns/--no-default-secret-key-patterns",
+    envvar=_env("DEFAULT_SECRET_KEY_PATTERNS"),
+    show_envvar=True,
+    default=True,
+    show_default=True,
+    help="Mask the values of keys matching the default patterns: "
     + " ".join(DEFAULT_SECRET_KEY_PATTERNS)
-    + ". The environment variable takes several separated by spaces.",
+    + ". Turned off, only --secret-key-pattern's patterns mask (at least one is then needed).",
 )
 @click.option(
     "--max-payload-length",
@@ -344,11 +355,16 @@ def command(**options: Any) -> None:
         max_recent_tasks=options["max_recent_tasks"],
         expose_task_payloads=options["expose_task_payloads"],
         secret_key_patterns=tuple(options["secret_key_patterns"]),
+        default_secret_key_patterns=options["default_secret_key_patterns"],
         max_payload_length=options["max_payload_length"],
         queues=tuple(options["queues"]),
         queue_poll_interval=options["queue_poll_interval"],
         max_queues=options["max_queues"],
     )
+    if not config.default_secret_key_patterns and not config.secret_key_patterns:
+        raise click.UsageError(
+            "--no-default-secret-key-patterns needs at least one --secret-key-pattern"
+        )
     exporter_logging.configure(config.log_level, config.log_format)
 
     from exporter.app import run

@@ -57,7 +57,9 @@ class Config:
     expose_task_payloads: bool = False
     """Serve args, kwargs and results (masked and cut) in /api/tasks."""
     secret_key_patterns: tuple[str, ...] = ()
-    """Regexes of keys whose values are masked; empty means redact.DEFAULT_SECRET_KEY_PATTERNS."""
+    """Regexes of keys whose values are masked, besides the defaults (if kept)."""
+    default_secret_key_patterns: bool = True
+    """Mask under redact.DEFAULT_SECRET_KEY_PATTERNS too."""
     max_payload_length: int = 1024
     queues: tuple[str, ...] = ()
     """Queues whose depth is always polled, besides those discovered."""

@@ -61,6 +61,14 @@ def flaky(self: Task, fail_times: int) -> int:
     return int(self.request.retries)
 
 
+@task("tests.flaky_exc", bind=True, max_retries=5)
+def flaky_exc(self: Task, fail_times: int) -> int:
+    """Retries on an exception, then succeeds."""
+    if self.request.retries < fail_times:
+        raise self.retry(exc=OSError("flaky disk"), countdown=0.1)
+    return int(self.request.retries)
+
+
 @task("tests.reject", bind=True, acks_late=True)
 def reject(self: Task) -> None:
     raise Reject("not today", requeue=False)

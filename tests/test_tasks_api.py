@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 import requests
 
 from exporter.tasks.redact import ELLIPSIS, MASK
 from exporter.web.api import PAYLOADS_HIDDEN
-from tests.conftest import ExporterProcess, Processes, client, wait_until
+from tests.conftest import ExporterProcess, Processes, client, require_tool, wait_until
 
 WORKER = "w1@tasksapi"
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -125,13 +127,14 @@ def test_filters_failures_retries_and_workers(redis_url: str, processes: Process
     }
     assert "tok-" not in response.text and "input/1732010550292" not in response.text
 
-    # Failures keep their exception and traceback, and a runtime from started to failed.
+    # Failures show their exception class; the message and traceback are payloads, hidden.
+    # Their runtime runs from started to failed.
     for task_id in failing:
         row = by_id[task_id]
         assert row["state"] == "FAILURE"
-        assert row["exception"] == "ValueError('lifespan must be positive, got -1')"
-        assert row["traceback"].startswith("Traceback (most recent call last):")
-        assert row["traceback"].rstrip().endswith("ValueError: lifespan must be positive, got -1")
+        assert (row["exception_type"], row["exception"], row["traceback"]) == (
+            "ValueError", "", "",
+        )  # fmt: skip
         # The row's timestamps are cut to milliseconds; the runtime is not.
         delta = (moment(row["failed"]) - moment(row["started"])).total_seconds()
         assert abs(row["runtime"] - delta) <= 0.001, (row["runtime"], delta)
@@ -139,7 +142,8 @@ def test_filters_failures_retries_and_workers(redis_url: str, processes: Process
     assert (by_id[flaky]["state"], by_id[flaky]["retries"]) == ("SUCCESS", 2)
     assert by_id[flaky]["retried"] is not None
     # tests.flaky retries without an exception: Celery reports it as 'None', shown as "".
-    assert by_id[flaky]["exception"] == ""
+    assert (by_id[flaky]["exception_type"], by_id[flaky]["exception"]) == (None, "")
+    assert "lifespan must be positive" not in response.text
 
     def ids(**params: str) -> set[str]:
         return {row["uuid"] for row in tasks(exporter, **params)}
@@ -155,6 +159,8 @@ def test_filters_failures_retries_and_workers(redis_url: str, processes: Process
     assert ids(worker="w2@") == set()
     assert ids(search="img-fail") == set(failing)
     assert ids(search="failure") == set(failing)
+    assert ids(search="valueerror") == set(failing)
+    assert ids(search="lifespan") == set()
     assert ids(search="tasksapi") == set(everything)
     assert ids(name="image", state="SUCCESS") == {good}
     assert [row["uuid"] for row in tasks(exporter, limit="2")] == [
@@ -198,6 +204,45 @@ def test_filters_failures_retries_and_workers(redis_url: str, processes: Process
     assert exporter.get("/api/workers", {"status": "x"}).status_code == 400
 
 
+def test_exposed_failures_are_masked_and_labelled_by_class(
+    redis_url: str, processes: Processes
+) -> None:
+    exporter = processes.exporter(redis_url, "--expose-task-payloads")
+    processes.worker(redis_url, WORKER)
+    failed, rejected, retried = (f"{kind}-{uuid.uuid4()}" for kind in ("fail", "rej", "retry"))
+    with client(redis_url) as app:
+        app.send_task("tests.fail", ("login refused, password=hunter2",), task_id=failed)
+        app.send_task("tests.reject", task_id=rejected)
+        app.send_task("tests.flaky_exc", (1,), task_id=retried)
+    by_id = {row["uuid"]: row for row in finished(exporter, [failed, rejected, retried])}
+
+    row = by_id[failed]
+    assert (row["exception_type"], row["exception"]) == (
+        "ValueError", f"ValueError('login refused, password={MASK}')",
+    )  # fmt: skip
+    assert row["traceback"].startswith("Traceback (most recent call last):")
+    assert row["traceback"].rstrip().endswith(f"ValueError: login refused, password={MASK}")
+    assert "hunter2" not in exporter.get("/api/tasks").text
+    # Celery 5.7 reports Reject as a failure whose text is Reject's own repr.
+    row = by_id[rejected]
+    assert (row["state"], row["exception_type"], row["exception"]) == (
+        "REJECTED", "Reject", "reject requeue=False: not today",
+    )  # fmt: skip
+    # A task that retried on an IOError and then succeeded shows no exception.
+    row = by_id[retried]
+    assert (row["state"], row["retries"], row["exception_type"], row["exception"]) == (
+        "SUCCESS", 1, None, "",
+    )  # fmt: skip
+    assert (row["traceback"], row["retried"] is not None) == ("", True)
+    metrics = exporter.metrics()
+    assert metrics.by_label("celery_task_exceptions_total", "exception", task="tests.reject") == {
+        "Reject": 1.0
+    }
+    assert metrics.by_label("celery_task_exceptions_total", "task") == {
+        "tests.fail": 1.0, "tests.reject": 1.0,
+    }  # fmt: skip
+
+
 def test_the_store_keeps_the_newest_tasks_within_its_bound(
     redis_url: str, processes: Processes
 ) -> None:
@@ -206,6 +251,7 @@ def test_the_store_keeps_the_newest_tasks_within_its_bound(
         "--max-recent-tasks", "3",
         "--expose-task-payloads",
         "--secret-key-pattern", "lifespan",
+        "--no-default-secret-key-patterns",
         "--max-payload-length", "60",
     )  # fmt: skip
     processes.worker(redis_url, WORKER, concurrency=1)
@@ -220,9 +266,39 @@ def test_the_store_keeps_the_newest_tasks_within_its_bound(
             assert finished_ids == {task_id}
     rows = tasks(exporter, limit="10")
     assert [row["uuid"] for row in rows] == sent[:1:-1]
-    # Only the configured pattern masks now, and long values are cut to 60 characters.
+    # Without the defaults only the configured pattern masks, and long values are cut to 60
+    # characters.
     kwargs = repr({**image_kwargs(4), "lifespan": MASK})
     assert rows[0]["kwargs"] == kwargs[:60] + ELLIPSIS
+
+
+def test_secret_key_patterns_add_to_the_defaults(redis_url: str, processes: Processes) -> None:
+    exporter = processes.exporter(
+        redis_url, "--expose-task-payloads", "--secret-key-pattern", "lifespan"
+    )
+    processes.worker(redis_url, WORKER)
+    task_id = str(uuid.uuid4())
+    with client(redis_url) as app:
+        app.send_task("tests.image", kwargs=image_kwargs(7), task_id=task_id)
+    [row] = finished(exporter, [task_id])
+    assert row["kwargs"] == repr({**image_kwargs(7), "lifespan": MASK, "api_token": MASK})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--no-default-secret-key-patterns"],
+         "--no-default-secret-key-patterns needs at least one --secret-key-pattern"),
+        (["--secret-key-pattern", "("], "bad secret key pattern '('"),
+    ],
+)  # fmt: skip
+def test_secret_key_flags_are_checked_at_start(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [require_tool("celery-events-exporter"), *args, "--listen-address", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert message in done.stderr
 
 
 def test_api_answers_404_for_unknown_paths(redis_url: str, processes: Processes) -> None:

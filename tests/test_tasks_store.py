@@ -18,14 +18,17 @@ import orjson
 import pytest
 
 from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
+from exporter.events.exceptions import MAX_EXCEPTION_CLASS_LENGTH, exception_class
 from exporter.exposition.catalogue import EXPORTER_RECENT_TASK_EVENTS_DROPPED
 from exporter.state import State, StateSettings
 from exporter.tasks.redact import (
     DEFAULT_SECRET_KEY_PATTERNS,
     ELLIPSIS,
     MASK,
+    MAX_DEPTH,
     Redactor,
     compile_secret_keys,
+    secret_key_patterns,
 )
 from exporter.tasks.store import (
     STORED_TEXT_LIMIT,
@@ -114,6 +117,7 @@ def test_a_task_in_order_becomes_one_complete_record() -> None:
         "kwargs": repr(KWARGS),
         "result": repr(RESULT),
         "exception": None,
+        "exception_at": None,
         "traceback": None,
         "retries": 0,
         "worker": WORKER,
@@ -182,6 +186,36 @@ def test_retries_keep_the_uuid_and_end_in_the_last_state() -> None:
         "SUCCESS", 1, T0 + 0.2, T0 + 0.21,
     )  # fmt: skip
     assert (record.retried, record.result, record.runtime) == (T0 + 0.02, "2", 0.05)
+    # The retry's exception told why it was retried; the task succeeded after all.
+    assert (record.exception, record.traceback) == (None, None)
+
+
+def test_a_late_retried_event_does_not_give_a_success_an_exception() -> None:
+    state, store = fed()
+    feed(
+        state,
+        event("received", at=T0, name="tests.flaky", args="(1,)", kwargs="{}", retries=0),
+        event("received", at=T0 + 0.2, name="tests.flaky", args="(1,)", kwargs="{}", retries=1),
+        event("succeeded", at=T0 + 0.3, result="1", runtime=0.05),
+        # The first run's pool process published its batch last.
+        event("retried", at=T0 + 0.02, exception="IOError('flaky disk')", traceback="tb"),
+    )
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.state, record.exception, record.traceback) == ("SUCCESS", None, None)
+
+
+def test_a_failure_after_retries_keeps_the_last_exception() -> None:
+    state, store = fed()
+    feed(
+        state,
+        event("received", at=T0, name="tests.flaky", args="()", kwargs="{}", retries=0),
+        event("failed", at=T0 + 1, exception="KeyError('b')", traceback="tb-b"),
+        event("retried", at=T0 + 0.5, exception="KeyError('a')", traceback="tb-a"),
+    )
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.exception, record.traceback) == ("KeyError('b')", "tb-b")
 
 
 def test_a_rejected_task_ends_rejected_after_its_failure() -> None:
@@ -190,14 +224,18 @@ def test_a_rejected_task_ends_rejected_after_its_failure() -> None:
         state,
         event("received", at=T0, name="tests.reject", args="()", kwargs="{}"),
         event("started", at=T0 + 0.1),
-        event("failed", at=T0 + 0.2, exception="Reject('not today')", traceback="tb"),
+        event("failed", at=T0 + 0.2, exception="reject requeue=False: not today", traceback="tb"),
         event("rejected", at=T0 + 0.2, requeue=False),
     )
     record = store.get(UUID)
     assert record is not None
     assert (record.state, record.rejected, record.exception) == (
-        "REJECTED", T0 + 0.2, "Reject('not today')",
+        "REJECTED", T0 + 0.2, "reject requeue=False: not today",
     )  # fmt: skip
+    [row] = orjson.loads(api_for(state, store, expose=False).tasks("")[0])
+    assert (row["state"], row["exception_type"], row["exception"]) == ("REJECTED", "Reject", "")
+    with state.lock:
+        assert state.exceptions == {("tests.reject", "Reject"): 1}
 
 
 def test_the_clients_clock_cannot_hold_a_task_pending() -> None:
@@ -459,8 +497,43 @@ REDACTOR = Redactor(compile_secret_keys(DEFAULT_SECRET_KEY_PATTERNS), max_length
          repr({"token": MASK, "ok": 1, "Password": MASK})),
         ("{\"token\": \"it's\", 'when': now(), \"Password\": None}",
          f"{{\"token\": \"{MASK}\", 'when': now(), \"Password\": {MASK}}}"),
+        # The wider default list; short words only as whole words, camelCase read as words.
+        (repr({"passphrase": 1, "pass": 2, "access_key": 3, "jwt": 4, "bearer": 5, "otp": 6,
+               "pin": 7, "signing_key": 8, "refresh": 9, "authKey": 10, "Passwort": 11,
+               "mot_de_passe": 12, "userPin": 13, "X-Refresh-Token": 14}),
+         repr({"passphrase": MASK, "pass": MASK, "access_key": MASK, "jwt": MASK,
+               "bearer": MASK, "otp": MASK, "pin": MASK, "signing_key": MASK, "refresh": MASK,
+               "authKey": MASK, "Passwort": MASK, "mot_de_passe": MASK, "userPin": MASK,
+               "X-Refresh-Token": MASK})),
+        (repr({"passport": "P1", "shipping": "S", "compass": "C", "opinion": "O", "author": "A"}),
+         repr({"passport": "P1", "shipping": "S", "compass": "C", "opinion": "O", "author": "A"})),
+        # A secret inside a string value that holds JSON, or key=value text.
+        (repr(('{"user": "ann", "password": "hunter2"}',)),
+         repr((f'{{"user": "ann", "password": "{MASK}"}}',))),
+        (repr({"note": "retry with token=abc123 later"}),
+         repr({"note": f"retry with token={MASK} later"})),
+        # Key/value pair lists (HTTP headers as requests and aiohttp take them).
+        (repr(([["Authorization", "Bearer X"], ["Accept", "*/*"]],)),
+         repr(([["Authorization", MASK], ["Accept", "*/*"]],))),
+        (repr({"headers": (("Cookie", "sid=1"), ("X-Api-Key", "k"), ("Host", "h"))}),
+         repr({"headers": (("Cookie", MASK), ("X-Api-Key", MASK), ("Host", "h"))})),
+        # Command lines: --flag value, --flag=value, in a list or in one string.
+        (repr((["--user", "ann", "--password", "X", "-v"],)),
+         repr((["--user", "ann", "--password", MASK, "-v"],)),),
+        (repr(("deploy", "--password=X", "--token=Y", "--dry-run")),
+         repr(("deploy", f"--password={MASK}", f"--token={MASK}", "--dry-run"))),
+        (repr("pg_dump --host db --password s3cret --verbose"),
+         repr(f"pg_dump --host db --password {MASK} --verbose")),
+        # Credentials recognised by their shape, under any key.
+        (repr({"header": "Bearer abcdefghijklmnop"}), repr({"header": f"Bearer {MASK}"})),
+        (repr(("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",)), repr((MASK,))),
+        # Not literals, cut by Celery: the same in the text scanner.
+        ("(['--password', 'X', '--user', 'ann'], <object at 0x1>",
+         f"(['--password', '{MASK}', '--user', 'ann'], <object at 0x1>"),
+        ("Conn(url='x', pin=1234, passport='P')", f"Conn(url='x', pin={MASK}, passport='P')"),
         # Positional secrets cannot be recognised: that is why payloads are opt-in.
         ("('hunter2',)", "('hunter2',)"),
+        ("('ann', 'hunter2', 'db.example.com')", "('ann', 'hunter2', 'db.example.com')"),
     ],
 )  # fmt: skip
 def test_secrets_are_masked(text: str, expected: str) -> None:
@@ -479,8 +552,14 @@ def test_json_payloads_of_old_clients_are_masked() -> None:
     assert REDACTOR.payload(None) == ""
 
 
-def test_custom_secret_key_patterns_replace_the_default() -> None:
-    custom = Redactor(compile_secret_keys([r"^ssn$", "iban"]), 1024)
+def test_custom_secret_key_patterns_extend_the_default_or_replace_it() -> None:
+    added = Redactor(compile_secret_keys(secret_key_patterns([r"^ssn$", "iban"])), 1024)
+    assert added.mask(repr({"ssn": "1", "IBAN_no": "2", "password": "3", "n": 4})) == repr(
+        {"ssn": MASK, "IBAN_no": MASK, "password": MASK, "n": 4}
+    )
+    patterns = secret_key_patterns([r"^ssn$", "iban"], defaults=False)
+    assert patterns == (r"^ssn$", "iban")
+    custom = Redactor(compile_secret_keys(patterns), 1024)
     assert custom.mask(repr({"ssn": "1", "IBAN_no": "2", "password": "3"})) == repr(
         {"ssn": MASK, "IBAN_no": MASK, "password": "3"}
     )
@@ -500,6 +579,12 @@ def test_long_values_are_cut_and_tracebacks_keep_their_end() -> None:
 def test_pathological_reprs_do_not_raise() -> None:
     deep = "[" * 5000 + "]" * 5000
     assert REDACTOR.mask(deep) == deep
+    # JSON data (old clients) nested deeper than MAX_DEPTH is served cut, not a RecursionError.
+    nested: Any = ["leaf"]
+    for _ in range(1000):
+        nested = [nested]
+    masked = REDACTOR.mask(nested)
+    assert masked == "[" * MAX_DEPTH + repr(ELLIPSIS) + "]" * MAX_DEPTH
     assert REDACTOR.mask("{'password': ") == "{'password': "
     assert REDACTOR.mask("'") == "'"
 
@@ -581,6 +666,7 @@ def test_rows_hide_payloads_unless_asked() -> None:
         "args": "()",
         "kwargs": repr({**KWARGS, "api_token": MASK}),
         "result": repr(RESULT),
+        "exception_type": None,
         "exception": "",
         "traceback": "",
         "sent": None,
@@ -627,8 +713,13 @@ def test_a_failures_runtime_is_started_to_failed_and_its_exception_is_masked() -
               traceback="Traceback (most recent call last):\n" + "  frame\n" * 500
               + "PermissionError: password='pw' refused\n"),
     )  # fmt: skip
-    [row] = orjson.loads(api_for(state, store, expose=False, max_length=200).tasks("")[0])
+    [hidden] = orjson.loads(api_for(state, store, expose=False, max_length=200).tasks("")[0])
+    assert (hidden["exception_type"], hidden["exception"], hidden["traceback"]) == (
+        "PermissionError", "", "",
+    )  # fmt: skip
+    [row] = orjson.loads(api_for(state, store, expose=True, max_length=200).tasks("")[0])
     assert row["runtime"] == 2.25
+    assert row["exception_type"] == "PermissionError"
     assert row["exception"] == f"PermissionError(\"password='{MASK}' refused\")"
     assert row["traceback"].startswith(ELLIPSIS)
     assert row["traceback"].endswith(f"PermissionError: password='{MASK}' refused\n")
@@ -657,3 +748,43 @@ def test_serving_while_events_pour_in_is_consistent() -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def test_search_matches_the_exception_class_not_its_message() -> None:
+    state, store = fed()
+    feed(
+        state,
+        event("received", "a", T0, name="tests.login", args="()", kwargs="{}"),
+        event("failed", "a", T0 + 1, exception="PermissionError('alice@example.com refused')"),
+        event("received", "b", T0 + 2, name="tests.login", args="()", kwargs="{}"),
+        event("failed", "b", T0 + 3, exception="KeyError('permission')"),
+    )
+    api = api_for(state, store, expose=False)
+
+    def found(search: str) -> list[str]:
+        return [row["uuid"] for row in orjson.loads(api.tasks(f"search={search}")[0])]
+
+    assert found("permissionerror") == ["a"]
+    assert found("KeyError") == ["b"]
+    assert found("alice") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "cls"),
+    [
+        ("ValueError('lifespan must be positive, got -1')", "ValueError"),
+        ("celery.exceptions.TimeLimitExceeded(60)", "celery.exceptions.TimeLimitExceeded"),
+        ("reject requeue=False: not today", "Reject"),
+        ("reject requeue=True: later", "Reject"),
+        ("WorkerLostError: Worker exited prematurely", "WorkerLostError"),
+        ("<app.errors.Boom object at 0x7f0c>", "app.errors.Boom"),
+        ("NotRegistered", "NotRegistered"),
+        ("secret-token-123 was refused", "unknown"),
+        ("", "unknown"),
+        (None, "unknown"),
+        ([[["deep"]]], "unknown"),
+        ("E" * 10_000 + "()", "E" * MAX_EXCEPTION_CLASS_LENGTH),
+    ],
+)
+def test_the_exception_class_is_the_leading_class_name(text: Any, cls: str) -> None:
+    assert exception_class(text) == cls

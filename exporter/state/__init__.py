@@ -8,7 +8,6 @@ thousands of times a second on a busy fleet.
 from __future__ import annotations
 
 import math
-import re
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from exporter.events.exceptions import exception_class
 from exporter.exposition.catalogue import TASK_STATE_COUNTERS
 
 UNKNOWN_TASK = "unknown"
@@ -37,8 +37,6 @@ KNOWN_EVENT_TYPES = frozenset(
     }
 )
 MAX_CUSTOM_EVENT_TYPES = 50
-
-_EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)")
 
 TaskObserver = Callable[[bytes | str, float, int], None]
 """(the message's JSON body, received_at, task events counted from it) -> None: called once per
@@ -377,8 +375,7 @@ class State:
         return False
 
     def _count_exception(self, task: str, exception: Any) -> None:
-        match = _EXCEPTION_CLASS.match(exception) if isinstance(exception, str) else None
-        cls = match.group(1) if match else UNKNOWN_TASK
+        cls = exception_class(exception)
         if cls not in self._exception_classes:
             if len(self._exception_classes) >= self.settings.max_exception_classes:
                 cls = OTHER

@@ -23,28 +23,61 @@ MASK = "********"
 ELLIPSIS = "…"
 
 DEFAULT_SECRET_KEY_PATTERNS: tuple[str, ...] = (
-    r"passw(or)?d",
+    r"passw(or)?[dt]",
+    r"passphrase",
+    r"(^|[-_\s])pass($|[-_\s])",
+    r"mot[-_\s]?de[-_\s]?passe",
     r"pwd",
     r"token",
     r"secret",
     r"api[-_\s]?key",
+    r"access[-_\s]?key",
+    r"signing[-_\s]?key",
+    r"private[-_\s]?key",
+    r"auth[-_\s]?key",
     r"authori[sz]ation",
     r"(^|[-_\s])auth($|[-_\s])",
+    r"bearer",
+    r"jwt",
+    r"(^|[-_\s])otp($|[-_\s])",
+    r"(^|[-_\s])pin($|[-_\s])",
+    r"refresh",
     r"cookie",
     r"session",
     r"credential",
-    r"private[-_\s]?key",
     r"signature",
 )
-"""Matched (searched, case-insensitively) against dict keys and keyword names. No spaces in them:
-the environment variable twin of --secret-key-pattern separates patterns with spaces."""
+"""Matched (searched, case-insensitively) against dict keys, keyword names, the first item of a
+key/value pair and command-line flags (without their dashes). Short words (pass, auth, otp, pin)
+must stand alone or between -, _ or spaces, so that "passport" or "shipping" stay visible. No
+spaces in them: the environment variable twin of --secret-key-pattern separates patterns with
+spaces."""
+
+MAX_DEPTH = 64
+"""Levels of nesting masked in a payload sent as JSON data; deeper levels are served as "…"."""
+
+MAX_KEY_LENGTH = 64
+"""Longest first item of a two-item list that is read as a key (a longer one is a sentence)."""
 
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^\s:/@'\"]*:)[^\s@/'\"]+@")
-# A key, quoted or bare, followed by ':' (dict) or '=' (keyword argument in an object's repr).
-_KEY_VALUE = re.compile(
+# Credentials recognised by their shape, under any key or none: an HTTP Authorization value and
+# a JSON Web Token.
+_CREDENTIAL_VALUE = re.compile(
+    r"(?P<head>\b(?:Bearer|Basic|Token|Digest)\s+)[A-Za-z0-9._~+/=-]{8,}"
+    r"|\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"
+)
+# Where a secret may follow its name in text:
+# - key: a key, quoted or bare, then ':' (a dict) or '=' (a keyword argument, --flag=value);
+# - flag: a quoted --flag item of a list, then ',' (the value is the next item);
+# - word: a bare --flag then blanks (a command line).
+_SECRET_SITE = re.compile(
     r"""(?P<key>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\b[A-Za-z_][\w-]*)\s*(?P<sep>:|=)\s*"""
+    r"""|(?P<flag>(?P<quote>['"])--?[A-Za-z][\w-]*(?P=quote))\s*,\s*"""
+    r"""|(?<![\w-])(?P<word>--?[A-Za-z][\w-]*)[ \t]+"""
 )
 _CLOSERS = {"(": ")", "[": "]", "{": "}"}
+_BARE_TOKEN_ENDS = frozenset(",;&)]}>'\"\\ \t\r\n")
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def compile_secret_keys(patterns: Iterable[str]) -> re.Pattern[str]:
@@ -58,6 +91,11 @@ def compile_secret_keys(patterns: Iterable[str]) -> re.Pattern[str]:
         except re.error as exc:
             raise ValueError(f"bad secret key pattern {part!r}: {exc}") from None
     return re.compile("|".join(f"(?:{part})" for part in parts), re.IGNORECASE)
+
+
+def secret_key_patterns(extra: Iterable[str], *, defaults: bool = True) -> tuple[str, ...]:
+    """The patterns in force: the defaults (unless turned off) followed by ``extra``."""
+    return (*(DEFAULT_SECRET_KEY_PATTERNS if defaults else ()), *extra)
 
 
 @dataclass(frozen=True)
@@ -74,27 +112,30 @@ class Redactor:
     def mask(self, value: Any) -> str:
         if not isinstance(value, str):
             # Old protocol-1 clients send JSON data instead of reprs.
-            return self._mask_urls(repr(self._mask_data(value)))
+            return _mask_values(repr(self._mask_data(value, 0)))
         try:
             parsed = ast.literal_eval(value)
         except Exception:  # not a literal (or too deep for the parser): mask the text
             return self.mask_text(value)
-        masked = self._mask_data(parsed)
-        return self._mask_urls(value if masked == parsed else repr(masked))
+        masked = self._mask_data(parsed, 0)
+        return _mask_values(value if masked == parsed else repr(masked))
 
     def mask_text(self, text: str) -> str:
-        """Mask ``key: value`` and ``key=value`` pairs of secret-looking keys in free text."""
+        """Mask the values of secret-looking keys in free text: ``key: value``,
+        ``key=value``, ``'--key', value`` and ``--key value``; credentials by their shape."""
         out: list[str] = []
         emitted = 0
         search_from = 0
+        is_secret = self.is_secret_key
         while True:
-            match = _KEY_VALUE.search(text, search_from)
+            match = _SECRET_SITE.search(text, search_from)
             if match is None:
                 break
-            if not self.secret_keys.search(match["key"].strip("'\"")):
-                # Not a secret: look on from its separator, into its value too (a string
-                # value may itself hold "password=...").
-                search_from = match.start("sep") + 1
+            group = "key" if match["key"] else "flag" if match["flag"] else "word"
+            if not is_secret(match[group]):
+                # Not a secret: look on past its name, into its value too (a string value may
+                # itself hold "password=...").
+                search_from = match.start("sep") + 1 if group == "key" else match.end(group)
                 continue
             start = match.end()
             end = _value_end(text, start)
@@ -104,7 +145,16 @@ class Redactor:
                 out.append(f"{quote}{MASK}{quote}")
             emitted = search_from = end
         out.append(text[emitted:])
-        return self._mask_urls("".join(out))
+        return _mask_values("".join(out))
+
+    def is_secret_key(self, key: str) -> bool:
+        """Whether a key, keyword or flag (quotes and leading dashes aside) looks secret; a
+        camelCase key is read as words too (userPin as user_Pin)."""
+        name = key.strip("'\"").lstrip("-")
+        if self.secret_keys.search(name) is not None:
+            return True
+        words = _CAMEL_HUMP.sub("_", name)
+        return words != name and self.secret_keys.search(words) is not None
 
     def truncate(self, text: str) -> str:
         if len(text) <= self.max_length:
@@ -117,25 +167,45 @@ class Redactor:
             return text
         return ELLIPSIS + text[-self.max_length :]
 
-    def _mask_data(self, value: Any) -> Any:
+    def _mask_data(self, value: Any, depth: int) -> Any:
+        if isinstance(value, str):
+            return self.mask_text(value)
+        if depth >= MAX_DEPTH:
+            return ELLIPSIS if isinstance(value, (dict, list, tuple)) else value
         if isinstance(value, dict):
             return {
                 key: MASK
-                if isinstance(key, str) and self.secret_keys.search(key)
-                else self._mask_data(item)
+                if isinstance(key, str) and self.is_secret_key(key)
+                else self._mask_data(item, depth + 1)
                 for key, item in value.items()
             }
-        if isinstance(value, list):
-            return [self._mask_data(item) for item in value]
-        if isinstance(value, tuple):
-            return tuple(self._mask_data(item) for item in value)
-        if isinstance(value, str) and "://" in value:
-            return _URL_PASSWORD.sub(rf"\g<head>{MASK}@", value)
+        if isinstance(value, (list, tuple)):
+            items = [self._mask_data(item, depth + 1) for item in value]
+            for index in range(len(items) - 1):
+                # ('Authorization', 'Bearer X') or '--password', 'X': the item after a
+                # secret-looking name is its value.
+                name = value[index]
+                if (
+                    isinstance(name, str)
+                    and (len(value) == 2 or name.startswith("-"))
+                    and len(name) <= MAX_KEY_LENGTH
+                    and "=" not in name
+                    and self.is_secret_key(name)
+                ):
+                    items[index + 1] = MASK
+            return items if isinstance(value, list) else tuple(items)
         return value
 
-    @staticmethod
-    def _mask_urls(text: str) -> str:
-        return _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text) if "://" in text else text
+
+def _mask_values(text: str) -> str:
+    """Mask what is secret by its shape: a URL's password, an Authorization value, a JWT."""
+    if "://" in text:
+        text = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
+    return _CREDENTIAL_VALUE.sub(_credential_mask, text)
+
+
+def _credential_mask(match: re.Match[str]) -> str:
+    return f"{match['head'] or ''}{MASK}"
 
 
 def _value_end(text: str, start: int) -> int:
@@ -156,9 +226,18 @@ def _value_end(text: str, start: int) -> int:
                 return index + 1
             index += 1
         return length
+    index = start
+    if first not in _CLOSERS:
+        # A bare token (password=hunter2 inside a message) ends where the string around it
+        # does, or at a separator; a call or subscript in it (Session(id=3)) is read whole.
+        while index < length and text[index] not in _BARE_TOKEN_ENDS:
+            if text[index] in _CLOSERS:
+                break
+            index += 1
+        else:
+            return index
     stack: list[str] = []
     quote = ""
-    index = start
     while index < length:
         char = text[index]
         if quote:

@@ -63,6 +63,7 @@ class TaskRecord:
         "args",
         "eta",
         "exception",
+        "exception_at",
         "expires",
         "failed",
         "first_seen",
@@ -99,6 +100,8 @@ class TaskRecord:
         self.result: Any = None
         self.exception: str | None = None
         self.traceback: str | None = None
+        self.exception_at: float | None = None
+        """The worker's timestamp of the event that set ``exception`` and ``traceback``."""
         self.retries: int | None = None
         self.worker: str | None = None
         self.queue: str | None = None
@@ -344,19 +347,31 @@ class RecentTasks:
             runtime = event.get("runtime")
             if (type(runtime) is float or type(runtime) is int) and runtime >= 0:
                 record.runtime = float(runtime)
+            if record.exception_at is not None and timestamp >= record.exception_at:
+                record.exception = record.traceback = record.exception_at = None
         else:
             previous = getattr(record, field)
             if previous is None or timestamp >= previous:
                 setattr(record, field, timestamp)
-            if state is FAILURE or state is RETRY:
+            if (state is FAILURE or state is RETRY) and (
+                # What a retry said before the task went on to succeed is not the row's story.
+                (record.succeeded is None or timestamp > record.succeeded)
+                and (record.exception_at is None or timestamp >= record.exception_at)
+            ):
                 exception = event.get("exception")
-                # self.retry() without exc= is reported as the repr of None.
-                if exception is not None and exception != "None":
-                    text = exception if type(exception) is str else str(exception)
-                    record.exception = text if len(text) <= LIMIT else text[:LIMIT]
-                traceback = event.get("traceback")
-                if type(traceback) is str:
-                    record.traceback = traceback if len(traceback) <= LIMIT else traceback[-LIMIT:]
+                # self.retry() without exc= is reported as the repr of None. Celery sends a
+                # repr string: anything else (a crafted nested list) is not kept.
+                if type(exception) is str and exception != "None":
+                    record.exception = exception if len(exception) <= LIMIT else exception[:LIMIT]
+                    record.exception_at = timestamp
+                    traceback = event.get("traceback")
+                    record.traceback = (
+                        None
+                        if type(traceback) is not str
+                        else traceback
+                        if len(traceback) <= LIMIT
+                        else traceback[-LIMIT:]
+                    )
 
     @staticmethod
     def _payload(record: TaskRecord, event: dict[str, Any]) -> None:

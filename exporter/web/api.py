@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from exporter.events.exceptions import exception_class
 from exporter.exposition.catalogue import TASK_STATE_COUNTERS
 from exporter.state import State
 from exporter.tasks.redact import Redactor
@@ -28,12 +29,14 @@ TIMESTAMP_FIELDS = (
     "sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected",
 )  # fmt: skip
 PAYLOADS_HIDDEN = (
-    "hidden; args, kwargs and result are served empty unless the exporter runs with "
-    "--expose-task-payloads (CELERY_EXPORTER_EXPOSE_TASK_PAYLOADS=true)"
+    "hidden; args, kwargs, result, exception and traceback are served empty unless the "
+    "exporter runs with --expose-task-payloads (CELERY_EXPORTER_EXPOSE_TASK_PAYLOADS=true); "
+    "exception_type is always served"
 )
 PAYLOADS_SHOWN = "shown; values under secret-looking keys are masked"
 TASK_ROW_KEYS = (
-    "name", "uuid", "state", *PAYLOAD_FIELDS, "exception", "traceback", *TIMESTAMP_FIELDS,
+    "name", "uuid", "state", *PAYLOAD_FIELDS, "exception_type", "exception", "traceback",
+    *TIMESTAMP_FIELDS,
     "runtime", "worker", "retries", "queue", "eta", "expires", "root_id", "parent_id", "timestamp",
 )  # fmt: skip
 """Every key of an /api/tasks row."""
@@ -63,7 +66,7 @@ class TaskQuery:
     worker: str = ""
     """Case-insensitive substring of the worker's hostname."""
     search: str = ""
-    """Case-insensitive substring of any of uuid, name, state and worker."""
+    """Case-insensitive substring of any of uuid, name, state, worker and exception class."""
     limit: int = DEFAULT_LIMIT
     since: float | None = None
     until: float | None = None
@@ -81,7 +84,13 @@ class TaskQuery:
             return False
         if self.search and not any(
             self.search in text
-            for text in (record.uuid.lower(), name, (record.state or "").lower(), worker)
+            for text in (
+                record.uuid.lower(),
+                name,
+                (record.state or "").lower(),
+                worker,
+                (exception_type(record) or "").lower(),
+            )
         ):
             return False
         moment = record.sort_time
@@ -216,11 +225,18 @@ class Api:
         }
         for field in PAYLOAD_FIELDS:
             row[field] = redact.payload(getattr(record, field)) if self.expose_payloads else ""
+        # The class names the failure; its message and traceback are payloads like the others.
+        row["exception_type"] = exception_type(record)
+        exposed = self.expose_payloads
         row["exception"] = (
-            redact.truncate(redact.mask_text(record.exception)) if record.exception else ""
+            redact.truncate(redact.mask_text(record.exception))
+            if exposed and record.exception
+            else ""
         )
         row["traceback"] = (
-            redact.truncate_tail(redact.mask_text(record.traceback)) if record.traceback else ""
+            redact.truncate_tail(redact.mask_text(record.traceback))
+            if exposed and record.traceback
+            else ""
         )
         for field in TIMESTAMP_FIELDS:
             row[field] = iso(getattr(record, field))
@@ -267,6 +283,11 @@ class Api:
                 rows.append(row)
         rows.sort(key=lambda row: str(row["worker"]))
         return orjson.dumps(rows)
+
+
+def exception_type(record: TaskRecord) -> str | None:
+    """The class of the task's last failure or retry (``None`` if it has none)."""
+    return exception_class(record.exception) if record.exception else None
 
 
 def _runtime(record: TaskRecord) -> float | None:
