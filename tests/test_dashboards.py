@@ -441,7 +441,7 @@ def test_recent_tasks_table_reads_the_exporter_api_through_infinity() -> None:
     # Flower's Tasks columns, in its order, and the failure's exception next to the result.
     assert [(c["selector"], c["text"]) for c in target["columns"]] == [
         ("name", "Name"), ("uuid", "UUID"), ("state", "State"), ("args", "args"),
-        ("kwargs", "kwargs"), ("result", "Result"), ("exception", "Exception"),
+        ("kwargs", "kwargs"), ("result", "Result"), ("exception_type", "Exception"),
         ("received", "Received"), ("started", "Started"), ("runtime", "Runtime"),
         ("worker", "Worker"), ("retries", "Retries"),
     ]  # fmt: skip

@@ -35,7 +35,8 @@ SEARCH_VARIABLES: tuple[tuple[str, str, str, str], ...] = (
      "SUCCESS, FAILURE, STARTED, RECEIVED, RETRY, REVOKED, REJECTED or PENDING; several "
      "separated by commas."),
 )  # fmt: skip
-# (JSON key, column title, Infinity column type), in Flower's order, the exception after Result.
+# (JSON key, column title, Infinity column type), in Flower's order, the exception after Result:
+# its class, which is served even when payloads (the message among them) are hidden.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("name", "Name", "string"),
     ("uuid", "UUID", "string"),
@@ -43,7 +44,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("args", "args", "string"),
     ("kwargs", "kwargs", "string"),
     ("result", "Result", "string"),
-    ("exception", "Exception", "string"),
+    ("exception_type", "Exception", "string"),
     ("received", "Received", "timestamp"),
     ("started", "Started", "timestamp"),
     ("runtime", "Runtime", "number"),
