@@ -102,7 +102,9 @@ def run(config: Config) -> int:
     web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
     status = BrokerStatus()
     decoder = Decoder(state, inbox)
-    reader = make_reader(config.broker_url, config.broker_transport_options, inbox, status)
+    reader = make_reader(
+        config.broker_url, config.broker_transport_options, inbox, status, config.events
+    )
     queues = build_queues(config, state)
     controller = Controller(
         config.broker_url,
@@ -140,6 +142,7 @@ def run(config: Config) -> int:
         version=__version__,
         listen=str(config.listen),
         broker=reader.safe_url(),
+        event_exchange=config.event_exchange,
         worker_label=config.worker_label,
         enable_events=config.enable_events,
         tls=web_config is not None and web_config.tls is not None,

@@ -26,6 +26,12 @@ from exporter.config import (
     parse_listen_address,
     parse_transport_option,
 )
+from exporter.intake.event_queue import (
+    DEFAULT_EVENT_EXCHANGE,
+    DEFAULT_EVENT_QUEUE_EXPIRES,
+    DEFAULT_EVENT_QUEUE_PREFIX,
+    DEFAULT_EVENT_QUEUE_TTL,
+)
 from exporter.tasks.redact import DEFAULT_SECRET_KEY_PATTERNS, compile_secret_keys
 from exporter.web import webconfig
 
@@ -84,6 +90,12 @@ def _check_secret_key_patterns(
     return value
 
 
+def _check_not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("must not be empty")
+    return value
+
+
 def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Reject a URL kombu cannot even interpret; an unreachable broker is retried instead."""
     try:
@@ -116,6 +128,46 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     type=TRANSPORT_OPTION,
     help="A kombu transport option as KEY=VALUE; VALUE may be JSON. Repeatable; the environment "
     "variable takes several separated by spaces.",
+)
+@click.option(
+    "--event-exchange",
+    envvar=_env("EVENT_EXCHANGE"),
+    show_envvar=True,
+    default=DEFAULT_EVENT_EXCHANGE,
+    show_default=True,
+    callback=_check_not_blank,
+    help="The exchange the workers publish events to: the app's event_exchange setting. An "
+    "exporter bound to another exchange receives nothing.",
+)
+@click.option(
+    "--event-queue-prefix",
+    envvar=_env("EVENT_QUEUE_PREFIX"),
+    show_envvar=True,
+    default=DEFAULT_EVENT_QUEUE_PREFIX,
+    show_default=True,
+    callback=_check_not_blank,
+    help="Prefix of the exporter's event queue name, as the app's event_queue_prefix (broker "
+    "policies often match it).",
+)
+@click.option(
+    "--event-queue-ttl",
+    envvar=_env("EVENT_QUEUE_TTL"),
+    show_envvar=True,
+    default=DEFAULT_EVENT_QUEUE_TTL,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds an event may wait in the exporter's queue before RabbitMQ drops it "
+    "(x-message-ttl), as the app's event_queue_ttl; 0 sets none.",
+)
+@click.option(
+    "--event-queue-expires",
+    envvar=_env("EVENT_QUEUE_EXPIRES"),
+    show_envvar=True,
+    default=DEFAULT_EVENT_QUEUE_EXPIRES,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds the exporter's queue outlives its last consumer (x-expires), as the app's "
+    "event_queue_expires; 0 sets none.",
 )
 @click.option(
     "--listen-address",
@@ -339,6 +391,10 @@ def command(**options: Any) -> None:
         broker_url=options["broker_url"],
         broker_transport_options=dict(options["transport_options"]),
         listen=options["listen_address"],
+        event_exchange=options["event_exchange"],
+        event_queue_prefix=options["event_queue_prefix"],
+        event_queue_ttl=options["event_queue_ttl"],
+        event_queue_expires=options["event_queue_expires"],
         worker_timeout=options["worker_timeout"],
         purge_offline_worker_after=options["purge_offline_worker_after"],
         runtime_buckets=options["runtime_buckets"],

@@ -6,6 +6,14 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.intake.event_queue import (
+    DEFAULT_EVENT_EXCHANGE,
+    DEFAULT_EVENT_QUEUE_EXPIRES,
+    DEFAULT_EVENT_QUEUE_PREFIX,
+    DEFAULT_EVENT_QUEUE_TTL,
+    EventSettings,
+)
+
 DEFAULT_PORT = 19808
 """Outside 9100-9999, which Prometheus' default-port allocation list has fully handed out
 (9808 there belongs to another Celery exporter), and below Linux's ephemeral port range."""
@@ -36,6 +44,13 @@ class Config:
     broker_url: str = DEFAULT_BROKER_URL
     broker_transport_options: dict[str, Any] = field(default_factory=dict)
     listen: ListenAddress = ListenAddress("", DEFAULT_PORT)
+    event_exchange: str = DEFAULT_EVENT_EXCHANGE
+    """The app's event_exchange: where the workers publish their events."""
+    event_queue_prefix: str = DEFAULT_EVENT_QUEUE_PREFIX
+    event_queue_ttl: float = DEFAULT_EVENT_QUEUE_TTL
+    """x-message-ttl of the exporter's event queue, seconds; 0 sets none."""
+    event_queue_expires: float = DEFAULT_EVENT_QUEUE_EXPIRES
+    """x-expires of the exporter's event queue, seconds; 0 sets none."""
     worker_timeout: float = 0.0
     """Seconds without a heartbeat before a worker reads offline; 0 = Celery's 2 x freq rule."""
     purge_offline_worker_after: float = 3600.0
@@ -67,6 +82,16 @@ class Config:
     """Seconds between two polls of the queue depths; 0 turns the poller off."""
     max_queues: int = 500
     """Queues watched at most; names discovered past it are counted, not watched."""
+
+    @property
+    def events(self) -> EventSettings:
+        """The app's event settings, as every intake path takes them."""
+        return EventSettings(
+            exchange=self.event_exchange,
+            queue_prefix=self.event_queue_prefix,
+            queue_ttl=self.event_queue_ttl,
+            queue_expires=self.event_queue_expires,
+        )
 
 
 def parse_listen_address(value: str) -> ListenAddress:

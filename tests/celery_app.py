@@ -1,6 +1,7 @@
 """The Celery app the end-to-end tests run in real worker processes.
 
-Its broker comes from TEST_BROKER_URL, so one app serves the Redis and the RabbitMQ runs.
+Its broker comes from TEST_BROKER_URL, so one app serves the Redis and the RabbitMQ runs;
+TEST_EVENT_EXCHANGE, when set, is its event_exchange (an app with its own event settings).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ if os.environ.get("TEST_PRIORITY_QUEUES"):
     ]
 if os.environ.get("TEST_PREFETCH_MULTIPLIER"):
     app.conf.worker_prefetch_multiplier = int(os.environ["TEST_PREFETCH_MULTIPLIER"])
+if os.environ.get("TEST_EVENT_EXCHANGE"):
+    app.conf.event_exchange = os.environ["TEST_EVENT_EXCHANGE"]
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -216,7 +216,8 @@ class Processes:
         env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         """A ``celery worker`` of ``tests.celery_app``; ``env`` adds to its environment (the
-        app reads TEST_BROKER_TRANSPORT_OPTIONS, TEST_PRIORITY_QUEUES, TEST_PREFETCH_MULTIPLIER)."""
+        app reads TEST_BROKER_TRANSPORT_OPTIONS, TEST_PRIORITY_QUEUES, TEST_PREFETCH_MULTIPLIER,
+        TEST_EVENT_EXCHANGE)."""
         celery = require_tool("celery")
         args = [
             celery,
@@ -279,14 +280,16 @@ class WorkerProcess:
 
 
 @contextmanager
-def client(broker_url: str) -> Iterator[Celery]:
-    """A client app of its own for ``broker_url``: send_task() and control broadcasts.
+def client(broker_url: str, **conf: Any) -> Iterator[Celery]:
+    """A client app of its own for ``broker_url``: send_task() and control broadcasts; ``conf``
+    sets more of its settings (``event_exchange``...).
 
     Not the workers' module-level app: Celery's control broadcasts publish through the app's
     default producer pool even when given another connection.
     """
     app = Celery("tests-client", broker=broker_url, set_as_current=False)
     app.conf.task_send_sent_event = True
+    app.conf.update(conf)
     try:
         yield app
     finally:

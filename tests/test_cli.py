@@ -39,6 +39,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["--worker-timeout", "-1"], {}, "-1"),
         (["--log-format", "xml"], {}, "'xml' is not one of 'auto', 'json', 'console'"),
         (["--no-such-flag"], {}, "No such option '--no-such-flag'"),
+        (["--event-exchange", " "], {}, "must not be empty"),
+        ([], {"CELERY_EXPORTER_EVENT_QUEUE_TTL": "-1"}, "-1"),
     ],
 )
 def test_bad_flags_get_one_clear_error(args: list[str], env: dict[str, str], message: str) -> None:

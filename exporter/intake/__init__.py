@@ -12,6 +12,7 @@ from typing import Any
 from kombu import Connection
 
 from exporter.intake.amqp import AmqpReader, is_plain_amqp_url
+from exporter.intake.event_queue import DEFAULT_EVENT_SETTINGS, EventSettings
 from exporter.intake.kombu_reader import BrokerReader
 from exporter.intake.message import RawMessage
 from exporter.intake.status import BrokerStatus
@@ -28,6 +29,7 @@ def make_reader(
     transport_options: dict[str, Any],
     outbox: queue.SimpleQueue[RawMessage],
     status: BrokerStatus,
+    events: EventSettings = DEFAULT_EVENT_SETTINGS,
 ) -> BrokerReader:
     """The intake path for ``broker_url``: where a faster path for a broker exists, it is chosen
     here; every path shares BrokerReader's interface (``run(stop)``, ``safe_url()``).
@@ -35,19 +37,20 @@ def make_reader(
     Redis (``redis://``, ``rediss://``, ``sentinel://``) gets the pub/sub fast path when hiredis
     is installed; RabbitMQ over plain TCP (``amqp://``, ``pyamqp://``) the frame-reading fast
     path; every other broker (``amqps://`` included), and Redis without hiredis, goes through
-    kombu. The transport option ``exporter_fast_path: false`` forces kombu's path.
+    kombu. The transport option ``exporter_fast_path: false`` forces kombu's path. Every path
+    follows the app's event settings ``events`` (exchange, queue prefix, TTL, expiry).
     """
     options = dict(transport_options)
     if not options.pop(FAST_PATH_OPTION, True):
-        return BrokerReader(broker_url, options, outbox, status)
+        return BrokerReader(broker_url, options, outbox, status, events)
     connection = Connection(broker_url, transport_options=options)
     if is_plain_amqp_url(connection):
-        return AmqpReader(broker_url, options, outbox, status)
+        return AmqpReader(broker_url, options, outbox, status, events)
     try:
         from exporter.intake.redis import RedisPubSubReader, is_redis_url
     except ImportError as exc:  # hiredis missing: kombu's path still works
         log.info("redis fast path unavailable", reason=str(exc))
-        return BrokerReader(broker_url, options, outbox, status)
+        return BrokerReader(broker_url, options, outbox, status, events)
     if is_redis_url(connection):
-        return RedisPubSubReader(broker_url, options, outbox, status)
-    return BrokerReader(broker_url, options, outbox, status)
+        return RedisPubSubReader(broker_url, options, outbox, status, events)
+    return BrokerReader(broker_url, options, outbox, status, events)

@@ -3,11 +3,12 @@
 kombu and py-amqp spend ~70 us on every delivered message (frame reads by exact size, method
 argument decoding, a ``Message`` object, callbacks), on the thread that must keep the socket
 drained before RabbitMQ's 5 s message TTL drops events. Here py-amqp does only what happens once
-per connection: the handshake, the queue declaration (the very ``Queue`` kombu's path declares:
-same exchange, routing key ``#``, auto-delete, Celery's TTL and expiry) and ``basic.consume``
-with ``no_ack``. From then on the reader thread receives the socket's bytes in large reads and
-``FrameParser`` cuts them into deliveries (method ``basic.deliver``, content header, body frames
-up to ``frame_max`` each), queueing each message's raw body for the ingest thread.
+per connection: the handshake, the queue declaration (the very ``Queue`` kombu's path declares,
+from the app's event settings: exclusive, auto-delete, the event exchange, TTL and expiry) and
+``basic.consume`` with ``no_ack``. From then on the reader thread receives the socket's bytes in
+large reads and ``FrameParser`` cuts them into deliveries (method ``basic.deliver``, content
+header, body frames up to ``frame_max`` each), queueing each message's raw body for the ingest
+thread.
 
 It also does what py-amqp did for the connection: sends a heartbeat frame every half interval
 (the only thing this client ever writes), treats silence longer than two intervals as a dead

@@ -1,8 +1,8 @@
 """Read Celery's event exchange through kombu, for any broker kombu speaks (Redis, AMQP...).
 
-The queue is declared exactly as Celery's own ``EventReceiver`` declares it (same exchange, type
-switched to fanout on Redis, routing key ``#``, auto-delete, Celery's TTL and expiry), so broker
-policies written for Flower or ``celery events`` apply unchanged. Messages are not decoded here:
+The queue is declared exactly as Celery 5.7's own ``EventReceiver`` declares it, from the app's
+event settings (``exporter.intake.event_queue``), so broker policies written for Flower or
+``celery events`` apply unchanged. Messages are not decoded here:
 their raw bodies go to the ingest queue.
 """
 
@@ -11,25 +11,26 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 from kombu.utils.url import maybe_sanitize_url
 
 from exporter.intake import compat
+from exporter.intake.event_queue import (
+    DEFAULT_EVENT_SETTINGS,
+    EventSettings,
+    event_queue,
+    event_queue_name,
+)
 from exporter.intake.message import RawMessage
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
 
 log = get_logger(__name__)
 
-EVENT_EXCHANGE = "celeryev"
-EVENT_QUEUE_TTL = 5.0  # Celery's event_queue_ttl default
-EVENT_QUEUE_EXPIRES = 60.0  # Celery's event_queue_expires default
 MAX_BACKOFF = 30.0
 DRAIN_TIMEOUT = 1.0
 
@@ -41,12 +42,14 @@ class BrokerReader:
         transport_options: dict[str, Any],
         outbox: queue.SimpleQueue[RawMessage],
         status: BrokerStatus,
+        events: EventSettings = DEFAULT_EVENT_SETTINGS,
     ) -> None:
         self.broker_url = broker_url
         self.transport_options = transport_options
         self.outbox = outbox
         self.status = status
-        self.queue_name = f"celeryev.celery-events-exporter.{uuid.uuid4()}"
+        self.events = events
+        self.queue_name = event_queue_name(events)
 
     def connection(self) -> Connection:
         return Connection(
@@ -82,16 +85,8 @@ class BrokerReader:
         self.status.connected = False
 
     def event_queue(self, conn: Connection) -> Queue:
-        """The event queue, declared as Celery's own EventReceiver declares it."""
-        return Queue(
-            self.queue_name,
-            exchange=get_exchange(conn, name=EVENT_EXCHANGE),
-            routing_key="#",
-            auto_delete=True,
-            durable=False,
-            message_ttl=EVENT_QUEUE_TTL,
-            expires=EVENT_QUEUE_EXPIRES,
-        )
+        """The event queue, declared as Celery 5.7's own EventReceiver declares it."""
+        return event_queue(conn, self.queue_name, self.events)
 
     def _consume(self, stop: threading.Event) -> None:
         with self.connection() as conn:

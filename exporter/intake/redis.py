@@ -24,7 +24,8 @@ import hiredis
 from kombu import Connection
 
 from exporter.intake import compat
-from exporter.intake.kombu_reader import EVENT_EXCHANGE, BrokerReader
+from exporter.intake.event_queue import DEFAULT_EVENT_EXCHANGE
+from exporter.intake.kombu_reader import BrokerReader
 from exporter.intake.message import RawMessage
 from exporter.logging import get_logger
 
@@ -45,7 +46,7 @@ PING_AFTER = 25.0
 REDIS_TRANSPORTS = frozenset({"redis", "rediss", "sentinel"})
 
 
-def subscribe_topics(channel: Any, exchange: str = EVENT_EXCHANGE) -> list[str]:
+def subscribe_topics(channel: Any, exchange: str = DEFAULT_EVENT_EXCHANGE) -> list[str]:
     """The pub/sub patterns kombu's Redis ``channel`` PSUBSCRIBEs for a queue bound to the fanout
     ``exchange`` with routing key ``#``, global key prefix included (kombu's own rule)."""
     return compat.redis_subscribe_topics(channel, exchange)
@@ -64,7 +65,7 @@ class RedisPubSubReader(BrokerReader):
         with self.connection() as conn:
             conn.ensure_connection(max_retries=1)
             channel: Any = conn.default_channel
-            topics = subscribe_topics(channel)
+            topics = subscribe_topics(channel, self.events.exchange)
             redis_connection = channel.pool.make_connection()
             try:
                 redis_connection.connect()

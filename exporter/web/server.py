@@ -4,7 +4,8 @@ the JSON API (``/api/tasks``, ``/api/workers``), with the web config's basic aut
 A stdlib threading server rather than prometheus-client's ``start_http_server``: the exporter
 serves more than ``/metrics``, needs basic auth, and a scrape must never wait for another one.
 With basic auth configured, every path but the two probes requires it: ``/healthz`` and
-``/readyz`` tell nothing but "the process runs" and "the broker is connected", and container
+``/readyz`` tell nothing but "the process runs" and "the broker is connected" (connected and
+subscribed to the event exchange: whether workers publish there, it cannot know), and container
 health checks and Kubernetes probes cannot be expected to hold the credentials.
 """
 
