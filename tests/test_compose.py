@@ -255,7 +255,12 @@ def test_exporter_port_matches_targets_healthcheck_and_infinity(
     assert f"http://127.0.0.1:{port}/healthz" in healthcheck
     infinity = _datasource("infinity")
     assert infinity["type"] == INFINITY_PLUGIN
-    assert infinity["jsonData"]["allowedHosts"] == [f"http://exporter:{port}"]
+    # The Tasks table's query is a path; the data source's URL, from Grafana's environment, is
+    # the only host Infinity may reach (and send the exporter's credentials to).
+    reference = "$__env{CELERY_EXPORTER_URL}"
+    assert (infinity["url"], infinity["jsonData"]["allowedHosts"]) == (reference, [reference])
+    grafana_env = _environment(services["grafana"])
+    assert grafana_env["CELERY_EXPORTER_URL"] == f"http://exporter:{port}"
 
 
 def test_prometheus_reads_config_rules_and_targets_from_the_repo(

@@ -344,6 +344,57 @@ def test_datasource_is_a_variable_used_everywhere(uid: str) -> None:
             assert target["datasource"] == reference, panel["title"]
 
 
+def datasource_references(node: Any) -> Iterator[Any]:
+    """Every value of a "datasource" key anywhere in the dashboard JSON."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield value
+            yield from datasource_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from datasource_references(item)
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_data_sources_are_chosen_in_any_grafana(uid: str) -> None:
+    # Imported into an existing Grafana, the dashboards must work with whatever data sources it
+    # has: every reference goes through a datasource variable, none names a uid, and nothing
+    # points at the compose stack's hosts.
+    board = committed(uid)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    expected_types = {
+        panels.DATASOURCE_VAR: "prometheus",
+        recent_tasks.API_DATASOURCE_VAR: recent_tasks.INFINITY_TYPE,
+    }
+    references = list(datasource_references(board))
+    assert references
+    for reference in references:
+        assert isinstance(reference, dict), reference
+        name = str(reference["uid"]).removeprefix("${").removesuffix("}")
+        assert name in expected_types, reference
+        assert (variables[name]["type"], variables[name]["query"]) == (
+            "datasource",
+            expected_types[name],
+        )
+        assert reference["type"] == expected_types[name]
+        # No preselected uid: Grafana takes the default data source of the type.
+        assert "current" not in variables[name] or not variables[name]["current"]
+    assert [v["name"] for v in variables.values() if v["type"] == "constant"] == []
+    text = generate.render(uid)
+    assert "exporter:19808" not in text and "localhost" not in text
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_links_sit_in_the_top_bar(uid: str) -> None:
+    # placement "inControlsMenu" (the SDK's default) hides links in the controls menu of current
+    # Grafana and drops the dashboards-type dropdown there; without it they are in the top bar.
+    links = committed(uid)["links"]
+    assert [link["type"] for link in links] == ["link", "dashboards"]
+    for link in links:
+        assert "placement" not in link, link
+
+
 @pytest.mark.parametrize("uid", UIDS)
 def test_dashboard_chrome(uid: str) -> None:
     board = committed(uid)
@@ -420,9 +471,8 @@ def test_recent_tasks_table_reads_the_exporter_api_through_infinity() -> None:
     assert (target["type"], target["source"], target["format"], target["parser"]) == (
         "json", "url", "table", "backend",
     )  # fmt: skip
-    assert target["url"] == "${tasks_api_url}/api/tasks"
-    base = variables["tasks_api_url"]
-    assert (base["type"], base["query"]) == ("constant", "http://exporter:19808")
+    # A path only: the Infinity data source chosen in the variable supplies the exporter's URL.
+    assert target["url"] == "/api/tasks"
     params = {p["key"]: p["value"] for p in target["url_options"]["params"]}
     # Every search box is a textbox variable, empty by default, wired to its API parameter.
     assert params == {

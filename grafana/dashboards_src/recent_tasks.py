@@ -3,6 +3,12 @@
 Per-task rows do not belong in Prometheus (one series per uuid would grow its index without
 bound), so this panel reads the exporter's bounded recent-task store directly. The grafana
 foundation SDK has no Infinity query builder; ``InfinityQuery`` emits the plugin's JSON model.
+
+The query names only the path, ``/api/tasks``: Infinity prefixes it with the URL of the data
+source the ``tasks_api`` variable selects, so where the exporter lives (and its credentials,
+and ``allowedHosts``) is the data source's business, set once in provisioning
+(``CELERY_EXPORTER_URL``, see grafana/provisioning/datasources) or in Grafana's UI, never in the
+dashboard.
 """
 
 from __future__ import annotations
@@ -21,9 +27,8 @@ from . import panels as p
 
 INFINITY_TYPE = "yesoreyeram-infinity-datasource"
 API_DATASOURCE_VAR = "tasks_api"
-API_URL_VAR = "tasks_api_url"
-DEFAULT_API_URL = "http://exporter:19808"
-"""The compose service; the Grafana server, not the browser, fetches it."""
+API_PATH = "/api/tasks"
+"""Relative: the selected Infinity data source's URL comes first."""
 API_DATASOURCE = common.DataSourceRef(type_val=INFINITY_TYPE, uid=f"${{{API_DATASOURCE_VAR}}}")
 
 TITLE = "Recent tasks"
@@ -106,12 +111,11 @@ def variables() -> list[cogbuilder.Builder[dashboard.VariableModel]]:
     found: list[cogbuilder.Builder[dashboard.VariableModel]] = [
         dashboard_builders.DatasourceVariable(API_DATASOURCE_VAR)
         .label("Tasks API")
-        .description("Infinity data source that may reach the exporter, with its credentials.")
+        .description(
+            "Infinity data source whose URL is the exporter's base URL (as the Grafana server "
+            "reaches it), with the exporter's credentials."
+        )
         .type(INFINITY_TYPE),
-        dashboard_builders.ConstantVariable(API_URL_VAR)
-        .label("Exporter URL")
-        .description("Base URL of the exporter, as the Grafana server reaches it.")
-        .value(DEFAULT_API_URL),
     ]
     for name, label, _, description in SEARCH_VARIABLES:
         found.append(
@@ -147,7 +151,7 @@ def panel() -> table.Panel:
             "secrets in them are masked. Hover a cell to read a long value."
         )
         .datasource(API_DATASOURCE)
-        .with_target(InfinityQuery("A", f"${{{API_URL_VAR}}}/api/tasks", query_params()))
+        .with_target(InfinityQuery("A", API_PATH, query_params()))
         .unit("short")
         .filterable(True)
         .sort_by([common_builders.TableSortByFieldState().display_name("Received").desc(True)])
@@ -184,7 +188,8 @@ def panel() -> table.Panel:
             "links": [
                 {
                     "title": "Show only this task",
-                    "url": "/d/${__dashboard.uid}?var-task_uuid=${__value.raw}&${__url_time_range}",
+                    "url": "/d/${__dashboard.uid}?var-task_uuid=${__value.raw}&${__url_time_range}"
+                    f"&${{{API_DATASOURCE_VAR}:queryparam}}&${{{p.DATASOURCE_VAR}:queryparam}}",
                 }
             ]
         },

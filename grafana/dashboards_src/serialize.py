@@ -11,6 +11,11 @@ from grafana_foundation_sdk.models import dashboard
 
 def to_dict(model: dashboard.Dashboard) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
+    for link in data.get("links") or []:
+        # The SDK (0.0.21) writes every link with placement "inControlsMenu", its only value,
+        # which current Grafana renders inside the dashboard-controls menu, dropping links of
+        # type "dashboards" or with asDropdown. Without the key, links sit in the top bar.
+        link.pop("placement", None)
     return data
 
 
