@@ -7,11 +7,9 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,15 +22,11 @@ from celery import Celery
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.brokers import RedisServer, rabbitmq_vhost
+from testkit.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(
@@ -55,11 +49,51 @@ def wait_until(
 
 
 def require_tool(name: str, install: str = "scripts/test installs it") -> str:
-    """The tool's path; a missing tool fails the test (never skips it) and says how to install."""
+    """The tool's path; a missing tool fails the test (never skips it) and says how to install.
+
+    A unit test may not use one: the unit layer must run on a machine with nothing installed
+    but the Python packages."""
+    if _current_layer == "unit":
+        pytest.fail(f"a unit test runs {name}: mark it @pytest.mark.integration", pytrace=False)
     path = shutil.which(name)
     if path is None:
         pytest.fail(f"{name} is not installed; {install}", pytrace=False)
     return path
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+INTEGRATION_FIXTURES = frozenset(
+    {"processes", "redis_url", "amqp_url", "broker_url", "private_redis", "promtool"}
+)
+"""Fixtures that start or reach a real broker or process: a test using one is an integration
+test. Tests that run an external tool (promtool, prometheus, dclint, pip) without them say so with
+``@pytest.mark.integration`` (or a module-level ``pytestmark``)."""
+
+
+_current_layer = ""
+"""The layer of the test running now (set by ``_layer``), for ``require_tool``'s check."""
+
+
+@pytest.fixture(autouse=True)
+def _layer(request: pytest.FixtureRequest) -> Iterator[None]:
+    global _current_layer
+    _current_layer = "unit" if request.node.get_closest_marker("unit") else "integration"
+    try:
+        yield
+    finally:
+        _current_layer = ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test ``unit`` or ``integration``: ``pytest -m unit`` is the quick layer, pure
+    logic in one process with no broker, no network and no external tool."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("integration") is None and fixtures & INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -368,20 +402,10 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
     """A RabbitMQ virtual host of our own, deleted afterwards."""
-    rabbitmqctl = require_tool("rabbitmqctl")
-    vhost = f"cee-test-{uuid.uuid4().hex[:12]}"
-    subprocess.run([rabbitmqctl, "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        [rabbitmqctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    _check_broker(url)
-    try:
+    require_tool("rabbitmqctl")
+    with rabbitmq_vhost("cee-test") as url:
+        _check_broker(url)
         yield url
-    finally:
-        subprocess.run([rabbitmqctl, "delete_vhost", vhost], capture_output=True)
 
 
 @pytest.fixture(params=["redis", "amqp"])
@@ -390,42 +414,17 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-@dataclass
-class PrivateRedis:
-    """A redis-server of our own on a free port, which a test may stop and start again."""
+class PrivateRedis(RedisServer):
+    """A redis-server of our own on a free port, which a test may stop, start again or freeze."""
 
-    port: int
-    tmp_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        server = require_tool("redis-server")
-        self.proc = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(self._pong, what=f"redis-server on port {self.port}")
-
-    def _pong(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    def start(self, timeout: float = 10.0) -> None:
+        require_tool("redis-server")
+        super().start(timeout)
 
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    redis = PrivateRedis(free_port(), tmp_path)
+    redis = PrivateRedis(tmp_path)
     try:
         yield redis
     finally:

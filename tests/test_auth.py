@@ -48,6 +48,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 # -- the file format ------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_promtool_accepts_the_files_the_exporter_accepts(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -210,6 +211,7 @@ def test_tls_with_basic_auth(redis_url: str, processes: Processes, tmp_path: Pat
         assert exporter.get("/healthz").status_code == 200
 
 
+@pytest.mark.integration
 def test_a_bad_web_config_stops_the_exporter_with_one_line(tmp_path: Path) -> None:
     command = require_tool("celery-events-exporter")
     path = write_config(tmp_path, "basic_auth_users:\n  alice: plaintext\n")

@@ -12,6 +12,8 @@ from bench.publisher import BrokerPublisher, make_fleet, prepare_burst
 from bench.run import Row, ratios
 from tests.conftest import Processes, wait_until
 
+pytestmark = pytest.mark.integration
+
 
 def test_bench_publisher_burst_is_counted_exactly(processes: Processes, broker_url: str) -> None:
     exporter = processes.exporter(broker_url)

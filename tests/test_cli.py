@@ -12,7 +12,10 @@ import pytest
 import requests
 
 from exporter.cli import command
-from tests.conftest import Metrics, Processes, free_port, require_tool, wait_until
+from testkit.ports import free_port
+from tests.conftest import Metrics, Processes, require_tool, wait_until
+
+pytestmark = pytest.mark.integration
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -117,6 +117,7 @@ def _datasource(uid: str) -> dict[str, Any]:
     raise AssertionError(f"no datasource with uid {uid!r} in {DATASOURCES.relative_to(REPO)}")
 
 
+@pytest.mark.integration
 def test_dclint_validates_against_the_compose_spec() -> None:
     dclint = require_tool("dclint", "npm install -g dclint@3")
     done = subprocess.run(
@@ -132,6 +133,7 @@ def test_dclint_validates_against_the_compose_spec() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.integration
 def test_docker_compose_1_29_accepts_the_file_with_the_example_env() -> None:
     docker_compose = require_tool("docker-compose", "apt-get install -y docker-compose")
     done = subprocess.run(
@@ -157,6 +159,7 @@ def _example_env() -> dict[str, str]:
 @pytest.mark.parametrize(
     "missing", ["GF_SECURITY_ADMIN_USER", "GF_SECURITY_ADMIN_PASSWORD", "EXPORTER_PASSWORD"]
 )
+@pytest.mark.integration
 def test_the_stack_refuses_to_start_without_each_credential(tmp_path: Path, missing: str) -> None:
     docker_compose = require_tool("docker-compose", "apt-get install -y docker-compose")
     partial = tmp_path / "partial.env"
@@ -383,6 +386,7 @@ def test_no_hard_coded_secrets(services: dict[str, dict[str, Any]]) -> None:
             assert reference[1] in grafana_env, f"grafana has no {reference[1]} in its environment"
 
 
+@pytest.mark.integration
 def test_local_env_file_stays_out_of_git_and_the_image() -> None:
     git = require_tool("git", "apt-get install -y git")
     ignored = subprocess.run([git, "check-ignore", "-q", ".env"], cwd=REPO, timeout=30)

@@ -30,6 +30,8 @@ from demo.app import create_app
 from demo.workload import dispatches
 from tests.conftest import leased_redis_db
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 COUNT, SEED = 16, 20261127

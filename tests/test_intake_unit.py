@@ -54,10 +54,12 @@ def _close_connections() -> Iterator[None]:
         ("redis://127.0.0.1:6379/3", {"global_keyprefix": "tenant_"}, ["tenant_/3.celeryev/*"]),
     ],
 )
+@pytest.mark.integration
 def test_topics_are_kombus(url: str, options: dict[str, object], topics: list[str]) -> None:
     assert subscribe_topics(_channel(url, **options)) == topics
 
 
+@pytest.mark.integration
 def test_topics_match_what_kombu_publishes_to() -> None:
     channel = _channel("redis://127.0.0.1:6379/5")
     published = channel._get_publish_topic("celeryev", "task.multi")

@@ -7,7 +7,6 @@ tests with an install hint instead of skipping them, since CI installs it.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import requests
 import yaml
 
 from exporter.exposition import catalogue as metrics
+from testkit.ports import free_port
 from tests.conftest import require_tool
 from tests.replicas import undeduplicated
 
@@ -382,13 +382,6 @@ def test_only_the_compose_config_asks_for_basic_auth() -> None:
 # --- a real Prometheus loads the config ----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _poll(url: str, ready: Any, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     last: object = None
@@ -405,9 +398,10 @@ def _poll(url: str, ready: Any, timeout: float = 60) -> Any:
     pytest.fail(f"{url} never became ready; last answer: {last}")
 
 
+@pytest.mark.integration
 def test_prometheus_discovers_the_exporter_and_loads_every_rule(tmp_path: Path) -> None:
     binary = require_tool("prometheus", INSTALL_HINT)
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
         [
