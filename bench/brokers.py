@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from testkit.brokers import RedisServer, ToolMissing, rabbitmq_vhost, rabbitmqctl, tool
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise SystemExit(f"{name} is not installed (apt-get install redis-server rabbitmq-server)")
-    return path
+    try:
+        return tool(name)
+    except ToolMissing as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @contextmanager
@@ -33,29 +26,14 @@ def private_redis(unlimited_pubsub_buffer: bool = False) -> Iterator[str]:
     """A redis-server of our own. By default its pub/sub output-buffer limit is Redis' default
     (32 MB hard, 8 MB for 60 s); ``unlimited_pubsub_buffer`` lifts it, as the throughput anchors
     in the field notes were measured."""
-    port = free_port()
+    _tool("redis-server")
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as folder:
-        args = [_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", folder]  # fmt: skip
-        if unlimited_pubsub_buffer:
-            args += ["--client-output-buffer-limit", "pubsub 0 0 0"]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = RedisServer(Path(folder), unlimited_pubsub_buffer=unlimited_pubsub_buffer)
+        server.start()
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                        sock.sendall(b"PING\r\n")
-                        if sock.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
+            yield server.url
         finally:
-            proc.kill()
-            proc.wait()
+            server.stop()
 
 
 EXPIRED = "bench.expired"
@@ -72,25 +50,15 @@ def private_vhost() -> Iterator[str]:
     would lose silently; the consumers declare their queues exactly as before (a policy is
     server side). The mechanism is proven on a probe queue before the vhost is handed out.
     """
-    ctl = _tool("rabbitmqctl")
-    vhost = f"bench-{uuid.uuid4().hex[:10]}"
-    subprocess.run([ctl, "add_vhost", vhost], check=True, capture_output=True)
-    try:
-        subprocess.run(
-            [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [ctl, "set_policy", "-p", vhost, "--apply-to", "queues", "bench-expired",
-             r"^celeryev\.", json.dumps({"dead-letter-exchange": EXPIRED})],
-            check=True, capture_output=True,
+    _tool("rabbitmqctl")
+    with rabbitmq_vhost("bench") as url:
+        vhost = url.rsplit("/", 1)[1]
+        rabbitmqctl(
+            "set_policy", "-p", vhost, "--apply-to", "queues", "bench-expired",
+            r"^celeryev\.", json.dumps({"dead-letter-exchange": EXPIRED}),
         )  # fmt: skip
-        url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
         _prove_dead_lettering(url)
         yield url
-    finally:
-        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True)
 
 
 def _prove_dead_lettering(url: str) -> None:

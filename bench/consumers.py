@@ -16,7 +16,8 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.brokers import free_port, redis_pattern_subscribers
+from bench.brokers import redis_pattern_subscribers
+from testkit.ports import free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import REPO, Metrics, Processes, free_port, wait_until
+from testkit.ports import free_port
+from tests.conftest import REPO, Metrics, Processes, wait_until
 
 
 def test_a_plain_install_runs_and_connects(

@@ -27,12 +27,12 @@ import yaml
 
 from exporter.web.webconfig import hash_password
 from grafana.generate import all_queries
+from testkit.ports import free_port
 from tests.conftest import (
     REPO,
     ExporterProcess,
     Processes,
     client,
-    free_port,
     require_tool,
     wait_until,
 )
