@@ -23,7 +23,7 @@ from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.brokers import RedisServer, rabbitmq_vhost
-from testkit.ports import free_port
+from testkit.ports import free_port as free_port  # re-exported: tests import it from here
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

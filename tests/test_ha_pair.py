@@ -28,7 +28,8 @@ import yaml
 
 from grafana import generate
 from grafana.dashboards_src import panels, tasks, workers
-from tests.conftest import ExporterProcess, Processes, client, free_port, require_tool, wait_until
+from testkit.ports import free_port
+from tests.conftest import ExporterProcess, Processes, client, require_tool, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "prometheus" / "rules"

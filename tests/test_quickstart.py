@@ -28,6 +28,8 @@ import yaml
 
 from tests.conftest import REPO, require_tool, wait_until
 
+pytestmark = pytest.mark.integration
+
 README = REPO / "README.md"
 UNIT = REPO / "deploy" / "systemd" / "celery-events-exporter.service"
 JOB = "celery-events-exporter"

@@ -284,6 +284,7 @@ def test_secret_key_patterns_add_to_the_defaults(redis_url: str, processes: Proc
     assert row["kwargs"] == repr({**image_kwargs(7), "lifespan": MASK, "api_token": MASK})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "message"),
     [
