@@ -19,6 +19,7 @@ from kombu.message import Message
 from kombu.utils.url import maybe_sanitize_url
 
 from exporter.intake import compat
+from exporter.intake.backoff import Backoff
 from exporter.intake.event_queue import (
     DEFAULT_EVENT_SETTINGS,
     EventSettings,
@@ -31,8 +32,11 @@ from exporter.logging import get_logger
 
 log = get_logger(__name__)
 
-MAX_BACKOFF = 30.0
 DRAIN_TIMEOUT = 1.0
+CONNECT_TIMEOUT = 5.0
+AMQP_HEARTBEAT = 4.0
+"""Seconds between AMQP heartbeats asked of the broker: a connection silent for two of them is
+dead, so a frozen RabbitMQ is noticed within ~8 s (py-amqp's and the fast path's rule)."""
 
 
 class BrokerReader:
@@ -55,15 +59,15 @@ class BrokerReader:
         return Connection(
             self.broker_url,
             transport_options=self.transport_options,
-            heartbeat=10.0,
-            connect_timeout=5.0,
+            heartbeat=AMQP_HEARTBEAT,
+            connect_timeout=CONNECT_TIMEOUT,
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set, reconnecting with exponential backoff."""
-        backoff = 1.0
+        """Consume until ``stop`` is set, reconnecting with capped, jittered exponential backoff
+        that starts over after every successful connection."""
+        backoff = Backoff()
         while not stop.is_set():
-            started = time.monotonic()
             try:
                 self._consume(stop)
             except Exception as exc:
@@ -72,16 +76,16 @@ class BrokerReader:
                 self.status.connection_errors += 1
                 was_connected = self.status.connected
                 self.status.connected = False
-                if time.monotonic() - started > 2 * MAX_BACKOFF:
-                    backoff = 1.0
+                if was_connected:
+                    backoff.reset()
+                delay = backoff.next()
                 log.warning(
                     "broker connection lost" if was_connected else "broker unreachable",
                     broker=self.safe_url(),
                     error=f"{type(exc).__name__}: {exc}",
-                    retry_in_seconds=backoff,
+                    retry_in_seconds=round(delay, 2),
                 )
-                stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                stop.wait(delay)
         self.status.connected = False
 
     def event_queue(self, conn: Connection) -> Queue:

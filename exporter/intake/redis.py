@@ -39,9 +39,17 @@ FEED_SIZE = 64 << 10
 """Bytes handed to hiredis at a time: its reader moves the unread rest of its buffer to the front
 after every reply, so a whole read fed at once would cost quadratic time."""
 
-PING_AFTER = 25.0
-"""Seconds of silence after which the connection is checked with a PING (kombu's default
-``health_check_interval``); no answer within as long again means it is dead."""
+PING_AFTER = 2.0
+"""Seconds of silence after which the connection is checked with a PING: a busy stream proves
+the server alive, a quiet one is asked (a PING every 2 s costs the server nothing)."""
+PING_TIMEOUT = 3.0
+"""Seconds the answer to a PING may take: past it the server is frozen (a stopped process, a
+swapped-out host, a cut network), so the reader reconnects and readiness tells the truth within
+``PING_AFTER + PING_TIMEOUT`` seconds of the last byte."""
+SOCKET_TIMEOUT = 5.0
+"""Default ``socket_timeout`` and ``socket_connect_timeout`` of the connection kombu and
+redis-py open for us (their default is none): a connection attempt to a frozen server, whose
+kernel still accepts the TCP connection, fails after this instead of hanging."""
 
 REDIS_TRANSPORTS = frozenset({"redis", "rediss", "sentinel"})
 
@@ -61,6 +69,14 @@ def is_redis_url(connection: Connection) -> bool:
 class RedisPubSubReader(BrokerReader):
     """Same interface and reconnection loop as ``BrokerReader``; only ``_consume`` differs."""
 
+    def connection(self) -> Connection:
+        timeouts = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT}
+        return Connection(
+            self.broker_url,
+            transport_options={**timeouts, **self.transport_options},
+            connect_timeout=SOCKET_TIMEOUT,
+        )
+
     def _consume(self, stop: threading.Event) -> None:
         with self.connection() as conn:
             conn.ensure_connection(max_retries=1)
@@ -78,9 +94,10 @@ class RedisPubSubReader(BrokerReader):
         reader = hiredis.Reader()
         outbox_put = self.outbox.put
         subscribed = 0
-        last_data = time.monotonic()
-        pinged = False
-        sock.settimeout(1.0)
+        monotonic = time.monotonic
+        last_data = monotonic()
+        pinged_at: float | None = None
+        sock.settimeout(0.5)
         # Read into one reused buffer: a fresh multi-megabyte bytes object per read costs page
         # faults and a shrinking copy; hiredis copies what it is fed.
         chunk = bytearray(READ_SIZE)
@@ -89,18 +106,22 @@ class RedisPubSubReader(BrokerReader):
             try:
                 size = sock.recv_into(chunk_view)
             except TimeoutError:
-                silent = time.monotonic() - last_data
-                if silent > 2 * PING_AFTER and pinged:
-                    raise ConnectionError(f"no answer to PING for {PING_AFTER:.0f} s") from None
-                if silent > PING_AFTER and not pinged:
+                now = monotonic()
+                if pinged_at is not None:
+                    if now - pinged_at > PING_TIMEOUT:
+                        raise ConnectionError(
+                            f"no answer to PING within {PING_TIMEOUT:.0f} s: the server is "
+                            "frozen or unreachable"
+                        ) from None
+                elif now - last_data > PING_AFTER:
                     sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                    pinged = True
+                    pinged_at = now
                 continue
             if not size:
                 raise ConnectionError("connection closed by the server")
             received_at = time.time()
-            last_data = time.monotonic()
-            pinged = False
+            last_data = monotonic()
+            pinged_at = None
             for offset in range(0, size, FEED_SIZE):
                 # hiredis takes any buffer ("s*"); its stub only lists str and bytes.
                 reader.feed(chunk, offset, min(FEED_SIZE, size - offset))  # type: ignore[arg-type]
