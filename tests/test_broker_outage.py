@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import requests
@@ -102,8 +100,6 @@ def test_frozen_broker_is_noticed_in_seconds_and_counting_resumes(
 ) -> None:
     """SIGSTOP on the broker: the kernel keeps the TCP connections open, only answers stop."""
     private_redis.start()
-    assert private_redis.proc is not None
-    pid = private_redis.proc.pid
     exporter = processes.exporter(private_redis.url)
     processes.worker(private_redis.url, WORKER)
     with client(private_redis.url) as app:
@@ -111,7 +107,7 @@ def test_frozen_broker_is_noticed_in_seconds_and_counting_resumes(
             app.send_task("tests.add", (i, i))
     wait_until(lambda: succeeded(exporter.metrics()) == 3.0, what="3 successes before the freeze")
 
-    os.kill(pid, signal.SIGSTOP)
+    private_redis.freeze()
     frozen_at = time.monotonic()
     try:
         wait_until(
@@ -131,7 +127,7 @@ def test_frozen_broker_is_noticed_in_seconds_and_counting_resumes(
         )
         assert exporter.metrics().get("celery_exporter_broker_connected") == 0.0
     finally:
-        os.kill(pid, signal.SIGCONT)
+        private_redis.thaw()
     thawed_at = time.monotonic()
     wait_until(
         lambda: exporter.metrics().get("celery_exporter_broker_connected") == 1.0,
