@@ -33,6 +33,7 @@ from exporter.tasks.store import RecentTasks
 from exporter.web import webconfig
 from exporter.web.api import Api
 from exporter.web.server import serve
+from exporter.web.stats import WebCollector, WebStats
 
 log = get_logger(__name__)
 
@@ -52,7 +53,7 @@ def build_state(config: Config) -> State:
     )
 
 
-def build_api(config: Config, state: State) -> Api:
+def build_api(config: Config, state: State, stats: WebStats) -> Api:
     """The recent-task store, listening to the state's task events, and the API serving it."""
     store = None
     if config.max_recent_tasks > 0:
@@ -66,7 +67,14 @@ def build_api(config: Config, state: State) -> Api:
         ),
         config.max_payload_length,
     )
-    return Api(state, store, redactor, expose_payloads=config.expose_task_payloads, clock=time.time)
+    return Api(
+        state,
+        store,
+        redactor,
+        expose_payloads=config.expose_task_payloads,
+        clock=time.time,
+        stats=stats,
+    )
 
 
 def build_queues(config: Config, state: State) -> queue_wiring.Queues | None:
@@ -98,7 +106,8 @@ def run(config: Config) -> int:
     stop = threading.Event()
     inbox: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
     state = build_state(config)
-    api = build_api(config, state)
+    web_stats = WebStats()
+    api = build_api(config, state, web_stats)
     web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
     status = BrokerStatus()
     decoder = Decoder(state, inbox)
@@ -125,7 +134,7 @@ def run(config: Config) -> int:
     ProcessCollector(registry=runtime)
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
-    extras: list[Collector] = [runtime]
+    extras: list[Collector] = [WebCollector(web_stats), runtime]
     if queues is not None:
         extras.insert(0, queues.collector)
     page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=api.store), extras)
@@ -136,6 +145,7 @@ def run(config: Config) -> int:
         is_ready=lambda: status.connected,
         api=api,
         web_config=web_config,
+        stats=web_stats,
     )
     log.info(
         "exporter started",

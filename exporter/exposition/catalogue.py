@@ -284,6 +284,30 @@ EXPORTER_QUEUES_DROPPED = MetricSpec(
     "Distinct queue names not watched because --max-queues was reached (or the name is over "
     "1024 characters).",
 )
+EXPORTER_HTTP_CONNECTIONS = MetricSpec(
+    "celery_exporter_http_connections",
+    Kind.GAUGE,
+    "HTTP connections open now, each served by a thread of its own (at most 1024: docs/limits.md).",
+)
+EXPORTER_HTTP_CONNECTIONS_REFUSED = MetricSpec(
+    "celery_exporter_http_connections_refused",
+    Kind.COUNTER,
+    "HTTP connections answered 503 at once because 1024 were open already.",
+)
+EXPORTER_HTTP_ERRORS = MetricSpec(
+    "celery_exporter_http_errors",
+    Kind.COUNTER,
+    "HTTP requests that failed inside the exporter (answered 500, or dropped mid-answer), by "
+    "path; the log has each one's error.",
+    ("path",),
+)
+EXPORTER_API_ROWS_SKIPPED = MetricSpec(
+    "celery_exporter_api_rows_skipped",
+    Kind.COUNTER,
+    "Rows left out of an /api/tasks or /api/workers answer because they could not be served "
+    "(the rest of the answer is served; the log says why).",
+    ("endpoint",),
+)
 EXPORTER_BUILD_INFO = MetricSpec(
     "celery_exporter_build_info",
     Kind.GAUGE,
@@ -328,6 +352,10 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_QUEUE_READINGS_AGE,
     EXPORTER_QUEUES_WATCHED,
     EXPORTER_QUEUES_DROPPED,
+    EXPORTER_HTTP_CONNECTIONS,
+    EXPORTER_HTTP_CONNECTIONS_REFUSED,
+    EXPORTER_HTTP_ERRORS,
+    EXPORTER_API_ROWS_SKIPPED,
     EXPORTER_BUILD_INFO,
 )
 

@@ -18,12 +18,20 @@ import orjson
 
 from exporter.events.exceptions import exception_class
 from exporter.exposition.catalogue import TASK_STATE_COUNTERS
-from exporter.state import State
+from exporter.logging import get_logger
+from exporter.state import State, WorkerState
 from exporter.tasks.redact import Redactor
 from exporter.tasks.store import STATES, RecentTasks, TaskRecord
+from exporter.web.stats import WebStats
+
+log = get_logger(__name__)
 
 DEFAULT_LIMIT = 100
-MAX_LIMIT = 1_000_000
+MAX_LIMIT = 10_000
+"""Rows one /api/tasks answer may ask for (the default --max-recent-tasks); more is a 400."""
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+"""Bytes of JSON one /api/tasks answer holds at most; the oldest matching rows past it are left
+out, and the X-Tasks-Left-Out header says how many."""
 PAYLOAD_FIELDS = ("args", "kwargs", "result")
 TIMESTAMP_FIELDS = (
     "sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected",
@@ -194,7 +202,10 @@ class Api:
         *,
         expose_payloads: bool,
         clock: Callable[[], float],
+        stats: WebStats | None = None,
     ) -> None:
+        self.stats = stats if stats is not None else WebStats()
+        self._skip_logs = 0
         self.state = state
         self.store = store
         self.redactor = redactor
@@ -213,8 +224,40 @@ class Api:
             chosen.sort(key=lambda record: record.sort_time, reverse=True)
             del chosen[query.limit :]
             rows = [record.copy() for record in chosen]
+        parts: list[bytes] = []
+        size = 2
+        skipped = 0
+        for index, record in enumerate(rows):
+            try:
+                part = orjson.dumps(self._task_row(record))
+            except Exception as exc:  # crafted input we did not foresee: skip the row, not all
+                skipped += 1
+                self._skipped("/api/tasks", record.uuid, exc)
+                continue
+            size += len(part) + 1
+            if size > MAX_ANSWER_BYTES:
+                headers["X-Tasks-Left-Out"] = (
+                    f"{len(rows) - index} older matching tasks, past the answer's bound of "
+                    f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
+                )
+                break
+            parts.append(part)
+        if skipped:
+            self.stats.skipped("/api/tasks", skipped)
         headers["X-Matching-Tasks"] = str(len(rows))
-        return orjson.dumps([self._task_row(row) for row in rows]), headers
+        return b"[" + b",".join(parts) + b"]", headers
+
+    def _skipped(self, endpoint: str, key: str, exc: Exception) -> None:
+        self._skip_logs += 1
+        total = self._skip_logs
+        if total & (total - 1) == 0:  # the 1st, 2nd, 4th, 8th... time
+            log.warning(
+                "api row skipped: it cannot be served",
+                endpoint=endpoint,
+                row=key[:64],
+                error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                skipped_total=total,
+            )
 
     def _task_row(self, record: TaskRecord) -> dict[str, Any]:
         redact = self.redactor
@@ -254,35 +297,53 @@ class Api:
     def workers(self, query_string: str) -> bytes:
         search = _single_values(query_string, WORKER_PARAMETERS).get("search", "").lower()
         now = self.clock()
-        rows = []
+        rows: list[tuple[str, dict[str, Any]]] = []
+        skipped = 0
         with self.state.lock:
             known = self.state.workers
             all_counts = self.state.worker_task_counts()
             for hostname, worker in known.items():
                 if search and search not in hostname.lower():
                     continue
-                counts = all_counts.get(hostname)
-                processed = worker.processed
-                if processed is None and counts is not None:
-                    processed = counts.get("task-received", 0)
-                row: dict[str, Any] = {
-                    "worker": hostname,
-                    "status": "online" if self.state.is_online(worker, now) else "offline",
-                    "active": worker.active,
-                    "processed": processed,
-                }
-                for event_type, column in WORKER_TASK_COLUMNS.items():
-                    # A worker with no task events yet has no counts, not zeros.
-                    row[column] = counts.get(event_type, 0) if counts is not None else None
-                row["loadavg"] = list(worker.loadavg) if worker.loadavg else None
-                row["heartbeat"] = iso(worker.last_heartbeat or None)
-                row["freq"] = worker.freq or None
-                row["sw_ident"] = worker.software[0] or None
-                row["sw_ver"] = worker.software[1] or None
-                row["sw_sys"] = worker.software[2] or None
-                rows.append(row)
-        rows.sort(key=lambda row: str(row["worker"]))
-        return orjson.dumps(rows)
+                try:
+                    rows.append((hostname, self._worker_row(worker, all_counts.get(hostname), now)))
+                except Exception as exc:  # one worker's odd state must not hide the others
+                    skipped += 1
+                    self._skipped("/api/workers", hostname, exc)
+        rows.sort(key=lambda pair: pair[0])
+        parts: list[bytes] = []
+        for hostname, row in rows:
+            try:
+                parts.append(orjson.dumps(row))
+            except Exception as exc:
+                skipped += 1
+                self._skipped("/api/workers", hostname, exc)
+        if skipped:
+            self.stats.skipped("/api/workers", skipped)
+        return b"[" + b",".join(parts) + b"]"
+
+    def _worker_row(
+        self, worker: WorkerState, counts: dict[str, int] | None, now: float
+    ) -> dict[str, Any]:
+        processed = worker.processed
+        if processed is None and counts is not None:
+            processed = counts.get("task-received", 0)
+        row: dict[str, Any] = {
+            "worker": worker.hostname,
+            "status": "online" if self.state.is_online(worker, now) else "offline",
+            "active": worker.active,
+            "processed": processed,
+        }
+        for event_type, column in WORKER_TASK_COLUMNS.items():
+            # A worker with no task events yet has no counts, not zeros.
+            row[column] = counts.get(event_type, 0) if counts is not None else None
+        row["loadavg"] = list(worker.loadavg) if worker.loadavg else None
+        row["heartbeat"] = iso(worker.last_heartbeat or None)
+        row["freq"] = worker.freq or None
+        row["sw_ident"] = worker.software[0] or None
+        row["sw_ver"] = worker.software[1] or None
+        row["sw_sys"] = worker.software[2] or None
+        return row
 
 
 def exception_type(record: TaskRecord) -> str | None:

@@ -31,9 +31,27 @@ from exporter.config import ListenAddress
 from exporter.exposition.writer import MetricsPage
 from exporter.logging import get_logger
 from exporter.web.api import JSON, Api, ApiError
+from exporter.web.stats import WebStats, path_label
 from exporter.web.webconfig import WebConfig
 
 log = get_logger(__name__)
+
+MAX_CONNECTIONS = 1024
+"""Connections served at once, each by a thread of its own: a scrape never waits for another
+request. Past it a connection is answered 503 at once (counted in
+celery_exporter_http_connections_refused_total)."""
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues before the accept loop takes them (the stdlib's default is 5,
+which overflowed thousands of times with 1 000 clients at once); Linux caps it at somaxconn."""
+IDLE_TIMEOUT = 10.0
+"""Seconds a connection may take to send its request: a client that connects and says nothing
+holds its thread no longer than this."""
+INTERNAL_ERROR = b'{"error": "internal error; the exporter log has the details"}'
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 21\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    b"too many connections\n"
+)
 
 LANDING_PAGE = f"""<!doctype html>
 <html><head><title>celery-events-exporter</title></head>
@@ -68,14 +86,31 @@ gzip_compress = _gzip_compressor()
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = f"celery-events-exporter/{__version__}"
-    # A client that connects and says nothing must not hold a thread forever.
-    timeout = 30
+    timeout = IDLE_TIMEOUT
     page: ClassVar[MetricsPage]
     is_ready: ClassVar[Callable[[], bool]]
     api: ClassVar[Api | None]
     web_config: ClassVar[WebConfig | None]
+    stats: ClassVar[WebStats]
+    _responded = False
 
     def do_GET(self) -> None:
+        """Route the request; whatever fails is logged and counted, and answered 500 when no
+        answer was started: a bug in one path never drops a connection without a word."""
+        path = self.path.partition("?")[0]
+        self._responded = False
+        try:
+            self._route()
+        except ConnectionError as exc:  # the client went away mid-answer: its doing, not ours
+            log.debug("http client went away", path=path_label(path), error=str(exc))
+        except Exception:
+            type(self).stats.error(path_label(path))
+            log.exception("http request failed", path=path_label(path))
+            if not self._responded:
+                with contextlib.suppress(OSError):
+                    self._send(500, INTERNAL_ERROR, JSON)
+
+    def _route(self) -> None:
         path, _, query = self.path.partition("?")
         if path not in UNAUTHENTICATED_PATHS and not self._authorized():
             return
@@ -132,20 +167,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = f'{{"error": {_json_string(str(exc))}}}'.encode()
             self._send(400, body, JSON)
             return
-        except Exception as exc:
-            log.exception("api request failed", path=path)
-            self._send(500, f"api request failed: {exc}\n".encode(), "text/plain")
-            return
         headers["Cache-Control"] = "no-store"
         self._send(200, body, JSON, headers)
 
     def _metrics(self) -> None:
-        try:
-            body, content_type = type(self).page.render(self.headers.get("Accept", ""))
-        except Exception as exc:
-            log.exception("rendering metrics failed")
-            self._send(500, f"rendering metrics failed: {exc}\n".encode(), "text/plain")
-            return
+        body, content_type = type(self).page.render(self.headers.get("Accept", ""))
         headers = {}
         if "gzip" in self.headers.get("Accept-Encoding", ""):
             body = gzip_compress(body)
@@ -155,6 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
     ) -> None:
+        self._responded = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -170,9 +197,56 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http request", client=self.client_address[0], request=format % args)
 
 
+Request = socket.socket | tuple[bytes, socket.socket]
+
+
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``MAX_CONNECTIONS`` at once."""
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
+    max_connections = MAX_CONNECTIONS
+    stats: WebStats
+    speaks_plain_http = True
+    """Whether a refusal can be written on the accepted socket before any handshake."""
+
+    def process_request(self, request: Request, client_address: Any) -> None:
+        if not self.stats.connection_opened(self.max_connections):
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the thread did not start: its connection is not open
+            self.stats.connection_closed()
+            raise
+
+    def process_request_thread(self, request: Request, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.stats.connection_closed()
+
+    def _refuse(self, request: Request, client_address: Any) -> None:
+        """Answer 503 without a thread, never blocking the accept loop, and close."""
+        refused = self.stats.refused_connections
+        if refused & (refused - 1) == 0:  # the 1st, 2nd, 4th, 8th... time
+            log.warning(
+                "http connection refused: too many open",
+                open=self.max_connections,
+                refused_total=refused,
+                client=_client(client_address),
+            )
+        if self.speaks_plain_http and isinstance(request, socket.socket):
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(TOO_MANY_CONNECTIONS)
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Request, client_address: Any) -> None:
+        """socketserver prints a traceback to stderr here; the structured log gets it instead."""
+        self.stats.error("other")
+        log.exception("http connection failed", client=_client(client_address))
 
 
 class _Server6(_Server):
@@ -184,6 +258,7 @@ class _TLSServer(_Server):
     client, and must not stall the accept loop that every other client needs."""
 
     ssl_context: ssl.SSLContext
+    speaks_plain_http = False
 
     def finish_request(
         self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
@@ -208,6 +283,10 @@ class _TLSServer6(_TLSServer):
     address_family = socket.AF_INET6
 
 
+def _client(client_address: Any) -> str:
+    return str(client_address[0]) if isinstance(client_address, tuple) and client_address else ""
+
+
 def _json_string(text: str) -> str:
     return orjson.dumps(text).decode()
 
@@ -219,8 +298,11 @@ def serve(
     *,
     api: Api | None = None,
     web_config: WebConfig | None = None,
+    stats: WebStats | None = None,
 ) -> ThreadingHTTPServer:
-    """Bind and start serving on a daemon thread; returns the server (``shutdown()`` stops it)."""
+    """Bind and start serving on a daemon thread; returns the server (``shutdown()`` stops it).
+    ``stats`` counts what the server refuses or fails at, for ``/metrics``."""
+    stats = stats if stats is not None else WebStats()
     handler = type(
         "Handler",
         (_Handler,),
@@ -229,15 +311,17 @@ def serve(
             "is_ready": staticmethod(is_ready),
             "api": api,
             "web_config": web_config,
+            "stats": stats,
         },
     )
     ipv6 = ":" in listen.host
-    server: ThreadingHTTPServer
+    server: _Server
     if web_config is not None and web_config.tls is not None:
         tls_server = (_TLSServer6 if ipv6 else _TLSServer)((listen.host, listen.port), handler)
         tls_server.ssl_context = web_config.tls.context()
         server = tls_server
     else:
         server = (_Server6 if ipv6 else _Server)((listen.host, listen.port), handler)
+    server.stats = stats
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

@@ -61,6 +61,8 @@ _TLS_KEYS = {
 _HTTP_KEYS = {"headers", "http2"}
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 CACHE_SIZE = 1024
+BCRYPT_MAX_PASSWORD_BYTES = 72
+"""bcrypt reads at most 72 bytes of a password; longer ones can be neither hashed nor checked."""
 
 
 class WebConfigError(ValueError):
@@ -110,6 +112,10 @@ class BasicAuth:
     _dummy: bytes | None = None
 
     def check(self, username: str, password: str) -> bool:
+        if len(password.encode()) > BCRYPT_MAX_PASSWORD_BYTES:
+            # No bcrypt hash can match it (bcrypt 5 raises rather than cut it): a plain no,
+            # without spending a bcrypt run on it.
+            return False
         hashed = self.users.get(username)
         key = hashlib.sha256(
             b"\0".join((username.encode(), password.encode(), hashed or b""))
@@ -271,7 +277,14 @@ def _cost(hashed: bytes) -> int:
 
 
 def hash_password(password: str, cost: int = 12) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+    """The bcrypt hash of ``password``; a WebConfigError when it is over 72 bytes."""
+    encoded = password.encode()
+    if len(encoded) > BCRYPT_MAX_PASSWORD_BYTES:
+        raise WebConfigError(
+            f"the password is {len(encoded)} bytes long; bcrypt takes at most "
+            f"{BCRYPT_MAX_PASSWORD_BYTES}"
+        )
+    return bcrypt.hashpw(encoded, bcrypt.gensalt(cost)).decode()
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -306,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             parser.error("no password on stdin")
-        print(hash_password(password, args.cost))
+        try:
+            print(hash_password(password, args.cost))
+        except WebConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
         return 0
     if args.command == "check":
         try:
@@ -321,7 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     if not password:
         print(f"environment variable {args.password_env} is empty or unset", file=sys.stderr)
         return 1
-    _write_private(args.output, _single_user_config(args.username, password, args.cost))
+    try:
+        config_text = _single_user_config(args.username, password, args.cost)
+    except WebConfigError as exc:
+        print(f"{args.password_env}: {exc}", file=sys.stderr)
+        return 1
+    _write_private(args.output, config_text)
     if args.password_file is not None:
         _write_private(args.password_file, password, mode=0o644)
     return 0
