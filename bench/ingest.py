@@ -9,12 +9,12 @@ end-to-end run (``bench.run``) cannot split from reading the socket.
 from __future__ import annotations
 
 import argparse
-import queue
 import time
 
 from exporter.app import build_state
 from exporter.config import Config
 from exporter.events.decode import Decoder
+from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.message import RawMessage
 from exporter.tasks.store import RecentTasks
 
@@ -44,7 +44,7 @@ def time_handle(messages: list[RawMessage], store_size: int, repeat: int) -> flo
         state = build_state(Config())
         if store_size:
             state.task_observer = RecentTasks(store_size).keep
-        decoder = Decoder(state, queue.SimpleQueue())
+        decoder = Decoder(state, IntakeBacklog())
         handle = decoder.handle
         start = time.perf_counter()
         for message in messages:

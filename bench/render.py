@@ -13,7 +13,6 @@ prometheus-client's in both formats.
 from __future__ import annotations
 
 import argparse
-import queue
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from exporter.config import Config
 from exporter.events.decode import Decoder
 from exporter.exposition.collector import EventsCollector
 from exporter.exposition.writer import MetricsPage
+from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.status import BrokerStatus
 from exporter.state import State
 
@@ -66,7 +66,7 @@ def _run_task(state: State, pair: Pair, uuid: str, now: float) -> None:
 
 def _page(state: State, now: float, with_runtime: bool) -> MetricsPage:
     # A fixed clock: the workers stay online however long prometheus-client takes.
-    decoder = Decoder(state, queue.SimpleQueue())
+    decoder = Decoder(state, IntakeBacklog())
     events = EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now)
     if not with_runtime:
         return MetricsPage(events, [])

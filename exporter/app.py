@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import signal
 import threading
 import time
@@ -22,7 +21,7 @@ from exporter.events.decode import Decoder, RejectionLog
 from exporter.exposition.collector import EventsCollector
 from exporter.exposition.writer import MetricsPage
 from exporter.intake import make_reader
-from exporter.intake.message import RawMessage
+from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
 from exporter.queues import wiring as queue_wiring
@@ -104,7 +103,7 @@ def build_queues(config: Config, state: State) -> queue_wiring.Queues | None:
 def run(config: Config) -> int:
     """Run until SIGTERM or SIGINT, then stop the threads; returns the process exit code."""
     stop = threading.Event()
-    inbox: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
+    inbox = IntakeBacklog(config.max_intake_backlog_bytes)
     state = build_state(config)
     web_stats = WebStats()
     api = build_api(config, state, web_stats)

@@ -26,6 +26,7 @@ from exporter.config import (
     parse_listen_address,
     parse_transport_option,
 )
+from exporter.intake.backlog import DEFAULT_BUDGET_BYTES
 from exporter.intake.event_queue import (
     DEFAULT_EVENT_EXCHANGE,
     DEFAULT_EVENT_QUEUE_EXPIRES,
@@ -366,6 +367,18 @@ def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) ->
     "queue names discovered past it are counted in celery_exporter_queues_dropped_total.",
 )
 @click.option(
+    "--max-intake-backlog-bytes",
+    envvar=_env("MAX_INTAKE_BACKLOG_BYTES"),
+    show_envvar=True,
+    default=DEFAULT_BUDGET_BYTES,
+    show_default=True,
+    type=click.IntRange(min=4096),
+    help="Bytes of broker messages read but not yet counted that the exporter holds (a burst "
+    "faster than it counts). Past it, new messages are dropped and counted in "
+    'celery_exporter_events_dropped_total{reason="intake_budget"} while the broker socket '
+    "keeps being drained, so Redis never cuts the exporter off.",
+)
+@click.option(
     "--log-level",
     envvar=_env("LOG_LEVEL"),
     show_envvar=True,
@@ -413,6 +426,7 @@ def command(**options: Any) -> None:
         secret_key_patterns=tuple(options["secret_key_patterns"]),
         default_secret_key_patterns=options["default_secret_key_patterns"],
         max_payload_length=options["max_payload_length"],
+        max_intake_backlog_bytes=options["max_intake_backlog_bytes"],
         queues=tuple(options["queues"]),
         queue_poll_interval=options["queue_poll_interval"],
         max_queues=options["max_queues"],

@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.intake.backlog import DEFAULT_BUDGET_BYTES
 from exporter.intake.event_queue import (
     DEFAULT_EVENT_EXCHANGE,
     DEFAULT_EVENT_QUEUE_EXPIRES,
@@ -76,6 +77,8 @@ class Config:
     default_secret_key_patterns: bool = True
     """Mask under redact.DEFAULT_SECRET_KEY_PATTERNS too."""
     max_payload_length: int = 1024
+    max_intake_backlog_bytes: int = DEFAULT_BUDGET_BYTES
+    """Byte budget of the messages read but not yet counted; past it new ones are dropped."""
     queues: tuple[str, ...] = ()
     """Queues whose depth is always polled, besides those discovered."""
     queue_poll_interval: float = 10.0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import importlib
 import math
-import queue
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -24,6 +23,7 @@ from exporter.config import Config, ListenAddress
 from exporter.events.decode import Decoder
 from exporter.exposition.collector import EventsCollector
 from exporter.exposition.writer import Format, MetricsPage, fast_format, number
+from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.status import BrokerStatus
 from exporter.state import Histogram, State
 from exporter.web import server as http
@@ -86,7 +86,7 @@ def _state(worker_label: bool = True) -> State:
 
 def _collector(state: State) -> EventsCollector:
     return EventsCollector(
-        state, BrokerStatus(), Decoder(state, queue.SimpleQueue()), clock=lambda: T0 + 1
+        state, BrokerStatus(), Decoder(state, IntakeBacklog()), clock=lambda: T0 + 1
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import queue
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from exporter.config import Config
 from exporter.events.decode import Decoder, b64decode, open_envelope
 from exporter.exposition.collector import EventsCollector
 from exporter.exposition.writer import Format, number
+from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.kombu_reader import BufferedRecv
 from exporter.intake.message import RawMessage
 from exporter.intake.redis import is_redis_url, subscribe_topics
@@ -116,7 +116,7 @@ def test_base64_is_as_lenient_as_kombus() -> None:
 
 def test_enveloped_messages_are_counted_and_bad_ones_rejected() -> None:
     state = build_state(Config())
-    decoder = Decoder(state, queue.SimpleQueue())
+    decoder = Decoder(state, IntakeBacklog())
     events = [
         {"type": "task-received", "hostname": "celery@a", "uuid": "u1", "name": "t.a"},
         {"type": "task-succeeded", "hostname": "celery@a", "uuid": "u1", "runtime": 0.5},
@@ -167,7 +167,7 @@ def test_fast_text_is_byte_identical_to_prometheus_client() -> None:
     state.apply({"type": "worker-heartbeat", "hostname": "celery@w1", "freq": 2.0,
                  "active": 1, "processed": 5, "loadavg": [1, 2, 3]}, t0)  # fmt: skip
     collector = EventsCollector(
-        state, BrokerStatus(), Decoder(state, queue.SimpleQueue()), clock=lambda: t0 + 1
+        state, BrokerStatus(), Decoder(state, IntakeBacklog()), clock=lambda: t0 + 1
     )
     expected = generate_latest(collector)
     assert b"".join(collector.render(Format.TEXT)) == expected

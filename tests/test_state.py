@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 from typing import Any
 
 import orjson
@@ -12,6 +11,7 @@ from prometheus_client.core import CollectorRegistry
 
 from exporter.events.decode import Decoder
 from exporter.exposition.collector import EventsCollector
+from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.message import RawMessage
 from exporter.intake.status import BrokerStatus
 from exporter.state import MAX_CUSTOM_EVENT_TYPES, State, StateSettings
@@ -44,7 +44,7 @@ def heartbeat(host: str = "w1@h", **fields: Any) -> dict[str, Any]:
 
 def render(state: State, now: float = T0) -> Metrics:
     registry = CollectorRegistry(auto_describe=False)
-    decoder = Decoder(state, queue.SimpleQueue())
+    decoder = Decoder(state, IntakeBacklog())
     registry.register(EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now))
     return Metrics.parse(generate_latest(registry).decode())
 
@@ -206,7 +206,7 @@ def test_a_purged_worker_leaves_no_task_counts_behind(worker_label: bool) -> Non
 )
 def test_bad_messages_are_rejected_by_reason(body: bytes, reason: str | None) -> None:
     state = make_state()
-    inbox: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
+    inbox = IntakeBacklog()
     inbox.put(RawMessage(T0, "application/json", body))
     Decoder(state, inbox).drain()
     assert state.rejected == ({reason: 1} if reason else {})
@@ -215,7 +215,7 @@ def test_bad_messages_are_rejected_by_reason(body: bytes, reason: str | None) ->
 def test_a_task_multi_batch_counts_every_event() -> None:
     state = make_state()
     batch = [task("received", f"u{i}", name="t") for i in range(24)]
-    inbox: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
+    inbox = IntakeBacklog()
     inbox.put(RawMessage(T0, "application/json", orjson.dumps(batch)))
     Decoder(state, inbox).drain()
     assert state.task_counts["task-received"] == {("t", "w1@h"): 24}

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.message import RawMessage
 from exporter.logging import get_logger
 from exporter.state import State
@@ -56,7 +57,7 @@ class Decoder:
     """Messages counted per acquisition of the state lock: amortises locking without making a
     scrape wait long."""
 
-    def __init__(self, state: State, inbox: queue.SimpleQueue[RawMessage]) -> None:
+    def __init__(self, state: State, inbox: IntakeBacklog) -> None:
         self.state = state
         self.inbox = inbox
         self._in_hand: float | None = None
@@ -64,6 +65,15 @@ class Decoder:
     @property
     def backlog(self) -> int:
         return self.inbox.qsize()
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self.inbox.bytes
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Messages dropped before decoding, by reason (the intake's byte budget)."""
+        return self.inbox.dropped_by_reason
 
     def lag(self, now: float) -> float:
         """Age of the oldest message read from the broker but not yet counted."""

@@ -225,6 +225,20 @@ EXPORTER_INTAKE_BACKLOG = MetricSpec(
     Kind.GAUGE,
     "Broker messages read off the socket but not yet counted.",
 )
+EXPORTER_INTAKE_BACKLOG_BYTES = MetricSpec(
+    "celery_exporter_intake_backlog_bytes",
+    Kind.GAUGE,
+    "Bytes of the broker messages read off the socket but not yet counted (bodies plus a fixed "
+    "per-message overhead); at most --max-intake-backlog-bytes.",
+)
+EXPORTER_EVENTS_DROPPED = MetricSpec(
+    "celery_exporter_events_dropped",
+    Kind.COUNTER,
+    "Broker messages (each one event, or a task.multi list of up to 24) the exporter read and "
+    'dropped unread, by reason: "intake_budget" = arrived while the intake backlog was over '
+    "--max-intake-backlog-bytes.",
+    ("reason",),
+)
 EXPORTER_INTAKE_LAG = MetricSpec(
     "celery_exporter_intake_lag_seconds",
     Kind.GAUGE,
@@ -342,6 +356,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_EVENTS,
     EXPORTER_EVENTS_REJECTED,
     EXPORTER_INTAKE_BACKLOG,
+    EXPORTER_INTAKE_BACKLOG_BYTES,
+    EXPORTER_EVENTS_DROPPED,
     EXPORTER_INTAKE_LAG,
     EXPORTER_TRACKED_TASKS,
     EXPORTER_RECENT_TASKS,

@@ -202,6 +202,8 @@ class EventsCollector(Collector, FastExposition):
             (m.EXPORTER_EVENTS, {(t,): count for t, count in sorted(events.items())}),
             (m.EXPORTER_EVENTS_REJECTED, {(r,): count for r, count in sorted(rejected.items())}),
             (m.EXPORTER_INTAKE_BACKLOG, {(): self.decoder.backlog}),
+            (m.EXPORTER_INTAKE_BACKLOG_BYTES, {(): self.decoder.backlog_bytes}),
+            (m.EXPORTER_EVENTS_DROPPED, {(r,): n for r, n in self.decoder.dropped.items()}),
             (m.EXPORTER_INTAKE_LAG, {(): self.decoder.lag(now)}),
             (m.EXPORTER_TRACKED_TASKS, {(): tracked}),
         ]

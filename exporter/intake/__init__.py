@@ -6,15 +6,14 @@ the ingest thread (``exporter.events.decode``) so that the broker's socket never
 
 from __future__ import annotations
 
-import queue
 from typing import Any
 
 from kombu import Connection
 
 from exporter.intake.amqp import AmqpReader, is_plain_amqp_url
+from exporter.intake.backlog import Outbox
 from exporter.intake.event_queue import DEFAULT_EVENT_SETTINGS, EventSettings
 from exporter.intake.kombu_reader import BrokerReader
-from exporter.intake.message import RawMessage
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
 
@@ -27,7 +26,7 @@ FAST_PATH_OPTION = "exporter_fast_path"
 def make_reader(
     broker_url: str,
     transport_options: dict[str, Any],
-    outbox: queue.SimpleQueue[RawMessage],
+    outbox: Outbox,
     status: BrokerStatus,
     events: EventSettings = DEFAULT_EVENT_SETTINGS,
 ) -> BrokerReader:

@@ -8,7 +8,6 @@ their raw bodies go to the ingest queue.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from kombu.message import Message
 from kombu.utils.url import maybe_sanitize_url
 
 from exporter.intake import compat
+from exporter.intake.backlog import Outbox
 from exporter.intake.backoff import Backoff
 from exporter.intake.event_queue import (
     DEFAULT_EVENT_SETTINGS,
@@ -44,7 +44,7 @@ class BrokerReader:
         self,
         broker_url: str,
         transport_options: dict[str, Any],
-        outbox: queue.SimpleQueue[RawMessage],
+        outbox: Outbox,
         status: BrokerStatus,
         events: EventSettings = DEFAULT_EVENT_SETTINGS,
     ) -> None:

@@ -60,6 +60,24 @@ def subscribe_topics(channel: Any, exchange: str = DEFAULT_EVENT_EXCHANGE) -> li
     return compat.redis_subscribe_topics(channel, exchange)
 
 
+BUSY_WITHIN = 1.0
+"""A close that follows data by less than this many seconds came while the stream was busy."""
+
+
+def closed_by_server(quiet_for: float) -> str:
+    """What the exporter knows when Redis closes a subscriber's connection: amid a busy stream
+    the likely cause is Redis' ``client-output-buffer-limit pubsub`` (the exporter read too
+    slowly, everything Redis held for it is lost); after a quiet spell, a restart, a
+    ``CLIENT KILL`` or the server's ``timeout``."""
+    if quiet_for < BUSY_WITHIN:
+        return (
+            "connection closed by the server amid a busy stream: Redis' client-output-buffer-limit "
+            "for pubsub was probably exceeded (the exporter read too slowly, or was paused); the "
+            "events Redis held for it are lost"
+        )
+    return f"connection closed by the server after {quiet_for:.1f} s without data"
+
+
 def is_redis_url(connection: Connection) -> bool:
     return connection.transport.driver_type == "redis" and (
         connection.transport_cls in REDIS_TRANSPORTS
@@ -118,7 +136,7 @@ class RedisPubSubReader(BrokerReader):
                     pinged_at = now
                 continue
             if not size:
-                raise ConnectionError("connection closed by the server")
+                raise ConnectionError(closed_by_server(monotonic() - last_data))
             received_at = time.time()
             last_data = monotonic()
             pinged_at = None
