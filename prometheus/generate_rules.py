@@ -216,15 +216,31 @@ def observations_record(spec: metrics.MetricSpec, window: str) -> str:
 def recording_rules(settings: Settings) -> list[RecordingRule]:
     window = settings.rate_window
     rules: list[RecordingRule] = []
-    for level in (TASK_LABEL, WORKER_LABEL):
-        for spec in metrics.TASK_STATE_COUNTERS.values():
-            q.require_label(spec, level)
-            rules.append(
-                RecordingRule(
-                    rate_record(level, spec, window),
-                    q.by("sum", [level], q.fleet_counter_change(spec, q.NO_FILTER, "rate", window)),
-                )
+    for spec in metrics.TASK_STATE_COUNTERS.values():
+        q.require_label(spec, TASK_LABEL)
+        rules.append(
+            RecordingRule(
+                rate_record(TASK_LABEL, spec, window),
+                q.by(
+                    "sum", [TASK_LABEL], q.fleet_counter_change(spec, q.NO_FILTER, "rate", window)
+                ),
             )
+        )
+    # Per worker from celery_worker_tasks_total, which keeps the worker label with
+    # --no-worker-label too (the task counters then lose it); the records keep their names.
+    per_worker = metrics.WORKER_TASKS
+    q.require_label(per_worker, WORKER_LABEL)
+    state_label = q.require_label(per_worker, metrics.STATE)
+    for event_type, spec in metrics.TASK_STATE_COUNTERS.items():
+        state = {state_label: metrics.TASK_STATE_WORDS[event_type]}
+        rules.append(
+            RecordingRule(
+                rate_record(WORKER_LABEL, spec, window),
+                q.by(
+                    "sum", [WORKER_LABEL], q.fleet_counter_change(per_worker, state, "rate", window)
+                ),
+            )
+        )
 
     failed = rate_record(TASK_LABEL, FAILED, window)
     succeeded = rate_record(TASK_LABEL, SUCCEEDED, window)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 import requests
+import yaml
 from celery import Celery
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
@@ -429,3 +430,84 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield redis
     finally:
         redis.stop()
+
+
+# -- a real Prometheus -------------------------------------------------------------------------
+
+PROMETHEUS_JOB = "celery-events-exporter"
+PROMETHEUS_RULES = REPO / "prometheus" / "rules"
+
+
+@dataclass
+class Prometheus:
+    """A running Prometheus, queried through its HTTP API."""
+
+    base: str
+
+    def query(self, expr: str, at: float) -> list[dict[str, Any]]:
+        response = requests.get(
+            f"{self.base}/api/v1/query", params={"query": expr, "time": f"{at:.3f}"}, timeout=10
+        )
+        body = response.json()
+        assert body.get("status") == "success", f"{expr}: {body}"
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def values(self, expr: str, at: float, label: str | None = None) -> dict[str, float]:
+        """{value of ``label`` (or "" for a single series): sample value}."""
+        return {
+            (sample["metric"].get(label, "") if label else ""): float(sample["value"][1])
+            for sample in self.query(expr, at)
+        }
+
+
+PrometheusFor = Callable[[list[ExporterProcess]], "Prometheus"]
+
+
+@pytest.fixture
+def prometheus_for(processes: Processes, tmp_path: Path) -> Iterator[PrometheusFor]:
+    """Start a real Prometheus that scrapes the given exporters in one job (as one would scrape
+    an HA pair) with the repository's rules loaded; returns once it has scraped them all."""
+
+    def start(exporters: list[ExporterProcess]) -> Prometheus:
+        binary = require_tool("prometheus", "apt-get install prometheus")
+        config = {
+            # Scrapes 4 times a second keep increase()'s extrapolation small over a
+            # window of seconds.
+            "global": {"scrape_interval": "250ms", "evaluation_interval": "1s"},
+            "rule_files": [str(path) for path in sorted(PROMETHEUS_RULES.glob("*.rules.yml"))],
+            "scrape_configs": [
+                {
+                    "job_name": PROMETHEUS_JOB,
+                    "static_configs": [
+                        {"targets": [f"127.0.0.1:{exporter.port}" for exporter in exporters]}
+                    ],
+                }
+            ],
+        }
+        config_path = tmp_path / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        port = free_port()
+        processes.spawn(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            "prometheus.log",
+        )
+        prometheus = Prometheus(f"http://127.0.0.1:{port}")
+        # Ready answers at once, the first scrape comes seconds later: wait for up == 1 on all.
+        wait_until(
+            lambda: (
+                prometheus.values(f'up{{job="{PROMETHEUS_JOB}"}}', time.time(), "instance")
+                == {f"127.0.0.1:{exporter.port}": 1.0 for exporter in exporters}
+            ),
+            timeout=60,
+            interval=0.5,
+            what="Prometheus scraping both exporters",
+        )
+        return prometheus
+
+    yield start

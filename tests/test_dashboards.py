@@ -263,17 +263,15 @@ def test_workers_table_columns_read_the_right_metrics() -> None:
         assert target["instant"] is True
         assert target["format"] == "table"
     online = metrics.WORKER_ONLINE.name
-
-    def counter(event: str) -> str:
-        return metrics.TASK_STATE_COUNTERS[event].sample_names[0]
-
+    # Task counts per worker come from celery_worker_tasks_total, which keeps the worker label
+    # with --no-worker-label too (the task counters then lose it).
+    per_worker = metrics.WORKER_TASKS.sample_names[0]
+    states = {"Processed": "received", "Failed": "failed", "Succeeded": "succeeded"}
+    states["Retried"] = "retried"
     expected = {
         "Status": {online},
         "Active": {metrics.WORKER_ACTIVE_TASKS.name},
-        "Processed": {counter("task-received"), online},
-        "Failed": {counter("task-failed"), online},
-        "Succeeded": {counter("task-succeeded"), online},
-        "Retried": {counter("task-retried"), online},
+        **{title: {per_worker, online} for title in states},
         "Load Average (1 min)": {metrics.WORKER_LOAD1.name},
         "Load Average (5 min)": {metrics.WORKER_LOAD5.name},
         "Load Average (15 min)": {metrics.WORKER_LOAD15.name},
@@ -285,6 +283,15 @@ def test_workers_table_columns_read_the_right_metrics() -> None:
         # One value per worker: gauges keep the worker's own sample, counters add up its tasks.
         kind = "sum" if title in ("Processed", "Failed", "Succeeded", "Retried") else "max"
         assert row_aggregation(expr) == (kind, [metrics.WORKER]), title
+        if title in states:
+            state_matchers = [
+                (matcher.op, matcher.value)
+                for selector in selectors(promql_parser.parse(expr))
+                if selector.name == per_worker
+                for matcher in selector.matchers.matchers
+                if matcher.name == metrics.STATE
+            ]
+            assert state_matchers == [(promql_parser.MatchOp.Re, states[title])], title
 
 
 def row_aggregation(expr: str) -> tuple[str, list[str]]:

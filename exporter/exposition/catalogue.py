@@ -156,6 +156,19 @@ WORKER_PROCESSED = MetricSpec(
     "resets when the worker restarts.",
     (WORKER,),
 )
+STATE = "state"
+TASK_STATE_WORDS: dict[str, str] = {
+    event_type: event_type.removeprefix("task-") for event_type in TASK_STATE_COUNTERS
+}
+"""Task event type -> the ``state`` label value of ``celery_worker_tasks_total``."""
+WORKER_TASKS = MetricSpec(
+    "celery_worker_tasks",
+    Kind.COUNTER,
+    "Task events counted from the worker, by state (received, started, succeeded, failed, "
+    "retried, rejected, revoked), with or without --worker-label: the Workers view's columns. "
+    "Every state of every known worker is exported, from 0.",
+    (WORKER, STATE),
+)
 WORKER_INFO = MetricSpec(
     "celery_worker_info",
     Kind.GAUGE,
@@ -348,6 +361,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     TASK_QUEUE_WAIT,
     *WORKER_GAUGES,
     WORKER_PROCESSED,
+    WORKER_TASKS,
     WORKER_INFO,
     QUEUE_LENGTH,
     QUEUE_CONSUMERS,

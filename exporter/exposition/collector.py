@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import celery
@@ -61,10 +61,12 @@ class EventsCollector(Collector, FastExposition):
         self._task_series: dict[str, SeriesCache[TaskKey]] = {}
         self._small_series: dict[str, SeriesCache[LabelKey]] = {}
 
-    def _small(self, snap: Snapshot, now: float) -> SmallFamilies:
+    def _small(
+        self, snap: Snapshot, per_worker: Mapping[str, Mapping[str, int]], now: float
+    ) -> SmallFamilies:
         """The worker and self-monitoring families: a few series each, per worker at most."""
         return [
-            *self._workers(snap.workers),
+            *self._workers(snap.workers, per_worker),
             *self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now),
         ]
 
@@ -75,9 +77,10 @@ class EventsCollector(Collector, FastExposition):
         with self.state.lock:
             self.state.purge_offline_workers(now)
             snap = self.state.snapshot(now)
+            unlabelled = self._unlabelled_counts()
         out: list[bytes] = []
         self._render_tasks(out, snap, fmt)
-        for spec, series in self._small(snap, now):
+        for spec, series in self._small(snap, self._per_worker(snap, unlabelled), now):
             out.append(exposition.header(spec, fmt))
             cache = _cache(self._small_series, spec)
             exposition.counter(out, cache, spec, spec.labels, series, _as_is)
@@ -119,6 +122,7 @@ class EventsCollector(Collector, FastExposition):
         with self.state.lock:
             self.state.purge_offline_workers(now)
             snap = self.state.snapshot(now)
+            unlabelled = self._unlabelled_counts()
         task_labels = m.TASK_RUNTIME.labels_without(self._dropped)
 
         def task_values(key: TaskKey) -> list[str]:
@@ -147,7 +151,7 @@ class EventsCollector(Collector, FastExposition):
         ):
             yield self._histogram(spec, task_labels, histograms, sums, bounds, task_values)
 
-        for spec, series in self._small(snap, now):
+        for spec, series in self._small(snap, self._per_worker(snap, unlabelled), now):
             family = _family(spec)
             for labels, value in series.items():
                 family.add_metric(list(labels), value)
@@ -168,9 +172,35 @@ class EventsCollector(Collector, FastExposition):
             family.add_metric(values(key), Histogram(list(counts), total).cumulative(bounds), total)
         return family
 
+    def _unlabelled_counts(self) -> dict[str, dict[str, int]] | None:
+        """Without the worker label, the per-worker counts the state keeps aside (a copy, a
+        few entries per worker); call with the state's lock held. None with the label."""
+        if self.state.settings.worker_label:
+            return None
+        return self.state.worker_task_counts()
+
     @staticmethod
-    def _workers(workers: Iterable[WorkerView]) -> SmallFamilies:
-        specs = (*m.WORKER_GAUGES, m.WORKER_PROCESSED, m.WORKER_INFO)
+    def _per_worker(
+        snap: Snapshot, unlabelled: dict[str, dict[str, int]] | None
+    ) -> dict[str, dict[str, int]]:
+        """hostname -> {task event type: count}. With the worker label the task series hold
+        them: summed here from the snapshot's copy, outside the lock."""
+        if unlabelled is not None:
+            return unlabelled
+        found: dict[str, dict[str, int]] = {}
+        for event_type, series in snap.task_counts.items():
+            for (_, hostname), count in series.items():
+                host = found.get(hostname)
+                if host is None:
+                    host = found[hostname] = {}
+                host[event_type] = host.get(event_type, 0) + count
+        return found
+
+    @staticmethod
+    def _workers(
+        workers: Sequence[WorkerView], per_worker: Mapping[str, Mapping[str, int]]
+    ) -> SmallFamilies:
+        specs = (*m.WORKER_GAUGES, m.WORKER_PROCESSED, m.WORKER_TASKS, m.WORKER_INFO)
         families: dict[MetricSpec, dict[LabelKey, float]] = {spec: {} for spec in specs}
         for view in workers:
             worker = view.state
@@ -191,6 +221,15 @@ class EventsCollector(Collector, FastExposition):
                     families[spec][host] = value
             if any(worker.software):
                 families[m.WORKER_INFO][(worker.hostname, *worker.software)] = 1.0
+        # Every state of every worker, from 0: a worker's first failure must be an increase
+        # of an existing series, or rate() and increase() cannot see it.
+        hosts = dict.fromkeys([view.state.hostname for view in workers])
+        hosts.update(dict.fromkeys(per_worker))
+        tasks = families[m.WORKER_TASKS]
+        for hostname in hosts:
+            counts = per_worker.get(hostname, {})
+            for event_type, state in m.TASK_STATE_WORDS.items():
+                tasks[(hostname, state)] = counts.get(event_type, 0)
         return list(families.items())
 
     def _self_metrics(

@@ -173,8 +173,18 @@ def failure_ratio(
     window: str,
 ) -> str:
     """failed / (failed + succeeded), per group; 0 (not missing) for groups with no failure."""
-    failed_sum = by("sum", group, fleet_counter_change(failed, flt, fn, window))
-    ok_sum = by("sum", group, fleet_counter_change(succeeded, flt, fn, window))
+    return outcome_ratio(
+        fleet_counter_change(failed, flt, fn, window),
+        fleet_counter_change(succeeded, flt, fn, window),
+        group,
+    )
+
+
+def outcome_ratio(failed_change: str, succeeded_change: str, group: Sequence[str]) -> str:
+    """failed / (failed + succeeded) of two series' changes (``fleet_change``), summed per
+    group; 0 (not missing) for groups with no failure, no value where nothing finished."""
+    failed_sum = by("sum", group, failed_change)
+    ok_sum = by("sum", group, succeeded_change)
     failed_filled = zero_filled(failed_sum, ok_sum)
     ok_filled = zero_filled(ok_sum, failed_sum)
     return ratio(failed_filled, f"{failed_filled} + {ok_filled}")

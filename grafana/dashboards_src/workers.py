@@ -45,10 +45,19 @@ def _gauge_by_worker(spec: m.MetricSpec) -> str:
     return q.by("max", _BY_WORKER, q.fleet_gauge(spec, _FLT))
 
 
+def _state_filter(event: str) -> q.Filter:
+    return {**_FLT, m.STATE: m.TASK_STATE_WORDS[event]}
+
+
 def _counter_total_by_worker(event: str) -> str:
-    spec = m.TASK_STATE_COUNTERS[event]
-    summed = q.by("sum", _BY_WORKER, q.fleet_total(spec, _FLT))
+    """A task state's count per worker, from celery_worker_tasks_total: the task counters
+    lose their worker label with --no-worker-label, this family keeps it in both modes."""
+    summed = q.by("sum", _BY_WORKER, q.fleet_total(m.WORKER_TASKS, _state_filter(event)))
     return q.zero_filled(summed, _online())
+
+
+def _worker_change(event: str, fn: str, window: str) -> str:
+    return q.fleet_counter_change(m.WORKER_TASKS, _state_filter(event), fn, window)
 
 
 def table_columns() -> list[tuple[str, str]]:
@@ -130,8 +139,11 @@ def _workers_table() -> table.Panel:
 def _stats() -> list[stat.Panel]:
     online = q.fleet_gauge(m.WORKER_ONLINE, _FLT)
     active = q.fleet_gauge(m.WORKER_ACTIVE_TASKS, _FLT)
-    failed = m.TASK_STATE_COUNTERS["task-failed"]
-    succeeded = m.TASK_STATE_COUNTERS["task-succeeded"]
+    failure_ratio = q.outcome_ratio(
+        _worker_change("task-failed", "increase", p.RANGE_WINDOW),
+        _worker_change("task-succeeded", "increase", p.RANGE_WINDOW),
+        [],
+    )
     return [
         p.stat_panel(
             "Workers online",
@@ -172,7 +184,7 @@ def _stats() -> list[stat.Panel]:
             "Failure ratio (time range)",
             "Failed / (failed + succeeded) tasks on the selected workers over the dashboard's "
             "time range. Empty when no task finished.",
-            q.failure_ratio(failed, succeeded, _FLT, [], "increase", p.RANGE_WINDOW),
+            failure_ratio,
             "percentunit",
             p.thresholds(p.GREEN, (0.01, p.YELLOW), (0.05, p.RED)),
             no_value="no finished task",
@@ -191,8 +203,7 @@ def _trends() -> list[timeseries.Panel]:
             ("task-retried", "retried"),
         )
     ):
-        spec = m.TASK_STATE_COUNTERS[event]
-        expr = q.by("sum", _BY_WORKER, q.fleet_counter_change(spec, _FLT, "rate", p.RATE_WINDOW))
+        expr = q.by("sum", _BY_WORKER, _worker_change(event, "rate", p.RATE_WINDOW))
         rate_targets.append(p.query(expr, p.ref_letter(ref), "{{worker}} " + state))
     load_targets = [
         p.query(_gauge_by_worker(spec), p.ref_letter(ref), "{{worker}} " + window)
