@@ -102,6 +102,10 @@ class Settings:
         default="10m",
         metadata=_help("Window in which CeleryEventsRejected counts rejected events."),
     )
+    dropped_window: str = field(
+        default="10m",
+        metadata=_help("Window in which CeleryExporterDroppingEvents counts dropped messages."),
+    )
     rejected_threshold: float = field(
         default=0,
         metadata=_help(
@@ -296,6 +300,8 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
     rejected = q.counter(metrics.EXPORTER_EVENTS_REJECTED)
     reason = q.require_label(metrics.EXPORTER_EVENTS_REJECTED, "reason")
     lag = q.gauge(metrics.EXPORTER_INTAKE_LAG)
+    dropped = q.counter(metrics.EXPORTER_EVENTS_DROPPED)
+    drop_reason = q.require_label(metrics.EXPORTER_EVENTS_DROPPED, "reason")
     wait_p95 = quantile_record(metrics.TASK_QUEUE_WAIT, 0.95, window)
     wait_count = observations_record(metrics.TASK_QUEUE_WAIT, window)
     percent = f"{_num(s.failure_ratio_threshold * 100)}%"
@@ -389,6 +395,17 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             '{{ $value | printf "%.0f" }} messages or events were rejected for reason '
             f"{{{{ $labels.reason }}}} in the last {s.rejected_window}: they are missing from "
             "every Celery metric.",
+        ),
+        AlertRule(
+            "CeleryExporterDroppingEvents",
+            # The exporter exports each reason at 0 from its start: increase() sees the first.
+            f"sum by (job, instance, {drop_reason}) (increase({dropped}[{s.dropped_window}])) > 0",
+            "0s",
+            "warning",
+            "Celery events exporter {{ $labels.instance }} drops events ({{ $labels.reason }})",
+            '{{ $value | printf "%.0f" }} broker messages (up to 24 events each) were dropped '
+            f"unread for reason {{{{ $labels.reason }}}} in the last {s.dropped_window}: "
+            "the event stream outran the exporter and they are missing from every Celery metric.",
         ),
         AlertRule(
             "CeleryExporterFallingBehind",

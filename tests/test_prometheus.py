@@ -47,6 +47,7 @@ EXPECTED_ALERTS = {
     "CeleryBrokerDisconnected",
     "CeleryEventsRejected",
     "CeleryExporterFallingBehind",
+    "CeleryExporterDroppingEvents",
     "CeleryTaskQueueWaitHigh",
 }
 INSTALL_HINT = "install Debian's `prometheus` package: apt-get install prometheus"
