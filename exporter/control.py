@@ -9,6 +9,7 @@ not shared across threads.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,10 @@ log = get_logger(__name__)
 
 INSPECT_TIMEOUT = 1.0
 """Seconds to collect inspect replies; a worker too busy to answer is asked again next time."""
+
+STOP_CHECK = 0.2
+"""Seconds between looks at the stop event while waiting for the next broadcast: a wait of a
+whole broadcast interval would hold a SIGTERM up for that long."""
 
 
 def pool_sizes(replies: Any) -> dict[str, int]:
@@ -64,12 +69,16 @@ class Controller:
 
     def run(self, stop: threading.Event) -> None:
         connected = self.status.connected_event
+        due = time.monotonic() + self.interval
         while not stop.is_set():
             # Broadcast right after each (re)connection, then every interval: workers that start
             # later need enable_events too, and a broadcast sent while they were down is lost.
-            reconnected = connected.wait(self.interval)
+            reconnected = connected.wait(min(STOP_CHECK, max(0.0, due - time.monotonic())))
             if stop.is_set():
                 return
+            if not reconnected and time.monotonic() < due:
+                continue
+            due = time.monotonic() + self.interval
             if not self.status.connected:
                 continue
             connected.clear()
