@@ -25,4 +25,4 @@ RUN useradd --create-home --uid 10001 app \
 USER app
 
 EXPOSE 19808
-CMD ["celery-events-exporter", "--listen-address", "0.0.0.0:19808"]
+CMD ["celery-events-exporter", "--web.listen-address", "0.0.0.0:19808"]

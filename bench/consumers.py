@@ -82,8 +82,8 @@ class Exporter(Consumer):
         numpat = redis_pattern_subscribers(broker_url) if broker_url.startswith("redis") else 0
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [command, "--broker-url", broker_url, "--listen-address",
-                 f"127.0.0.1:{self.port}", "--log-format", "json"],
+                [command, "--broker-url", broker_url, "--web.listen-address",
+                 f"127.0.0.1:{self.port}", "--log.format", "json"],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:

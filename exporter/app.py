@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -15,7 +16,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.config import Config
+from exporter.config import Config, ListenAddress
 from exporter.control import Controller
 from exporter.events.decode import Decoder, RejectionLog
 from exporter.exposition.collector import EventsCollector
@@ -37,19 +38,21 @@ from exporter.web.stats import WebCollector, WebStats
 log = get_logger(__name__)
 
 
+SHUTDOWN_GRACE = 0.8
+"""Seconds the threads get after SIGTERM before the process exits without them: each watches the
+stop event, but one may be inside a broker call (a connection attempt, an inspect reply) with a
+timeout of its own, and nothing it holds needs flushing (the exporter keeps no state on disk)."""
+
+
+def state_settings(config: Config) -> StateSettings:
+    """The state's settings are Config's fields of the same names: a setting the state needs is
+    declared once, in Config, and passed on here without being listed again."""
+    names = [field.name for field in dataclasses.fields(StateSettings)]
+    return StateSettings(**{name: getattr(config, name) for name in names})
+
+
 def build_state(config: Config) -> State:
-    return State(
-        StateSettings(
-            runtime_buckets=config.runtime_buckets,
-            queue_wait_buckets=config.queue_wait_buckets,
-            worker_label=config.worker_label,
-            worker_timeout=config.worker_timeout,
-            purge_offline_worker_after=config.purge_offline_worker_after,
-            max_tracked_tasks=config.max_tracked_tasks,
-            max_exception_classes=config.max_exception_classes,
-        ),
-        on_reject=RejectionLog(),
-    )
+    return State(state_settings(config), on_reject=RejectionLog())
 
 
 def build_api(config: Config, state: State, stats: WebStats) -> Api:
@@ -145,11 +148,13 @@ def run(config: Config) -> int:
         api=api,
         web_config=web_config,
         stats=web_stats,
+        telemetry_path=config.telemetry_path,
     )
     log.info(
         "exporter started",
         version=__version__,
-        listen=str(config.listen),
+        listen=str(ListenAddress(config.listen.host, server.server_address[1])),
+        telemetry_path=config.telemetry_path,
         broker=reader.safe_url(),
         event_exchange=config.event_exchange,
         worker_label=config.worker_label,
@@ -185,11 +190,14 @@ def run(config: Config) -> int:
             log.error("a thread died; exiting so that a supervisor restarts us", threads=dead)
             exit_code = 1
             stop.set()
-    deadline = time.monotonic() + 5.0
+    deadline = time.monotonic() + SHUTDOWN_GRACE
+    server.shutdown()  # meanwhile the threads wind down
+    server.server_close()
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    server.shutdown()
-    server.server_close()
+    left = [thread.name for thread in threads if thread.is_alive()]
+    if left:
+        log.debug("threads still in a broker call are left behind", threads=left)
     log.info("exporter stopped")
     return exit_code
 

@@ -1,450 +1,300 @@
-"""Command line: flags, each with a CELERY_EXPORTER_* environment twin, into one typed Config.
+"""Command line: the settings declared in ``exporter.config.Config`` as click options, each with
+its ``CELERY_EXPORTER_*`` environment twin, into one typed Config.
 
-click comes with Celery already; it gives us environment twins, ``--help`` that shows them, and a
-one-line error for a bad flag.
+Every line the exporter writes to stderr is a log line in the chosen ``--log.format``, a
+mistake in the flags included: click's own usage errors are caught and logged (exit code 2),
+like a port that is taken (exit code 1). Deprecated flag and variable names still work and
+log a warning once.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import sys
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import click
-from kombu import Connection
+from click.core import ParameterSource
 
 from exporter import __version__
 from exporter import logging as exporter_logging
-from exporter.config import (
-    DEFAULT_BROKER_URL,
-    DEFAULT_PORT,
-    DEFAULT_QUEUE_WAIT_BUCKETS,
-    DEFAULT_RUNTIME_BUCKETS,
-    Config,
-    ListenAddress,
-    parse_buckets,
-    parse_listen_address,
-    parse_transport_option,
-)
-from exporter.intake.backlog import DEFAULT_BUDGET_BYTES
-from exporter.intake.event_queue import (
-    DEFAULT_EVENT_EXCHANGE,
-    DEFAULT_EVENT_QUEUE_EXPIRES,
-    DEFAULT_EVENT_QUEUE_PREFIX,
-    DEFAULT_EVENT_QUEUE_TTL,
-)
-from exporter.tasks.redact import DEFAULT_SECRET_KEY_PATTERNS, compile_secret_keys
-from exporter.web import webconfig
+from exporter.config import Config
+from exporter.settings import Declared, declared
 
-ENV_PREFIX = "CELERY_EXPORTER_"
-
-
-def _env(name: str) -> str:
-    return ENV_PREFIX + name
-
-
-def _buckets_text(bounds: tuple[float, ...]) -> str:
-    return ",".join(f"{b:g}" for b in bounds)
+PROG_NAME = "celery-events-exporter"
+SETTINGS: tuple[Declared, ...] = tuple(declared(Config))
+_GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
 class _Parsed(click.ParamType):  # type: ignore[type-arg]
-    """A flag value read by one of exporter.config's parsers; their ValueError becomes click's
-    one-line usage error. A value that is already parsed (a default) passes through."""
+    """A flag value read by a setting's parser; its ValueError becomes click's usage error."""
 
-    def __init__(self, name: str, parse: Callable[[str], Any], parsed: type) -> None:
-        self.name = name
+    def __init__(self, metavar: str, parse: Callable[[str], Any]) -> None:
+        self.name = metavar
         self._parse = parse
-        self._parsed = parsed
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.name
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, self._parsed):
+        if not isinstance(value, str):  # already read (click converts some values twice)
             return value
         try:
-            return self._parse(str(value))
+            return self._parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-LISTEN_ADDRESS = _Parsed("HOST:PORT", parse_listen_address, ListenAddress)
-BUCKETS = _Parsed("BOUNDS", parse_buckets, tuple)
-TRANSPORT_OPTION = _Parsed("KEY=VALUE", parse_transport_option, tuple)
+class _HelpFormatter(click.HelpFormatter):
+    """click's help layout, wrapped at spaces only: click's wrapper also breaks at hyphens and
+    inside long words, which cut flag names (``--log-`` / ``format``) and numbers in two."""
+
+    def write_dl(
+        self, rows: Iterable[tuple[str, str]], col_max: int = 30, col_spacing: int = 2
+    ) -> None:
+        rows = list(rows)
+        first_col = min(max((len(first) for first, _ in rows), default=0), col_max) + col_spacing
+        indent = " " * self.current_indent
+        text_width = max(self.width - first_col - 2, 20)
+        for first, second in rows:
+            self.write(f"{indent}{first}")
+            if not second:
+                self.write("\n")
+                continue
+            if len(first) <= first_col - col_spacing:
+                self.write(" " * (first_col - len(first)))
+            else:
+                self.write("\n" + " " * (first_col + self.current_indent))
+            lines = textwrap.wrap(
+                second, text_width, break_on_hyphens=False, break_long_words=False
+            )
+            self.write(lines[0] + "\n" if lines else "\n")
+            for line in lines[1:]:
+                self.write(" " * (first_col + self.current_indent) + line + "\n")
 
 
-def _check_web_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Load the file once here so that a mistake stops the exporter with a one-line error."""
-    if value:
-        try:
-            webconfig.load(value)
-        except webconfig.WebConfigError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value or None
+class _Context(click.Context):
+    formatter_class = _HelpFormatter
 
 
-def _check_secret_key_patterns(
-    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
-) -> tuple[str, ...]:
-    for pattern in value:
-        try:
-            compile_secret_keys([pattern])
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
+class _SettingOption(click.Option):
+    """An option whose ``--help`` shows the default as the setting writes it (``on``,
+    ``0.01, 0.025, ...``), not in click's parentheses for a description."""
+
+    def __init__(self, *args: Any, shown_default: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shown_default = shown_default
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        extra = super().get_help_extra(ctx)
+        extra.pop("default", None)
+        if self.shown_default is not None:
+            extra["default"] = self.shown_default
+        return extra
 
 
-def _check_not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value.strip():
-        raise click.BadParameter("must not be empty")
-    return value
+def _alias_name(item: Declared) -> str:
+    return f"deprecated_{item.name}"
 
 
-def _check_broker_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """Reject a URL kombu cannot even interpret; an unreachable broker is retried instead."""
-    try:
-        Connection(value).transport_cls  # noqa: B018 (resolves the transport or raises)
-        Connection(value).transport  # noqa: B018
-    except Exception as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise click.BadParameter(f"cannot use broker URL: {message}") from None
-    return value
+def full_help(item: Declared) -> str:
+    """The setting's help, and its former names if it has any."""
+    former = (*item.setting.deprecated_flags, *item.setting.deprecated_envs)
+    if not former:
+        return item.setting.help
+    return f"{item.setting.help} Formerly {' and '.join(former)} (deprecated, still read)."
 
 
-@click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
-@click.option(
-    "--broker-url",
-    envvar=_env("BROKER_URL"),
-    show_envvar=True,
-    default=DEFAULT_BROKER_URL,
-    show_default=True,
-    callback=_check_broker_url,
-    help="Celery broker URL (redis://, rediss://, amqp://, ...), as the workers use it.",
-)
-@click.option(
-    "--broker-transport-option",
-    "transport_options",
-    envvar=_env("BROKER_TRANSPORT_OPTION"),
-    show_envvar=True,
-    multiple=True,
-    type=TRANSPORT_OPTION,
-    help="A kombu transport option as KEY=VALUE; VALUE may be JSON. Repeatable; the environment "
-    "variable takes several separated by spaces.",
-)
-@click.option(
-    "--event-exchange",
-    envvar=_env("EVENT_EXCHANGE"),
-    show_envvar=True,
-    default=DEFAULT_EVENT_EXCHANGE,
-    show_default=True,
-    callback=_check_not_blank,
-    help="The exchange the workers publish events to: the app's event_exchange setting. An "
-    "exporter bound to another exchange receives nothing.",
-)
-@click.option(
-    "--event-queue-prefix",
-    envvar=_env("EVENT_QUEUE_PREFIX"),
-    show_envvar=True,
-    default=DEFAULT_EVENT_QUEUE_PREFIX,
-    show_default=True,
-    callback=_check_not_blank,
-    help="Prefix of the exporter's event queue name, as the app's event_queue_prefix (broker "
-    "policies often match it).",
-)
-@click.option(
-    "--event-queue-ttl",
-    envvar=_env("EVENT_QUEUE_TTL"),
-    show_envvar=True,
-    default=DEFAULT_EVENT_QUEUE_TTL,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds an event may wait in the exporter's queue before RabbitMQ drops it "
-    "(x-message-ttl), as the app's event_queue_ttl; 0 sets none.",
-)
-@click.option(
-    "--event-queue-expires",
-    envvar=_env("EVENT_QUEUE_EXPIRES"),
-    show_envvar=True,
-    default=DEFAULT_EVENT_QUEUE_EXPIRES,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds the exporter's queue outlives its last consumer (x-expires), as the app's "
-    "event_queue_expires; 0 sets none.",
-)
-@click.option(
-    "--listen-address",
-    envvar=_env("LISTEN_ADDRESS"),
-    show_envvar=True,
-    default=f":{DEFAULT_PORT}",
-    show_default=True,
-    type=LISTEN_ADDRESS,
-    help="Address to serve /metrics and /healthz on; an empty host means every interface.",
-)
-@click.option(
-    "--worker-timeout",
-    envvar=_env("WORKER_TIMEOUT"),
-    show_envvar=True,
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds without a heartbeat before a worker reads offline. 0 applies Celery's own "
-    "rule: twice the heartbeat interval the worker announces.",
-)
-@click.option(
-    "--purge-offline-worker-after",
-    envvar=_env("PURGE_OFFLINE_WORKER_AFTER"),
-    show_envvar=True,
-    default=3600.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds after which an offline worker's series (its gauges, and its task series when "
-    "task metrics carry the worker label) are dropped. 0 keeps them forever.",
-)
-@click.option(
-    "--runtime-buckets",
-    envvar=_env("RUNTIME_BUCKETS"),
-    show_envvar=True,
-    default=_buckets_text(DEFAULT_RUNTIME_BUCKETS),
-    show_default=True,
-    type=BUCKETS,
-    help="Upper bounds, in seconds, of the task runtime histogram buckets.",
-)
-@click.option(
-    "--queue-wait-buckets",
-    envvar=_env("QUEUE_WAIT_BUCKETS"),
-    show_envvar=True,
-    default=_buckets_text(DEFAULT_QUEUE_WAIT_BUCKETS),
-    show_default=True,
-    type=BUCKETS,
-    help="Upper bounds, in seconds, of the queue-wait (received to started) histogram buckets.",
-)
-@click.option(
-    "--worker-label/--no-worker-label",
-    envvar=_env("WORKER_LABEL"),
-    show_envvar=True,
-    default=True,
-    show_default=True,
-    help="Label task metrics with the worker's hostname. Turn off for fleets whose hostnames "
-    "churn (Kubernetes pods) to keep the number of series bounded.",
-)
-@click.option(
-    "--enable-events/--no-enable-events",
-    envvar=_env("ENABLE_EVENTS"),
-    show_envvar=True,
-    default=True,
-    show_default=True,
-    help="Broadcast enable_events to the workers periodically, so that workers started "
-    "without -E send task events too.",
-)
-@click.option(
-    "--inspect-workers/--no-inspect-workers",
-    envvar=_env("INSPECT_WORKERS"),
-    show_envvar=True,
-    default=True,
-    show_default=True,
-    help="Ask the workers for their pool size (inspect stats) periodically, to export "
-    "celery_worker_concurrency.",
-)
-@click.option(
-    "--broadcast-interval",
-    envvar=_env("BROADCAST_INTERVAL"),
-    show_envvar=True,
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(min=1),
-    help="Seconds between the broadcasts to the workers (enable_events, inspect stats); "
-    "they are also sent at every (re)connection to the broker.",
-)
-@click.option(
-    "--max-tracked-tasks",
-    envvar=_env("MAX_TRACKED_TASKS"),
-    show_envvar=True,
-    default=100_000,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Task uuids remembered between task-received and the task's end, to name the events "
-    "that carry no task name; the oldest are forgotten first.",
-)
-@click.option(
-    "--max-exception-classes",
-    envvar=_env("MAX_EXCEPTION_CLASSES"),
-    show_envvar=True,
-    default=50,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Distinct exception classes labelled in celery_task_exceptions_total; later ones "
-    'count as exception="other".',
-)
-@click.option(
-    "--web-config-file",
-    envvar=_env("WEB_CONFIG_FILE"),
-    show_envvar=True,
-    default=None,
-    type=click.Path(dir_okay=False),
-    callback=_check_web_config,
-    help="Prometheus exporter-toolkit web config (YAML): basic_auth_users with bcrypt hashes "
-    "and tls_server_config. With users, every path but /healthz and /readyz needs them.",
-)
-@click.option(
-    "--max-recent-tasks",
-    envvar=_env("MAX_RECENT_TASKS"),
-    show_envvar=True,
-    default=10_000,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Tasks kept in memory for /api/tasks (the Tasks table); the oldest are dropped first. "
-    "0 turns the store off.",
-)
-@click.option(
-    "--expose-task-payloads/--no-expose-task-payloads",
-    envvar=_env("EXPOSE_TASK_PAYLOADS"),
-    show_envvar=True,
-    default=False,
-    show_default=True,
-    help="Serve task args, kwargs and results in /api/tasks. They often hold personal data and "
-    "secrets: values under secret-looking keys are masked, long values cut.",
-)
-@click.option(
-    "--secret-key-pattern",
-    "secret_key_patterns",
-    envvar=_env("SECRET_KEY_PATTERN"),
-    show_envvar=True,
-    multiple=True,
-    callback=_check_secret_key_patterns,
-    help="Regex (case-insensitive, searched) of dict keys, keyword names and flags whose values "
-    "are masked in served payloads, added to the default list (see "
-    "--no-default-secret-key-patterns). Repeatable; the environment variable takes several "
-    "separated by spaces.",
-)
-@click.option(
-    "--default-secret-key-patterns/--no-default-secret-key-patterns",
-    envvar=_env("DEFAULT_SECRET_KEY_PATTERNS"),
-    show_envvar=True,
-    default=True,
-    show_default=True,
-    help="Mask the values of keys matching the default patterns: "
-    + " ".join(DEFAULT_SECRET_KEY_PATTERNS)
-    + ". Turned off, only --secret-key-pattern's patterns mask (at least one is then needed).",
-)
-@click.option(
-    "--max-payload-length",
-    envvar=_env("MAX_PAYLOAD_LENGTH"),
-    show_envvar=True,
-    default=1024,
-    show_default=True,
-    type=click.IntRange(min=16, max=1_000_000),
-    help="Characters of args, kwargs, result, exception and traceback served per task; longer "
-    "values are cut with an ellipsis (tracebacks keep their end).",
-)
-@click.option(
-    "--queue",
-    "queues",
-    envvar=_env("QUEUE"),
-    show_envvar=True,
-    multiple=True,
-    help="A queue whose depth to poll even before any worker or task-sent event names it. "
-    "Repeatable; the environment variable takes several separated by spaces. Queues the workers "
-    "consume, queues seen in task-sent events and (on Redis) kombu's bound queues are watched "
-    "without it.",
-)
-@click.option(
-    "--queue-poll-interval",
-    envvar=_env("QUEUE_POLL_INTERVAL"),
-    show_envvar=True,
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds between two polls of the queue depths, over a broker connection of their own. "
-    "0 turns queue polling off.",
-)
-@click.option(
-    "--max-queues",
-    envvar=_env("MAX_QUEUES"),
-    show_envvar=True,
-    default=500,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Queues watched at most (each costs one broker round trip per poll and a few series); "
-    "queue names discovered past it are counted in celery_exporter_queues_dropped_total.",
-)
-@click.option(
-    "--max-intake-backlog-bytes",
-    envvar=_env("MAX_INTAKE_BACKLOG_BYTES"),
-    show_envvar=True,
-    default=DEFAULT_BUDGET_BYTES,
-    show_default=True,
-    type=click.IntRange(min=4096),
-    help="Bytes of broker messages read but not yet counted that the exporter holds (a burst "
-    "faster than it counts). Past it, new messages are dropped and counted in "
-    'celery_exporter_events_dropped_total{reason="intake_budget"} while the broker socket '
-    "keeps being drained, so Redis never cuts the exporter off.",
-)
-@click.option(
-    "--log-level",
-    envvar=_env("LOG_LEVEL"),
-    show_envvar=True,
-    default="info",
-    show_default=True,
-    type=click.Choice(exporter_logging.LOG_LEVELS, case_sensitive=False),
-    help="Lowest level logged.",
-)
-@click.option(
-    "--log-format",
-    envvar=_env("LOG_FORMAT"),
-    show_envvar=True,
-    default="auto",
-    show_default=True,
-    type=click.Choice(exporter_logging.LOG_FORMATS, case_sensitive=False),
-    help="json (one object per line), console (readable), or auto: console on a terminal, "
-    "json otherwise.",
-)
-@click.version_option(__version__, "--version", prog_name="celery-events-exporter")
-def command(**options: Any) -> None:
-    """Export Celery's event stream as Prometheus metrics at /metrics."""
-    config = Config(
-        broker_url=options["broker_url"],
-        broker_transport_options=dict(options["transport_options"]),
-        listen=options["listen_address"],
-        event_exchange=options["event_exchange"],
-        event_queue_prefix=options["event_queue_prefix"],
-        event_queue_ttl=options["event_queue_ttl"],
-        event_queue_expires=options["event_queue_expires"],
-        worker_timeout=options["worker_timeout"],
-        purge_offline_worker_after=options["purge_offline_worker_after"],
-        runtime_buckets=options["runtime_buckets"],
-        queue_wait_buckets=options["queue_wait_buckets"],
-        worker_label=options["worker_label"],
-        enable_events=options["enable_events"],
-        inspect_workers=options["inspect_workers"],
-        broadcast_interval=options["broadcast_interval"],
-        max_tracked_tasks=options["max_tracked_tasks"],
-        max_exception_classes=options["max_exception_classes"],
-        log_level=options["log_level"].lower(),
-        log_format=options["log_format"].lower(),
-        web_config_file=options["web_config_file"],
-        max_recent_tasks=options["max_recent_tasks"],
-        expose_task_payloads=options["expose_task_payloads"],
-        secret_key_patterns=tuple(options["secret_key_patterns"]),
-        default_secret_key_patterns=options["default_secret_key_patterns"],
-        max_payload_length=options["max_payload_length"],
-        max_intake_backlog_bytes=options["max_intake_backlog_bytes"],
-        queues=tuple(options["queues"]),
-        queue_poll_interval=options["queue_poll_interval"],
-        max_queues=options["max_queues"],
-    )
-    if not config.default_secret_key_patterns and not config.secret_key_patterns:
-        raise click.UsageError(
-            "--no-default-secret-key-patterns needs at least one --secret-key-pattern"
+def _options(item: Declared) -> Iterator[click.Option]:
+    """The click option of a setting, and a hidden one for its deprecated names."""
+    s = item.setting
+    help_text = full_help(item)
+    if s.negation is not None:
+        yield _SettingOption(
+            [f"{s.flag}/{s.negation}", item.name],
+            envvar=s.env,
+            show_envvar=True,
+            default=item.default,
+            shown_default=item.default_text(for_help=True),
+            help=help_text,
         )
+        return
+    assert s.parse is not None, item.name
+    kind = _Parsed(s.metavar, s.parse)
+    yield _SettingOption(
+        [s.flag, item.name],
+        envvar=s.env,
+        show_envvar=True,
+        type=kind,
+        multiple=s.repeatable,
+        default=None,  # Config's default applies; click only shows it
+        shown_default=item.default_text(for_help=True),
+        help=help_text,
+    )
+    if s.deprecated_flags or s.deprecated_envs:
+        yield click.Option(
+            [*(s.deprecated_flags or (f"--{_alias_name(item)}",)), _alias_name(item)],
+            envvar=list(s.deprecated_envs) or None,
+            type=kind,
+            multiple=s.repeatable,
+            default=None,
+            hidden=True,
+        )
+
+
+@dataclass(frozen=True)
+class Deprecation:
+    """A deprecated name (or value) the user gave, and what replaces it."""
+
+    kind: str
+    name: str
+    use: str
+
+
+def resolve(
+    params: Mapping[str, Any],
+    source: Callable[[str], ParameterSource | None],
+    environ: Mapping[str, str],
+) -> tuple[dict[str, Any], list[Deprecation]]:
+    """Config's keyword arguments from click's parameters (only what was given: Config has the
+    defaults), and the deprecated names that were used.
+
+    Precedence: the flag, its deprecated name, the environment variable, its deprecated name.
+    """
+    values: dict[str, Any] = {}
+    notes: list[Deprecation] = []
+    for item in SETTINGS:
+        s = item.setting
+        value, origin = params[item.name], source(item.name)
+        given = origin in _GIVEN
+        alias = _alias_name(item)
+        alias_origin = source(alias) if alias in params else None
+        if alias_origin in _GIVEN:
+            if alias_origin is ParameterSource.COMMANDLINE:
+                notes.append(Deprecation("flag", s.deprecated_flags[0], s.flag))
+            else:
+                old = next(name for name in s.deprecated_envs if name in environ)
+                notes.append(Deprecation("environment variable", old, s.env))
+            flag_beats_env = (
+                alias_origin is ParameterSource.COMMANDLINE
+                and origin is ParameterSource.ENVIRONMENT
+            )
+            if not given or flag_beats_env:
+                value, given = params[alias], True
+        if given:
+            values[item.name] = s.collect(value) if s.repeatable else value
+    log_format: str = values.get("log_format", "")
+    if log_format in exporter_logging.DEPRECATED_LOG_FORMATS:
+        resolved = exporter_logging.resolve_log_format(log_format)
+        notes.append(Deprecation("log format", log_format, resolved))
+        values["log_format"] = resolved
+    return values, notes
+
+
+def build_details() -> str:
+    """What ``--version`` prints: the exporter's version and those of what it runs with."""
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"{PROG_NAME}, version {__version__}\n"
+        f"  python:  {platform.python_version()} ({platform.python_implementation()})\n"
+        f"  celery:  {installed('celery')}\n"
+        f"  kombu:   {installed('kombu')}\n"
+        f"  platform: {platform.system().lower()}/{platform.machine()}"
+    )
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(build_details())
+        ctx.exit(0)
+
+
+def _run(**params: Any) -> int:
+    ctx = click.get_current_context()
+    values, notes = resolve(params, ctx.get_parameter_source, os.environ)
+    try:
+        config = Config(**values)
+    except ValueError as exc:  # settings that contradict each other
+        raise click.UsageError(str(exc)) from None
     exporter_logging.configure(config.log_level, config.log_format)
+    log = exporter_logging.get_logger(__name__)
+    for note in notes:
+        log.warning(f"deprecated {note.kind}", name=note.name, use=note.use)
 
     from exporter.app import run
 
     try:
-        code = run(config)
+        return run(config)
     except OSError as exc:  # the listen address is taken or not ours
-        raise click.ClickException(f"cannot listen on {config.listen}: {exc.strerror}") from None
-    sys.exit(code)
+        log.error(
+            "cannot listen",
+            address=str(config.listen),
+            error=exc.strerror or str(exc),
+        )
+        return 1
 
 
-def main() -> None:
-    command(auto_envvar_prefix=None)
+class _Command(click.Command):
+    context_class = _Context
+
+
+command = _Command(
+    PROG_NAME,
+    callback=_run,
+    params=[
+        *(option for item in SETTINGS for option in _options(item)),
+        click.Option(
+            ["--version"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version and those of Python, Celery and kombu, then exit.",
+        ),
+    ],
+    help="Export Celery's event stream as Prometheus metrics.",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+
+def _log_format_hint(args: Sequence[str], environ: Mapping[str, str]) -> str:
+    """The log format asked for, read without click (for a line about click's own error)."""
+    item = next(item for item in SETTINGS if item.name == "log_format")
+    names = (item.setting.flag, *item.setting.deprecated_flags)
+    wanted: str | None = None
+    for index, arg in enumerate(args):
+        name, sep, inline = arg.partition("=")
+        if name in names:
+            wanted = inline if sep else (args[index + 1] if index + 1 < len(args) else None)
+    if wanted is None:
+        wanted = environ.get(item.setting.env)
+    if wanted is None:
+        return "logfmt"
+    resolved = exporter_logging.resolve_log_format(wanted.strip().lower())
+    return resolved if resolved in exporter_logging.LOG_FORMATS else "logfmt"
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        code = command.main(argv, prog_name=PROG_NAME, standalone_mode=False)
+    except click.ClickException as exc:
+        exporter_logging.configure("info", _log_format_hint(argv, os.environ))
+        exporter_logging.get_logger(__name__).error(
+            "invalid configuration", error=exc.format_message(), help=f"{PROG_NAME} --help"
+        )
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -11,9 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-import click
-
-from exporter.cli import command
+from exporter.cli import SETTINGS, full_help
 from exporter.exposition.catalogue import CATALOGUE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -29,20 +27,17 @@ def metrics_table() -> str:
 
 
 def config_table() -> str:
+    """One row per setting declared in exporter.config.Config."""
     rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
-    context = click.Context(command)
-    for param in command.params:
-        if not isinstance(param, click.Option) or param.name in ("help", "version"):
-            continue
-        flag = " / ".join(f"`{opt}`" for opt in (*param.opts, *param.secondary_opts))
-        default = param.get_default(context, call=False)
-        if isinstance(default, bool):
-            shown = "on" if default else "off"
-        elif isinstance(default, (str, int, float)):
-            shown = f"`{default}`"
-        else:  # unset, or an empty repeatable flag
-            shown = "—"
-        rows.append(f"| {flag} | `{param.envvar}` | {shown} | {_cell(param.help or '')} |")
+    for item in SETTINGS:
+        flags = (item.setting.flag, *filter(None, [item.setting.negation]))
+        flag = " / ".join(f"`{name}`" for name in flags)
+        default = item.default_text()
+        shown = f"`{default}`" if default is not None else "—"
+        if isinstance(item.default, bool):
+            shown = default or "—"
+        row = f"| {flag} | `{item.setting.env}` | {_cell(shown)} | {_cell(full_help(item))} |"
+        rows.append(row)
     return "\n".join(rows)
 
 

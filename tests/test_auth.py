@@ -1,4 +1,4 @@
-"""--web-config-file: exporter-toolkit basic auth and TLS, checked by promtool and real clients."""
+"""--web.config.file: exporter-toolkit basic auth and TLS, checked by promtool and real clients."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import yaml
 
 from exporter.web import webconfig
 from tests.conftest import REPO, Processes, require_tool
+from tests.logfmt import parse_lines
 
 USER = "prometheus"
 # Generated per run: no password is written down anywhere in the repository.
@@ -159,7 +160,7 @@ def test_every_endpoint_but_the_probes_needs_credentials(
     redis_url: str, processes: Processes, tmp_path: Path
 ) -> None:
     path = write_config(tmp_path, {"basic_auth_users": {USER: HASH}})
-    exporter = processes.exporter(redis_url, "--web-config-file", str(path), auth=(USER, PASSWORD))
+    exporter = processes.exporter(redis_url, "--web.config.file", str(path), auth=(USER, PASSWORD))
     for endpoint in PROTECTED:
         anonymous = requests.get(f"{exporter.url}{endpoint}", timeout=5)
         assert anonymous.status_code == 401, endpoint
@@ -195,7 +196,7 @@ def test_tls_with_basic_auth(redis_url: str, processes: Processes, tmp_path: Pat
     )
     assert Path.cwd() != tmp_path and tmp_path != REPO
     exporter = processes.exporter(
-        redis_url, "--web-config-file", str(path), auth=(USER, PASSWORD), ca_file=cert
+        redis_url, "--web.config.file", str(path), auth=(USER, PASSWORD), ca_file=cert
     )
     assert exporter.url.startswith("https://")
     response = exporter.get("/metrics")
@@ -216,9 +217,11 @@ def test_a_bad_web_config_stops_the_exporter_with_one_line(tmp_path: Path) -> No
     command = require_tool("celery-events-exporter")
     path = write_config(tmp_path, "basic_auth_users:\n  alice: plaintext\n")
     done = subprocess.run(
-        [command, "--web-config-file", str(path), "--listen-address", "127.0.0.1:0"],
+        [command, "--web.config.file", str(path), "--web.listen-address", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2
-    assert "Invalid value for '--web-config-file'" in done.stderr
-    assert "the password of 'alice' must be a bcrypt hash" in done.stderr
+    [line] = parse_lines(done.stderr)
+    assert line["msg"] == "invalid configuration"
+    assert "Invalid value for '--web.config.file'" in line["error"]
+    assert "the password of 'alice' must be a bcrypt hash" in line["error"]

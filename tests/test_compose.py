@@ -105,7 +105,7 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def _exporter_port(services: dict[str, dict[str, Any]]) -> int:
-    listen = _option(_command(services["exporter"]), "--listen-address")
+    listen = _option(_command(services["exporter"]), "--web.listen-address")
     return int(listen.rsplit(":", 1)[1])
 
 
@@ -428,7 +428,7 @@ def test_exporter_credentials_are_wired_from_one_password(
     script = _entrypoint_script(exporter)
     assert script[:4] == ["python", "-m", "exporter.web.webconfig", "write"]
     web_config = _option(script, "--output")
-    assert _option(_command(exporter), "--web-config-file") == web_config
+    assert _option(_command(exporter), "--web.config.file") == web_config
     username = _option(script, "--username")
     variable = _option(script, "--password-env")
     assert variable in _environment(exporter)

@@ -97,7 +97,11 @@ def test_default_event_queue_has_celerys_defaults(amqp_url: str, processes: Proc
 def test_event_settings_from_the_environment(amqp_url: str, processes: Processes) -> None:
     vhost = amqp_url.rsplit("/", 1)[1]
     processes.spawn(
-        [require_tool("celery-events-exporter"), "--listen-address", f"127.0.0.1:{free_port()}"],
+        [
+            require_tool("celery-events-exporter"),
+            "--web.listen-address",
+            f"127.0.0.1:{free_port()}",
+        ],
         "env-exporter.log",
         env={
             "CELERY_EXPORTER_BROKER_URL": amqp_url,

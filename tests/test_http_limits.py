@@ -129,7 +129,7 @@ def test_connections_past_the_cap_get_a_503_at_once_and_are_counted(
     metrics = exporter.metrics()
     assert metrics.get("celery_exporter_http_connections_refused_total") == float(refusals)
     entries = assert_log_is_structured(exporter)
-    assert any(entry["event"] == "http connection refused: too many open" for entry in entries)
+    assert any(entry["msg"] == "http connection refused: too many open" for entry in entries)
 
 
 def test_over_long_passwords_and_garbage_requests_are_answered_and_logged_as_json(

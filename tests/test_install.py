@@ -31,7 +31,7 @@ def test_a_plain_install_runs_and_connects(
     port = free_port()
     processes.spawn(
         [str(venv / "bin" / "celery-events-exporter"), "--broker-url", redis_url,
-         "--listen-address", f"127.0.0.1:{port}"],
+         "--web.listen-address", f"127.0.0.1:{port}"],
         "installed-exporter.log",
     )  # fmt: skip
 

@@ -157,7 +157,7 @@ def exporter_for_stack(
     web_config.write_text(yaml.safe_dump(users))
     exporter = processes.exporter(
         redis_url,
-        "--web-config-file",
+        "--web.config.file",
         str(web_config),
         "--expose-task-payloads",
         auth=(SCRAPE_USER, SCRAPE_PASSWORD),

@@ -295,7 +295,7 @@ def test_secret_key_patterns_add_to_the_defaults(redis_url: str, processes: Proc
 )  # fmt: skip
 def test_secret_key_flags_are_checked_at_start(args: list[str], message: str) -> None:
     done = subprocess.run(
-        [require_tool("celery-events-exporter"), *args, "--listen-address", "127.0.0.1:0"],
+        [require_tool("celery-events-exporter"), *args, "--web.listen-address", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2

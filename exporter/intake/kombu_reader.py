@@ -17,6 +17,7 @@ from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 from kombu.utils.url import maybe_sanitize_url
 
+from exporter.broker_options import broker_address
 from exporter.intake import compat
 from exporter.intake.backlog import Outbox
 from exporter.intake.backoff import Backoff
@@ -82,6 +83,7 @@ class BrokerReader:
                 log.warning(
                     "broker connection lost" if was_connected else "broker unreachable",
                     broker=self.safe_url(),
+                    address=broker_address(self.broker_url),
                     error=f"{type(exc).__name__}: {exc}",
                     retry_in_seconds=round(delay, 2),
                 )

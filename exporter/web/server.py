@@ -15,6 +15,7 @@ import base64
 import binascii
 import contextlib
 import gzip
+import html
 import importlib
 import socket
 import ssl
@@ -53,10 +54,14 @@ TOO_MANY_CONNECTIONS = (
     b"too many connections\n"
 )
 
-LANDING_PAGE = f"""<!doctype html>
+
+def landing_page(telemetry_path: str) -> bytes:
+    """The page at ``/``: links to the endpoints (relative, so that it works behind a prefix)."""
+    return f"""<!doctype html>
 <html><head><title>celery-events-exporter</title></head>
 <body><h1>celery-events-exporter {__version__}</h1>
-<ul><li><a href="metrics">metrics</a></li><li><a href="healthz">healthz</a></li>
+<ul><li><a href="{html.escape(telemetry_path.lstrip("/"))}">metrics</a></li>
+<li><a href="healthz">healthz</a></li>
 <li><a href="readyz">readyz</a> (503 while the broker is unreachable)</li>
 <li><a href="api/tasks">api/tasks</a> (recent tasks as JSON; parameters uuid, name, state, worker,
 search, limit, from, to)</li><li><a href="api/workers">api/workers</a> (workers as JSON)</li></ul>
@@ -93,11 +98,15 @@ class _Handler(BaseHTTPRequestHandler):
     web_config: ClassVar[WebConfig | None]
     stats: ClassVar[WebStats]
     _responded = False
+    telemetry_path: ClassVar[str]
+    landing_page: ClassVar[bytes]
 
     def do_GET(self) -> None:
         """Route the request; whatever fails is logged and counted, and answered 500 when no
         answer was started: a bug in one path never drops a connection without a word."""
         path = self.path.partition("?")[0]
+        if path == type(self).telemetry_path:
+            path = "/metrics"  # the label the self-metrics give the metrics page, wherever it is
         self._responded = False
         try:
             self._route()
@@ -114,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         if path not in UNAUTHENTICATED_PATHS and not self._authorized():
             return
-        if path == "/metrics":
+        if path == type(self).telemetry_path:
             self._metrics()
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
@@ -124,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(503, b"broker not connected\n", "text/plain; charset=utf-8")
         elif path == "/":
-            self._send(200, LANDING_PAGE, "text/html; charset=utf-8")
+            self._send(200, type(self).landing_page, "text/html; charset=utf-8")
         elif path in ("/api/tasks", "/api/workers") and type(self).api is not None:
             self._api(path, query)
         else:
@@ -299,6 +308,7 @@ def serve(
     api: Api | None = None,
     web_config: WebConfig | None = None,
     stats: WebStats | None = None,
+    telemetry_path: str = "/metrics",
 ) -> ThreadingHTTPServer:
     """Bind and start serving on a daemon thread; returns the server (``shutdown()`` stops it).
     ``stats`` counts what the server refuses or fails at, for ``/metrics``."""
@@ -312,6 +322,8 @@ def serve(
             "api": api,
             "web_config": web_config,
             "stats": stats,
+            "telemetry_path": telemetry_path,
+            "landing_page": landing_page(telemetry_path),
         },
     )
     ipv6 = ":" in listen.host
