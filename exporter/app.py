@@ -79,28 +79,26 @@ def build_api(config: Config, state: State, stats: WebStats) -> Api:
     )
 
 
-def build_queues(config: Config, state: State) -> queue_wiring.Queues | None:
-    """The queue-depth poller, or None when it is turned off or the broker has no reader."""
-    if config.queue_poll_interval <= 0:
-        return None
+def build_queues(config: Config, state: State, api: Api) -> queue_wiring.Queues:
+    """The queue tracking, fed by the state, and the queue-depth poller (unless turned off)."""
 
     def online_workers(now: float) -> set[str]:
         with state.lock:
             return {h for h, w in state.workers.items() if state.is_online(w, now)}
 
-    def sent_to() -> set[str]:
-        with state.lock:
-            return {queue for _, queue in state.sent}
-
-    return queue_wiring.build(
+    queues = queue_wiring.build(
         config.broker_url,
         config.broker_transport_options,
         named=config.queues,
         interval=config.queue_poll_interval,
         limit=config.max_queues,
+        max_tracked_tasks=config.max_tracked_tasks,
+        worker_label=config.worker_label,
         online_workers=online_workers,
-        sent_to=sent_to,
+        on_orphaned=api.store.keep if api.store is not None else None,
     )
+    state.task_tracker = queues.tracking
+    return queues
 
 
 def run(config: Config) -> int:
@@ -116,7 +114,7 @@ def run(config: Config) -> int:
     reader = make_reader(
         config.broker_url, config.broker_transport_options, inbox, status, config.events
     )
-    queues = build_queues(config, state)
+    queues = build_queues(config, state, api)
     controller = Controller(
         config.broker_url,
         config.broker_transport_options,
@@ -127,7 +125,7 @@ def run(config: Config) -> int:
         interval=config.broadcast_interval,
         on_active_queues=(
             None
-            if queues is None
+            if queues.poller is None
             else lambda replies: queues.registry.set_worker_queues(consumed_queues(replies))
         ),
     )
@@ -136,9 +134,7 @@ def run(config: Config) -> int:
     ProcessCollector(registry=runtime)
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
-    extras: list[Collector] = [WebCollector(web_stats), runtime]
-    if queues is not None:
-        extras.insert(0, queues.collector)
+    extras: list[Collector] = [queues.collector, WebCollector(web_stats), runtime]
     page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=api.store), extras)
 
     server = serve(
@@ -163,7 +159,7 @@ def run(config: Config) -> int:
         basic_auth=web_config is not None and web_config.basic_auth is not None,
         recent_tasks=config.max_recent_tasks,
         task_payloads="exposed" if config.expose_task_payloads else "hidden",
-        queue_poll_interval=config.queue_poll_interval if queues is not None else None,
+        queue_poll_interval=config.queue_poll_interval if queues.poller is not None else None,
     )
 
     threads = [
@@ -172,7 +168,7 @@ def run(config: Config) -> int:
             ("ingest", decoder.run),
             ("broker-reader", reader.run),
             ("controller", controller.run),
-            *([("queue-poller", queues.poller.run)] if queues is not None else []),
+            *([("queue-poller", queues.poller.run)] if queues.poller is not None else []),
         )
     ]
     for thread in threads:

@@ -38,6 +38,7 @@ def test_redis_lengths_sum_kombus_priority_lists_under_a_key_prefix(
     exporter = processes.exporter(
         redis_url, *option_flags(REDIS_OPTIONS), "--queue", "jobs", *FAST_POLL
     )
+    first_sent = time.time()
     with client(redis_url) as app:
         app.conf.broker_transport_options = REDIS_OPTIONS
         for i in range(10):
@@ -66,6 +67,9 @@ def test_redis_lengths_sum_kombus_priority_lists_under_a_key_prefix(
     assert metrics.by_label("celery_queue_consumers", "queue") == {"jobs": 0.0, "reports": 0.0}
     assert metrics.get("celery_exporter_queues_watched") == 2.0
     assert metrics.series("celery_exporter_queue_poll_errors_total") == {}
+    ages = metrics.by_label("celery_queue_oldest_task_age_seconds", "queue")
+    assert set(ages) == {"jobs", "reports"}
+    assert 0 <= ages["reports"] <= ages["jobs"] <= time.time() - first_sent + 0.1
     duration = metrics.get("celery_exporter_queue_poll_duration_seconds")
     assert duration is not None and 0 < duration < 0.5
     age = metrics.get("celery_exporter_queue_readings_age_seconds")
@@ -85,6 +89,8 @@ def test_redis_lengths_sum_kombus_priority_lists_under_a_key_prefix(
         timeout=30,
         what="both queues drained",
     )
+    # Nothing waits: the age is absent, not 0.
+    assert exporter.metrics().series("celery_queue_oldest_task_age_seconds") == {}
     # Redis counts no consumers: the online workers that consume the queue do.
     wait_until(
         lambda: (
@@ -218,3 +224,81 @@ def test_a_stalled_broker_keeps_the_last_values_and_never_delays_a_scrape(
         what="fresh readings once the broker answers again",
     )
     assert exporter.metrics().get("celery_queue_length", queue="waiting") == 3.0
+
+
+def reserved_by(app: Any, worker: str) -> int:
+    replies = app.control.inspect(timeout=2.0, destination=[worker]).reserved() or {}
+    return len(replies.get(worker, []))
+
+
+def test_prefetched_tasks_of_a_single_process_worker(redis_url: str, processes: Processes) -> None:
+    exporter = processes.exporter(redis_url, *FAST_POLL)
+    worker = "prefetch@queues"
+    processes.worker(
+        redis_url,
+        worker,
+        concurrency=1,
+        extra=("-Q", "slow"),
+        env={"TEST_PREFETCH_MULTIPLIER": "3"},
+    )
+    with client(redis_url) as app:
+        for _ in range(7):
+            app.send_task("tests.sleep", args=(3.0,), queue="slow")
+
+        def settled() -> tuple[float, float] | None:
+            metrics = exporter.metrics()
+            prefetched = metrics.get("celery_worker_prefetched_tasks", worker=worker)
+            length = metrics.get("celery_queue_length", queue="slow")
+            if prefetched and length is not None and prefetched + length + 1 == 7:
+                return prefetched, length
+            return None
+
+        counts = wait_until(settled, what="1 running, the rest prefetched or waiting")
+        assert counts is not None
+        prefetched, length = counts
+        # One process, prefetch multiplier 3: the worker reserves 3 tasks beside the running one,
+        # as the worker itself says.
+        assert prefetched == 3.0 and length == 3.0
+        assert reserved_by(app, worker) == 3
+    wait_until(
+        lambda: exporter.metrics().get("celery_worker_prefetched_tasks", worker=worker) == 0.0,
+        timeout=40,
+        what="every task started",
+    )
+
+
+def test_a_sigkilled_workers_started_task_is_orphaned(redis_url: str, processes: Processes) -> None:
+    exporter = processes.exporter(redis_url, *FAST_POLL)
+    worker_name = "doomed@queues"
+    worker = processes.worker(redis_url, worker_name, concurrency=1)
+    with client(redis_url) as app:
+        doomed = app.send_task("tests.sleep", args=(60.0,)).id
+        app.send_task("tests.add", args=(1, 2))  # prefetched behind it: not orphaned
+    wait_until(
+        lambda: exporter.get("/api/tasks", {"uuid": doomed}).json()[0]["state"] == "STARTED",
+        what="the long task started",
+    )
+    wait_until(
+        lambda: exporter.metrics().get("celery_worker_prefetched_tasks", worker=worker_name) == 1.0,
+        what="the short task prefetched",
+    )
+    assert exporter.metrics().series("celery_task_orphaned_total") == {}
+    worker.kill()
+    wait_until(
+        lambda: (
+            exporter.metrics().get(
+                "celery_task_orphaned_total", task="tests.sleep", worker=worker_name
+            )
+            == 1.0
+        ),
+        what="the started task counted orphaned",
+    )
+    metrics = exporter.metrics()
+    assert metrics.series("celery_task_orphaned_total") == {
+        frozenset({("task", "tests.sleep"), ("worker", worker_name)}): 1.0
+    }
+    assert metrics.get("celery_worker_online", worker=worker_name) == 0.0
+    assert metrics.get("celery_worker_prefetched_tasks", worker=worker_name) is None
+    [row] = exporter.get("/api/tasks", {"uuid": doomed}).json()
+    assert row["state"] == "LOST" and row["worker"] == worker_name
+    assert exporter.get("/api/tasks", {"state": "lost"}).json() == [row]

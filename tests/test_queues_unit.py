@@ -13,6 +13,7 @@ from exporter.queues.poller import QueuePoller, error_reason
 from exporter.queues.reading import QueueReading
 from exporter.queues.redis import RedisLayout, oldest_task_id
 from exporter.queues.registry import QueueRegistry, consumed_queues, is_task_queue
+from exporter.queues.tracking import TaskTracking
 
 
 @pytest.mark.parametrize(
@@ -168,3 +169,103 @@ def test_poller_keeps_the_last_readings_through_failures_and_reopens() -> None:
     assert poller.status.readings == {"q": QueueReading(1)} and poller.status.read_at == 102.0
     assert len(opened) == 2
     assert heard == [({"q": QueueReading(3)}, 100.0), ({"q": QueueReading(1)}, 102.0)]
+
+
+def sent(uuid: str, queue: str, name: str = "tests.add") -> dict[str, Any]:
+    return {"type": "task-sent", "uuid": uuid, "queue": queue, "name": name, "hostname": "client"}
+
+
+def task(event_type: str, uuid: str, worker: str = "w1", **fields: Any) -> dict[str, Any]:
+    return {"type": f"task-{event_type}", "uuid": uuid, "hostname": worker, **fields}
+
+
+def tracking(**options: Any) -> TaskTracking:
+    return TaskTracking(QueueRegistry(), max_tasks=options.pop("max_tasks", 100), **options)
+
+
+def test_oldest_waiting_task_per_queue_until_received() -> None:
+    tracker = tracking()
+    tracker([sent("a", "q1")], 10.0)
+    tracker([sent("b", "q1"), sent("c", "q2")], 12.0)
+    assert tracker.snapshot().oldest_sent == {"q1": 10.0, "q2": 12.0}
+    tracker([task("received", "a", name="tests.add")], 13.0)
+    assert tracker.snapshot().oldest_sent == {"q1": 12.0, "q2": 12.0}
+    # A task revoked before any worker received it no longer waits either.
+    tracker([task("revoked", "c")], 14.0)
+    tracker([task("received", "b")], 14.0)
+    assert tracker.snapshot().oldest_sent == {}  # absent, not 0
+    assert tracker.registry.names() == ["q1", "q2"]
+
+
+def test_polls_correct_the_waiting_tasks() -> None:
+    tracker = tracking()
+    tracker([sent("a", "q"), sent("b", "q"), sent("c", "r"), sent("d", "r")], 10.0)
+    tracker([sent("e", "q"), sent("f", "r")], 20.0)
+    # q read empty at 15: a and b were purged (no task-received ever comes); e came later.
+    tracker.queues_read({"q": QueueReading(0)}, 15.0)
+    # r's only list holds d as its oldest message: c is gone.
+    tracker.queues_read({"r": QueueReading(2, oldest_ids=("d",))}, 25.0)
+    assert tracker.snapshot().oldest_sent == {"q": 20.0, "r": 10.0}
+    # A list whose oldest message is unknown corrects nothing.
+    tracker.queues_read({"r": QueueReading(2, oldest_ids=("f", None))}, 25.0)
+    tracker.queues_read({"r": QueueReading(2, oldest_ids=("f", "zzz"))}, 25.0)
+    assert tracker.snapshot().oldest_sent == {"q": 20.0, "r": 10.0}
+    tracker.queues_read({"r": QueueReading(1, oldest_ids=("f",))}, 25.0)
+    assert tracker.snapshot().oldest_sent == {"q": 20.0, "r": 20.0}
+
+
+def test_prefetched_is_received_and_not_started() -> None:
+    tracker = tracking()
+    tracker([task("received", u, name="tests.sleep") for u in "abcd"], 1.0)
+    tracker([task("received", "e", worker="w2")], 1.0)
+    tracker.sweep(2.0, {"w1", "w2", "w3"})
+    assert tracker.snapshot().prefetched == {"w1": 4, "w2": 1, "w3": 0}
+    tracker([task("started", "a"), task("started", "b"), task("succeeded", "a")], 3.0)
+    tracker([task("revoked", "c"), task("started", "e", worker="w2")], 3.0)
+    assert tracker.snapshot().prefetched == {"w1": 1, "w2": 0, "w3": 0}
+
+
+def test_started_tasks_of_a_worker_gone_without_goodbye_are_orphaned() -> None:
+    kept: list[tuple[bytes, float, int]] = []
+    tracker = tracking(on_orphaned=lambda body, at, n: kept.append((body, at, n)))
+    tracker([task("received", u, name="tests.sleep") for u in "abc"], 1.0)
+    tracker([task("started", "a"), task("started", "b"), task("failed", "b")], 1.0)
+    tracker([task("started", "x", worker="w2"), task("started", "y", worker="w3")], 1.0)
+    tracker.sweep(2.0, {"w1", "w2", "w3"})
+    tracker([{"type": "worker-offline", "hostname": "w3"}], 2.5)
+    tracker.sweep(3.0, {"w2"})  # w1 fell silent; w3 said goodbye
+    snapshot = tracker.snapshot()
+    assert snapshot.orphaned == {("tests.sleep", "w1"): 1}
+    assert snapshot.prefetched == {"w2": 0}
+    assert kept == [
+        (b'[{"type":"task-orphaned","uuid":"a","hostname":"w1","timestamp":3.0}]', 3.0, 1)
+    ]
+    tracker.sweep(4.0, {"w2"})  # counted once
+    tracker.sweep(5.0, set())
+    assert tracker.snapshot().orphaned == {("tests.sleep", "w1"): 1, ("unknown", "w2"): 1}
+
+
+def test_orphaned_without_the_worker_label() -> None:
+    tracker = tracking(worker_label=False)
+    tracker([task("received", "a", name="t"), task("started", "a")], 1.0)
+    tracker([task("received", "b", worker="w2", name="t"), task("started", "b", worker="w2")], 1.0)
+    tracker.sweep(2.0, {"w1", "w2"})
+    tracker.sweep(3.0, set())
+    assert tracker.snapshot().orphaned == {("t", ""): 2}
+
+
+def test_tracking_is_bounded_and_ignores_malformed_events() -> None:
+    tracker = tracking(max_tasks=3)
+    tracker([sent(str(i), "q") for i in range(10)], 1.0)
+    tracker([task("received", str(i)) for i in range(10, 20)], 1.0)
+    malformed: list[Any] = [
+        None,
+        {"type": 3},
+        {"type": "task-sent", "uuid": "u", "hostname": "c", "queue": 7},
+        {"type": "task-received", "uuid": "v"},
+        "x",
+        {"type": "worker-offline"},
+    ]
+    tracker(malformed, 1.0)
+    assert tracker.tracked == 6
+    assert tracker.snapshot().oldest_sent == {"q": 1.0}

@@ -136,6 +136,7 @@ def test_a_task_in_order_becomes_one_complete_record() -> None:
         "retried": None,
         "revoked": None,
         "rejected": None,
+        "orphaned": None,
     }
 
 
@@ -790,3 +791,14 @@ def test_search_matches_the_exception_class_not_its_message() -> None:
 )
 def test_the_exception_class_is_the_leading_class_name(text: Any, cls: str) -> None:
     assert exception_class(text) == cls
+
+
+def test_an_orphaned_task_reads_lost_even_behind_a_worker_clock_ahead() -> None:
+    state, store = fed()
+    feed(state, *lifecycle()[:3])
+    # The exporter's verdict, stamped with its own clock, earlier than the worker's started.
+    verdict = {"type": "task-orphaned", "uuid": UUID, "hostname": WORKER, "timestamp": T0 - 60}
+    store.keep(orjson.dumps([verdict]), T0, 1)
+    record = store.get(UUID)
+    assert record is not None
+    assert (record.state, record.orphaned, record.worker) == ("LOST", T0 - 60, WORKER)

@@ -10,30 +10,39 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.exposition import catalogue as m
-from exporter.exposition.catalogue import Kind, MetricSpec
+from exporter.exposition.catalogue import TASK, Kind, MetricSpec
 from exporter.queues.poller import QueuePoller
 from exporter.queues.registry import QueueRegistry
+from exporter.queues.tracking import TaskTracking, TrackingSnapshot
 
 OnlineWorkers = Callable[[float], set[str]]
 """now -> hostnames of the workers online then (from the state's liveness rule)."""
 
 
-def _family(spec: MetricSpec) -> CounterMetricFamily | GaugeMetricFamily:
+def _family(
+    spec: MetricSpec, labels: tuple[str, ...] | None = None
+) -> CounterMetricFamily | GaugeMetricFamily:
+    labels = spec.labels if labels is None else labels
     if spec.kind is Kind.COUNTER:
-        return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
-    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+        return CounterMetricFamily(spec.name, spec.help, labels=labels)
+    return GaugeMetricFamily(spec.name, spec.help, labels=labels)
 
 
 class QueuesCollector(Collector):
+    """The polled families (when a poller runs) and the tracked ones; the sweep that counts
+    orphaned tasks runs at each scrape, before they are read."""
+
     def __init__(
         self,
-        poller: QueuePoller,
+        poller: QueuePoller | None,
         registry: QueueRegistry,
+        tracking: TaskTracking,
         online_workers: OnlineWorkers,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.poller = poller
         self.registry = registry
+        self.tracking = tracking
         self.online_workers = online_workers
         self.clock = clock
 
@@ -42,7 +51,30 @@ class QueuesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
-        status = self.poller.status
+        online = self.online_workers(now)
+        self.tracking.sweep(now, online)
+        tracked = self.tracking.snapshot()
+        yield from self._tracked(tracked, now)
+        if self.poller is not None:
+            yield from self._polled(self.poller, online)
+
+    def _tracked(self, tracked: TrackingSnapshot, now: float) -> Iterator[Metric]:
+        oldest = _family(m.QUEUE_OLDEST_TASK_AGE)
+        for queue, sent_at in sorted(tracked.oldest_sent.items()):
+            oldest.add_metric([queue], max(0.0, now - sent_at))
+        yield oldest
+        prefetched = _family(m.WORKER_PREFETCHED_TASKS)
+        for worker, count in sorted(tracked.prefetched.items()):
+            prefetched.add_metric([worker], count)
+        yield prefetched
+        worker_label = self.tracking.worker_label
+        orphaned = _family(m.TASK_ORPHANED, m.TASK_ORPHANED.labels if worker_label else (TASK,))
+        for (task, worker), count in sorted(tracked.orphaned.items()):
+            orphaned.add_metric([task, worker] if worker_label else [task], count)
+        yield orphaned
+
+    def _polled(self, poller: QueuePoller, online: set[str]) -> Iterator[Metric]:
+        status = poller.status
         readings = status.readings
         length = _family(m.QUEUE_LENGTH)
         consumers = _family(m.QUEUE_CONSUMERS)
@@ -53,7 +85,7 @@ class QueuesCollector(Collector):
                 consumers.add_metric([queue], reading.consumers)
                 continue
             if worker_consumers is None:
-                worker_consumers = self._worker_consumers(now)
+                worker_consumers = self._worker_consumers(online)
             consumers.add_metric([queue], worker_consumers.get(queue, 0))
         yield length
         yield consumers
@@ -68,7 +100,7 @@ class QueuesCollector(Collector):
         yield errors
         age = _family(m.EXPORTER_QUEUE_READINGS_AGE)
         if status.read_at is not None:
-            age.add_metric([], max(0.0, now - status.read_at))
+            age.add_metric([], max(0.0, self.clock() - status.read_at))
         yield age
         watched = _family(m.EXPORTER_QUEUES_WATCHED)
         watched.add_metric([], len(self.registry))
@@ -77,9 +109,8 @@ class QueuesCollector(Collector):
         dropped.add_metric([], self.registry.dropped)
         yield dropped
 
-    def _worker_consumers(self, now: float) -> dict[str, int]:
+    def _worker_consumers(self, online: set[str]) -> dict[str, int]:
         """{queue: online workers consuming it}, for brokers that do not count consumers."""
-        online = self.online_workers(now)
         counts: dict[str, int] = {}
         for worker, queues in self.registry.worker_queues().items():
             if worker in online:

@@ -17,9 +17,9 @@ class QueueReading:
     """Consumers the broker counts (RabbitMQ); None where the broker cannot tell (Redis)."""
     unacked: int | None = None
     """Messages delivered and not yet acknowledged, where known (RabbitMQ's management API)."""
-    oldest_ids: tuple[str, ...] = ()
-    """Task ids of the oldest message of each of the queue's lists, where the broker lets us peek
-    (Redis: one list per priority step)."""
+    oldest_ids: tuple[str | None, ...] = ()
+    """The task id of the oldest message of each of the queue's non-empty lists (None where it
+    could not be read), where the broker lets us peek (Redis: one list per priority step)."""
 
 
 class QueueReader(Protocol):

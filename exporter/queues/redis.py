@@ -134,11 +134,10 @@ class RedisQueues:
         width = 2 * steps
         for index, name in enumerate(names):
             chunk = replies[index * width : (index + 1) * width]
-            length = sum(size for size in chunk[:steps] if isinstance(size, int))
-            oldest = tuple(
-                task_id for tail in chunk[steps:] if (task_id := oldest_task_id(tail)) is not None
-            )
-            readings[name] = QueueReading(length=length, oldest_ids=oldest)
+            sizes = [size if isinstance(size, int) else 0 for size in chunk[:steps]]
+            tails = zip(sizes, chunk[steps:], strict=True)
+            oldest = tuple(oldest_task_id(tail) for size, tail in tails if size > 0)
+            readings[name] = QueueReading(length=sum(sizes), oldest_ids=oldest)
         return readings
 
     def close(self) -> None:

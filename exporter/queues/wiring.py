@@ -10,9 +10,10 @@ from kombu import Connection
 
 from exporter.logging import get_logger
 from exporter.queues.collector import OnlineWorkers, QueuesCollector
-from exporter.queues.poller import QueuePoller, ReadingsListener
+from exporter.queues.poller import QueuePoller
 from exporter.queues.reading import QueueReader
 from exporter.queues.registry import QueueRegistry
+from exporter.queues.tracking import OrphanObserver, TaskTracking
 
 log = get_logger(__name__)
 
@@ -43,7 +44,10 @@ def reader_factory(
 @dataclass
 class Queues:
     registry: QueueRegistry
-    poller: QueuePoller
+    tracking: TaskTracking
+    """Feed it the state's events (``State.task_tracker``)."""
+    poller: QueuePoller | None
+    """None when polling is off or the broker has no queue reader; run it on a thread."""
     collector: QueuesCollector
 
 
@@ -54,16 +58,22 @@ def build(
     named: Iterable[str],
     interval: float,
     limit: int,
+    max_tracked_tasks: int,
+    worker_label: bool,
     online_workers: OnlineWorkers,
-    listener: ReadingsListener | None = None,
-    sent_to: Callable[[], Iterable[str]] | None = None,
-) -> Queues | None:
-    """The queue poller and its collector; None (logged) when the broker has no queue reader."""
-    timeout = min(MAX_TIMEOUT, interval)
-    open_reader = reader_factory(broker_url, transport_options, timeout)
-    if open_reader is None:
-        log.warning("queue depths are not read on this broker", broker=broker_url.split(":")[0])
-        return None
+    on_orphaned: OrphanObserver | None = None,
+) -> Queues:
+    """The registry, the task tracking, the poller (``interval`` 0: none) and their collector."""
     registry = QueueRegistry(named, limit)
-    poller = QueuePoller(open_reader, registry, interval, listener=listener, sent_to=sent_to)
-    return Queues(registry, poller, QueuesCollector(poller, registry, online_workers))
+    tracking = TaskTracking(
+        registry, max_tasks=max_tracked_tasks, worker_label=worker_label, on_orphaned=on_orphaned
+    )
+    poller = None
+    if interval > 0:
+        open_reader = reader_factory(broker_url, transport_options, min(MAX_TIMEOUT, interval))
+        if open_reader is None:
+            log.warning("queue depths are not read on this broker", broker=broker_url.split(":")[0])
+        else:
+            poller = QueuePoller(open_reader, registry, interval, listener=tracking.queues_read)
+    collector = QueuesCollector(poller, registry, tracking, online_workers)
+    return Queues(registry, tracking, poller, collector)

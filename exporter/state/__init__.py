@@ -43,6 +43,9 @@ TaskObserver = Callable[[bytes | str, float, int], None]
 message that carried task events, so that the recent-task store can keep the body and decode it
 when someone reads it (a call or an object per event cost as much as counting the event)."""
 
+TaskTracker = Callable[[Sequence[Any], float], None]
+"""(a message's decoded events, received_at) -> None."""
+
 TaskKey = tuple[str, str]
 """(task name, worker hostname); the hostname is "" when the worker label is turned off."""
 
@@ -157,6 +160,9 @@ class State:
     task_observer: TaskObserver | None = None
     """Called (under ``lock``) with each message that carried task events, after they are counted;
     the recent-task store of the Tasks view listens here."""
+    task_tracker: TaskTracker | None = None
+    """Called (under ``lock``) with every message's events after they are counted: the queue
+    tracking (exporter.queues.tracking) follows tasks from sent to started to their end."""
 
     # -- intake side -------------------------------------------------------------------------
 
@@ -277,6 +283,9 @@ class State:
                 self.reject(rejection.reason, str(rejection))
             except Exception as exc:  # a bug or an input we did not foresee: count it, go on
                 self.reject("invalid_field", f"{type(exc).__name__}: {exc}")
+        tracker = self.task_tracker
+        if tracker is not None:
+            tracker(events, received_at)
         if observer is not None and observed:
             if body is None:
                 try:

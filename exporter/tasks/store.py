@@ -33,6 +33,9 @@ FAILURE = "FAILURE"
 RETRY = "RETRY"
 REVOKED = "REVOKED"
 REJECTED = "REJECTED"
+LOST = "LOST"
+"""Started on a worker that went offline without a goodbye (SIGKILL, OOM, a lost node) before
+the task ended: the exporter's own verdict (exporter.queues.tracking), not a Celery state."""
 
 EVENT_STATES: dict[str, str] = {
     "task-sent": PENDING,
@@ -43,12 +46,13 @@ EVENT_STATES: dict[str, str] = {
     "task-retried": RETRY,
     "task-revoked": REVOKED,
     "task-rejected": REJECTED,
+    "task-orphaned": LOST,  # made by the exporter, never sent by Celery
 }
 STATES: tuple[str, ...] = tuple(EVENT_STATES.values())
 
 # Ties between equal timestamps are broken by how far along the lifecycle a state is.
-_RANK = {PENDING: 0, RECEIVED: 1, STARTED: 2, RETRY: 3, FAILURE: 4, SUCCESS: 5, REJECTED: 6,
-         REVOKED: 7}  # fmt: skip
+_RANK = {PENDING: 0, RECEIVED: 1, STARTED: 2, LOST: 3, RETRY: 3, FAILURE: 4, SUCCESS: 5,
+         REJECTED: 6, REVOKED: 7}  # fmt: skip
 
 STORED_TEXT_LIMIT = LIMIT = 4096
 """Characters kept of each payload, exception and traceback (Celery's own reprs stop at 1024);
@@ -69,6 +73,7 @@ class TaskRecord:
         "first_seen",
         "kwargs",
         "name",
+        "orphaned",
         "parent_id",
         "queue",
         "received",
@@ -118,6 +123,7 @@ class TaskRecord:
         self.retried: float | None = None
         self.revoked: float | None = None
         self.rejected: float | None = None
+        self.orphaned: float | None = None
 
     @property
     def sort_time(self) -> float:
@@ -322,6 +328,9 @@ class RecentTasks:
             or current is PENDING
             or timestamp > record.state_timestamp
             or (timestamp == record.state_timestamp and rank >= _RANK[current])
+            # LOST is stamped with the exporter's clock: a worker's clock ahead of it must not
+            # keep a lost task STARTED forever.
+            or (state is LOST and current is STARTED)
         ):
             record.state = state
             record.state_timestamp = timestamp

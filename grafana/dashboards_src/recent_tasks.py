@@ -37,8 +37,8 @@ SEARCH_VARIABLES: tuple[tuple[str, str, str, str], ...] = (
     ("task_uuid", "UUID", "uuid", "Task uuid, or its beginning."),
     ("task_name", "Name contains", "name", "Part of the task name, any case."),
     ("task_state", "State", "state",
-     "SUCCESS, FAILURE, STARTED, RECEIVED, RETRY, REVOKED, REJECTED or PENDING; several "
-     "separated by commas."),
+     "SUCCESS, FAILURE, STARTED, RECEIVED, RETRY, REVOKED, REJECTED, PENDING or LOST; "
+     "several separated by commas."),
 )  # fmt: skip
 # (JSON key, column title, Infinity column type), in Flower's order, the exception after Result:
 # its class, which is served even when payloads (the message among them) are hidden.
@@ -65,6 +65,7 @@ STATE_COLORS: tuple[tuple[str, str], ...] = (
     ("PENDING", "text"),
     ("REVOKED", p.YELLOW),
     ("REJECTED", p.YELLOW),
+    ("LOST", "dark-red"),
 )
 LIMIT = 500
 
