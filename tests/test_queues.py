@@ -4,8 +4,6 @@ passive declares (plain and x-max-priority queues), real workers draining them, 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from typing import Any
@@ -186,7 +184,6 @@ def test_a_stalled_broker_keeps_the_last_values_and_never_delays_a_scrape(
     private_redis: PrivateRedis, processes: Processes
 ) -> None:
     private_redis.start()
-    assert private_redis.proc is not None
     exporter = processes.exporter(private_redis.url, "--queue", "waiting", *FAST_POLL)
     with client(private_redis.url) as app:
         for i in range(3):
@@ -196,7 +193,7 @@ def test_a_stalled_broker_keeps_the_last_values_and_never_delays_a_scrape(
         what="3 tasks waiting",
     )
 
-    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    private_redis.freeze()
     try:
         slowest = 0.0
         deadline = time.monotonic() + 4.0
@@ -217,7 +214,7 @@ def test_a_stalled_broker_keeps_the_last_values_and_never_delays_a_scrape(
         age = metrics.get("celery_exporter_queue_readings_age_seconds")
         assert age is not None and age > 3.0
     finally:
-        os.kill(private_redis.proc.pid, signal.SIGCONT)
+        private_redis.thaw()
 
     wait_until(
         lambda: (exporter.metrics().get("celery_exporter_queue_readings_age_seconds") or 99) < 1.5,
