@@ -20,7 +20,7 @@ import requests
 from exporter.cli import command
 from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
 from testkit.ports import free_port
-from tests.conftest import Metrics, Processes, require_tool, wait_until
+from tests.conftest import Metrics, Processes, client, require_tool, wait_until
 from tests.logfmt import parse_lines
 
 pytestmark = pytest.mark.integration
@@ -270,6 +270,22 @@ def test_a_numeric_looking_key_prefix_stays_text(redis_url: str, processes: Proc
     exporter = processes.exporter(redis_url, "--broker-transport-option", "global_keyprefix=4711")
     assert exporter.metrics().get("celery_exporter_broker_connected") == 1.0
     assert "broker unreachable" not in exporter.log()
+    with client(redis_url) as app:  # an app of the same prefix publishes three events
+        app.conf.broker_transport_options = {"global_keyprefix": "4711"}
+        with app.connection_for_write() as conn:
+            dispatcher = app.events.Dispatcher(conn, hostname="prefixed@test", enabled=True)
+            for number in range(3):
+                dispatcher.send("task-received", uuid=f"task-{number}", name="prefixed.task")
+            dispatcher.flush()
+    wait_until(
+        lambda: (
+            exporter.metrics().get(
+                "celery_task_received_total", task="prefixed.task", worker="prefixed@test"
+            )
+            == 3.0
+        ),
+        what="3 events under the key prefix 4711",
+    )
 
 
 def test_http_endpoints(redis_url: str, processes: Processes) -> None:
