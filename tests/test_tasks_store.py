@@ -20,7 +20,8 @@ import pytest
 from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
 from exporter.events.exceptions import MAX_EXCEPTION_CLASS_LENGTH, exception_class
 from exporter.exposition.catalogue import EXPORTER_RECENT_TASK_EVENTS_DROPPED
-from exporter.state import State, StateSettings
+from exporter.state import State, StateSettings, WorkerState
+from exporter.tasks import bounds
 from exporter.tasks.redact import (
     DEFAULT_SECRET_KEY_PATTERNS,
     ELLIPSIS,
@@ -37,6 +38,7 @@ from exporter.tasks.store import (
     RecentTasks,
     TaskRecord,
 )
+from exporter.web import api as web_api
 from exporter.web.api import (
     DEFAULT_LIMIT,
     PAYLOADS_HIDDEN,
@@ -47,6 +49,7 @@ from exporter.web.api import (
     iso,
     parse_task_query,
 )
+from exporter.web.stats import WebStats
 
 WORKER = "celery@18e5d5189283"
 UUID = "c2e583bc-1dc9-4193-9df5-fe412aa0b180"
@@ -802,3 +805,55 @@ def test_an_orphaned_task_reads_lost_even_behind_a_worker_clock_ahead() -> None:
     record = store.get(UUID)
     assert record is not None
     assert (record.state, record.orphaned, record.worker) == ("LOST", T0 - 60, WORKER)
+
+
+def test_a_row_that_cannot_be_encoded_is_skipped_and_counted() -> None:
+    state, store = fed()
+    feed(state, *lifecycle("a", T0), *lifecycle("b", T0 + 10))
+    stats = WebStats()
+    redactor = Redactor(compile_secret_keys(DEFAULT_SECRET_KEY_PATTERNS), 1024)
+    api = Api(state, store, redactor, expose_payloads=False, clock=lambda: T0, stats=stats)
+    with store.reading() as records:
+        # Past what orjson writes: what a check the store lacks would let through.
+        next(r for r in records if r.uuid == "a").retries = 2**70
+    body, headers = api.tasks("")
+    assert [row["uuid"] for row in orjson.loads(body)] == ["b"]
+    assert headers["X-Matching-Tasks"] == "2"
+    with state.lock:
+        state.workers["odd@h"] = WorkerState("odd@h", active=2**70)
+        state.workers["fine@h"] = WorkerState("fine@h", active=1)
+    assert [row["worker"] for row in orjson.loads(api.workers(""))] == ["fine@h"]
+    assert stats.skipped_rows == {"/api/tasks": 1, "/api/workers": 1}
+
+
+def test_an_answer_is_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    state, store = fed()
+    for i in range(10):
+        feed(state, *lifecycle(f"t{i}", T0 + i))
+    api = api_for(state, store, expose=True)
+    one_row = len(orjson.dumps(orjson.loads(api.tasks("limit=1")[0])[0]))
+    monkeypatch.setattr(web_api, "MAX_ANSWER_BYTES", 2 + 3 * (one_row + 1))
+    body, headers = api.tasks("")
+    assert [row["uuid"] for row in orjson.loads(body)] == ["t9", "t8", "t7"]
+    assert headers["X-Tasks-Left-Out"].startswith("7 older matching tasks")
+
+
+def test_text_fields_are_cut_by_bytes_on_the_way_in() -> None:
+    state, store = fed()
+    wide = "€" * 10_000  # 3 bytes each
+    feed(
+        state,
+        event("received", "x" * 5000, name=wide, args=wide, kwargs="{}", eta=wide, root_id=wide,
+              hostname="h" * 2000, retries=-1),
+        event("failed", "x" * 5000, T0 + 1, exception=wide, traceback=wide + "End",
+              hostname="h" * 2000),
+    )  # fmt: skip
+    [record] = store.records()
+    assert record.uuid == "x" * bounds.ID_BYTES
+    assert record.name == "€" * (bounds.NAME_BYTES // 3)
+    assert record.worker == "h" * bounds.NAME_BYTES
+    assert record.args == record.exception == "€" * (bounds.PAYLOAD_BYTES // 3)
+    assert record.traceback == "€" * ((bounds.PAYLOAD_BYTES - 3) // 3) + "End"
+    assert record.eta == "€" * (bounds.SHORT_TEXT_BYTES // 3)
+    assert record.root_id == "€" * (bounds.ID_BYTES // 3)
+    assert record.retries is None

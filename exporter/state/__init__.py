@@ -348,6 +348,9 @@ class State:
         self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
     ) -> bool:
         """Update a worker's liveness and gauges; False: nothing for the task observer."""
+        if event_type != "worker-offline":
+            # Checked first: a crafted heartbeat must not even make its worker known.
+            freq, active, processed, loadavg = _heartbeat_numbers(event, hostname)
         worker = self.workers.get(hostname)
         if worker is None:
             worker = self.workers[hostname] = WorkerState(hostname)
@@ -356,26 +359,20 @@ class State:
             return False
         worker.said_goodbye = False
         worker.last_heartbeat = received_at
-        freq = event.get("freq")
         # The reply to a receiver's wake-up broadcast is a heartbeat with freq 5 and no load or
         # active fields: it proves the worker is alive, but must not blank the gauges or stretch
         # the liveness window of a worker that beats every 2 s.
         full = "loadavg" in event or "active" in event
-        if _is_number(freq) and freq > 0 and (full or worker.freq == 0.0):
-            worker.freq = float(freq)
+        if freq is not None and (full or worker.freq == 0.0):
+            worker.freq = freq
         if not full:
             return False
-        active = event.get("active")
-        if _is_number(active):
-            worker.active = int(active)
-        processed = event.get("processed")
-        if _is_number(processed):
-            worker.processed = int(processed)
-        loadavg = event.get("loadavg")
-        if isinstance(loadavg, (list, tuple)) and len(loadavg) == 3:
-            if not all(_is_number(value) for value in loadavg):
-                raise Rejected("invalid_field", f"loadavg {loadavg!r} from {hostname}")
-            worker.loadavg = (float(loadavg[0]), float(loadavg[1]), float(loadavg[2]))
+        if active is not None:
+            worker.active = active
+        if processed is not None:
+            worker.processed = processed
+        if loadavg is not None:
+            worker.loadavg = loadavg
         worker.software = (
             _text(event.get("sw_ident")),
             _text(event.get("sw_ver")),
@@ -470,6 +467,52 @@ def _observe(
         histogram = histograms[key] = Histogram([0] * (len(bounds) + 1))
     histogram.counts[bisect_left(bounds, value)] += 1
     histogram.total += value
+
+
+MAX_HEARTBEAT_INTERVAL = 3600.0
+"""Longest heartbeat interval (freq) taken as true: a worker goes offline within 2 x freq, so a
+crafted 1e308 would keep it online, and unpurged, forever."""
+MAX_ACTIVE_TASKS = 1_000_000
+MAX_PROCESSED_TASKS = 2**53
+"""Largest processed count taken as true (exact as a float, so as a sample value)."""
+MAX_LOAD = 1e6
+
+Loadavg = tuple[float, float, float]
+
+
+def _heartbeat_numbers(
+    event: dict[str, Any], hostname: str
+) -> tuple[float | None, int | None, int | None, Loadavg | None]:
+    """A worker event's freq, active, processed and loadavg, each None when absent; raises
+    Rejected("invalid_field") for a value no worker sends (NaN, infinite, negative, out of range,
+    of the wrong shape), before anything of the event is applied."""
+
+    def bad(field: str, value: Any) -> Rejected:
+        return Rejected("invalid_field", f"{field} {repr(value)[:80]} from {hostname[:200]}")
+
+    freq = event.get("freq")
+    if freq is not None and not (_is_number(freq) and 0 < freq <= MAX_HEARTBEAT_INTERVAL):
+        raise bad("freq", freq)
+    counts: list[int | None] = []
+    for name, limit in (("active", MAX_ACTIVE_TASKS), ("processed", MAX_PROCESSED_TASKS)):
+        value = event.get(name)
+        if value is None:
+            counts.append(None)
+            continue
+        if not (_is_number(value) and 0 <= value <= limit and value == int(value)):
+            raise bad(name, value)
+        counts.append(int(value))
+    loadavg = event.get("loadavg")
+    loads: Loadavg | None = None
+    if loadavg is not None:
+        if not (
+            isinstance(loadavg, (list, tuple))
+            and len(loadavg) == 3
+            and all(_is_number(value) and 0 <= value <= MAX_LOAD for value in loadavg)
+        ):
+            raise bad("loadavg", loadavg)
+        loads = (float(loadavg[0]), float(loadavg[1]), float(loadavg[2]))
+    return None if freq is None else float(freq), counts[0], counts[1], loads
 
 
 def _is_number(value: Any) -> TypeGuard[float]:

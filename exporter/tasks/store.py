@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from exporter.tasks import bounds
+
 PENDING = "PENDING"
 RECEIVED = "RECEIVED"
 STARTED = "STARTED"
@@ -54,9 +56,9 @@ STATES: tuple[str, ...] = tuple(EVENT_STATES.values())
 _RANK = {PENDING: 0, RECEIVED: 1, STARTED: 2, LOST: 3, RETRY: 3, FAILURE: 4, SUCCESS: 5,
          REJECTED: 6, REVOKED: 7}  # fmt: skip
 
-STORED_TEXT_LIMIT = LIMIT = 4096
-"""Characters kept of each payload, exception and traceback (Celery's own reprs stop at 1024);
-a traceback keeps its end."""
+STORED_TEXT_LIMIT = bounds.PAYLOAD_BYTES
+"""Bytes kept of each payload, exception and traceback (Celery's own reprs stop at 1024
+characters); a traceback keeps its end. The other fields' bounds are in ``bounds``."""
 
 
 class TaskRecord:
@@ -153,8 +155,13 @@ WINDOW_BYTES_PER_TASK = 4096
 each, so this binds only when payloads or tracebacks are large (a traceback is cut to
 ``STORED_TEXT_LIMIT`` only when merged)."""
 
-_RECEIVED_TEXT_FIELDS = ("eta", "expires", "root_id", "parent_id")
-"""What task-received carries besides the payload, kept as the event says it."""
+_RECEIVED_TEXT_FIELDS = (
+    ("eta", bounds.SHORT_TEXT_BYTES),
+    ("expires", bounds.SHORT_TEXT_BYTES),
+    ("root_id", bounds.ID_BYTES),
+    ("parent_id", bounds.ID_BYTES),
+)
+"""What task-received carries besides the payload, with the bytes kept of each."""
 
 Kept = tuple[bytes | str, float, int]
 """A message kept for a later merge: (JSON body, received_at, task events in it)."""
@@ -281,6 +288,8 @@ class RecentTasks:
             or not hostname
         ):
             return
+        if len(uuid) > bounds.ID_BYTES // 4:
+            uuid = bounds.cut(uuid, bounds.ID_BYTES)  # a crafted 5 kB uuid must not be a key
         tasks = self._tasks
         record = tasks.get(uuid)
         if record is None:
@@ -302,12 +311,10 @@ class RecentTasks:
     ) -> None:
         """Merge one event into its task's record, whatever order the events came in."""
         state, field, rank = _KINDS[event_type]
-        timestamp = event.get("timestamp")
-        if type(timestamp) is not float:
-            timestamp = float(timestamp) if type(timestamp) is int else received_at
+        timestamp = bounds.timestamp(event.get("timestamp"), received_at)
         event_name = event.get("name")
         if type(event_name) is str and event_name:
-            record.name = event_name
+            record.name = bounds.cut(event_name, bounds.NAME_BYTES)
 
         if state is PENDING:
             if record.sent is None or timestamp >= record.sent:
@@ -318,10 +325,10 @@ class RecentTasks:
             self._payload(record, event)
             queue = event.get("queue")
             if type(queue) is str:
-                record.queue = queue
+                record.queue = bounds.cut(queue, bounds.NAME_BYTES)
             return
 
-        record.worker = hostname
+        record.worker = bounds.cut(hostname, bounds.NAME_BYTES)
         current = record.state
         if (
             current is None
@@ -342,20 +349,17 @@ class RecentTasks:
             if record.received is None or timestamp >= record.received:
                 record.received = timestamp
             self._payload(record, event)
-            for name in _RECEIVED_TEXT_FIELDS:
+            for name, limit in _RECEIVED_TEXT_FIELDS:
                 value = event.get(name)
                 if type(value) is str:
-                    setattr(record, name, value)
+                    setattr(record, name, bounds.cut(value, limit))
         elif state is SUCCESS:
             if record.succeeded is None or timestamp >= record.succeeded:
                 record.succeeded = timestamp
-            result = event.get("result")
-            record.result = (
-                result if type(result) is not str or len(result) <= LIMIT else result[:LIMIT]
-            )
-            runtime = event.get("runtime")
-            if (type(runtime) is float or type(runtime) is int) and runtime >= 0:
-                record.runtime = float(runtime)
+            record.result = bounds.payload(event.get("result"))
+            runtime = bounds.runtime(event.get("runtime"))
+            if runtime is not None:
+                record.runtime = runtime
             if record.exception_at is not None and timestamp >= record.exception_at:
                 record.exception = record.traceback = record.exception_at = None
         else:
@@ -371,15 +375,13 @@ class RecentTasks:
                 # self.retry() without exc= is reported as the repr of None. Celery sends a
                 # repr string: anything else (a crafted nested list) is not kept.
                 if type(exception) is str and exception != "None":
-                    record.exception = exception if len(exception) <= LIMIT else exception[:LIMIT]
+                    record.exception = bounds.cut(exception, bounds.PAYLOAD_BYTES)
                     record.exception_at = timestamp
                     traceback = event.get("traceback")
                     record.traceback = (
-                        None
-                        if type(traceback) is not str
-                        else traceback
-                        if len(traceback) <= LIMIT
-                        else traceback[-LIMIT:]
+                        bounds.cut_tail(traceback, bounds.PAYLOAD_BYTES)
+                        if type(traceback) is str
+                        else None
                     )
 
     @staticmethod
@@ -387,12 +389,10 @@ class RecentTasks:
         """What task-sent and task-received carry: the call's arguments and retry count."""
         args = event.get("args")
         if args is not None:
-            record.args = args if type(args) is not str or len(args) <= LIMIT else args[:LIMIT]
+            record.args = bounds.payload(args)
         kwargs = event.get("kwargs")
         if kwargs is not None:
-            record.kwargs = (
-                kwargs if type(kwargs) is not str or len(kwargs) <= LIMIT else kwargs[:LIMIT]
-            )
-        retries = event.get("retries")
-        if type(retries) is int and (record.retries is None or retries > record.retries):
+            record.kwargs = bounds.payload(kwargs)
+        retries = bounds.retries(event.get("retries"))
+        if retries is not None and (record.retries is None or retries > record.retries):
             record.retries = retries
