@@ -253,8 +253,9 @@ class Config:
         False,
         flag="--expose-task-payloads",
         negation="--no-expose-task-payloads",
-        help="Serve task args, kwargs and results in /api/tasks. They often hold personal data "
-        "and secrets: values under secret-looking keys are masked, long values cut.",
+        help="Serve task args, kwargs, results, exception messages and tracebacks in /api/tasks "
+        "(the exception class is always served). They often hold personal data and secrets: "
+        "values under secret-looking keys are masked, long values cut.",
     )
     secret_key_patterns: tuple[str, ...] = setting(
         (),
