@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -232,6 +233,10 @@ def test_every_dashboard_query_returns_data_and_the_workers_table_is_exact(
         params[param["key"]] = grafana_vars.get(value, value)
     for name, value in grafana_vars.items():
         url = url.replace(name, value)
+    # The Infinity datasource holds the exporter's base URL (provisioned from
+    # CELERY_EXPORTER_URL); the panel's URL is the path under it, as Grafana joins them.
+    assert url.startswith("/"), url
+    url = exporter_for_stack.url + url
     response = requests.get(url, params=params, auth=(SCRAPE_USER, SCRAPE_PASSWORD), timeout=10)
     assert response.status_code == 200, response.text
     rows = response.json()
@@ -253,7 +258,9 @@ def test_every_dashboard_query_returns_data_and_the_workers_table_is_exact(
 def _column_of(expr: str) -> str:
     """Which Workers-table column an expression feeds, from the metric it reads."""
     for state in ("received", "succeeded", "failed", "retried"):
-        if f"celery_task_{state}_total" in expr:
+        if f"celery_task_{state}_total" in expr or re.search(
+            rf'celery_worker_tasks_total{{state=~?"{state}"', expr
+        ):
             return state
     for gauge in ("online", "active_tasks", "load1", "load5", "load15"):
         if f"celery_worker_{gauge}" in expr:
