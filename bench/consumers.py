@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.brokers import redis_pattern_subscribers
 from testkit.ports import free_port
+
+BUSY_WINDOW = 0.25
+"""Seconds over which a consumer's CPU use tells busy from idle (see ``wait_quiet``)."""
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -55,24 +59,31 @@ class Consumer:
 
     def wait_quiet(self, quiet: float = 1.0, timeout: float = 120.0) -> float:
         """Wait until the process has used no CPU for ``quiet`` seconds; returns the wall time of
-        its last busy moment: when it finished counting what it had been sent."""
-        last_cpu = self.usage().cpu_seconds
-        last_busy = time.time()
+        its last busy moment: when it finished counting what it had been sent.
+
+        Busy means more than a tick (10 ms) of CPU within the last ``BUSY_WINDOW`` seconds, not
+        within one 20 ms sample: on a loaded machine a process still counting may get a few ms
+        per sample, and was then taken for idle while it had most of the burst left."""
+        samples: deque[tuple[float, float]] = deque([(time.time(), self.usage().cpu_seconds)])
+        last_busy = samples[0][0]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(0.02)
             cpu = self.usage().cpu_seconds
             now = time.time()
-            if cpu - last_cpu > 0.015:  # more than a tick: busy
+            previous = samples[-1][1]
+            while len(samples) > 1 and samples[1][0] <= now - BUSY_WINDOW:
+                samples.popleft()
+            samples.append((now, cpu))
+            if cpu > previous and cpu - samples[0][1] > 0.015:
                 last_busy = now
-            last_cpu = cpu
             if now - last_busy >= quiet:
                 return last_busy
         raise TimeoutError("consumer still busy")
 
 
 class Exporter(Consumer):
-    def __init__(self, broker_url: str, log_path: Path) -> None:
+    def __init__(self, broker_url: str, log_path: Path, *args: str) -> None:
         command = shutil.which("celery-events-exporter")
         if command is None:
             raise SystemExit("celery-events-exporter is not installed (pip install -e .)")
@@ -83,7 +94,7 @@ class Exporter(Consumer):
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [command, "--broker-url", broker_url, "--web.listen-address",
-                 f"127.0.0.1:{self.port}", "--log.format", "json"],
+                 f"127.0.0.1:{self.port}", "--log.format", "json", *args],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:
@@ -108,7 +119,7 @@ class Exporter(Consumer):
             text, _ = self.scrape()
         except requests.RequestException:
             return None
-        match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else None
 
 

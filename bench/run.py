@@ -233,6 +233,52 @@ def million_tasks(kind: str, tasks: int, workers: int, names: int) -> Row:
     return row
 
 
+def overload(tasks: int, budget: str | None) -> Row:
+    """A burst far faster than the exporter counts, on Redis without an output-buffer limit (so
+    nothing but the exporter bounds what waits): peak RSS with the intake byte budget ``budget``
+    (None: the default), and every event either counted or in a counted drop."""
+    scenario = f"overload-budget-{budget or 'default'}"
+    with _broker("redis", True) as url:
+        fleet = make_fleet(url, 8, 10)
+        publisher = BrokerPublisher(url)
+        prepared = publisher.prepare(prepare_burst(fleet, tasks))
+        args = ("--max-intake-backlog-bytes", str(parse_size(budget))) if budget else ()
+        exporter = Exporter(url, LOGS / f"{scenario}.log", *args)
+        row = Row(scenario, "redis", "exporter", fleet.expected.task_events)
+        try:
+            before = exporter.usage()
+            start = time.time()
+            publisher.transmit(prepared)
+            done_at = exporter.wait_quiet()
+            after = exporter.usage()
+            text, _ = exporter.scrape()
+            by_type, counted, row.series = parse_counts(text)
+            row.lost, _notes = _lost(fleet.expected, by_type, counted)
+            dropped = exporter.scrape_value(
+                'celery_exporter_events_dropped_total{reason="intake_budget"}'
+            )
+            row.seconds = done_at - start
+            row.cpu_per_100k = (after.cpu_seconds - before.cpu_seconds) / fleet.expected.total * 1e5
+            row.peak_rss_mb = after.peak_rss_mb
+            row.notes.append(
+                f"{len(prepared)} messages, {fleet.expected.total} events; "
+                f"{int(dropped or 0)} messages dropped at the budget"
+            )
+        finally:
+            exporter.stop()
+            publisher.close()
+    return row
+
+
+def parse_size(text: str) -> int:
+    """``32MiB`` -> bytes."""
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(float(text.removesuffix(unit)) * factor)
+    return int(text)
+
+
 def _scrape_as_prometheus(url: str) -> float:
     """Seconds for one /metrics request as Prometheus 2.x makes it: OpenMetrics, gzipped."""
     start = time.perf_counter()
@@ -284,6 +330,12 @@ def _million(scale: float, round_: int) -> Iterator[Row]:
     yield million_tasks("redis", int(1_000_000 * scale), 8, 10)
 
 
+def _overload(scale: float, round_: int) -> Iterator[Row]:
+    # 300 k tasks: 900 k task events, ~230 MB of envelopes, published in ~1-2 s.
+    for budget in ("32MiB", None):
+        yield overload(int(300_000 * scale), budget)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "redis-throughput": _throughput("redis"),
     "amqp-throughput": _throughput("amqp"),
@@ -291,6 +343,7 @@ SCENARIOS: dict[str, Scenario] = {
     "high-cardinality": _cardinality,
     "render-50k-series": _series_50k,
     "1m-tasks": _million,
+    "overload": _overload,
 }
 
 
