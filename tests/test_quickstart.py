@@ -10,15 +10,12 @@ The other commands (pip, promtool) run as they are, on the machine's network.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +24,11 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, require_tool, wait_until
+from tests.netns import Namespace, open_namespace
 
+pytestmark = pytest.mark.integration
+
+# Every test here runs tools: pip, promtool, prometheus, systemd-analyze and real servers in a network namespace.
 pytestmark = pytest.mark.integration
 
 README = REPO / "README.md"
@@ -52,79 +53,9 @@ def quickstart_commands() -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-@dataclass
-class Namespace:
-    """A private network namespace (only its own loopback) and the processes started in it."""
-
-    tmp_path: Path
-    holder: subprocess.Popen[bytes] | None = None
-    started: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
-
-    def open(self) -> None:
-        # The holder keeps the namespace alive; everything else joins it with nsenter.
-        self.holder = subprocess.Popen(
-            [require_tool("unshare"), "--net", "sh", "-c",
-             "ip link set lo up && echo up && exec sleep 3600"],
-            stdout=subprocess.PIPE,
-        )  # fmt: skip
-        assert self.holder.stdout is not None
-        assert self.holder.stdout.readline() == b"up\n", "could not bring up the namespace's lo"
-
-    def command(self, args: list[str]) -> list[str]:
-        assert self.holder is not None
-        return [require_tool("nsenter"), f"--target={self.holder.pid}", "--net", *args]
-
-    def spawn(self, args: list[str], cwd: Path, log_name: str) -> subprocess.Popen[bytes]:
-        log_path = self.tmp_path / log_name
-        with log_path.open("wb") as log:
-            # nsenter execs the command, so the PID is the server's own.
-            proc = subprocess.Popen(
-                self.command(args), cwd=cwd, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.started.append((proc, log_path))
-        return proc
-
-    def get_json(self, url: str) -> Any:
-        """GET a URL from inside the namespace (the test process itself stays outside)."""
-        fetch = (
-            "import sys, urllib.request;"
-            "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-        )
-        result = subprocess.run(
-            self.command(["python3", "-c", fetch, url]), capture_output=True, text=True, timeout=30
-        )
-        if result.returncode != 0:
-            raise RuntimeError(result.stderr.strip().splitlines()[-1])
-        return json.loads(result.stdout)
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {path.name} (exit {proc.poll()}):\n{path.read_text(errors='replace')[-3000:]}"
-            for proc, path in self.started
-        )
-
-    def close(self) -> None:
-        for proc, _ in reversed(self.started):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        if self.holder is not None:
-            self.holder.kill()
-            self.holder.wait()
-
-
 @pytest.fixture
 def namespace(tmp_path: Path) -> Iterator[Namespace]:
-    space = Namespace(tmp_path)
-    try:
-        space.open()
-        yield space
-    finally:
-        space.close()
+    yield from open_namespace(tmp_path)
 
 
 def _query(space: Namespace, expr: str) -> list[dict[str, Any]]:
@@ -165,13 +96,7 @@ def test_the_quickstart_block_runs_the_exporter_and_the_shipped_prometheus_confi
     clone = tmp_path / "clone"
     shutil.copytree(REPO, clone, ignore=COPY_IGNORE)
 
-    redis = require_tool("redis-server")
-    namespace.spawn(
-        [redis, "--port", "6379", "--bind", "127.0.0.1", "-::1", "--save", "", "--appendonly",
-         "no", "--dir", str(tmp_path)],
-        tmp_path,
-        "redis.log",
-    )  # fmt: skip
+    namespace.redis(tmp_path)
 
     def run(step: str) -> subprocess.CompletedProcess[str]:
         # The block is for a shell (globs, &&): run each line as one, without the user's venv.
