@@ -30,7 +30,7 @@ import yaml
 from tests.conftest import REPO, Metrics, require_tool, wait_until
 from tests.netns import Namespace, open_namespace
 
-# Every test here runs tools: kubectl, node, tsc and a real exporter in a network namespace.
+# Every test here runs tools: kubectl, node, tsc, a real exporter in a network namespace.
 pytestmark = pytest.mark.integration
 
 KUBERNETES = REPO / "deploy" / "kubernetes"

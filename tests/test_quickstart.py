@@ -26,9 +26,7 @@ import yaml
 from tests.conftest import REPO, require_tool, wait_until
 from tests.netns import Namespace, open_namespace
 
-pytestmark = pytest.mark.integration
-
-# Every test here runs tools: pip, promtool, prometheus, systemd-analyze and real servers in a network namespace.
+# Every test here runs tools: pip, promtool, prometheus, systemd-analyze, servers in a netns.
 pytestmark = pytest.mark.integration
 
 README = REPO / "README.md"
