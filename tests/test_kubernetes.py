@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -230,6 +231,21 @@ def test_the_crd_checks_catch_a_wrong_type_and_an_unknown_field(tmp_path: Path) 
 
 
 # --- how the objects fit together -------------------------------------------------------------
+
+
+def documented_variables() -> set[str]:
+    """The environment variables of the README's configuration table."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- configuration:begin -->", 1)[1].split("<!-- configuration:end -->")
+    return set(re.findall(r"\| `(CELERY_EXPORTER_\w+)` \|", table[0]))
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_container_sets_only_settings_the_exporter_reads(overlay: str) -> None:
+    """An unknown CELERY_EXPORTER_* variable is ignored without a word: it must be a real one."""
+    names = {variable["name"] for variable in _container(rendered(overlay))["env"]}
+    assert "CELERY_EXPORTER_BROKER_URL" in names
+    assert names <= documented_variables(), names - documented_variables()
 
 
 def test_the_deployment_is_locked_down_and_probed() -> None:

@@ -200,6 +200,11 @@ def test_the_systemd_unit_is_hardened_as_the_readme_says() -> None:
     assert settings["EnvironmentFile"] == ["-/etc/default/celery-events-exporter"]
     # Settings arrive as the flags' environment twins: the unit's own default must be one.
     assert settings["Environment"] == ["CELERY_EXPORTER_BROKER_URL=redis://localhost:6379/0"]
+    readme = README.read_text(encoding="utf-8")
+    assert "| `CELERY_EXPORTER_BROKER_URL` |" in readme
+    commented = re.findall(r"Environment=(CELERY_EXPORTER_\w+)=", UNIT.read_text())
+    for name in commented:
+        assert f"| `{name}` |" in readme, f"{UNIT.name} names {name}, which the exporter ignores"
 
     security = subprocess.run(
         [require_tool("systemd-analyze", "apt-get install systemd"), "security",
