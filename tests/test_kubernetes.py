@@ -331,6 +331,81 @@ def test_the_ha_overlay_is_two_replicas_of_the_same_job() -> None:
     assert rest(ha) == rest(base)
 
 
+def _replica_series(objects: list[dict[str, Any]], replicas: int) -> list[dict[str, str]]:
+    """The target labels prometheus-operator gives each replica's series: one job (the
+    Service's name), the same namespace, service, endpoint and container; instance and pod of
+    their own."""
+    service = one(objects, "Service")
+    (port,) = service["spec"]["ports"]
+    shared = {
+        "job": service["metadata"]["name"],
+        "namespace": "monitoring",
+        "service": service["metadata"]["name"],
+        "endpoint": port["name"],
+        "container": _container(objects)["name"],
+    }
+    return [
+        {**shared, "instance": f"10.0.0.{n}:{port['port']}", "pod": f"{NAME}-{n}"}
+        for n in range(1, replicas + 1)
+    ]
+
+
+def _promql_labels(labels: dict[str, str]) -> str:
+    return ", ".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_the_ha_pair_reads_the_same_as_one_exporter(replicas: int, tmp_path: Path) -> None:
+    """The rendered HA overlay's own PrometheusRule, fed the series two replicas scrape as one
+    job: every per-task and per-worker rate reads what one exporter gives (one task a second),
+    not twice that."""
+    objects = rendered("ha")
+    assert one(objects, "Deployment")["spec"]["replicas"] == 2
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(
+        yaml.safe_dump({"groups": one(objects, "PrometheusRule")["spec"]["groups"]})
+    )
+    # Every per-task and per-worker rate recorded straight from an exporter counter.
+    selected = {}
+    for group in one(objects, "PrometheusRule")["spec"]["groups"]:
+        for rule in group["rules"]:
+            scope = re.fullmatch(r"(task|worker):celery_\w+:rate5m", rule.get("record", ""))
+            counter = re.search(r"\brate\((celery_\w+_total)(?:\{([^}]*)\})?\[", rule["expr"])
+            if scope and counter:
+                matchers = dict(re.findall(r'(\w+)=~?"(\w+)"', counter.group(2) or ""))
+                selected[rule["record"]] = (scope.group(1), counter.group(1), matchers)
+    assert len(selected) >= 10, selected
+    series = {}
+    for _, metric, matchers in selected.values():
+        for replica in _replica_series(objects, replicas):
+            labels = _promql_labels({**replica, "task": "t", "worker": "w", **matchers})
+            # One task a second, scraped once a minute.
+            series[f"{metric}{{{labels}}}"] = "0+60x15"
+    cases = [
+        {
+            "expr": record,
+            "eval_time": "15m",
+            "exp_samples": [
+                {"labels": f'{record}{{{scope}="{scope[0]}"}}', "value": 1},
+            ],
+        }
+        for record, (scope, _, _) in selected.items()
+    ]
+    series_list = [{"series": name, "values": values} for name, values in series.items()]
+    unit = {
+        "rule_files": [str(rules_file)],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series_list, "promql_expr_test": cases}],
+    }
+    unit_file = tmp_path / "ha.test.yml"
+    unit_file.write_text(yaml.safe_dump(unit, sort_keys=False))
+    promtool = require_tool("promtool", "apt-get install prometheus")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(unit_file)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_basic_auth_example_credentials_match() -> None:
     objects = rendered("basic-auth")
     web_config = yaml.safe_load(
