@@ -4,8 +4,9 @@ formats a scrape can get: the text format, and OpenMetrics, which Prometheus 2.x
 Each format is rendered as the exporter serves it (``MetricsPage.render``, the process and runtime
 families included) with the state unchanged between renders, and after a fraction of the
 (task, worker) pairs saw a task (as between two real scrapes, 15 s apart on a busy fleet); then
-once through prometheus-client for reference. The event families must be byte-identical to
-prometheus-client's in both formats.
+once through prometheus-client for reference (the families of the tests' oracle,
+``tests.exposition_oracle``, and the same runtime collectors). The event families must be
+byte-identical to prometheus-client's in both formats.
 
     python -m bench.render --workers 40 --names 30
 """
@@ -18,7 +19,6 @@ import time
 from collections.abc import Callable
 
 from prometheus_client.core import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -26,11 +26,13 @@ from prometheus_client.process_collector import ProcessCollector
 from exporter.app import build_state
 from exporter.config import Config
 from exporter.events.decode import Decoder
+from exporter.exposition import negotiation
 from exporter.exposition.collector import EventsCollector
-from exporter.exposition.writer import MetricsPage
+from exporter.exposition.page import MetricsPage
 from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.status import BrokerStatus
 from exporter.state import State
+from tests.exposition_oracle import page_registry, reference
 
 # What Prometheus 2.42 sends (seen on the wire); it gets OpenMetrics.
 PROMETHEUS_ACCEPT = (
@@ -64,17 +66,17 @@ def _run_task(state: State, pair: Pair, uuid: str, now: float) -> None:
             state.apply({**event, "hostname": host}, now)
 
 
-def _page(state: State, now: float, with_runtime: bool) -> MetricsPage:
+def _page(state: State, now: float, with_runtime: bool) -> tuple[EventsCollector, MetricsPage]:
     # A fixed clock: the workers stay online however long prometheus-client takes.
     decoder = Decoder(state, IntakeBacklog())
     events = EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now)
     if not with_runtime:
-        return MetricsPage(events, [])
+        return events, MetricsPage(events, [])
     runtime = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=runtime)
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
-    return MetricsPage(events, [runtime])
+    return events, MetricsPage(events, [runtime])
 
 
 def _median_ms(
@@ -92,16 +94,17 @@ def _median_ms(
 
 
 def _row(
-    page: MetricsPage, accept: str, runs: int, touches: dict[str, Touch]
+    events: EventsCollector, page: MetricsPage, accept: str, runs: int, touches: dict[str, Touch]
 ) -> dict[str, tuple[float, float]]:
     """Median ms per render after each of ``touches``, then through prometheus-client."""
-    encoder, _ = choose_encoder(accept)
+    fmt = negotiation.choose(accept).format
+    registry = page_registry(events, page.others)
     page.render(accept)  # warm the caches
     row = {
         label: _median_ms(lambda: page.render(accept), touch, runs)
         for label, touch in touches.items()
     }
-    row["prometheus_client"] = _median_ms(lambda: encoder(page.registry), _nothing, 3)
+    row["prometheus_client"] = _median_ms(lambda: reference(registry, fmt), _nothing, 3)
     return row
 
 
@@ -140,17 +143,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return before
 
-    events_only, page = _page(state, now, with_runtime=False), _page(state, now, with_runtime=True)
+    events, events_only = _page(state, now, with_runtime=False)
     series = 0
+    oracle = page_registry(events, [])
+    full = _page(state, now, with_runtime=True)
     for fmt, accept in FORMATS.items():
-        encoder, _ = choose_encoder(accept)
         for _ in range(2):  # the second render comes from the caches, if any
             ours, _ = events_only.render(accept)
-            reference = encoder(events_only.registry)
-            if ours != reference:
+            expected = reference(oracle, negotiation.choose(accept).format)
+            if ours != expected:
                 print(f"{fmt}: the event families differ from prometheus-client's")
                 return 1
-        series = sum(1 for line in reference.splitlines() if not line.startswith(b"#"))
+        series = sum(1 for line in expected.splitlines() if not line.startswith(b"#"))
     print(f"{args.workers} x {args.names} pairs, {series} event series, both formats identical")
 
     changed = max(1, round(args.changed * len(pairs)))
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "all changed": touch(len(pairs)),
     }
     for fmt, accept in FORMATS.items():
-        row = _row(page, accept, args.runs, touches)
+        row = _row(*full, accept, args.runs, touches)
         print(
             f"{fmt:>11}: "
             + ", ".join(f"{k} {wall:.1f} ms (CPU {cpu:.1f})" for k, (wall, cpu) in row.items())

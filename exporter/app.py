@@ -20,7 +20,7 @@ from exporter.config import Config, ListenAddress
 from exporter.control import Controller
 from exporter.events.decode import Decoder, RejectionLog
 from exporter.exposition.collector import EventsCollector
-from exporter.exposition.writer import MetricsPage
+from exporter.exposition.page import MetricsPage
 from exporter.intake import make_reader
 from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.status import BrokerStatus

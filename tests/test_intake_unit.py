@@ -1,4 +1,4 @@
-"""Pure logic of the fast intake paths: kombu's topics, envelopes, buffered reads, exposition."""
+"""Pure logic of the fast intake paths: kombu's topics, envelopes, buffered reads."""
 
 from __future__ import annotations
 
@@ -10,19 +10,14 @@ from typing import Any
 import orjson
 import pytest
 from kombu import Connection
-from prometheus_client.exposition import generate_latest
-from prometheus_client.utils import floatToGoString
 
 from exporter.app import build_state
 from exporter.config import Config
 from exporter.events.decode import Decoder, b64decode, open_envelope
-from exporter.exposition.collector import EventsCollector
-from exporter.exposition.writer import Format, number
 from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.kombu_reader import BufferedRecv
 from exporter.intake.message import RawMessage
 from exporter.intake.redis import is_redis_url, subscribe_topics
-from exporter.intake.status import BrokerStatus
 
 
 def _channel(url: str, **options: object) -> Any:
@@ -140,35 +135,3 @@ def test_buffered_recv_serves_exact_sizes_from_one_read() -> None:
     buffered = BufferedRecv(recv)
     assert [buffered(3), buffered(3), buffered(10), buffered(5)] == [b"abc", b"def", b"ghij", b""]
     assert len(reads) == 2  # one read for the data, one that saw the end
-
-
-@pytest.mark.parametrize("value", [0, 1, 999_999, 1_000_000, 12_345_678, 0.5, 1e-7, 2.5e9])
-def test_number_matches_prometheus_client(value: float) -> None:
-    assert number(value) == floatToGoString(value)  # type: ignore[no-untyped-call]
-
-
-def test_fast_text_is_byte_identical_to_prometheus_client() -> None:
-    state = build_state(Config())
-    t0 = 1_000.0
-    for i in range(60):
-        worker, name = f"celery@w{i % 4}", f'odd"name\\{i % 5}\n'
-        for event in (
-            {"type": "task-sent", "hostname": "client", "uuid": f"u{i}", "name": name,
-             "queue": "q"},
-            {"type": "task-received", "hostname": worker, "uuid": f"u{i}", "name": name,
-             "timestamp": t0},
-            {"type": "task-started", "hostname": worker, "uuid": f"u{i}", "timestamp": t0 + i},
-            {"type": "task-failed", "hostname": worker, "uuid": f"u{i}",
-             "exception": "KeyError('k')"} if i % 7 == 0 else
-            {"type": "task-succeeded", "hostname": worker, "uuid": f"u{i}",
-             "runtime": 1e6 + i if i == 3 else i / 10},
-        ):  # fmt: skip
-            state.apply(event, t0)
-    state.apply({"type": "worker-heartbeat", "hostname": "celery@w1", "freq": 2.0,
-                 "active": 1, "processed": 5, "loadavg": [1, 2, 3]}, t0)  # fmt: skip
-    collector = EventsCollector(
-        state, BrokerStatus(), Decoder(state, IntakeBacklog()), clock=lambda: t0 + 1
-    )
-    expected = generate_latest(collector)
-    assert b"".join(collector.render(Format.TEXT)) == expected
-    assert b"".join(collector.render(Format.TEXT)) == expected  # again, from the caches

@@ -6,11 +6,10 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.core import CollectorRegistry
 
 from exporter.events.decode import Decoder
 from exporter.exposition.collector import EventsCollector
+from exporter.exposition.writer import Format
 from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.message import RawMessage
 from exporter.intake.status import BrokerStatus
@@ -43,10 +42,9 @@ def heartbeat(host: str = "w1@h", **fields: Any) -> dict[str, Any]:
 
 
 def render(state: State, now: float = T0) -> Metrics:
-    registry = CollectorRegistry(auto_describe=False)
     decoder = Decoder(state, IntakeBacklog())
-    registry.register(EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now))
-    return Metrics.parse(generate_latest(registry).decode())
+    collector = EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now)
+    return Metrics.parse(b"".join(collector.render(Format.TEXT)).decode())
 
 
 def test_task_lifecycle_is_counted_under_the_received_name() -> None:

@@ -1,49 +1,37 @@
-"""Render the state as Prometheus metric families, named and described by the catalogue."""
+"""The event families (task, worker and self-monitoring), named and described by the catalogue,
+written from a snapshot of the state by ``exporter.exposition.writer``."""
 
 from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import celery
 import kombu
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.events.decode import Decoder
 from exporter.exposition import catalogue as m
 from exporter.exposition import writer as exposition
-from exporter.exposition.catalogue import WORKER, Kind, MetricSpec
-from exporter.exposition.writer import FastExposition, LabelKey, SeriesCache
+from exporter.exposition.catalogue import WORKER, MetricSpec
+from exporter.exposition.writer import LabelKey, SeriesCache
 from exporter.intake.status import BrokerStatus
-from exporter.state import Histogram, Snapshot, State, TaskKey, WorkerView
+from exporter.state import Snapshot, State, TaskKey, WorkerView
 from exporter.tasks.store import RecentTasks
 
-Family = CounterMetricFamily | GaugeMetricFamily
 Values = Callable[[TaskKey], LabelKey]
 SmallFamilies = list[tuple[MetricSpec, dict[LabelKey, float]]]
+PerWorker = dict[str, dict[str, int]]
+"""hostname -> {task event type: count}."""
 K = TypeVar("K")
 
 
-def _family(spec: MetricSpec, labels: tuple[str, ...] | None = None) -> Family:
-    """A counter or gauge family for ``spec``; histograms are built by ``_histogram``."""
-    labels = spec.labels if labels is None else labels
-    if spec.kind is Kind.COUNTER:
-        return CounterMetricFamily(spec.name, spec.help, labels=labels)
-    if spec.kind is Kind.GAUGE:
-        return GaugeMetricFamily(spec.name, spec.help, labels=labels)
-    raise TypeError(f"{spec.name} is a {spec.kind.value}")
+class EventsCollector:
+    """Writes the event families for ``/metrics`` (``exporter.exposition.page.MetricsPage``),
+    keeping each family's written series between scrapes (``writer.SeriesCache``)."""
 
-
-class EventsCollector(Collector, FastExposition):
     def __init__(
         self,
         state: State,
@@ -61,26 +49,32 @@ class EventsCollector(Collector, FastExposition):
         self._task_series: dict[str, SeriesCache[TaskKey]] = {}
         self._small_series: dict[str, SeriesCache[LabelKey]] = {}
 
-    def _small(
-        self, snap: Snapshot, per_worker: Mapping[str, Mapping[str, int]], now: float
-    ) -> SmallFamilies:
-        """The worker and self-monitoring families: a few series each, per worker at most."""
-        return [
-            *self._workers(snap.workers, per_worker),
-            *self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now),
-        ]
-
-    def render(self, fmt: exposition.Format) -> list[bytes]:
-        """The same families as ``collect``, in the same order, written directly
-        (``exporter.exposition.writer``)."""
-        now = self.clock()
+    def snapshot(self, now: float) -> tuple[Snapshot, PerWorker]:
+        """The state as of ``now``, offline workers past their purge time dropped first, and
+        each worker's task event counts."""
         with self.state.lock:
             self.state.purge_offline_workers(now)
             snap = self.state.snapshot(now)
             unlabelled = self._unlabelled_counts()
+        return snap, self._per_worker(snap, unlabelled)
+
+    def render(self, fmt: exposition.Format) -> list[bytes]:
+        """The event families as of now, in pieces, without the closing ``# EOF``."""
+        now = self.clock()
+        return self.write(*self.snapshot(now), now, fmt)
+
+    def write(
+        self,
+        snap: Snapshot,
+        per_worker: Mapping[str, Mapping[str, int]],
+        now: float,
+        fmt: exposition.Format,
+    ) -> list[bytes]:
+        """The event families of ``snap``: task counters, task histograms, then the worker and
+        self-monitoring families."""
         out: list[bytes] = []
         self._render_tasks(out, snap, fmt)
-        for spec, series in self._small(snap, self._per_worker(snap, unlabelled), now):
+        for spec, series in self.small_families(snap, per_worker, now):
             out.append(exposition.header(spec, fmt))
             cache = _cache(self._small_series, spec)
             exposition.counter(out, cache, spec, spec.labels, series, _as_is)
@@ -113,64 +107,14 @@ class EventsCollector(Collector, FastExposition):
             cache = _cache(self._task_series, spec)
             exposition.histogram(out, cache, spec, names, (histograms, sums), bounds, task_values)
 
-    def describe(self) -> Iterable[Metric]:
-        # Without describe() the registry would call collect() at registration time.
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        now = self.clock()
-        with self.state.lock:
-            self.state.purge_offline_workers(now)
-            snap = self.state.snapshot(now)
-            unlabelled = self._unlabelled_counts()
-        task_labels = m.TASK_RUNTIME.labels_without(self._dropped)
-
-        def task_values(key: TaskKey) -> list[str]:
-            return [key[0], key[1]] if self.state.settings.worker_label else [key[0]]
-
-        for event_type, spec in m.TASK_STATE_COUNTERS.items():
-            family = _family(spec, task_labels)
-            for key, count in snap.task_counts[event_type].items():
-                family.add_metric(task_values(key), count)
-            yield family
-
-        sent = _family(m.TASK_SENT)
-        for (task, queue), count in snap.sent.items():
-            sent.add_metric([task, queue], count)
-        yield sent
-
-        exceptions = _family(m.TASK_EXCEPTIONS)
-        for (task, cls), count in snap.exceptions.items():
-            exceptions.add_metric([task, cls], count)
-        yield exceptions
-
-        settings = self.state.settings
-        for spec, histograms, sums, bounds in (
-            (m.TASK_RUNTIME, snap.runtime, snap.runtime_sums, settings.runtime_buckets),
-            (m.TASK_QUEUE_WAIT, snap.queue_wait, snap.queue_wait_sums, settings.queue_wait_buckets),
-        ):
-            yield self._histogram(spec, task_labels, histograms, sums, bounds, task_values)
-
-        for spec, series in self._small(snap, self._per_worker(snap, unlabelled), now):
-            family = _family(spec)
-            for labels, value in series.items():
-                family.add_metric(list(labels), value)
-            yield family
-
-    @staticmethod
-    def _histogram(
-        spec: MetricSpec,
-        labels: tuple[str, ...],
-        histograms: dict[TaskKey, tuple[int, ...]],
-        sums: dict[TaskKey, float],
-        bounds: tuple[float, ...],
-        values: Callable[[TaskKey], list[str]],
-    ) -> Metric:
-        family = HistogramMetricFamily(spec.name, spec.help, labels=labels)
-        for key, counts in histograms.items():
-            total = sums[key]
-            family.add_metric(values(key), Histogram(list(counts), total).cumulative(bounds), total)
-        return family
+    def small_families(
+        self, snap: Snapshot, per_worker: Mapping[str, Mapping[str, int]], now: float
+    ) -> SmallFamilies:
+        """The worker and self-monitoring families: a few series each, per worker at most."""
+        return [
+            *self._workers(snap.workers, per_worker),
+            *self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now),
+        ]
 
     def _unlabelled_counts(self) -> dict[str, dict[str, int]] | None:
         """Without the worker label, the per-worker counts the state keeps aside (a copy, a
@@ -180,9 +124,7 @@ class EventsCollector(Collector, FastExposition):
         return self.state.worker_task_counts()
 
     @staticmethod
-    def _per_worker(
-        snap: Snapshot, unlabelled: dict[str, dict[str, int]] | None
-    ) -> dict[str, dict[str, int]]:
+    def _per_worker(snap: Snapshot, unlabelled: dict[str, dict[str, int]] | None) -> PerWorker:
         """hostname -> {task event type: count}. With the worker label the task series hold
         them: summed here from the snapshot's copy, outside the lock."""
         if unlabelled is not None:

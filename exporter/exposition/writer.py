@@ -1,5 +1,5 @@
-"""The ``/metrics`` page in the text format (0.0.4) and OpenMetrics (1.0), which Prometheus 2.x asks
-for first; the event families written straight from a snapshot.
+"""The event families' series in the text format (0.0.4) and OpenMetrics (1.0), which Prometheus 2.x
+asks for first, written straight from a snapshot.
 
 prometheus-client builds a ``Sample`` per series and formats each one with generic code: at 50 k
 series about 0.5 s in the text format and 0.9 s in OpenMetrics (its name escaping goes character by
@@ -8,21 +8,19 @@ differ only in the family headers and the closing ``# EOF``, so a series' lines 
 as bytes, and kept per key with the value(s) they show: between two scrapes many tasks and workers
 saw nothing, and comparing a tuple of counts costs far less than formatting it again. The output is
 byte-for-byte what prometheus-client writes for the same families in either format (a unit test
-holds it to that); the process and runtime collectors, a few dozen series, still go through it.
+holds it to that); the process and runtime collectors, a few dozen series, still go through it
+(``exporter.exposition.page``).
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable, Mapping
-from functools import partial
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Generic, TypeVar, cast
 
-from prometheus_client.exposition import choose_encoder, generate_latest
-from prometheus_client.openmetrics import exposition as openmetrics
-from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from exporter.exposition.catalogue import Kind, MetricSpec
@@ -31,9 +29,7 @@ LabelKey = tuple[str, ...]
 K = TypeVar("K")
 
 _go_float = cast(Callable[[float], str], floatToGoString)
-_openmetrics_latest = cast(Callable[[Collector], bytes], openmetrics.generate_latest)
 
-EOF = b"# EOF\n"
 _INF = math.inf
 
 
@@ -75,18 +71,44 @@ def label_text(names: tuple[str, ...], values: LabelKey) -> str:
     return ",".join(f'{n}="{escape(v)}"' for n, v in pairs)
 
 
+@dataclass(slots=True)
+class CounterLine:
+    """A counter's or gauge's series as last written. Replaced whole, never changed (see
+    ``SeriesCache``); a slotted class rather than a tuple because reading its fields for every
+    cached series is the most frequent thing a scrape does."""
+
+    prefix: bytes
+    """The line up to the value: name, label set and the separating space."""
+    value: float
+    """The value ``line`` shows."""
+    line: bytes
+
+
+@dataclass(slots=True)
+class HistogramBlock:
+    """A histogram's series (its buckets, count and sum) as last written; replaced whole."""
+
+    labels: str
+    """The label set, escaped, without braces and without ``le``."""
+    template: bytes
+    """The block's lines with the numbers left to fill in (``_histogram_template``)."""
+    counts: tuple[int, ...]
+    """The per-bucket (not cumulative) counts ``block`` shows."""
+    total: float
+    """The sum ``block`` shows."""
+    block: bytes
+
+
 class SeriesCache(Generic[K]):
-    """The rendered lines of one family's series, per key, with what they were rendered from.
+    """The written lines of one family's series, per key, with what they were written from.
 
     Concurrent scrapes share it: entries are replaced whole, never changed, so a reader sees an
     old entry or a new one, and either is checked against its own values before it is reused.
     """
 
     def __init__(self) -> None:
-        self.counters: dict[K, tuple[bytes, float, bytes]] = {}
-        """key -> (line up to the value, value, line)"""
-        self.histograms: dict[K, tuple[str, bytes, tuple[int, ...], float, bytes]] = {}
-        """key -> (label text, lines to fill in, per-bucket counts, sum, the series' lines)"""
+        self.counters: dict[K, CounterLine] = {}
+        self.histograms: dict[K, HistogramBlock] = {}
 
     def prune(self, series: Mapping[K, object]) -> None:
         """Forget keys gone from ``series`` (purged workers): every key rendered is cached, so
@@ -108,22 +130,24 @@ def counter(
     """A counter or gauge family's series (``out`` has its header already)."""
     name = f"{spec.name}_total" if spec.kind is Kind.COUNTER else spec.name
     lines = cache.counters
+    get, append = lines.get, out.append
     for key, value in series.items():
-        entry = lines.get(key)
+        entry = get(key)
         if entry is None:
             labels = label_text(names, values(key))
             prefix = f"{name}{{{labels}}} ".encode() if labels else f"{name} ".encode()
-        elif entry[1] == value:
-            out.append(entry[2])
+        elif value and entry.value == value:
+            append(entry.line)
             continue
         else:
-            prefix = entry[0]
+            # A zero is written again: 0 == -0.0, and they are written differently.
+            prefix = entry.prefix
         if type(value) is int and 0 <= value < 1_000_000:  # ``number``'s shortcut, in C
             line = b"%b%d.0\n" % (prefix, value)
         else:
             line = prefix + number(value).encode() + b"\n"
-        lines[key] = (prefix, value, line)
-        out.append(line)
+        lines[key] = CounterLine(prefix, value, line)
+        append(line)
     cache.prune(series)
 
 
@@ -148,16 +172,21 @@ def histogram(
             le = le or _bucket_bounds(bounds)
             labels = label_text(names, values(key))
             template = _histogram_template(spec.name, le, labels)
-        elif entry[2] == counts and entry[3] == total:
-            out.append(entry[4])
+        elif entry.counts == counts and entry.total == total:
+            out.append(entry.block)
             continue
         else:
-            labels, template = entry[0], entry[1]
-        block = _histogram_block(template, counts, total)
-        if block is None:
+            labels, template = entry.labels, entry.template
+        cumulative = (*accumulate(counts),)
+        last = cumulative[-1]
+        # Go writes 1e6 and more (observations or sum) in exponent notation, where ``%d.0`` and
+        # ``repr`` do not.
+        if last < 1_000_000 and type(total) is float and -_INF < total < 1e6:
+            block = template % (*cumulative, last, total)
+        else:
             le = le or _bucket_bounds(bounds)
             block = _big_histogram_block(spec.name, le, labels, counts, total)
-        blocks[key] = (labels, template, counts, total, block)
+        blocks[key] = HistogramBlock(labels, template, counts, total, block)
         out.append(block)
     cache.prune(histograms)
 
@@ -177,15 +206,6 @@ def _histogram_template(name: str, le: list[str], labels: str) -> bytes:
     return "".join(lines).encode()
 
 
-def _histogram_block(template: bytes, counts: tuple[int, ...], total: float) -> bytes | None:
-    """None from 1e6 on (observations or sum): Go writes those in exponent notation, where
-    ``%d.0`` and ``repr`` do not."""
-    cumulative = tuple(accumulate(counts))
-    if cumulative[-1] >= 1_000_000 or type(total) is not float or not -_INF < total < 1e6:
-        return None
-    return template % (*cumulative, cumulative[-1], total)
-
-
 def _big_histogram_block(
     name: str, le: list[str], labels: str, counts: tuple[int, ...], total: float
 ) -> bytes:
@@ -197,73 +217,3 @@ def _big_histogram_block(
     lines.append(f"{name}_count{{{labels}}} {number(running)}\n")
     lines.append(f"{name}_sum{{{labels}}} {number(total)}\n")
     return "".join(lines).encode()
-
-
-def generic(collector: Collector, fmt: Format) -> bytes:
-    """``collector`` through prometheus-client, without the ``# EOF`` that ends a page."""
-    if fmt is Format.TEXT:
-        return generate_latest(collector)
-    body = _openmetrics_latest(collector)
-    assert body.endswith(EOF)
-    return body[: -len(EOF)]
-
-
-class FastExposition:
-    """A collector that can write its own exposition (without ``# EOF``)."""
-
-    def render(self, fmt: Format) -> list[bytes]:
-        """The exposition in pieces: the page joins them once, 5 MB at 50 k series."""
-        raise NotImplementedError
-
-
-def generate(collectors: Iterable[Collector | FastExposition], fmt: Format) -> bytes:
-    """The exposition of ``collectors`` in order: those that can render themselves do, the others
-    go through prometheus-client."""
-    parts: list[bytes] = []
-    for collector in collectors:
-        if isinstance(collector, FastExposition):
-            parts += collector.render(fmt)
-        else:
-            parts.append(generic(collector, fmt))
-    if fmt is Format.OPENMETRICS:
-        parts.append(EOF)
-    return b"".join(parts)
-
-
-# OpenMetrics escaping schemes that leave the catalogue's names (all legacy Prometheus names) as
-# they are: with these, prometheus-client writes what ``generate`` does.
-_PLAIN_NAME_ESCAPINGS = frozenset({openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8})
-
-
-def fast_format(encoder: Callable[[Collector], bytes]) -> Format | None:
-    """The format ``generate`` writes exactly as ``encoder`` (from ``choose_encoder``) would, if
-    any: the text format 0.0.4, and OpenMetrics 1.x."""
-    if encoder is generate_latest:
-        return Format.TEXT
-    if (
-        isinstance(encoder, partial)
-        and encoder.func is openmetrics.generate_latest
-        and encoder.keywords.get("escaping") in _PLAIN_NAME_ESCAPINGS
-        and str(encoder.keywords.get("version", "")).startswith("1.")
-    ):
-        return Format.OPENMETRICS
-    return None
-
-
-class MetricsPage:
-    """What ``/metrics`` serves: the event families, then the process and runtime ones, in the
-    format content negotiation picks (prometheus-client's ``choose_encoder``)."""
-
-    def __init__(self, events: Collector, others: Iterable[Collector]) -> None:
-        """``events`` renders itself when it is a ``FastExposition``."""
-        self.collectors: list[Collector] = [events, *others]
-        self.registry = CollectorRegistry(auto_describe=False)
-        for collector in self.collectors:
-            self.registry.register(collector)
-
-    def render(self, accept_header: str) -> tuple[bytes, str]:
-        encoder, content_type = choose_encoder(accept_header)
-        fmt = fast_format(encoder)
-        if fmt is None:  # a format or escaping only prometheus-client writes
-            return encoder(self.registry), content_type
-        return generate(self.collectors, fmt), content_type

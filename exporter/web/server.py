@@ -29,7 +29,7 @@ import orjson
 
 from exporter import __version__
 from exporter.config import ListenAddress
-from exporter.exposition.writer import MetricsPage
+from exporter.exposition.page import MetricsPage
 from exporter.logging import get_logger
 from exporter.web.api import JSON, Api, ApiError
 from exporter.web.stats import WebStats, path_label
