@@ -96,6 +96,13 @@ def build_queues(config: Config, state: State, api: Api) -> queue_wiring.Queues:
         worker_label=config.worker_label,
         online_workers=online_workers,
         on_orphaned=api.store.keep if api.store is not None else None,
+        management=(
+            queue_wiring.ManagementSettings(
+                config.rabbitmq_management_url, config.rabbitmq_management_credentials_file
+            )
+            if config.rabbitmq_management_url
+            else None
+        ),
     )
     state.task_tracker = queues.tracking
     return queues

@@ -31,6 +31,7 @@ from exporter.parsers import (
     parse_telemetry_path,
     seconds,
 )
+from exporter.queues.management import parse_management_url, read_credentials
 from exporter.settings import setting, setting_factory
 from exporter.tasks.redact import DEFAULT_SECRET_KEY_PATTERNS, compile_secret_keys
 from exporter.web import webconfig
@@ -73,6 +74,12 @@ def _secret_key_pattern(pattern: str) -> str:
 
 def _transport_options(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     return dict(items)
+
+
+def _credentials_file(path: str) -> str:
+    """Read the file once at start, so that a missing or malformed one stops the exporter."""
+    read_credentials(path)
+    return path
 
 
 def _not_blank(value: str) -> str:
@@ -318,6 +325,23 @@ class Config:
         "celery_exporter_queues_dropped_total.",
     )
     """Queues watched at most; names discovered past it are counted, not watched."""
+    rabbitmq_management_url: str | None = setting(
+        None,
+        flag="--rabbitmq-management-url",
+        parse=parse_management_url,
+        metavar="URL",
+        help="RabbitMQ management API (http://HOST:15672), without credentials: read each poll "
+        "for celery_queue_unacked_messages, and to discover the virtual host's queues.",
+    )
+    """Where the poller reads unacked counts; None reads only what passive declares tell."""
+    rabbitmq_management_credentials_file: str | None = setting(
+        None,
+        flag="--rabbitmq-management-credentials-file",
+        parse=_credentials_file,
+        metavar="FILE",
+        help="File with USER:PASSWORD on its first line for the management API (never a flag "
+        "value, which ps shows); without it the broker URL's user and password.",
+    )
     max_intake_backlog_bytes: int = setting(
         DEFAULT_BUDGET_BYTES,
         flag="--max-intake-backlog-bytes",

@@ -190,6 +190,13 @@ QUEUE_CONSUMERS = MetricSpec(
     "consume it, from their inspect active_queues replies).",
     (QUEUE,),
 )
+QUEUE_UNACKED = MetricSpec(
+    "celery_queue_unacked_messages",
+    Kind.GAUGE,
+    "Messages delivered to a consumer and not acknowledged yet (prefetched or running), from "
+    "RabbitMQ's management API (--rabbitmq-management-url); absent without it.",
+    (QUEUE,),
+)
 QUEUE_OLDEST_TASK_AGE = MetricSpec(
     "celery_queue_oldest_task_age_seconds",
     Kind.GAUGE,
@@ -365,6 +372,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     WORKER_INFO,
     QUEUE_LENGTH,
     QUEUE_CONSUMERS,
+    QUEUE_UNACKED,
     QUEUE_OLDEST_TASK_AGE,
     WORKER_PREFETCHED_TASKS,
     TASK_ORPHANED,

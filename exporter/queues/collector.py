@@ -78,9 +78,12 @@ class QueuesCollector(Collector):
         readings = status.readings
         length = _family(m.QUEUE_LENGTH)
         consumers = _family(m.QUEUE_CONSUMERS)
+        unacked = _family(m.QUEUE_UNACKED)
         worker_consumers: dict[str, int] | None = None
         for queue, reading in sorted(readings.items()):
             length.add_metric([queue], reading.length)
+            if reading.unacked is not None:
+                unacked.add_metric([queue], reading.unacked)
             if reading.consumers is not None:
                 consumers.add_metric([queue], reading.consumers)
                 continue
@@ -89,6 +92,7 @@ class QueuesCollector(Collector):
             consumers.add_metric([queue], worker_consumers.get(queue, 0))
         yield length
         yield consumers
+        yield unacked
 
         duration = _family(m.EXPORTER_QUEUE_POLL_DURATION)
         if status.duration is not None:

@@ -19,9 +19,6 @@ from exporter.queues.registry import QueueRegistry
 
 log = get_logger(__name__)
 
-DISCOVER_EVERY = 60.0
-"""Seconds between two scans for kombu's binding sets: a SCAN walks the whole database."""
-
 ReadingsListener = Callable[[Mapping[str, QueueReading], float], None]
 """(readings, wall-clock time the poll started) -> None, called on the poller thread."""
 
@@ -72,7 +69,6 @@ class QueuePoller:
         self.clock = clock
         self.status = PollerStatus()
         self._reader: QueueReader | None = None
-        self._discovered_at = -DISCOVER_EVERY
         self._errors_logged: dict[str, int] = {}
 
     def run(self, stop: threading.Event) -> None:
@@ -91,9 +87,7 @@ class QueuePoller:
             if self._reader is None:
                 self._reader = self.open_reader()
             reader = self._reader
-            if started - self._discovered_at >= DISCOVER_EVERY:
-                self.registry.add(reader.discover())
-                self._discovered_at = started
+            self.registry.add(reader.discover())
             if self.sent_to is not None:
                 self.registry.add(self.sent_to())
             readings = reader.read(self.registry.names())
@@ -101,9 +95,8 @@ class QueuePoller:
             self._count_error(error_reason(exc), f"{type(exc).__name__}: {exc}")
             self._close()
         else:
-            refused = getattr(reader, "refused", None)
-            for queue, reply in (refused or {}).items():
-                self._count_error("queue_refused", f"{queue}: {reply}")
+            for reason, detail in getattr(reader, "partial_errors", ()):
+                self._count_error(reason, detail)
             self.status.readings = readings
             self.status.read_at = started_at
             if self.listener is not None:

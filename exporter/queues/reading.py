@@ -26,7 +26,9 @@ class QueueReader(Protocol):
     """One broker connection that reads queue depths; used by the poller thread only."""
 
     def discover(self) -> Iterable[str]:
-        """Queue names the broker itself knows of (kombu's bindings on Redis), maybe none."""
+        """Queue names the broker itself knows of (kombu's bindings on Redis, the management
+        API's listing on RabbitMQ), maybe none; asked every poll, so a costly lookup is the
+        reader's to space out."""
         ...
 
     def read(self, names: list[str]) -> dict[str, QueueReading]:
@@ -34,3 +36,7 @@ class QueueReader(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# A reader may also have ``partial_errors: list[tuple[reason, detail]]``: what its last read
+# could not tell while the rest of the readings stand (the poller counts them by reason).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from bisect import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ PRIORITY_STEPS = (0, 3, 6, 9)
 SEP = "\x06\x16"
 BINDING_PREFIX = "_kombu.binding."
 SCAN_COUNT = 1000
+DISCOVER_EVERY = 60.0
+"""Seconds between two scans for kombu's binding sets: a SCAN walks the whole database."""
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -110,8 +113,14 @@ class RedisQueues:
         channel: Any = self.connection.default_channel  # pings the server: fails fast
         self.layout = RedisLayout.of(channel)
         self.client = redis.Redis(connection_pool=channel.pool)
+        self._discovered_at: float | None = None
 
     def discover(self) -> list[str]:
+        """Queues bound in kombu's binding sets, scanned at most every ``DISCOVER_EVERY``."""
+        now = time.monotonic()
+        if self._discovered_at is not None and now - self._discovered_at < DISCOVER_EVERY:
+            return []
+        self._discovered_at = now
         queues: list[str] = []
         layout = self.layout
         for key in self.client.scan_iter(match=layout.binding_pattern(), count=SCAN_COUNT):

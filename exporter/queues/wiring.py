@@ -10,6 +10,7 @@ from kombu import Connection
 
 from exporter.logging import get_logger
 from exporter.queues.collector import OnlineWorkers, QueuesCollector
+from exporter.queues.management import ManagementApi, read_credentials
 from exporter.queues.poller import QueuePoller
 from exporter.queues.reading import QueueReader
 from exporter.queues.registry import QueueRegistry
@@ -24,12 +25,24 @@ MAX_TIMEOUT = 5.0
 """Seconds a broker may take to answer one poll's command before the poll fails."""
 
 
+@dataclass(frozen=True)
+class ManagementSettings:
+    url: str
+    """The RabbitMQ management API's base URL, without credentials."""
+    credentials_file: str | None = None
+    """USER:PASSWORD on its first line; None takes the broker URL's."""
+
+
 def reader_factory(
-    broker_url: str, transport_options: dict[str, Any], timeout: float
+    broker_url: str,
+    transport_options: dict[str, Any],
+    timeout: float,
+    management: ManagementSettings | None = None,
 ) -> Callable[[], QueueReader] | None:
     """A function that opens a queue reader for the broker, or None for brokers without one."""
     options = {k: v for k, v in transport_options.items() if k not in EXPORTER_ONLY_OPTIONS}
-    driver = Connection(broker_url, transport_options=options).transport.driver_type
+    connection = Connection(broker_url, transport_options=options)
+    driver = connection.transport.driver_type
     if driver == "redis":
         from exporter.queues.redis import RedisQueues
 
@@ -37,7 +50,18 @@ def reader_factory(
     if driver == "amqp":
         from exporter.queues.amqp import AmqpQueues
 
-        return lambda: AmqpQueues(broker_url, options, timeout)
+        api = None
+        if management is not None:
+            credentials = (
+                read_credentials(management.credentials_file)
+                if management.credentials_file
+                else (connection.userid or "guest", connection.password or "guest")
+            )
+            vhost = connection.virtual_host or "/"
+            api = ManagementApi(management.url, vhost, credentials, timeout)
+        return lambda: AmqpQueues(broker_url, options, timeout, api)
+    if management is not None:
+        log.warning("the RabbitMQ management API is only read on an AMQP broker")
     return None
 
 
@@ -62,6 +86,7 @@ def build(
     worker_label: bool,
     online_workers: OnlineWorkers,
     on_orphaned: OrphanObserver | None = None,
+    management: ManagementSettings | None = None,
 ) -> Queues:
     """The registry, the task tracking, the poller (``interval`` 0: none) and their collector."""
     registry = QueueRegistry(named, limit)
@@ -70,7 +95,8 @@ def build(
     )
     poller = None
     if interval > 0:
-        open_reader = reader_factory(broker_url, transport_options, min(MAX_TIMEOUT, interval))
+        timeout = min(MAX_TIMEOUT, interval)
+        open_reader = reader_factory(broker_url, transport_options, timeout, management)
         if open_reader is None:
             log.warning("queue depths are not read on this broker", broker=broker_url.split(":")[0])
         else:
