@@ -4,11 +4,13 @@ poller keeping its last readings through failures."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kombu import Connection
 
+from exporter.queues.management import parse_management_url, read_credentials
 from exporter.queues.poller import QueuePoller, error_reason
 from exporter.queues.reading import QueueReading
 from exporter.queues.redis import RedisLayout, oldest_task_id
@@ -269,3 +271,26 @@ def test_tracking_is_bounded_and_ignores_malformed_events() -> None:
     tracker(malformed, 1.0)
     assert tracker.tracked == 6
     assert tracker.snapshot().oldest_sent == {"q": 1.0}
+
+
+def test_management_url_without_credentials_only() -> None:
+    assert parse_management_url(" http://rabbit:15672/ ") == "http://rabbit:15672"
+    assert parse_management_url("https://rabbit/prefix") == "https://rabbit/prefix"
+    with pytest.raises(ValueError, match="would show in ps"):
+        parse_management_url("http://user:pw@rabbit:15672")
+    for bad in ("rabbit:15672", "ftp://rabbit", "http://"):
+        with pytest.raises(ValueError, match="expected"):
+            parse_management_url(bad)
+
+
+def test_management_credentials_file(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.write_text("monitor:pa:ss\nignored\n")
+    assert read_credentials(str(good)) == ("monitor", "pa:ss")
+    bad = tmp_path / "bad"
+    for text in ("", "no-colon", ":nouser"):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match="USER:PASSWORD"):
+            read_credentials(str(bad))
+    with pytest.raises(ValueError, match="cannot read"):
+        read_credentials(str(tmp_path / "missing"))
