@@ -130,6 +130,7 @@ def run(config: Config) -> int:
         enable_events=config.enable_events,
         inspect_workers=config.inspect_workers,
         interval=config.broadcast_interval,
+        event_exchange=config.event_exchange,
         on_active_queues=(
             None
             if queues.poller is None

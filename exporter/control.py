@@ -43,6 +43,37 @@ def pool_sizes(replies: Any) -> dict[str, int]:
     return sizes
 
 
+SILENT_AFTER = 2
+"""Broadcasts a worker must answer, with no event of it heard meanwhile, before it counts as
+silent: the first may race the heartbeat that the wake-up broadcast asks for."""
+
+
+class SilentWorkers:
+    """Workers that answer control broadcasts but whose events never arrive.
+
+    Control replies travel over the broker's pidbox exchange, events over the event exchange: a
+    worker that answers ``inspect`` but whose heartbeats (sent every 2 s, with or without ``-E``)
+    never reach the exporter publishes its events elsewhere. The usual cause is an app whose
+    ``event_exchange`` differs from ``--event-exchange``; a worker run ``--without-heartbeat``
+    looks the same.
+    """
+
+    def __init__(self) -> None:
+        self._unheard: dict[str, int] = {}
+        self.silent: list[str] = []
+
+    def update(self, answered: set[str], heard: set[str]) -> bool:
+        """Note one broadcast's repliers and which of them were ever heard; True when the set
+        of silent workers changed."""
+        self._unheard = {
+            host: self._unheard.get(host, 0) + 1 for host in answered if host not in heard
+        }
+        silent = sorted(host for host, count in self._unheard.items() if count >= SILENT_AFTER)
+        changed = silent != self.silent
+        self.silent = silent
+        return changed
+
+
 class Controller:
     def __init__(
         self,
@@ -55,6 +86,7 @@ class Controller:
         inspect_workers: bool,
         interval: float,
         on_active_queues: Callable[[Any], None] | None = None,
+        event_exchange: str = "celeryev",
     ) -> None:
         self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
         self.app.conf.broker_transport_options = transport_options
@@ -66,6 +98,8 @@ class Controller:
         self.interval = interval
         self.on_active_queues = on_active_queues
         """Given each ``inspect active_queues`` reply: the queue poller watches those queues."""
+        self.event_exchange = event_exchange
+        self.silent_workers = SilentWorkers()
 
     def run(self, stop: threading.Event) -> None:
         connected = self.status.connected_event
@@ -93,12 +127,36 @@ class Controller:
                     self.app.control.broadcast("heartbeat", connection=conn)
                 if self.inspect_workers:
                     inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
-                    sizes = pool_sizes(inspector.stats())
+                    replies = inspector.stats()
+                    sizes = pool_sizes(replies)
                     with self.state.lock:
                         for hostname, size in sizes.items():
                             self.state.set_concurrency(hostname, size)
+                        heard = {
+                            hostname
+                            for hostname, worker in self.state.workers.items()
+                            if worker.last_heartbeat > 0
+                        }
+                    answered = {h for h in replies or {} if isinstance(h, str)}
+                    self._note_silent(answered, heard)
                 if self.on_active_queues is not None:
                     inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
                     self.on_active_queues(inspector.active_queues())
         except Exception as exc:
             log.warning("broadcast to workers failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _note_silent(self, answered: set[str], heard: set[str]) -> None:
+        if not self.silent_workers.update(answered, heard):
+            return
+        silent = self.silent_workers.silent
+        self.status.silent_workers = len(silent)
+        if silent:
+            log.warning(
+                "workers answer control broadcasts but none of their events arrive: does the "
+                "app set another event_exchange?",
+                workers=",".join(silent[:10]),
+                silent_workers=len(silent),
+                event_exchange=self.event_exchange,
+            )
+        else:
+            log.info("every worker that answers control broadcasts is heard on the event exchange")

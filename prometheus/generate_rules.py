@@ -102,6 +102,12 @@ class Settings:
         default="10m",
         metadata=_help("Window in which CeleryEventsRejected counts rejected events."),
     )
+    silent_workers_for: str = field(
+        default="5m",
+        metadata=_help(
+            "How long workers may answer broadcasts unheard before CeleryWorkersSilent."
+        ),
+    )
     dropped_window: str = field(
         default="10m",
         metadata=_help("Window in which CeleryExporterDroppingEvents counts dropped messages."),
@@ -301,6 +307,7 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
     reason = q.require_label(metrics.EXPORTER_EVENTS_REJECTED, "reason")
     lag = q.gauge(metrics.EXPORTER_INTAKE_LAG)
     dropped = q.counter(metrics.EXPORTER_EVENTS_DROPPED)
+    silent = q.gauge(metrics.EXPORTER_SILENT_WORKERS)
     drop_reason = q.require_label(metrics.EXPORTER_EVENTS_DROPPED, "reason")
     wait_p95 = quantile_record(metrics.TASK_QUEUE_WAIT, 0.95, window)
     wait_count = observations_record(metrics.TASK_QUEUE_WAIT, window)
@@ -395,6 +402,16 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             '{{ $value | printf "%.0f" }} messages or events were rejected for reason '
             f"{{{{ $labels.reason }}}} in the last {s.rejected_window}: they are missing from "
             "every Celery metric.",
+        ),
+        AlertRule(
+            "CeleryWorkersSilent",
+            f"{silent} > 0",
+            s.silent_workers_for,
+            "warning",
+            "Celery workers answer exporter {{ $labels.instance }} but send it no events",
+            '{{ $value | printf "%.0f" }} workers answer the exporter\'s inspect broadcasts, yet '
+            f"for {s.silent_workers_for} none of their events (heartbeats included) reached it: "
+            "they publish to another event exchange than the exporter reads, and go uncounted.",
         ),
         AlertRule(
             "CeleryExporterDroppingEvents",

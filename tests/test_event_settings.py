@@ -9,11 +9,13 @@ import subprocess
 
 import pytest
 
+from exporter.control import SilentWorkers
 from tests.conftest import Metrics, Processes, client, free_port, require_tool, wait_until
 
 EXCHANGE = "myapp.events"
 WORKER = "custom@exchange"
 TASKS = 4
+FAST_BROADCASTS = ("--broadcast-interval", "1")
 
 
 def _succeeded(metrics: Metrics) -> float | None:
@@ -21,8 +23,8 @@ def _succeeded(metrics: Metrics) -> float | None:
 
 
 def test_a_custom_event_exchange_is_counted_exactly(broker_url: str, processes: Processes) -> None:
-    exporter = processes.exporter(broker_url, "--event-exchange", EXCHANGE)
-    default = processes.exporter(broker_url)  # still bound to celeryev
+    exporter = processes.exporter(broker_url, "--event-exchange", EXCHANGE, *FAST_BROADCASTS)
+    default = processes.exporter(broker_url, *FAST_BROADCASTS)  # still bound to celeryev
     processes.worker(broker_url, WORKER, env={"TEST_EVENT_EXCHANGE": EXCHANGE})
     with client(broker_url, event_exchange=EXCHANGE) as app:
         for i in range(TASKS):
@@ -33,9 +35,33 @@ def test_a_custom_event_exchange_is_counted_exactly(broker_url: str, processes: 
         by_task = metrics.by_label(f"celery_task_{state}_total", "task")
         assert by_task == {"tests.add": TASKS}, state
     assert metrics.get("celery_worker_online", worker=WORKER) == 1.0
-    # The exporter left on the default exchange saw none of it.
+    # The exporter left on the default exchange saw none of it, and says so: the worker answers
+    # its inspect broadcasts, but none of its events arrive.
+    wait_until(
+        lambda: default.metrics().get("celery_exporter_silent_workers") == 1.0,
+        what="the default-exchange exporter to report the worker silent",
+    )
     assert default.metrics().series("celery_exporter_events_total") == {}
-    assert default.metrics().series("celery_worker_online") == {}
+    assert default.metrics().get("celery_worker_online", worker=WORKER) is None
+    assert "none of their events arrive" in default.log()
+    assert WORKER in default.log()
+    # The one on the app's exchange hears the same worker through as many broadcasts.
+    assert exporter.metrics().get("celery_exporter_silent_workers") == 0.0
+    assert "none of their events arrive" not in exporter.log()
+
+
+def test_a_worker_that_answers_but_is_never_heard_becomes_silent() -> None:
+    silent = SilentWorkers()
+    assert not silent.update({"a@h", "b@h"}, heard={"a@h"})  # b may just be late: once
+    assert silent.update({"a@h", "b@h"}, heard={"a@h"})
+    assert silent.silent == ["b@h"]
+    assert not silent.update({"a@h", "b@h"}, heard={"a@h"})
+    assert silent.update({"a@h", "b@h"}, heard={"a@h", "b@h"})  # heard at last
+    assert silent.silent == []
+    silent.update({"c@h"}, heard=set())
+    silent.update({"c@h"}, heard=set())
+    assert silent.update(set(), heard=set())  # gone: no longer reported
+    assert silent.silent == []
 
 
 def _queues(vhost: str) -> list[list[str]]:

@@ -48,6 +48,7 @@ EXPECTED_ALERTS = {
     "CeleryEventsRejected",
     "CeleryExporterFallingBehind",
     "CeleryExporterDroppingEvents",
+    "CeleryWorkersSilent",
     "CeleryTaskQueueWaitHigh",
 }
 INSTALL_HINT = "install Debian's `prometheus` package: apt-get install prometheus"

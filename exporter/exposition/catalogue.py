@@ -228,6 +228,13 @@ EXPORTER_BROKER_CONNECTION_ERRORS = MetricSpec(
     Kind.COUNTER,
     "Failed broker connection attempts and lost connections.",
 )
+EXPORTER_SILENT_WORKERS = MetricSpec(
+    "celery_exporter_silent_workers",
+    Kind.GAUGE,
+    "Workers that answer the exporter's inspect broadcasts although none of their events "
+    "(heartbeats included) reach it: they publish to another exchange than --event-exchange "
+    "(the app's event_exchange), or run --without-heartbeat.",
+)
 EXPORTER_EVENTS = MetricSpec(
     "celery_exporter_events",
     Kind.COUNTER,
@@ -378,6 +385,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     TASK_ORPHANED,
     EXPORTER_BROKER_CONNECTED,
     EXPORTER_BROKER_CONNECTION_ERRORS,
+    EXPORTER_SILENT_WORKERS,
     EXPORTER_EVENTS,
     EXPORTER_EVENTS_REJECTED,
     EXPORTER_INTAKE_BACKLOG,

@@ -15,3 +15,6 @@ class BrokerStatus:
     connection_errors: int = 0
     connected_event: threading.Event = field(default_factory=threading.Event)
     """Set on every (re)connection, so the controller can wake the workers up again."""
+    silent_workers: int = 0
+    """Workers that answer the controller's inspect broadcasts while none of their events reach
+    the reader: connected, yet nothing arrives (set by the controller)."""
