@@ -2,8 +2,8 @@
 
 The queue is declared exactly as Celery 5.7's own ``EventReceiver`` declares it, from the app's
 event settings (``exporter.intake.event_queue``), so broker policies written for Flower or
-``celery events`` apply unchanged. Messages are not decoded here:
-their raw bodies go to the ingest queue.
+``celery events`` apply unchanged. Messages are not decoded here: their raw bodies go to the
+intake backlog.
 """
 
 from __future__ import annotations
