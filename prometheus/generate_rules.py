@@ -148,6 +148,39 @@ class Settings:
         default="10m",
         metadata=_help("How long the p95 queue wait must stay high before the alert fires."),
     )
+    queue_backlog_threshold: float = field(
+        default=1000,
+        metadata=_help(
+            "CeleryQueueBacklogHigh fires when more than this many messages wait in one queue "
+            "(celery_queue_length)."
+        ),
+    )
+    queue_backlog_for: str = field(
+        default="10m",
+        metadata=_help("How long a queue's backlog must stay high before the alert fires."),
+    )
+    queue_no_consumer_for: str = field(
+        default="5m",
+        metadata=_help(
+            "How long messages may wait in a queue that nothing consumes before "
+            "CeleryQueueNoConsumer fires."
+        ),
+    )
+    queue_oldest_task_threshold: float = field(
+        default=600,
+        metadata=_help(
+            "CeleryQueueOldestTaskOld fires when the oldest task waiting in a queue "
+            "(celery_queue_oldest_task_age_seconds) has waited longer than this many seconds."
+        ),
+    )
+    queue_oldest_task_for: str = field(
+        default="2m",
+        metadata=_help("How long the oldest waiting task must stay too old before the alert."),
+    )
+    orphaned_window: str = field(
+        default="15m",
+        metadata=_help("Window in which CeleryTasksOrphaned counts orphaned tasks."),
+    )
     runbook_base_url: str = field(
         default=(
             "https://github.com/celery-events-exporter/celery-events-exporter/blob/main/docs/"
@@ -309,6 +342,15 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
     dropped = q.counter(metrics.EXPORTER_EVENTS_DROPPED)
     silent = q.gauge(metrics.EXPORTER_SILENT_WORKERS)
     drop_reason = q.require_label(metrics.EXPORTER_EVENTS_DROPPED, "reason")
+    queue_label = q.require_label(metrics.QUEUE_LENGTH, metrics.QUEUE)
+    length = q.fleet_gauge(metrics.QUEUE_LENGTH)
+    consumers = q.fleet_gauge(metrics.QUEUE_CONSUMERS)
+    oldest = q.fleet_gauge(metrics.QUEUE_OLDEST_TASK_AGE)
+    orphaned = q.counter(metrics.TASK_ORPHANED)
+    orphaned_by = f"job, {q.require_label(metrics.TASK_ORPHANED, metrics.TASK)}, {WORKER_LABEL}"
+    orphaned_change = q.fleet_counter_change(
+        metrics.TASK_ORPHANED, q.NO_FILTER, "increase", s.orphaned_window
+    )
     wait_p95 = quantile_record(metrics.TASK_QUEUE_WAIT, 0.95, window)
     wait_count = observations_record(metrics.TASK_QUEUE_WAIT, window)
     percent = f"{_num(s.failure_ratio_threshold * 100)}%"
@@ -449,6 +491,55 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             "than {{ $value | humanizeDuration }} between reaching a worker and starting "
             f"(threshold {_num(s.queue_wait_threshold)}s): workers are saturated or busy with "
             "other queues.",
+        ),
+        AlertRule(
+            "CeleryQueueBacklogHigh",
+            f"{length} > {_num(s.queue_backlog_threshold)}",
+            s.queue_backlog_for,
+            "warning",
+            "{{ $value }} messages wait in Celery queue {{ $labels.queue }}",
+            f"More than {_num(s.queue_backlog_threshold)} messages have waited in queue "
+            f"{{{{ $labels.queue }}}} for {s.queue_backlog_for}: tasks arrive faster than the "
+            "workers consume them.",
+        ),
+        AlertRule(
+            "CeleryQueueNoConsumer",
+            _expr(f"{length} > 0", f"and on (job, {queue_label})", f"{consumers} == 0"),
+            s.queue_no_consumer_for,
+            "critical",
+            "Nothing consumes Celery queue {{ $labels.queue }}, where messages wait",
+            f"Messages have waited in queue {{{{ $labels.queue }}}} for {s.queue_no_consumer_for} "
+            "while no consumer (no online worker) reads it: those tasks will not run.",
+        ),
+        AlertRule(
+            "CeleryQueueOldestTaskOld",
+            f"{oldest} > {_num(s.queue_oldest_task_threshold)}",
+            s.queue_oldest_task_for,
+            "warning",
+            "The oldest task in Celery queue {{ $labels.queue }} has waited "
+            "{{ $value | humanizeDuration }}",
+            "A task sent to queue {{ $labels.queue }} has waited {{ $value | humanizeDuration }} "
+            f"for a worker (threshold {_num(s.queue_oldest_task_threshold)}s): the queue is "
+            "stuck or its workers are too few.",
+        ),
+        AlertRule(
+            "CeleryTasksOrphaned",
+            # A task's first orphan creates its series at 1, which increase() cannot see: the
+            # `unless offset` arm catches series that appeared within the window.
+            _expr(
+                f"sum by ({orphaned_by}) ({orphaned_change}) > 0",
+                "or",
+                f"sum by ({orphaned_by}) (",
+                f"  {q.one_replica(orphaned)}",
+                f"  unless {q.one_replica(f'{orphaned} offset {s.orphaned_window}')}",
+                ") > 0",
+            ),
+            "0s",
+            "warning",
+            "Celery worker {{ $labels.worker }} lost started {{ $labels.task }} tasks",
+            '{{ $value | printf "%.0f" }} started run(s) of {{ $labels.task }} never finished: '
+            "{{ $labels.worker }} went offline without a goodbye in the last "
+            f"{s.orphaned_window} (killed, out of memory, or its node was lost).",
         ),
     ]
 

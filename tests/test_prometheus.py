@@ -50,6 +50,10 @@ EXPECTED_ALERTS = {
     "CeleryExporterDroppingEvents",
     "CeleryWorkersSilent",
     "CeleryTaskQueueWaitHigh",
+    "CeleryQueueBacklogHigh",
+    "CeleryQueueNoConsumer",
+    "CeleryQueueOldestTaskOld",
+    "CeleryTasksOrphaned",
 }
 INSTALL_HINT = "install Debian's `prometheus` package: apt-get install prometheus"
 
