@@ -19,7 +19,7 @@ if __package__ in (None, ""):
     # `grafana` package and `exporter` resolve the same way as under pytest.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grafana.dashboards_src import panels, tasks, workers
+from grafana.dashboards_src import panels, queues, tasks, workers
 from grafana.dashboards_src.serialize import to_dict
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
 DASHBOARDS: dict[str, tuple[str, Callable[[], dashboard_builders.Dashboard]]] = {
     panels.WORKERS_UID: ("celery-workers.json", workers.build),
     panels.TASKS_UID: ("celery-tasks.json", tasks.build),
+    panels.QUEUES_UID: ("celery-queues.json", queues.build),
 }
 
 # What the macros expand to when an expression is checked or run outside Grafana.
@@ -89,9 +90,15 @@ def iter_targets(board: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], 
                     yield nested, target
 
 
-def all_queries(worker_regex: str = ".*", task_regex: str = ".*") -> list[tuple[str, str, str]]:
+def all_queries(
+    worker_regex: str = ".*", task_regex: str = ".*", queue_regex: str = ".*"
+) -> list[tuple[str, str, str]]:
     """(dashboard uid, panel title, PromQL ready to run) for every query of every dashboard."""
-    variables = {workers.WORKER_VAR: worker_regex, tasks.TASK_VAR: task_regex}
+    variables = {
+        workers.WORKER_VAR: worker_regex,
+        tasks.TASK_VAR: task_regex,
+        queues.QUEUE_VAR: queue_regex,
+    }
     return [
         (uid, str(panel["title"]), substitute(str(target["expr"]), variables))
         for uid in DASHBOARDS

@@ -2,7 +2,8 @@
 
 Two exporters of one broker export the same fleet series, differing only in ``instance`` and
 ``pod``; every selector of a fleet series must sit directly under ``max without (instance, pod)``,
-with at most a ``rate()``/``increase()`` between them (see ``exporter.exposition.promql``).
+with at most a ``rate()``/``increase()`` (or a gauge's ``deriv()``) between them (see
+``exporter.exposition.promql``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import promql_parser
 
 from exporter.exposition import promql
 
-_CHANGES = {"rate", "increase"}
+_CHANGES = {"rate", "increase", "deriv"}
 
 
 def _is_dedup(node: Any) -> bool:
@@ -43,7 +44,7 @@ def undeduplicated(expr: str) -> list[str]:
         elif isinstance(node, promql_parser.ParenExpr):
             walk(node.expr, guarded)
         elif isinstance(node, promql_parser.Call):
-            # Only rate/increase may stand between the selector and the de-duplication.
+            # Only rate/increase/deriv may stand between the selector and the de-duplication.
             keep = guarded and node.func.name in _CHANGES
             for arg in node.args:
                 walk(arg, keep)

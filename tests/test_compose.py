@@ -27,7 +27,7 @@ DASHBOARD_PROVIDERS = REPO / "grafana/provisioning/dashboards/celery.yml"
 # the no-Docker one.
 PROMETHEUS_CONFIG = REPO / "prometheus/compose/prometheus.yml"
 EXPORTER_TARGETS = REPO / "prometheus/compose/targets/exporter.yml"
-DASHBOARDS = ("celery-workers.json", "celery-tasks.json")
+DASHBOARDS = ("celery-workers.json", "celery-tasks.json", "celery-queues.json")
 INFINITY_PLUGIN = "yesoreyeram-infinity-datasource"
 # ${NAME}, ${NAME:?msg}, ${NAME:-default}...; "$$" is compose's escaped dollar.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{(?P<name>\w+)(?P<modifier>[^}]*)\}")

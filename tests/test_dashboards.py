@@ -18,7 +18,7 @@ from exporter.tasks.store import STATES
 from exporter.web.api import TASK_PARAMETERS as TASK_API_PARAMETERS
 from exporter.web.api import TASK_ROW_KEYS
 from grafana import generate
-from grafana.dashboards_src import panels, recent_tasks, tasks, workers
+from grafana.dashboards_src import panels, queues, recent_tasks, tasks, workers
 from grafana.dashboards_src.serialize import round_trip
 from tests.replicas import undeduplicated
 
@@ -28,6 +28,7 @@ UIDS = list(generate.DASHBOARDS)
 FILTERS = {
     panels.WORKERS_UID: (metrics.WORKER, workers.WORKER_VAR),
     panels.TASKS_UID: (metrics.TASK, tasks.TASK_VAR),
+    panels.QUEUES_UID: (metrics.QUEUE, queues.QUEUE_VAR),
 }
 
 # Flower's Workers columns as /work/shared/seed-flower-monitoring.md lists them, Load Average
@@ -187,7 +188,7 @@ def test_the_replica_check_catches_a_plain_sum() -> None:
 def test_every_selector_honours_the_search_variable(uid: str) -> None:
     label, variable = FILTERS[uid]
     sentinel = "sentinel-(a|b).*"
-    queries = generate.all_queries(worker_regex=sentinel, task_regex=sentinel)
+    queries = generate.all_queries(worker_regex=sentinel, task_regex=sentinel, queue_regex=sentinel)
     for query_uid, title, expr in queries:
         if query_uid != uid:
             continue
@@ -251,7 +252,8 @@ def test_workers_table_has_flowers_columns_in_flowers_order() -> None:
     table = workers_table()
     assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
     columns = visible_columns(table)
-    assert [title for _, title in columns] == FLOWER_WORKER_COLUMNS
+    # Flower's columns first and as they are, then what this exporter adds.
+    assert [title for _, title in columns] == [*FLOWER_WORKER_COLUMNS, "Prefetched"]
     assert columns[0][0] == metrics.WORKER
     assert table["options"]["sortBy"] == [{"desc": False, "displayName": "Worker Name"}]
 
@@ -275,6 +277,7 @@ def test_workers_table_columns_read_the_right_metrics() -> None:
         "Load Average (1 min)": {metrics.WORKER_LOAD1.name},
         "Load Average (5 min)": {metrics.WORKER_LOAD5.name},
         "Load Average (15 min)": {metrics.WORKER_LOAD15.name},
+        "Prefetched": {metrics.WORKER_PREFETCHED_TASKS.name},
     }
     for field, title in visible_columns(table)[1:]:
         ref = field.removeprefix("Value #")
@@ -412,8 +415,8 @@ def test_dashboard_chrome(uid: str) -> None:
     assert "30s" in board["timepicker"]["refresh_intervals"]
     [search] = [v for v in board["templating"]["list"] if v["name"] == variable]
     assert (search["type"], search["query"]) == ("textbox", ".*")
-    [other] = [u for u in UIDS if u != uid]
-    assert any(link.get("url") == f"/d/{other}" for link in board["links"])
+    others = {f"/d/{u}" for u in UIDS if u != uid}
+    assert any(link.get("url") in others for link in board["links"])
     assert any(
         link["type"] == "dashboards" and link["tags"] == ["celery"] for link in board["links"]
     )
@@ -527,3 +530,53 @@ def test_json_round_trips_through_the_sdk_models(uid: str) -> None:
     # from_json drops keys the schema does not know, so a misspelt key shows up as a difference.
     data = committed(uid)
     assert round_trip(data) == data
+
+
+# Flower's Broker tab: Name, Messages, Unacked, Ready, Consumers; then the oldest waiting task.
+BROKER_COLUMNS = ["Name", "Messages", "Unacked", "Ready", "Consumers", "Oldest waiting"]
+
+
+def test_queues_table_is_flowers_broker_tab() -> None:
+    board = committed(panels.QUEUES_UID)
+    [table] = [p for p in all_panels(board) if p.get("title") == queues.TABLE_TITLE]
+    assert table["type"] == "table"
+    assert table["fieldConfig"]["defaults"]["custom"]["filterable"] is True
+    columns = visible_columns(table)
+    assert [title for _, title in columns] == BROKER_COLUMNS
+    assert columns[0][0] == metrics.QUEUE
+    by_ref = {target["refId"]: target for target in table["targets"]}
+    length, unacked = metrics.QUEUE_LENGTH.name, metrics.QUEUE_UNACKED.name
+    expected = {
+        "Messages": {length, unacked},
+        "Unacked": {unacked},
+        "Ready": {length},
+        "Consumers": {metrics.QUEUE_CONSUMERS.name},
+        "Oldest waiting": {metrics.QUEUE_OLDEST_TASK_AGE.name},
+    }
+    for field, title in columns[1:]:
+        target = by_ref[field.removeprefix("Value #")]
+        assert (target["instant"], target["format"]) == (True, "table")
+        expr = generate.substitute(target["expr"], {queues.QUEUE_VAR: ".*"})
+        assert metric_names(expr) == expected[title], title
+        assert row_aggregation(expr) == ("max", [metrics.QUEUE]), title
+    # The search box: a regex over queue names, like the other dashboards' ones.
+    [search] = [v for v in board["templating"]["list"] if v["name"] == queues.QUEUE_VAR]
+    assert (search["type"], search["query"]) == ("textbox", ".*")
+
+
+def test_queues_dashboard_charts_length_age_and_in_out() -> None:
+    board = committed(panels.QUEUES_UID)
+    charts = {
+        p["title"]: {
+            name
+            for target in p["targets"]
+            for name in metric_names(generate.substitute(target["expr"], {"queue": ".*"}))
+        }
+        for p in all_panels(board)
+        if p["type"] == "timeseries"
+    }
+    assert charts == {
+        "Queue length": {metrics.QUEUE_LENGTH.name},
+        "Oldest waiting task per queue": {metrics.QUEUE_OLDEST_TASK_AGE.name},
+        "In and out per queue": {metrics.TASK_SENT.sample_names[0], metrics.QUEUE_LENGTH.name},
+    }

@@ -130,6 +130,12 @@ def fleet_change(sample: str, spec: MetricSpec, flt: Filter, fn: str, window: st
     return one_replica(f"{fn}({select(sample, _fleet(spec), flt)}[{window}])")
 
 
+def fleet_gauge_slope(spec: MetricSpec, flt: Filter, window: str) -> str:
+    """How fast a fleet gauge moves, per second, over ``window`` (``deriv``), then
+    de-duplicated like ``fleet_change``: each replica's slope, their maximum."""
+    return one_replica(f"deriv({select(gauge(_fleet(spec)), spec, flt)}[{window}])")
+
+
 def fleet_counter_change(spec: MetricSpec, flt: Filter, fn: str, window: str) -> str:
     """``fleet_change`` of a counter family's ``_total`` series."""
     return fleet_change(counter(spec), spec, flt, fn, window)

@@ -16,6 +16,7 @@ DATASOURCE = common.DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VA
 TAG = "celery"
 WORKERS_UID = "celery-workers"
 TASKS_UID = "celery-tasks"
+QUEUES_UID = "celery-queues"
 REFRESH_INTERVALS = ["10s", "30s", "1m", "5m", "15m", "1h"]
 DEFAULT_REFRESH = "30s"
 # Grafana's range macros; tests substitute them before parsing. $__rate_interval for sliding

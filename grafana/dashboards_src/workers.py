@@ -28,6 +28,8 @@ RETRIED = "Retried"
 LOAD_1 = "Load Average (1 min)"
 LOAD_5 = "Load Average (5 min)"
 LOAD_15 = "Load Average (15 min)"
+# After Flower's columns: what Flower shows in its worker page, not in the table.
+PREFETCHED = "Prefetched"
 
 # Overload is active / concurrency (the pool size the exporter asks with inspect stats): yellow
 # from 80 % of the pool busy, red when every slot is taken and new tasks wait.
@@ -72,6 +74,7 @@ def table_columns() -> list[tuple[str, str]]:
         (LOAD_1, _gauge_by_worker(m.WORKER_LOAD1)),
         (LOAD_5, _gauge_by_worker(m.WORKER_LOAD5)),
         (LOAD_15, _gauge_by_worker(m.WORKER_LOAD15)),
+        (PREFETCHED, _gauge_by_worker(m.WORKER_PREFETCHED_TASKS)),
     ]
 
 
@@ -240,6 +243,33 @@ def _trends() -> list[timeseries.Panel]:
             "1, 5 and 15-minute load average of each worker's host, from its heartbeats.",
             load_targets,
             "none",
+            width=12,
+        ),
+        p.timeseries_panel(
+            "Prefetched tasks per worker",
+            "Tasks each worker received and has not started yet (reserved): they wait behind "
+            "its running tasks while other workers may be idle.",
+            [p.query(_gauge_by_worker(m.WORKER_PREFETCHED_TASKS), "A", "{{worker}}")],
+            "short",
+            width=12,
+        ),
+        p.timeseries_panel(
+            "Tasks orphaned per worker",
+            "Started tasks lost with a worker that went offline without a goodbye (SIGKILL, "
+            "OOM, a lost node), per task, over the rate window; the Tasks view lists them as "
+            "LOST.",
+            [
+                p.query(
+                    q.by(
+                        "sum",
+                        [m.TASK, m.WORKER],
+                        q.fleet_counter_change(m.TASK_ORPHANED, _FLT, "increase", p.RATE_WINDOW),
+                    ),
+                    "A",
+                    "{{worker}} {{task}}",
+                )
+            ],
+            "short",
             width=12,
         ),
     ]
