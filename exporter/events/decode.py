@@ -2,8 +2,9 @@
 
 Runs on its own thread so that the broker reader only ever drains the socket: on Redis a
 subscriber that falls behind is disconnected and its events are lost, on RabbitMQ the event queue
-drops messages older than its TTL. A burst therefore waits here, in memory, where its size and age
-are exported, instead of in the broker.
+drops messages older than its TTL. A burst therefore waits in the intake backlog
+(``exporter.intake.backlog``), in memory bounded by bytes, where its size and age are exported,
+instead of in the broker.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Event intake: paths from a broker to the ingest queue, one module per path.
+"""Event intake: paths from a broker to the intake backlog (``backlog.py``), one module per path.
 
-Each path only drains the broker into a queue of ``RawMessage``; decoding and counting happen on
-the ingest thread (``exporter.events.decode``) so that the broker's socket never waits for them.
+Each path only drains the broker into the backlog of ``RawMessage``s; decoding and counting
+happen on the ingest thread (``exporter.events.decode``) so that the broker's socket never waits
+for them.
 """
 
 from __future__ import annotations
