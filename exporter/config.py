@@ -30,6 +30,7 @@ from exporter.parsers import (
     parse_listen_address,
     parse_telemetry_path,
     seconds,
+    size,
 )
 from exporter.queues.management import parse_management_url, read_credentials
 from exporter.settings import setting, setting_factory
@@ -345,12 +346,13 @@ class Config:
     max_intake_backlog_bytes: int = setting(
         DEFAULT_BUDGET_BYTES,
         flag="--max-intake-backlog-bytes",
-        parse=integer(4096),
+        parse=size(4096),
         metavar="BYTES",
         help="Bytes of broker messages read but not yet counted that the exporter holds (a "
-        "burst faster than it counts). Past it, new messages are dropped and counted in "
-        'celery_exporter_events_dropped_total{reason="intake_budget"} while the broker socket '
-        "keeps being drained, so Redis never cuts the exporter off.",
+        "burst faster than it counts), as a number or with a unit (256MiB, 1GiB). Past it, new "
+        "messages are dropped and counted in celery_exporter_events_dropped_total{reason="
+        '"intake_budget"} while the broker socket keeps being drained, so Redis never cuts the '
+        "exporter off.",
     )
     """Byte budget of the messages read but not yet counted; past it new ones are dropped."""
     log_level: str = setting(

@@ -84,6 +84,31 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+SIZE_UNITS = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "kB": 10**3, "MB": 10**6, "GB": 10**9}
+
+
+def size(minimum: int) -> Callable[[str], int]:
+    """A reader of a number of bytes, at least ``minimum``: ``268435456``, ``256MiB``, ``64KiB``,
+    ``1GiB`` (binary units) or ``500MB`` (decimal ones)."""
+
+    def parse(value: str) -> int:
+        text = value.strip()
+        factor = 1
+        for unit, unit_bytes in SIZE_UNITS.items():
+            if text.endswith(unit):
+                text, factor = text.removesuffix(unit).strip(), unit_bytes
+                break
+        try:
+            number = float(text) * factor if factor != 1 else int(text)
+        except ValueError:
+            raise ValueError(f"expected bytes, or a size such as 256MiB, got {value!r}") from None
+        if not math.isfinite(number) or number < minimum:
+            raise ValueError(f"expected at least {minimum} bytes, got {value!r}")
+        return int(number)
+
+    return parse
+
+
 def choice(choices: Iterable[str], *, accepted: Iterable[str] = ()) -> Callable[[str], str]:
     """A reader of one of ``choices`` (case-insensitive), lowercased; ``accepted`` are further
     values taken but not offered (deprecated ones)."""

@@ -13,6 +13,7 @@ from exporter.parsers import (
     parse_listen_address,
     parse_telemetry_path,
     seconds,
+    size,
 )
 
 
@@ -186,3 +187,33 @@ def test_numbers_and_choices() -> None:
         with pytest.raises(ValueError) as caught:
             parse(bad)
         assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("268435456", 268_435_456),
+        ("256MiB", 256 << 20),
+        ("64 KiB", 64 << 10),
+        ("1.5GiB", 3 << 29),
+        ("500MB", 500_000_000),
+        ("4096", 4096),
+    ],
+)
+def test_sizes_read_in_bytes_or_with_a_unit(text: str, parsed: int) -> None:
+    assert size(4096)(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lots", "expected bytes, or a size such as 256MiB, got 'lots'"),
+        ("1.5", "expected bytes, or a size such as 256MiB"),
+        ("4095", "expected at least 4096 bytes, got '4095'"),
+        ("infGiB", "expected at least 4096 bytes"),
+        ("-1MiB", "expected at least 4096 bytes"),
+    ],
+)
+def test_bad_sizes_name_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        size(4096)(text)
