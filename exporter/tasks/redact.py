@@ -4,11 +4,16 @@ Celery sends args, kwargs and results as Python repr strings (``argsrepr``/``kwa
 1024 characters), not as data. A repr that is a Python literal is parsed with ``ast.literal_eval``
 and every value under a secret-looking key is replaced, at any depth; a repr that is not a literal
 (an object's repr, or one Celery cut short with ``...``) falls back to a scanner that masks
-``'key': value`` and ``key=value`` pairs in the text. Either way, a password in a URL
-(``scheme://user:password@host``) is masked too.
+``'key': value``, ``key=value``, ``'--flag', value`` and ``--flag value`` in the text. Parsed
+data is masked under secret-looking dict keys, after a secret-looking first item of a pair
+(``('Authorization', 'Bearer X')``) or ``--flag`` item of a list, and every string in it goes
+through the scanner (a JSON document or ``key=value`` text inside a string). Either way,
+credentials recognisable by their shape are masked too: a password in a URL
+(``scheme://user:password@host``), ``Bearer``/``Basic`` values, JSON Web Tokens.
 
-Keys are matched, never values: a secret passed positionally (``args=('hunter2',)``) cannot be
-recognised, which is why payloads are not served unless the operator asks for them.
+Names are matched, not meaning: a secret passed positionally (``args=('hunter2',)``) cannot be
+recognised, which is why payloads are not served unless the operator asks for them
+(docs/security.md lists what masking cannot catch).
 """
 
 from __future__ import annotations

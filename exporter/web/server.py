@@ -7,6 +7,11 @@ With basic auth configured, every path but the two probes requires it: ``/health
 ``/readyz`` tell nothing but "the process runs" and "the broker is connected" (connected and
 subscribed to the event exchange: whether workers publish there, it cannot know), and container
 health checks and Kubernetes probes cannot be expected to hold the credentials.
+
+A connection gets a thread of its own, up to ``MAX_CONNECTIONS``; past that it is answered 503
+from the accept loop, so a crowd of clients costs bounded memory and a scraper's connection is
+never queued behind theirs. Whatever fails is logged in the structured log and counted
+(``exporter.web.stats``), never printed to stderr by socketserver.
 """
 
 from __future__ import annotations
