@@ -182,10 +182,11 @@ def test_malformed_envelopes_are_counted_not_fatal(
     publish_raw(b'{"body": "", "properties": [1]}')
     publish_raw(b'{"body": "e30=", "properties": {"body_encoding": "rot13"}}')
     publish_raw(b'{"body": "!!!", "properties": {"body_encoding": "base64"}}')  # decodes to b""
+    publish_raw(b"")  # an empty payload is counted too, as on RabbitMQ
     send_canary(redis_url, "c-raw")
     wait_until(lambda: canaries(exporter) == 1.0, what="the canary after raw envelopes")
     assert exporter.metrics().by_label("celery_exporter_events_rejected_total", "reason") == {
-        "invalid_envelope": 6.0,
+        "invalid_envelope": 7.0,
         "invalid_json": 1.0,
     }
     assert exporter.proc.poll() is None

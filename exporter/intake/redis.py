@@ -145,8 +145,8 @@ class RedisPubSubReader(BrokerReader):
                 reader.feed(chunk, offset, min(FEED_SIZE, size - offset))  # type: ignore[arg-type]
                 while (reply := reader.gets()) is not False:
                     if isinstance(reply, list) and reply[0] == b"pmessage":
-                        if reply[3]:
-                            outbox_put(RawMessage(received_at, None, reply[3], enveloped=True))
+                        # Even an empty payload: the decoder counts it as a rejection.
+                        outbox_put(RawMessage(received_at, None, reply[3], enveloped=True))
                     elif isinstance(reply, list) and reply[0] == b"psubscribe":
                         subscribed += 1
                         if subscribed == len(topics):
