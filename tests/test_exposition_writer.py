@@ -167,13 +167,26 @@ def test_the_cache_keeps_named_entries_and_reuses_a_line_until_its_value_changes
     spec = MetricSpec("jobs", Kind.COUNTER, "Jobs.", ("task",))
     cache: SeriesCache[LabelKey] = SeriesCache()
     _write_counter(Format.TEXT, cache, spec, spec.labels, {("a",): 3})
-    first = cache.counters[("a",)]
-    assert first == CounterLine(b'jobs_total{task="a"} ', 3, b'jobs_total{task="a"} 3.0\n')
+    entry = cache.counters[("a",)]
+    assert entry == CounterLine(b'jobs_total{task="a"} ', (3, b'jobs_total{task="a"} 3.0\n'))
+    first = entry.shown
     _write_counter(Format.TEXT, cache, spec, spec.labels, {("a",): 3})
-    assert cache.counters[("a",)] is first
+    assert cache.counters[("a",)].shown is first
     _write_counter(Format.TEXT, cache, spec, spec.labels, {("a",): 4})
-    assert cache.counters[("a",)] == CounterLine(first.prefix, 4, b'jobs_total{task="a"} 4.0\n')
-    assert cache.counters[("a",)].prefix is first.prefix  # the label set is escaped once
+    assert cache.counters[("a",)] is entry  # the label set is escaped once per key
+    assert entry.shown == (4, b'jobs_total{task="a"} 4.0\n')
+
+
+@pytest.mark.parametrize(("before", "after"), [(0, -0.0), (-0.0, 0.0), (0.0, 0)])
+def test_a_zero_is_rewritten_when_its_sign_changes(before: float, after: float) -> None:
+    spec = MetricSpec("level", Kind.GAUGE, "Level.")
+    cache: SeriesCache[LabelKey] = SeriesCache()
+    _write_counter(Format.TEXT, cache, spec, (), {(): before})
+    kept = cache.counters[()].shown
+    assert _write_counter(Format.TEXT, cache, spec, (), {(): after}).endswith(
+        b"\nlevel %s\n" % number(after).encode()
+    )
+    assert (cache.counters[()].shown is kept) == (str(float(before)) == str(float(after)))
 
 
 def test_the_cache_keeps_a_histogram_block_with_what_it_shows() -> None:
@@ -181,8 +194,9 @@ def test_the_cache_keeps_a_histogram_block_with_what_it_shows() -> None:
     _write_histogram(Format.TEXT, cache, (1.0,), {("t", "w"): (2, 1)}, {("t", "w"): 2.5})
     entry = cache.histograms[("t", "w")]
     assert isinstance(entry, HistogramBlock)
-    assert (entry.labels, entry.counts, entry.total) == ('task="t",worker="w"', (2, 1), 2.5)
-    assert entry.block == (
+    counts, total, block = entry.shown
+    assert (entry.labels, counts, total) == ('task="t",worker="w"', (2, 1), 2.5)
+    assert block == (
         b'test_seconds_bucket{le="1.0",task="t",worker="w"} 2.0\n'
         b'test_seconds_bucket{le="+Inf",task="t",worker="w"} 3.0\n'
         b'test_seconds_count{task="t",worker="w"} 3.0\n'

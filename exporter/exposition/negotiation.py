@@ -18,6 +18,7 @@ is answered with the escaping scheme echoed (``underscores`` unless it asked for
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from exporter.exposition.writer import Format
 
@@ -124,8 +125,10 @@ def _is_text(r: MediaRange) -> bool:
     )
 
 
+@lru_cache(maxsize=16)
 def choose(accept: str) -> Choice:
-    """The format ``/metrics`` answers a request carrying ``Accept: accept`` in."""
+    """The format ``/metrics`` answers a request carrying ``Accept: accept`` in. Cached: a
+    Prometheus server sends the same header with every scrape."""
     ranges = parse_accept(accept)
     openmetrics = [r for r in ranges if _is_openmetrics(r)]
     q_openmetrics = _weight_of(openmetrics)

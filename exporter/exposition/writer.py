@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
+from math import copysign
 from typing import Generic, TypeVar, cast
 
 from prometheus_client.utils import floatToGoString
@@ -71,39 +72,52 @@ def label_text(names: tuple[str, ...], values: LabelKey) -> str:
     return ",".join(f'{n}="{escape(v)}"' for n, v in pairs)
 
 
+class _Zero(float):
+    """A zero as a cache entry remembers it: equal only to a zero of the same sign, because 0 and
+    -0.0 are equal but written differently. A subclass, so that only the comparisons with a cached
+    zero pay for the sign check, not every cached series."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return other == 0.0 and copysign(1.0, other) == copysign(1.0, self)
+
+    __hash__ = float.__hash__
+
+
 @dataclass(slots=True)
 class CounterLine:
-    """A counter's or gauge's series as last written. Replaced whole, never changed (see
-    ``SeriesCache``); a slotted class rather than a tuple because reading its fields for every
-    cached series is the most frequent thing a scrape does."""
+    """A counter's or gauge's series: made once per key, with what it last showed."""
 
     prefix: bytes
     """The line up to the value: name, label set and the separating space."""
-    value: float
-    """The value ``line`` shows."""
-    line: bytes
+    shown: tuple[float, bytes]
+    """(value, line): the value last written and its whole line. Swapped for a new pair when the
+    value changes, never changed in place (see ``SeriesCache``)."""
 
 
 @dataclass(slots=True)
 class HistogramBlock:
-    """A histogram's series (its buckets, count and sum) as last written; replaced whole."""
+    """A histogram's series (its buckets, count and sum): made once per key, with what it last
+    showed."""
 
     labels: str
     """The label set, escaped, without braces and without ``le``."""
     template: bytes
     """The block's lines with the numbers left to fill in (``_histogram_template``)."""
-    counts: tuple[int, ...]
-    """The per-bucket (not cumulative) counts ``block`` shows."""
-    total: float
-    """The sum ``block`` shows."""
-    block: bytes
+    shown: tuple[tuple[int, ...], float, bytes]
+    """(per-bucket counts, sum, block): the counts (not cumulative) and the sum last written and
+    the block's lines. Swapped whole, like ``CounterLine.shown``."""
 
 
 class SeriesCache(Generic[K]):
     """The written lines of one family's series, per key, with what they were written from.
 
-    Concurrent scrapes share it: entries are replaced whole, never changed, so a reader sees an
-    old entry or a new one, and either is checked against its own values before it is reused.
+    Concurrent scrapes share it. An entry's ``shown`` is swapped whole (one attribute store), so
+    a reader that reads it once sees one consistent old or new value-and-lines, and checks it
+    against its own values before reusing it. The entries themselves stay: a new object per
+    changed series would be one more object for the garbage collector to track until it changes
+    again, where a tuple of bytes and numbers is untracked.
     """
 
     def __init__(self) -> None:
@@ -133,20 +147,24 @@ def counter(
     get, append = lines.get, out.append
     for key, value in series.items():
         entry = get(key)
-        if entry is None:
+        if entry is not None:
+            written, line = entry.shown
+            if written == value:
+                append(line)
+                continue
+            prefix = entry.prefix
+        else:
             labels = label_text(names, values(key))
             prefix = f"{name}{{{labels}}} ".encode() if labels else f"{name} ".encode()
-        elif value and entry.value == value:
-            append(entry.line)
-            continue
-        else:
-            # A zero is written again: 0 == -0.0, and they are written differently.
-            prefix = entry.prefix
         if type(value) is int and 0 <= value < 1_000_000:  # ``number``'s shortcut, in C
             line = b"%b%d.0\n" % (prefix, value)
         else:
             line = prefix + number(value).encode() + b"\n"
-        lines[key] = CounterLine(prefix, value, line)
+        shown = (value if value else _Zero(value), line)
+        if entry is None:
+            lines[key] = CounterLine(prefix, shown)
+        else:
+            entry.shown = shown
         append(line)
     cache.prune(series)
 
@@ -168,15 +186,16 @@ def histogram(
     for key, counts in histograms.items():
         total = sums[key]
         entry = blocks.get(key)
-        if entry is None:
+        if entry is not None:
+            written_counts, written_total, block = entry.shown
+            if written_counts == counts and written_total == total:
+                out.append(block)
+                continue
+            labels, template = entry.labels, entry.template
+        else:
             le = le or _bucket_bounds(bounds)
             labels = label_text(names, values(key))
             template = _histogram_template(spec.name, le, labels)
-        elif entry.counts == counts and entry.total == total:
-            out.append(entry.block)
-            continue
-        else:
-            labels, template = entry.labels, entry.template
         cumulative = (*accumulate(counts),)
         last = cumulative[-1]
         # Go writes 1e6 and more (observations or sum) in exponent notation, where ``%d.0`` and
@@ -186,7 +205,11 @@ def histogram(
         else:
             le = le or _bucket_bounds(bounds)
             block = _big_histogram_block(spec.name, le, labels, counts, total)
-        blocks[key] = HistogramBlock(labels, template, counts, total, block)
+        shown = (counts, total, block)
+        if entry is None:
+            blocks[key] = HistogramBlock(labels, template, shown)
+        else:
+            entry.shown = shown
         out.append(block)
     cache.prune(histograms)
 
