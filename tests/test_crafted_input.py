@@ -182,3 +182,37 @@ def exporter_openmetrics(exporter: ExporterProcess) -> str:
     )
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     return response.text
+
+
+def test_one_nan_in_a_batch_costs_none_of_its_other_events(
+    redis_url: str, processes: Processes, publish: Any
+) -> None:
+    """kombu's JSON writes a non-finite float as NaN and Celery reads it back: a task.multi batch
+    of 24 events with one NaN runtime is counted whole; only that runtime is not observed."""
+    exporter = processes.exporter(redis_url)
+    batch: list[dict[str, Any]] = []
+    for number in range(12):
+        uuid = f"nan-{number}"
+        batch.append(task("received", uuid, name="crafted.nan", args="()", kwargs="{}"))
+        runtime = float("nan") if number == 5 else 0.5
+        batch.append(task("succeeded", uuid, timestamp=T0 + 1, runtime=runtime, result="1"))
+    body = json.dumps(batch).encode()  # the stdlib writes NaN, as kombu's serializer does
+    assert b"NaN" in body
+    publish(body)
+    wait_until(
+        lambda: exporter.metrics().get("celery_task_succeeded_total", task="crafted.nan",
+                                       worker=WORKER) == 12.0,
+        what="every event of the batch counted",
+    )  # fmt: skip
+    metrics = exporter.metrics()
+    assert metrics.get("celery_task_received_total", task="crafted.nan", worker=WORKER) == 12.0
+    assert (
+        metrics.get("celery_task_runtime_seconds_count", task="crafted.nan", worker=WORKER) == 11.0
+    )
+    assert metrics.get("celery_task_runtime_seconds_sum", task="crafted.nan", worker=WORKER) == 5.5
+    assert metrics.get("celery_exporter_events_rejected_total", reason="invalid_json") is None
+    by_uuid = rows(exporter)
+    assert {uuid for uuid in by_uuid if uuid.startswith("nan-")} == {f"nan-{n}" for n in range(12)}
+    assert by_uuid["nan-5"]["state"] == "SUCCESS"
+    assert by_uuid["nan-5"]["runtime"] is None
+    assert by_uuid["nan-4"]["runtime"] == 0.5

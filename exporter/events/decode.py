@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from exporter.events.body import loads
 from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.message import RawMessage
 from exporter.logging import get_logger
@@ -138,8 +139,8 @@ class Decoder:
             state.reject("unsupported_content_type", str(content_type))
             return
         try:
-            payload: Any = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            payload: Any = loads(body)
+        except ValueError as exc:
             state.reject("invalid_json", str(exc))
             return
         # Prefork workers batch task events in a list (routing key task.multi).

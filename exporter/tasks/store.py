@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import orjson
-
+from exporter.events.body import loads
 from exporter.tasks import bounds
 
 PENDING = "PENDING"
@@ -266,8 +265,8 @@ class RecentTasks:
         observe = self._observe
         for body, received_at, _ in new:
             try:
-                events = orjson.loads(body)
-            except orjson.JSONDecodeError:  # the state counted it as invalid already
+                events = loads(body)
+            except ValueError:  # the state counted it as invalid already
                 continue
             for event in events if type(events) is list else (events,):
                 observe(event, received_at)
