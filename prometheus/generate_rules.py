@@ -110,7 +110,10 @@ class Settings:
     )
     dropped_window: str = field(
         default="10m",
-        metadata=_help("Window in which CeleryExporterDroppingEvents counts dropped messages."),
+        metadata=_help(
+            "Window in which CeleryExporterDroppingEvents counts dropped messages and "
+            "CeleryExporterConnectionLost lost connections."
+        ),
     )
     rejected_threshold: float = field(
         default=0,
@@ -341,6 +344,7 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
     lag = q.gauge(metrics.EXPORTER_INTAKE_LAG)
     dropped = q.counter(metrics.EXPORTER_EVENTS_DROPPED)
     silent = q.gauge(metrics.EXPORTER_SILENT_WORKERS)
+    lost_connections = q.counter(metrics.EXPORTER_BROKER_CONNECTIONS_LOST)
     drop_reason = q.require_label(metrics.EXPORTER_EVENTS_DROPPED, "reason")
     queue_label = q.require_label(metrics.QUEUE_LENGTH, metrics.QUEUE)
     length = q.fleet_gauge(metrics.QUEUE_LENGTH)
@@ -444,6 +448,17 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             '{{ $value | printf "%.0f" }} messages or events were rejected for reason '
             f"{{{{ $labels.reason }}}} in the last {s.rejected_window}: they are missing from "
             "every Celery metric.",
+        ),
+        AlertRule(
+            "CeleryExporterConnectionLost",
+            # Exported at 0 from the start: increase() sees the first loss.
+            f"sum by (job, instance) (increase({lost_connections}[{s.dropped_window}])) > 0",
+            "0s",
+            "warning",
+            "Celery events exporter {{ $labels.instance }} lost its broker connection",
+            '{{ $value | printf "%.0f" }} established broker connections were lost in the last '
+            f"{s.dropped_window}: events published until each reconnection are missing from every "
+            "Celery metric.",
         ),
         AlertRule(
             "CeleryWorkersSilent",

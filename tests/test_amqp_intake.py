@@ -330,6 +330,7 @@ def test_connection_closed_by_rabbitmq_is_recovered(amqp_url: str, processes: Pr
     )
     # A lost connection is retried at once (0.25-0.5 s), not after a grown backoff.
     assert time.monotonic() - closed_at < 5.0
+    assert exporter.metrics().get("celery_exporter_broker_connections_lost_total") == 1.0
     with client(amqp_url) as app:
         for i in range(2):
             app.send_task("tests.add", (i, 10))

@@ -37,6 +37,7 @@ def test_broker_restart_keeps_counts_and_resumes(
     metrics = exporter.metrics()  # still served, nothing counted is lost
     assert succeeded(metrics) == 3.0
     assert (metrics.get("celery_exporter_broker_connection_errors_total") or 0) >= 1
+    assert metrics.get("celery_exporter_broker_connections_lost_total") == 1.0
     assert requests.get(f"{exporter.url}/healthz", timeout=2).status_code == 200
     assert requests.get(f"{exporter.url}/readyz", timeout=2).status_code == 503
     assert exporter.proc.poll() is None
@@ -143,6 +144,7 @@ def test_frozen_broker_is_noticed_in_seconds_and_counting_resumes(
 
     metrics = exporter.metrics()
     assert succeeded(metrics) == 3.0  # nothing counted was lost, nothing counted twice
+    assert metrics.get("celery_exporter_broker_connections_lost_total") == 1.0
     with client(private_redis.url) as app:
         for i in range(3):
             app.send_task("tests.add", (i, 10))

@@ -49,6 +49,7 @@ EXPECTED_ALERTS = {
     "CeleryExporterFallingBehind",
     "CeleryExporterDroppingEvents",
     "CeleryWorkersSilent",
+    "CeleryExporterConnectionLost",
     "CeleryTaskQueueWaitHigh",
     "CeleryQueueBacklogHigh",
     "CeleryQueueNoConsumer",

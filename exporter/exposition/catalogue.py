@@ -228,6 +228,14 @@ EXPORTER_BROKER_CONNECTION_ERRORS = MetricSpec(
     Kind.COUNTER,
     "Failed broker connection attempts and lost connections.",
 )
+EXPORTER_BROKER_CONNECTIONS_LOST = MetricSpec(
+    "celery_exporter_broker_connections_lost",
+    Kind.COUNTER,
+    "Established broker connections that were lost (closed or cut off by the broker, or "
+    "silent past the health checks). Events published until the reconnection are lost: Redis "
+    "keeps nothing for an absent subscriber, and the exclusive RabbitMQ event queue goes with "
+    "its connection.",
+)
 EXPORTER_SILENT_WORKERS = MetricSpec(
     "celery_exporter_silent_workers",
     Kind.GAUGE,
@@ -385,6 +393,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     TASK_ORPHANED,
     EXPORTER_BROKER_CONNECTED,
     EXPORTER_BROKER_CONNECTION_ERRORS,
+    EXPORTER_BROKER_CONNECTIONS_LOST,
     EXPORTER_SILENT_WORKERS,
     EXPORTER_EVENTS,
     EXPORTER_EVENTS_REJECTED,

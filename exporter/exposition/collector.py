@@ -180,6 +180,7 @@ class EventsCollector:
         families: SmallFamilies = [
             (m.EXPORTER_BROKER_CONNECTED, {(): 1.0 if self.broker.connected else 0.0}),
             (m.EXPORTER_BROKER_CONNECTION_ERRORS, {(): self.broker.connection_errors}),
+            (m.EXPORTER_BROKER_CONNECTIONS_LOST, {(): self.broker.connections_lost}),
             (m.EXPORTER_SILENT_WORKERS, {(): self.broker.silent_workers}),
             (m.EXPORTER_EVENTS, {(t,): count for t, count in sorted(events.items())}),
             (m.EXPORTER_EVENTS_REJECTED, {(r,): count for r, count in sorted(rejected.items())}),

@@ -78,6 +78,7 @@ class BrokerReader:
                 was_connected = self.status.connected
                 self.status.connected = False
                 if was_connected:
+                    self.status.connections_lost += 1
                     backoff.reset()
                 delay = backoff.next()
                 log.warning(

@@ -13,6 +13,10 @@ class BrokerStatus:
 
     connected: bool = False
     connection_errors: int = 0
+    connections_lost: int = 0
+    """Established connections that ended other than by our stop: each is a gap in which events
+    were lost (pub/sub keeps nothing for an absent subscriber; the exclusive event queue goes
+    with its connection)."""
     connected_event: threading.Event = field(default_factory=threading.Event)
     """Set on every (re)connection, so the controller can wake the workers up again."""
     silent_workers: int = 0
