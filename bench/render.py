@@ -57,13 +57,12 @@ Touch = Callable[[], None]
 
 def _run_task(state: State, pair: Pair, uuid: str, now: float) -> None:
     host, name = pair
-    with state.lock:
-        for event in (
-            {"type": "task-received", "uuid": uuid, "name": name, "timestamp": now},
-            {"type": "task-started", "uuid": uuid, "timestamp": now + 0.01},
-            {"type": "task-succeeded", "uuid": uuid, "runtime": 0.02},
-        ):
-            state.apply({**event, "hostname": host}, now)
+    events = (
+        {"type": "task-received", "uuid": uuid, "name": name, "timestamp": now},
+        {"type": "task-started", "uuid": uuid, "timestamp": now + 0.01},
+        {"type": "task-succeeded", "uuid": uuid, "runtime": 0.02},
+    )
+    state.apply_many([{**event, "hostname": host} for event in events], now)
 
 
 def _page(state: State, now: float, with_runtime: bool) -> tuple[EventsCollector, MetricsPage]:
@@ -131,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, pair in enumerate(pairs):
         _run_task(state, pair, f"seed-{i}", now)
     for w in range(args.workers):
-        with state.lock:
-            state.apply({**HEARTBEAT, "hostname": f"celery@bench-{w:04d}"}, now)
+        state.apply({**HEARTBEAT, "hostname": f"celery@bench-{w:04d}"}, now)
     tasks = iter(range(10**9))
 
     def touch(count: int) -> Touch:

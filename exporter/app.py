@@ -26,8 +26,9 @@ from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
 from exporter.queues import wiring as queue_wiring
+from exporter.queues.collector import OnlineWorkers
 from exporter.queues.registry import consumed_queues
-from exporter.state import State, StateSettings
+from exporter.state import State, StateSettings, TaskTracker
 from exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
 from exporter.tasks.store import RecentTasks
 from exporter.web import webconfig
@@ -51,16 +52,27 @@ def state_settings(config: Config) -> StateSettings:
     return StateSettings(**{name: getattr(config, name) for name in names})
 
 
-def build_state(config: Config) -> State:
-    return State(state_settings(config), on_reject=RejectionLog())
+def build_state(
+    config: Config,
+    recent_tasks: RecentTasks | None = None,
+    task_tracker: TaskTracker | None = None,
+) -> State:
+    """The state, feeding ``recent_tasks`` the messages that carried task events and
+    ``task_tracker`` every message's events (each if any)."""
+    return State(
+        state_settings(config),
+        on_reject=RejectionLog(),
+        task_observer=None if recent_tasks is None else recent_tasks.keep,
+        task_tracker=task_tracker,
+    )
 
 
-def build_api(config: Config, state: State, stats: WebStats) -> Api:
-    """The recent-task store, listening to the state's task events, and the API serving it."""
-    store = None
-    if config.max_recent_tasks > 0:
-        store = RecentTasks(config.max_recent_tasks)
-        state.task_observer = store.keep
+def build_store(config: Config) -> RecentTasks | None:
+    """The recent-task store of the Tasks view; None when it is turned off."""
+    return RecentTasks(config.max_recent_tasks) if config.max_recent_tasks > 0 else None
+
+
+def build_api(config: Config, state: State, store: RecentTasks | None, stats: WebStats) -> Api:
     redactor = Redactor(
         compile_secret_keys(
             secret_key_patterns(
@@ -79,14 +91,12 @@ def build_api(config: Config, state: State, stats: WebStats) -> Api:
     )
 
 
-def build_queues(config: Config, state: State, api: Api) -> queue_wiring.Queues:
-    """The queue tracking, fed by the state, and the queue-depth poller (unless turned off)."""
-
-    def online_workers(now: float) -> set[str]:
-        with state.lock:
-            return {h for h, w in state.workers.items() if state.is_online(w, now)}
-
-    queues = queue_wiring.build(
+def build_queues(
+    config: Config, store: RecentTasks | None, online_workers: OnlineWorkers
+) -> queue_wiring.Queues:
+    """The queue tracking (to be fed by the state) and the queue-depth poller (unless turned
+    off); orphaned tasks go to the recent-task store."""
+    return queue_wiring.build(
         config.broker_url,
         config.broker_transport_options,
         named=config.queues,
@@ -95,7 +105,7 @@ def build_queues(config: Config, state: State, api: Api) -> queue_wiring.Queues:
         max_tracked_tasks=config.max_tracked_tasks,
         worker_label=config.worker_label,
         online_workers=online_workers,
-        on_orphaned=api.store.keep if api.store is not None else None,
+        on_orphaned=store.keep if store is not None else None,
         management=(
             queue_wiring.ManagementSettings(
                 config.rabbitmq_management_url, config.rabbitmq_management_credentials_file
@@ -104,24 +114,24 @@ def build_queues(config: Config, state: State, api: Api) -> queue_wiring.Queues:
             else None
         ),
     )
-    state.task_tracker = queues.tracking
-    return queues
 
 
 def run(config: Config) -> int:
     """Run until SIGTERM or SIGINT, then stop the threads; returns the process exit code."""
     stop = threading.Event()
     inbox = IntakeBacklog(config.max_intake_backlog_bytes)
-    state = build_state(config)
+    store = build_store(config)
+    # The queue tracking is fed by the state, and asks it which workers are online.
+    queues = build_queues(config, store, online_workers=lambda now: state.online_workers(now))
+    state = build_state(config, store, queues.tracking)
     web_stats = WebStats()
-    api = build_api(config, state, web_stats)
+    api = build_api(config, state, store, web_stats)
     web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
     status = BrokerStatus()
     decoder = Decoder(state, inbox)
     reader = make_reader(
         config.broker_url, config.broker_transport_options, inbox, status, config.events
     )
-    queues = build_queues(config, state, api)
     controller = Controller(
         config.broker_url,
         config.broker_transport_options,
@@ -143,7 +153,7 @@ def run(config: Config) -> int:
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
     extras: list[Collector] = [queues.collector, WebCollector(web_stats), runtime]
-    page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=api.store), extras)
+    page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=store), extras)
 
     server = serve(
         config.listen,

@@ -128,17 +128,9 @@ class Controller:
                 if self.inspect_workers:
                     inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
                     replies = inspector.stats()
-                    sizes = pool_sizes(replies)
-                    with self.state.lock:
-                        for hostname, size in sizes.items():
-                            self.state.set_concurrency(hostname, size)
-                        heard = {
-                            hostname
-                            for hostname, worker in self.state.workers.items()
-                            if worker.last_heartbeat > 0
-                        }
+                    self.state.set_concurrency(pool_sizes(replies))
                     answered = {h for h in replies or {} if isinstance(h, str)}
-                    self._note_silent(answered, heard)
+                    self._note_silent(answered, self.state.heard_workers())
                 if self.on_active_queues is not None:
                     inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
                     self.on_active_queues(inspector.active_queues())

@@ -117,11 +117,11 @@ def test_enveloped_messages_are_counted_and_bad_ones_rejected() -> None:
         {"type": "task-succeeded", "hostname": "celery@a", "uuid": "u1", "runtime": 0.5},
     ]
     for raw in (_envelope(orjson.dumps(events)), b"not json", _envelope(b"{nope")):
-        with state.lock:
-            decoder.handle(RawMessage(1.0, None, raw, enveloped=True))
-    assert state.task_counts["task-received"] == {("t.a", "celery@a"): 1}
-    assert state.task_counts["task-succeeded"] == {("t.a", "celery@a"): 1}
-    assert state.rejected == {"invalid_envelope": 1, "invalid_json": 1}
+        decoder.handle(RawMessage(1.0, None, raw, enveloped=True))
+    snapshot = state.snapshot(1.0)
+    assert snapshot.task_counts["task-received"] == {("t.a", "celery@a"): 1}
+    assert snapshot.task_counts["task-succeeded"] == {("t.a", "celery@a"): 1}
+    assert snapshot.rejected == {"invalid_envelope": 1, "invalid_json": 1}
 
 
 def test_buffered_recv_serves_exact_sizes_from_one_read() -> None:

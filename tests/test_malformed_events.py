@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Producer
 
+from exporter.events.vocabulary import CELERY_EVENT_TYPES
 from tests.conftest import ExporterProcess, Processes, client, wait_until
 
 CANARY = "canary@malformed"
@@ -97,11 +98,7 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-EVENT_TYPES = [
-    "task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
-    "task-retried", "task-rejected", "task-revoked", "worker-online", "worker-heartbeat",
-    "worker-offline",
-]  # fmt: skip
+EVENT_TYPES = list(CELERY_EVENT_TYPES)
 FIELDS = [
     "uuid", "name", "runtime", "timestamp", "exception", "freq", "active", "processed",
     "loadavg", "sw_ident", "sw_ver", "queue",

@@ -63,16 +63,14 @@ T0 = 1_732_010_550.472
 
 
 def fed(max_tasks: int = 100) -> tuple[State, RecentTasks]:
-    state = State(StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS))
     store = RecentTasks(max_tasks)
-    state.task_observer = store.keep
-    return state, store
+    settings = StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS)
+    return State(settings, task_observer=store.keep), store
 
 
 def feed(state: State, *events: dict[str, Any], received_at: float = T0 + 100) -> None:
-    with state.lock:
-        for event in events:
-            state.apply(event, received_at)
+    for event in events:
+        state.apply(event, received_at)
 
 
 def event(kind: str, uuid: str = UUID, at: float = T0, **fields: Any) -> dict[str, Any]:
@@ -238,8 +236,7 @@ def test_a_rejected_task_ends_rejected_after_its_failure() -> None:
     )  # fmt: skip
     [row] = orjson.loads(api_for(state, store, expose=False).tasks("")[0])
     assert (row["state"], row["exception_type"], row["exception"]) == ("REJECTED", "Reject", "")
-    with state.lock:
-        assert state.exceptions == {("tests.reject", "Reject"): 1}
+    assert state.snapshot(T0).exceptions == {("tests.reject", "Reject"): 1}
 
 
 def test_the_clients_clock_cannot_hold_a_task_pending() -> None:
@@ -290,7 +287,7 @@ def test_a_task_first_seen_by_its_end_still_gets_the_name_it_was_sent_with() -> 
 def test_odd_events_never_raise(bad: dict[str, Any]) -> None:
     state, store = fed()
     feed(state, bad)
-    assert state.rejected.get("invalid_field", 0) == 0
+    assert state.snapshot(T0).rejected.get("invalid_field", 0) == 0
     # Custom events (Task.send_event) carry no state of Celery's: not a task row of their own.
     known = bad["type"] != "task-custom-progress"
     assert len(store.records()) == (1 if known and bad.get("uuid") == UUID else 0)
@@ -375,9 +372,8 @@ def test_what_the_state_rejected_in_a_kept_message_is_left_out_of_the_records() 
         ["not", "an", "event"],
         None,
     ]
-    with state.lock:
-        state.apply_many([event("received", name="tests.add"), *odd], T0 + 100)
-    assert sum(state.rejected.values()) == len(odd)
+    state.apply_many([event("received", name="tests.add"), *odd], T0 + 100)
+    assert sum(state.snapshot(T0 + 100).rejected.values()) == len(odd)
     assert [(r.uuid, r.name, r.state) for r in store.records()] == [(UUID, "tests.add", "RECEIVED")]
 
 
@@ -453,8 +449,7 @@ def test_worker_counts_follow_the_task_events(worker_label: bool) -> None:
     state.settings.worker_label = worker_label
     feed(state, *lifecycle("a"), *lifecycle("b"))
     feed(state, event("received", "c", name="tests.fail"), event("failed", "c", exception="E()"))
-    with state.lock:
-        counts = state.worker_task_counts()
+    counts = state.worker_task_counts()
     assert counts == {
         WORKER: {"task-received": 3, "task-started": 2, "task-succeeded": 2, "task-failed": 1}
     }  # task-sent comes from the client: not a worker's count
@@ -819,9 +814,8 @@ def test_a_row_that_cannot_be_encoded_is_skipped_and_counted() -> None:
     body, headers = api.tasks("")
     assert [row["uuid"] for row in orjson.loads(body)] == ["b"]
     assert headers["X-Matching-Tasks"] == "2"
-    with state.lock:
-        state.workers["odd@h"] = WorkerState("odd@h", active=2**70)
-        state.workers["fine@h"] = WorkerState("fine@h", active=1)
+    state.counts.workers["odd@h"] = WorkerState("odd@h", active=2**70)
+    state.counts.workers["fine@h"] = WorkerState("fine@h", active=1)
     assert [row["worker"] for row in orjson.loads(api.workers(""))] == ["fine@h"]
     assert stats.skipped_rows == {"/api/tasks": 1, "/api/workers": 1}
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from exporter.events import vocabulary
+
 
 class Kind(enum.Enum):
     COUNTER = "counter"
@@ -47,34 +49,35 @@ EXCEPTION = "exception"
 
 _TASK_LABELS = (TASK, WORKER)
 
-# Task event type -> counter family. "Processed" in Flower's Workers view is the worker's
-# received count, so Processed reads celery_task_received_total.
+# Task state event type -> counter family, for every one of vocabulary.TASK_STATE_EVENTS in its
+# order. "Processed" in Flower's Workers view is the worker's received count, so Processed reads
+# celery_task_received_total.
 TASK_STATE_COUNTERS: dict[str, MetricSpec] = {
-    "task-received": MetricSpec(
+    vocabulary.TASK_RECEIVED: MetricSpec(
         "celery_task_received",
         Kind.COUNTER,
         "Tasks received by a worker (Flower's 'Processed'); a retry is received again.",
         _TASK_LABELS,
     ),
-    "task-started": MetricSpec(
+    vocabulary.TASK_STARTED: MetricSpec(
         "celery_task_started", Kind.COUNTER, "Tasks a worker started executing.", _TASK_LABELS
     ),
-    "task-succeeded": MetricSpec(
+    vocabulary.TASK_SUCCEEDED: MetricSpec(
         "celery_task_succeeded", Kind.COUNTER, "Tasks that succeeded.", _TASK_LABELS
     ),
-    "task-failed": MetricSpec(
+    vocabulary.TASK_FAILED: MetricSpec(
         "celery_task_failed", Kind.COUNTER, "Tasks that failed.", _TASK_LABELS
     ),
-    "task-retried": MetricSpec(
+    vocabulary.TASK_RETRIED: MetricSpec(
         "celery_task_retried",
         Kind.COUNTER,
         "Task executions that ended in a retry (the task is received again, same uuid).",
         _TASK_LABELS,
     ),
-    "task-rejected": MetricSpec(
+    vocabulary.TASK_REJECTED: MetricSpec(
         "celery_task_rejected", Kind.COUNTER, "Tasks a worker rejected.", _TASK_LABELS
     ),
-    "task-revoked": MetricSpec(
+    vocabulary.TASK_REVOKED: MetricSpec(
         "celery_task_revoked",
         Kind.COUNTER,
         "Tasks revoked (cancelled, terminated or expired).",

@@ -52,11 +52,8 @@ class EventsCollector:
     def snapshot(self, now: float) -> tuple[Snapshot, PerWorker]:
         """The state as of ``now``, offline workers past their purge time dropped first, and
         each worker's task event counts."""
-        with self.state.lock:
-            self.state.purge_offline_workers(now)
-            snap = self.state.snapshot(now)
-            unlabelled = self._unlabelled_counts()
-        return snap, self._per_worker(snap, unlabelled)
+        snap = self.state.snapshot(now)
+        return snap, self._per_worker(snap, snap.unlabelled)
 
     def render(self, fmt: exposition.Format) -> list[bytes]:
         """The event families as of now, in pieces, without the closing ``# EOF``."""
@@ -115,13 +112,6 @@ class EventsCollector:
             *self._workers(snap.workers, per_worker),
             *self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now),
         ]
-
-    def _unlabelled_counts(self) -> dict[str, dict[str, int]] | None:
-        """Without the worker label, the per-worker counts the state keeps aside (a copy, a
-        few entries per worker); call with the state's lock held. None with the label."""
-        if self.state.settings.worker_label:
-            return None
-        return self.state.worker_task_counts()
 
     @staticmethod
     def _per_worker(snap: Snapshot, unlabelled: dict[str, dict[str, int]] | None) -> PerWorker:

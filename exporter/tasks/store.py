@@ -24,36 +24,24 @@ from contextlib import contextmanager
 from typing import Any
 
 from exporter.events.body import loads
+from exporter.events.validate import Rejected, validate
+from exporter.events.vocabulary import (
+    FAILURE,
+    LOST,
+    PENDING,
+    RECEIVED,
+    RETRY,
+    STARTED,
+    STATE_RANK,
+    SUCCESS,
+    TASK_EVENT_STATES,
+    TASK_RECEIVED,
+    TASK_STATES,
+)
 from exporter.tasks import bounds
 
-PENDING = "PENDING"
-RECEIVED = "RECEIVED"
-STARTED = "STARTED"
-SUCCESS = "SUCCESS"
-FAILURE = "FAILURE"
-RETRY = "RETRY"
-REVOKED = "REVOKED"
-REJECTED = "REJECTED"
-LOST = "LOST"
-"""Started on a worker that went offline without a goodbye (SIGKILL, OOM, a lost node) before
-the task ended: the exporter's own verdict (exporter.queues.tracking), not a Celery state."""
-
-EVENT_STATES: dict[str, str] = {
-    "task-sent": PENDING,
-    "task-received": RECEIVED,
-    "task-started": STARTED,
-    "task-succeeded": SUCCESS,
-    "task-failed": FAILURE,
-    "task-retried": RETRY,
-    "task-revoked": REVOKED,
-    "task-rejected": REJECTED,
-    "task-orphaned": LOST,  # made by the exporter, never sent by Celery
-}
-STATES: tuple[str, ...] = tuple(EVENT_STATES.values())
-
-# Ties between equal timestamps are broken by how far along the lifecycle a state is.
-_RANK = {PENDING: 0, RECEIVED: 1, STARTED: 2, LOST: 3, RETRY: 3, FAILURE: 4, SUCCESS: 5,
-         REJECTED: 6, REVOKED: 7}  # fmt: skip
+# What the API and the dashboards import from here; the vocabulary is events.vocabulary's.
+STATES: tuple[str, ...] = TASK_STATES
 
 STORED_TEXT_LIMIT = bounds.PAYLOAD_BYTES
 """Bytes kept of each payload, exception and traceback (Celery's own reprs stop at 1024
@@ -140,8 +128,8 @@ class TaskRecord:
 
 # event type -> (state, the record's timestamp field, rank); states are compared by identity.
 _KINDS: dict[str, tuple[str, str, int]] = {
-    event_type: (state, event_type.removeprefix("task-"), _RANK[state])
-    for event_type, state in EVENT_STATES.items()
+    event_type: (state, event_type.removeprefix("task-"), STATE_RANK[state])
+    for event_type, state in TASK_EVENT_STATES.items()
 }
 
 
@@ -174,8 +162,7 @@ class RecentTasks:
     A read (``records``, ``get``) decodes what arrived since the previous read and merges it into
     the records, in arrival order, which gives the records that merging on arrival gave. On a
     busy fleet most tasks leave the window before anyone reads it and cost nothing but the
-    window's slot: merging every event on arrival was half of the ingest thread's cost per event,
-    and keeping each decoded event for a later merge cost as much again in memory traffic.
+    window's slot (what merging on arrival cost instead: bench/README.md).
 
     A window overrun (more task events, or bytes, between two reads than it holds) skips the oldest
     messages: counted in ``dropped``; a task whose early events were skipped shows what its
@@ -273,19 +260,11 @@ class RecentTasks:
 
     def _observe(self, event: Any, received_at: float) -> None:
         """Merge one event into its task's record, the events the state rejected left out."""
-        if type(event) is not dict:
+        try:
+            event_type, hostname, uuid = validate(event)
+        except Rejected:
             return
-        event_type = event.get("type")
-        uuid = event.get("uuid")
-        hostname = event.get("hostname")
-        if (
-            type(event_type) is not str
-            or event_type not in _KINDS
-            or type(uuid) is not str
-            or not uuid
-            or type(hostname) is not str
-            or not hostname
-        ):
+        if not uuid or event_type not in _KINDS:
             return
         if len(uuid) > bounds.ID_BYTES // 4:
             uuid = bounds.cut(uuid, bounds.ID_BYTES)  # a crafted 5 kB uuid must not be a key
@@ -296,7 +275,7 @@ class RecentTasks:
             if len(tasks) > self.max_tasks:
                 tasks.popitem(last=False)
                 self.evicted += 1
-        elif event_type == "task-received":
+        elif event_type == TASK_RECEIVED:
             tasks.move_to_end(uuid)  # a retry is received again: it is recent again
         self._merge(record, event, event_type, hostname, received_at)
 
@@ -333,7 +312,7 @@ class RecentTasks:
             current is None
             or current is PENDING
             or timestamp > record.state_timestamp
-            or (timestamp == record.state_timestamp and rank >= _RANK[current])
+            or (timestamp == record.state_timestamp and rank >= STATE_RANK[current])
             # LOST is stamped with the exporter's clock: a worker's clock ahead of it must not
             # keep a lost task STARTED forever.
             or (state is LOST and current is STARTED)

@@ -1,8 +1,8 @@
 """The JSON API behind Grafana's per-task table: ``/api/tasks`` and ``/api/workers``.
 
 Query strings are parsed strictly (an unknown or repeated parameter is a 400 naming it), the
-store is read under the state lock only long enough to list its records and copy the rows that
-are served, and payloads are masked and cut after the lock is released.
+store is read only long enough to list its records and copy the rows that are served, workers
+come from a copy the state hands out, and payloads are masked and cut after all of that.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from urllib.parse import parse_qs
 import orjson
 
 from exporter.events.exceptions import exception_class
-from exporter.exposition.catalogue import TASK_STATE_COUNTERS
+from exporter.events.vocabulary import TASK_RECEIVED, TASK_STATE_EVENTS
 from exporter.logging import get_logger
-from exporter.state import State, WorkerState
+from exporter.state import State, WorkerRow
 from exporter.tasks.redact import Redactor
 from exporter.tasks.store import STATES, RecentTasks, TaskRecord
 from exporter.web.stats import WebStats
@@ -52,7 +52,7 @@ TASK_PARAMETERS = ("uuid", "name", "state", "worker", "search", "limit", "from",
 WORKER_PARAMETERS = ("search",)
 
 WORKER_TASK_COLUMNS = {
-    event_type: event_type.removeprefix("task-") for event_type in TASK_STATE_COUNTERS
+    event_type: event_type.removeprefix("task-") for event_type in TASK_STATE_EVENTS
 }
 """/api/workers' task columns (received, started...): Flower's Workers view, one per task state
 event."""
@@ -299,17 +299,15 @@ class Api:
         now = self.clock()
         rows: list[tuple[str, dict[str, Any]]] = []
         skipped = 0
-        with self.state.lock:
-            known = self.state.workers
-            all_counts = self.state.worker_task_counts()
-            for hostname, worker in known.items():
-                if search and search not in hostname.lower():
-                    continue
-                try:
-                    rows.append((hostname, self._worker_row(worker, all_counts.get(hostname), now)))
-                except Exception as exc:  # one worker's odd state must not hide the others
-                    skipped += 1
-                    self._skipped("/api/workers", hostname, exc)
+        for view in self.state.workers_view(now):
+            hostname = view.worker.hostname
+            if search and search not in hostname.lower():
+                continue
+            try:
+                rows.append((hostname, self._worker_row(view)))
+            except Exception as exc:  # one worker's odd state must not hide the others
+                skipped += 1
+                self._skipped("/api/workers", hostname, exc)
         rows.sort(key=lambda pair: pair[0])
         parts: list[bytes] = []
         for hostname, row in rows:
@@ -322,15 +320,15 @@ class Api:
             self.stats.skipped("/api/workers", skipped)
         return b"[" + b",".join(parts) + b"]"
 
-    def _worker_row(
-        self, worker: WorkerState, counts: dict[str, int] | None, now: float
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _worker_row(view: WorkerRow) -> dict[str, Any]:
+        worker, counts = view.worker, view.task_counts
         processed = worker.processed
         if processed is None and counts is not None:
-            processed = counts.get("task-received", 0)
+            processed = counts.get(TASK_RECEIVED, 0)
         row: dict[str, Any] = {
             "worker": worker.hostname,
-            "status": "online" if self.state.is_online(worker, now) else "offline",
+            "status": "online" if view.online else "offline",
             "active": worker.active,
             "processed": processed,
         }

@@ -1,0 +1,152 @@
+"""Workers as their events describe them, and Celery's liveness rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from exporter.events.validate import INVALID_FIELD, Rejected, is_number
+from exporter.events.vocabulary import WORKER_OFFLINE
+
+
+@dataclass
+class WorkerState:
+    hostname: str
+    last_heartbeat: float = 0.0
+    """When the exporter received the worker's last heartbeat (exporter's clock)."""
+    freq: float = 0.0
+    active: int | None = None
+    processed: int | None = None
+    loadavg: tuple[float, float, float] | None = None
+    software: tuple[str, str, str] = ("", "", "")
+    said_goodbye: bool = False
+    """worker-offline arrived after the last heartbeat (a clean shutdown)."""
+    concurrency: int | None = None
+    """The pool's max-concurrency, from inspect stats (heartbeats do not carry it)."""
+
+
+def worker(workers: dict[str, WorkerState], hostname: str) -> WorkerState:
+    """The worker called ``hostname``, remembered from now on if it was not already."""
+    found = workers.get(hostname)
+    if found is None:
+        found = workers[hostname] = WorkerState(hostname)
+    return found
+
+
+def apply_worker_event(
+    workers: dict[str, WorkerState],
+    event: dict[str, Any],
+    event_type: str,
+    hostname: str,
+    received_at: float,
+) -> None:
+    """Update a worker's liveness and gauges from a worker-online/heartbeat/offline event.
+
+    Raises ``Rejected`` for a number no worker sends, before anything of the event is applied.
+    """
+    if event_type != WORKER_OFFLINE:
+        # Checked first: a crafted heartbeat must not even make its worker known.
+        freq, active, processed, loadavg = heartbeat_numbers(event, hostname)
+    state = worker(workers, hostname)
+    if event_type == WORKER_OFFLINE:
+        state.said_goodbye = True
+        return
+    state.said_goodbye = False
+    state.last_heartbeat = received_at
+    # The reply to a receiver's wake-up broadcast is a heartbeat with freq 5 and no load or
+    # active fields: it proves the worker is alive, but must not blank the gauges or stretch
+    # the liveness window of a worker that beats every 2 s.
+    full = "loadavg" in event or "active" in event
+    if freq is not None and (full or state.freq == 0.0):
+        state.freq = freq
+    if not full:
+        return
+    if active is not None:
+        state.active = active
+    if processed is not None:
+        state.processed = processed
+    if loadavg is not None:
+        state.loadavg = loadavg
+    state.software = (
+        _text(event.get("sw_ident")),
+        _text(event.get("sw_ver")),
+        _text(event.get("sw_sys")),
+    )
+
+
+MAX_HEARTBEAT_INTERVAL = 3600.0
+"""Longest heartbeat interval (freq) taken as true: a worker goes offline within 2 x freq, so a
+crafted 1e308 would keep it online, and unpurged, forever."""
+MAX_ACTIVE_TASKS = 1_000_000
+MAX_PROCESSED_TASKS = 2**53
+"""Largest processed count taken as true (exact as a float, so as a sample value)."""
+MAX_LOAD = 1e6
+
+Loadavg = tuple[float, float, float]
+
+
+def heartbeat_numbers(
+    event: dict[str, Any], hostname: str
+) -> tuple[float | None, int | None, int | None, Loadavg | None]:
+    """A worker event's freq, active, processed and loadavg, each None when absent; raises
+    Rejected("invalid_field") for a value no worker sends (NaN, infinite, negative, out of range,
+    of the wrong shape)."""
+
+    def bad(field: str, value: Any) -> Rejected:
+        return Rejected(INVALID_FIELD, f"{field} {repr(value)[:80]} from {hostname[:200]}")
+
+    freq = event.get("freq")
+    if freq is not None and not (is_number(freq) and 0 < freq <= MAX_HEARTBEAT_INTERVAL):
+        raise bad("freq", freq)
+    counts: list[int | None] = []
+    for name, limit in (("active", MAX_ACTIVE_TASKS), ("processed", MAX_PROCESSED_TASKS)):
+        value = event.get(name)
+        if value is None:
+            counts.append(None)
+            continue
+        if not (is_number(value) and 0 <= value <= limit and value == int(value)):
+            raise bad(name, value)
+        counts.append(int(value))
+    loadavg = event.get("loadavg")
+    loads: Loadavg | None = None
+    if loadavg is not None:
+        if not (
+            isinstance(loadavg, (list, tuple))
+            and len(loadavg) == 3
+            and all(is_number(value) and 0 <= value <= MAX_LOAD for value in loadavg)
+        ):
+            raise bad("loadavg", loadavg)
+        loads = (float(loadavg[0]), float(loadavg[1]), float(loadavg[2]))
+    return None if freq is None else float(freq), counts[0], counts[1], loads
+
+
+def timeout(worker: WorkerState, worker_timeout: float) -> float:
+    """How long after its last heartbeat a worker counts as online."""
+    if worker_timeout > 0:
+        return worker_timeout
+    # Celery's rule (celery.events.state.HEARTBEAT_EXPIRE_WINDOW): 2 x the worker's freq.
+    return 2.0 * (worker.freq or 2.0)
+
+
+def is_online(worker: WorkerState, now: float, worker_timeout: float) -> bool:
+    if worker.said_goodbye or worker.last_heartbeat == 0.0:
+        return False
+    return now < worker.last_heartbeat + timeout(worker, worker_timeout)
+
+
+def long_gone(
+    workers: dict[str, WorkerState], now: float, worker_timeout: float, delay: float
+) -> list[str]:
+    """Workers offline for longer than ``delay`` (none when ``delay`` is 0: never purge)."""
+    if delay <= 0:
+        return []
+    return [
+        host
+        for host, state in workers.items()
+        if not is_online(state, now, worker_timeout)
+        and now - (state.last_heartbeat + timeout(state, worker_timeout)) > delay
+    ]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
