@@ -1,0 +1,171 @@
+"""The counting of ``exporter.state.counting``, written plainly: one small function per kind of
+event, no speed tricks. It is the specification the fast loop is held to: a property test feeds
+both any sequence of events and compares every table (tests/test_counting_reference.py).
+
+Shared with the fast loop, on purpose: the validation (``exporter.events.validate``), the
+vocabulary, and the worker updates (``exporter.state.workers``), which are not part of the loop.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from exporter.events import vocabulary as v
+from exporter.events.exceptions import exception_class
+from exporter.events.validate import Rejected, is_number, validate
+from exporter.state.counting import OTHER, UNKNOWN_TASK, RejectHook
+from exporter.state.histogram import Histogram
+from exporter.state.settings import StateSettings
+from exporter.state.snapshot import TaskKey
+from exporter.state.workers import WorkerState, apply_worker_event
+
+
+class ReferenceCounts:
+    """The same tables as ``Counts``, filled one event at a time."""
+
+    def __init__(self, settings: StateSettings, on_reject: RejectHook | None = None) -> None:
+        self.settings = settings
+        self.on_reject = on_reject
+        self.task_counts: dict[str, dict[TaskKey, int]] = {t: {} for t in v.TASK_STATE_EVENTS}
+        self.sent: dict[tuple[str, str], int] = {}
+        self.exceptions: dict[tuple[str, str], int] = {}
+        self.runtime: dict[TaskKey, Histogram] = {}
+        self.queue_wait: dict[TaskKey, Histogram] = {}
+        self.workers: dict[str, WorkerState] = {}
+        self.events_by_type: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
+        self.tracked: dict[str, tuple[str, float | None]] = {}
+        self.unlabelled: dict[str, dict[str, int]] = {}
+        self.exception_classes: set[str] = set()
+        self.custom_event_types: set[str] = set()
+        self._task_handlers: dict[str, Callable[[dict[str, Any], TaskKey, str], None]] = {
+            v.TASK_RECEIVED: lambda event, key, uuid: None,  # tracked before the key is made
+            v.TASK_STARTED: self._started,
+            v.TASK_SUCCEEDED: self._succeeded,
+            v.TASK_FAILED: self._failed,
+            v.TASK_RETRIED: lambda event, key, uuid: None,
+            v.TASK_REJECTED: self._ended,
+            v.TASK_REVOKED: self._ended,
+        }
+
+    def count(self, events: Sequence[Any], received_at: float) -> int:
+        """Count each event in turn; returns how many were task events."""
+        task_events = 0
+        for event in events:
+            try:
+                if self._count_one(event, received_at):
+                    task_events += 1
+            except Rejected as rejection:
+                self._reject(rejection.reason, str(rejection))
+        return task_events
+
+    def _count_one(self, event: Any, received_at: float) -> bool:
+        """Count one event; True if it was a task event. Raises ``Rejected``."""
+        try:
+            event_type, hostname, uuid = validate(event)
+        except Rejected as rejection:
+            if rejection.event_type is not None:
+                self._count_type(rejection.event_type)
+            raise
+        self._count_type(event_type)
+        if event_type in v.WORKER_EVENTS:
+            apply_worker_event(self.workers, event, event_type, hostname, received_at)
+            return False
+        if event_type == v.TASK_SENT:
+            self._count_sent(event)
+            return True
+        if event_type not in v.TASK_STATE_EVENTS:
+            return False  # a custom event: counted by type only
+        if event_type == v.TASK_RECEIVED:
+            self._track(uuid, event)
+        key = (self._task_name(uuid, event), hostname if self.settings.worker_label else "")
+        self._add(self.task_counts[event_type], key)
+        if not self.settings.worker_label:
+            self._add(self.unlabelled.setdefault(hostname, {}), event_type)
+        self._task_handlers[event_type](event, key, uuid)
+        return True
+
+    def _count_type(self, event_type: str) -> None:
+        if event_type in v.KNOWN_EVENT_TYPES or event_type in self.custom_event_types:
+            self._add(self.events_by_type, event_type)
+        elif len(self.custom_event_types) < v.MAX_CUSTOM_EVENT_TYPES:
+            self.custom_event_types.add(event_type)
+            self._add(self.events_by_type, event_type)
+        else:
+            self._add(self.events_by_type, OTHER)
+
+    def _count_sent(self, event: dict[str, Any]) -> None:
+        name, queue = event.get("name"), event.get("queue")
+        if not isinstance(name, str) or not name:
+            name = UNKNOWN_TASK
+        if not isinstance(queue, str):
+            queue = ""
+        self._add(self.sent, (name, queue))
+
+    def _task_name(self, uuid: str, event: dict[str, Any]) -> str:
+        """The event's name, else the one its task was received with, else "unknown"."""
+        name = event.get("name")
+        if isinstance(name, str) and name:
+            return name
+        if uuid in self.tracked:
+            return self.tracked[uuid][0]
+        return UNKNOWN_TASK
+
+    def _track(self, uuid: str, event: dict[str, Any]) -> None:
+        """Remember a received task (a retry again, as the youngest), the oldest forgotten past
+        the bound."""
+        name = self._task_name(uuid, event)
+        timestamp = event.get("timestamp")
+        self.tracked.pop(uuid, None)
+        self.tracked[uuid] = (name, timestamp if isinstance(timestamp, (int, float)) else None)
+        if len(self.tracked) > self.settings.max_tracked_tasks:
+            del self.tracked[next(iter(self.tracked))]
+
+    def _started(self, event: dict[str, Any], key: TaskKey, uuid: str) -> None:
+        """Queue wait: received to started, on the worker's clock; never below 0."""
+        received = self.tracked[uuid][1] if uuid in self.tracked else None
+        started = event.get("timestamp")
+        if received is None or not is_number(started):
+            return
+        wait = float(started) - received
+        bounds = self.settings.queue_wait_buckets
+        self._observe(self.queue_wait, key, wait if wait > 0.0 else 0.0, bounds)
+
+    def _succeeded(self, event: dict[str, Any], key: TaskKey, uuid: str) -> None:
+        runtime = event.get("runtime")
+        if is_number(runtime) and runtime >= 0:
+            self._observe(self.runtime, key, float(runtime), self.settings.runtime_buckets)
+        self.tracked.pop(uuid, None)
+
+    def _failed(self, event: dict[str, Any], key: TaskKey, uuid: str) -> None:
+        # The task stays tracked: one that raised Reject fails first, then is rejected.
+        exception = event.get("exception")
+        cls = exception_class(exception)
+        if cls not in self.exception_classes:
+            if len(self.exception_classes) < self.settings.max_exception_classes:
+                self.exception_classes.add(cls)
+            else:
+                cls = OTHER
+        self._add(self.exceptions, (key[0], cls))
+
+    def _ended(self, event: dict[str, Any], key: TaskKey, uuid: str) -> None:
+        self.tracked.pop(uuid, None)
+
+    @staticmethod
+    def _observe(
+        histograms: dict[TaskKey, Histogram], key: TaskKey, value: float, bounds: tuple[float, ...]
+    ) -> None:
+        histogram = histograms.setdefault(key, Histogram.empty(bounds))
+        histogram.counts[bisect_left(bounds, value)] += 1
+        histogram.total += value
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self._add(self.rejected, reason)
+        if self.on_reject is not None:
+            self.on_reject(reason, detail)
+
+    @staticmethod
+    def _add(counts: dict[Any, int], key: Any) -> None:
+        counts[key] = counts.get(key, 0) + 1

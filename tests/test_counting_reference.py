@@ -1,0 +1,182 @@
+"""The fast counting loop (exporter.state.counting, through State) and the plain one
+(exporter.state.reference) agree on every table, whatever events arrive: valid lifecycles,
+retries, events out of order, unknown names, custom types past their cap, malformed events and
+items that are not events at all. Events go through JSON first: the state only ever sees what
+orjson decodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.events import vocabulary
+from exporter.events.vocabulary import MAX_CUSTOM_EVENT_TYPES
+from exporter.state import State, StateSettings
+from exporter.state.reference import ReferenceCounts
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6)
+)
+odd = scalars | st.lists(scalars, max_size=3) | st.dictionaries(st.text(max_size=3), scalars)
+"""Any JSON value: what a malformed event may carry in any field."""
+
+
+def mostly(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A plausible value seven times in eight (and when shrinking), else any JSON value."""
+    return st.integers(0, 7).flatmap(lambda choice: plausible if choice < 7 else odd)
+
+
+def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """One of ``choices``, each as often as its weight says (the first when shrinking)."""
+    pool = [strategy for weight, strategy in choices for _ in range(weight)]
+    return st.integers(0, len(pool) - 1).flatmap(lambda index: pool[index])
+
+
+# Plausible values come from small pools, so that events of one task meet.
+uuids = mostly(st.sampled_from(["u1", "u2", "u3", "u4"]))
+names = mostly(st.sampled_from(["tests.add", "tests.fail", ""]))
+hosts = mostly(st.sampled_from(["w1@h", "w2@h"]))
+times = mostly(st.sampled_from([0.0, 0.05, 1.0, 1.05, 6.0]) | st.floats(0, 100) | st.integers(0, 9))
+runtimes = mostly(st.floats(-1, 20) | st.integers(-1, 20))
+exceptions = mostly(st.sampled_from(["KeyError('k')", "ValueError()", "Reject('no')", "E: x"]))
+numbers = mostly(st.integers(0, 10) | st.integers(-1, 10) | st.floats(0, 10))
+loads = mostly(st.lists(mostly(st.floats(0, 4)), min_size=3, max_size=3))
+task_types = (vocabulary.TASK_SENT, *vocabulary.TASK_STATE_EVENTS)
+custom_types = st.sampled_from([f"custom-{i}" for i in range(MAX_CUSTOM_EVENT_TYPES + 10)])
+
+task_fields = {
+    "name": names,
+    "runtime": runtimes,
+    "exception": exceptions,
+    "queue": mostly(st.sampled_from(["celery", "q2"])),
+}
+worker_fields = {
+    "freq": numbers,
+    "active": numbers,
+    "processed": numbers,
+    "loadavg": loads,
+    "sw_ident": mostly(st.just("py-celery")),
+}
+task_events = st.fixed_dictionaries(
+    {
+        "type": mostly(st.sampled_from(task_types)),
+        "hostname": hosts,
+        "uuid": uuids,
+        "timestamp": times,
+    },
+    optional=task_fields,
+)
+worker_events = st.fixed_dictionaries(
+    {"type": mostly(st.sampled_from(vocabulary.WORKER_EVENTS)), "hostname": hosts},
+    optional=worker_fields,
+)
+custom_events = st.fixed_dictionaries(
+    {"type": custom_types | st.just("other"), "hostname": hosts}, optional={"uuid": uuids}
+)
+any_events = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": odd,
+        "hostname": odd,
+        "uuid": odd,
+        "timestamp": odd,
+        **task_fields,
+        **worker_fields,
+    },
+)
+items = weighted(
+    (6, task_events), (2, worker_events), (1, custom_events), (1, any_events), (1, odd)
+)
+messages = st.lists(
+    st.tuples(st.lists(items, max_size=6), st.floats(0, 1000)),
+    max_size=25,
+)
+state_settings = st.builds(
+    StateSettings,
+    runtime_buckets=st.just((0.1, 1.0, 10.0)),
+    queue_wait_buckets=st.just((0.5, 5.0)),
+    worker_label=st.booleans(),
+    max_tracked_tasks=st.integers(1, 4),
+    max_exception_classes=st.integers(0, 3),
+)
+
+
+def tables(counts: Any) -> dict[str, Any]:
+    """Everything the counting fills, in comparable form (the tracked tasks in their order)."""
+    return {
+        "task_counts": counts.task_counts,
+        "sent": counts.sent,
+        "exceptions": counts.exceptions,
+        "runtime": {key: (h.counts, h.total) for key, h in counts.runtime.items()},
+        "queue_wait": {key: (h.counts, h.total) for key, h in counts.queue_wait.items()},
+        "workers": {host: vars(worker) for host, worker in counts.workers.items()},
+        "events_by_type": counts.events_by_type,
+        "rejected": counts.rejected,
+        "tracked": list(counts.tracked.items()),
+        "unlabelled": counts.unlabelled,
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(config=state_settings, batch=messages)
+def test_the_fast_loop_counts_what_the_reference_counts(
+    config: StateSettings, batch: list[tuple[list[Any], float]]
+) -> None:
+    decoded = [(orjson.loads(orjson.dumps(events)), at) for events, at in batch]
+    fast_rejections: list[tuple[str, str]] = []
+    observed: list[int] = []
+    state = State(
+        config,
+        on_reject=lambda reason, detail: fast_rejections.append((reason, detail)),
+        task_observer=lambda body, at, task_events: observed.append(task_events),
+    )
+    state.apply_batch((events, at, None) for events, at in decoded)
+
+    plain_rejections: list[tuple[str, str]] = []
+    reference = ReferenceCounts(
+        config, on_reject=lambda reason, detail: plain_rejections.append((reason, detail))
+    )
+    plain_observed = [reference.count(events, at) for events, at in decoded]
+
+    assert tables(state.counts) == tables(reference)
+    assert fast_rejections == plain_rejections
+    assert observed == [n for n in plain_observed if n]
+
+
+def test_a_lifecycle_with_a_retry_fills_the_same_tables() -> None:
+    """One readable case of the property above, with the values spelled out."""
+    config = StateSettings((0.1, 1.0, 10.0), (0.5, 5.0), max_tracked_tasks=10)
+    lifecycle: list[Any] = [
+        {"type": "task-received", "hostname": "w1@h", "uuid": "u1", "name": "t", "timestamp": 1.0},
+        {"type": "task-started", "hostname": "w1@h", "uuid": "u1", "timestamp": 1.25},
+        {"type": "task-retried", "hostname": "w1@h", "uuid": "u1", "exception": "IOError()"},
+        {"type": "task-received", "hostname": "w1@h", "uuid": "u1", "name": "t", "timestamp": 2.0},
+        {"type": "task-started", "hostname": "w1@h", "uuid": "u1", "timestamp": 8.0},
+        {"type": "task-succeeded", "hostname": "w1@h", "uuid": "u1", "runtime": 0.5},
+        {"type": "task-received", "hostname": "w1@h"},
+        "not an event",
+    ]
+    state = State(config)
+    state.apply_many(lifecycle, 100.0)
+    reference = ReferenceCounts(config)
+    reference.count(lifecycle, 100.0)
+    assert tables(state.counts) == tables(reference)
+    expected = tables(reference)
+    assert expected["task_counts"]["task-received"] == {("t", "w1@h"): 2}
+    assert expected["queue_wait"] == {("t", "w1@h"): ([1, 0, 1], 6.25)}
+    assert expected["runtime"] == {("t", "w1@h"): ([0, 1, 0, 0], 0.5)}
+    assert expected["tracked"] == []
+    assert expected["rejected"] == {"missing_uuid": 1, "not_an_object": 1}
+    assert expected["events_by_type"] == {
+        "task-received": 3,
+        "task-started": 2,
+        "task-retried": 1,
+        "task-succeeded": 1,
+    }
