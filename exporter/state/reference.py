@@ -14,7 +14,7 @@ from typing import Any
 
 from exporter.events import vocabulary as v
 from exporter.events.exceptions import exception_class
-from exporter.events.validate import Rejected, is_number, validate
+from exporter.events.validate import INVALID_FIELD, Rejected, is_number, validate
 from exporter.state.counting import OTHER, UNKNOWN_TASK, RejectHook
 from exporter.state.histogram import Histogram
 from exporter.state.settings import StateSettings
@@ -59,6 +59,8 @@ class ReferenceCounts:
                     task_events += 1
             except Rejected as rejection:
                 self._reject(rejection.reason, str(rejection))
+            except Exception as exc:  # e.g. a number too large for a float: counted so far
+                self._reject(INVALID_FIELD, f"{type(exc).__name__}: {exc}")
         return task_events
 
     def _count_one(self, event: Any, received_at: float) -> bool:
