@@ -65,10 +65,10 @@ class TaskTracking:
         """queue -> {uuid: when its task-sent arrived}, oldest first: sent and not received."""
         self._waiting_in: dict[str, str] = {}
         """uuid -> its queue in ``_waiting``, oldest first (the bound evicts from here)."""
-        self._reserved: dict[str, dict[str, str]] = {}
-        """worker -> {uuid: task name}: received and not started."""
-        self._running: dict[str, dict[str, str]] = {}
-        """worker -> {uuid: task name}: started and not finished."""
+        self._in_flight: dict[str, list[Any]] = {}
+        """uuid -> [worker, task name, started?] of tasks received (or started) and not ended,
+        oldest first: one flat dict, as every task passes through it (a dict per worker cost
+        two more lookups per event)."""
         self._seen_online: set[str] = set()
         """Workers online at the last sweep: only they can be found gone without a goodbye."""
         self.orphaned: dict[tuple[str, str], int] = {}
@@ -78,52 +78,45 @@ class TaskTracking:
     def __call__(self, events: Sequence[Any], received_at: float) -> None:
         """Follow one message's events; malformed ones are skipped (the state counts them).
 
-        Runs on the ingest thread for every message, so the common path binds its dicts once
-        per message and does a few dict operations per event."""
+        Runs on the ingest thread for every message: one dict operation per task event on the
+        common path, the frequent types first."""
         with self._lock:
             waiting_in = self._waiting_in
-            all_reserved = self._reserved
-            all_running = self._running
-            max_tasks = self.max_tasks
+            in_flight = self._in_flight
             for event in events:
                 if type(event) is not dict:
                     continue
                 event_type = event.get("type")
                 uuid = event.get("uuid")
-                hostname = event.get("hostname")
-                if type(uuid) is not str or not uuid or type(hostname) is not str:
+                if type(uuid) is not str:
                     if event_type == "worker-offline":
-                        self._goodbye(hostname)
+                        self._goodbye(event.get("hostname"))
                     continue
-                if event_type == "task-sent":
-                    self._sent(uuid, event.get("queue"), received_at)
-                    continue
-                if waiting_in and uuid in waiting_in:  # news from a worker: no longer waiting
-                    self._forget_waiting(uuid)
-                if event_type == "task-received":
+                if waiting_in and uuid in waiting_in and event_type != "task-sent":
+                    self._forget_waiting(uuid)  # news from a worker: no longer waiting
+                if event_type == "task-started":
+                    entry = in_flight.get(uuid)
+                    if entry is not None:
+                        entry[2] = True
+                    else:  # its task-received was missed
+                        self._track(uuid, event.get("hostname"), UNKNOWN_TASK, True)
+                elif event_type == "task-received":
                     name = event.get("name")
-                    reserved = all_reserved.get(hostname)
-                    if reserved is None:
-                        reserved = all_reserved[hostname] = {}
-                    reserved[uuid] = name if type(name) is str and name else UNKNOWN_TASK
-                    if len(reserved) > max_tasks:
-                        del reserved[next(iter(reserved))]
-                elif event_type == "task-started":
-                    reserved = all_reserved.get(hostname)
-                    name = reserved.pop(uuid, UNKNOWN_TASK) if reserved else UNKNOWN_TASK
-                    running = all_running.get(hostname)
-                    if running is None:
-                        running = all_running[hostname] = {}
-                    running[uuid] = name
-                    if len(running) > max_tasks:
-                        del running[next(iter(running))]
+                    if uuid in in_flight:  # a retry is received again: the young end
+                        del in_flight[uuid]
+                    self._track(uuid, event.get("hostname"), name, False)
                 elif event_type in _ENDS:
-                    running = all_running.get(hostname)
-                    if running and running.pop(uuid, None) is not None:
-                        continue
-                    reserved = all_reserved.get(hostname)  # ended without starting (revoked)
-                    if reserved:
-                        reserved.pop(uuid, None)
+                    in_flight.pop(uuid, None)
+                elif event_type == "task-sent":
+                    self._sent(uuid, event.get("queue"), received_at)
+
+    def _track(self, uuid: str, hostname: Any, name: Any, started: bool) -> None:
+        if type(hostname) is not str or not uuid:
+            return
+        in_flight = self._in_flight
+        in_flight[uuid] = [hostname, name if type(name) is str and name else UNKNOWN_TASK, started]
+        if len(in_flight) > self.max_tasks:
+            del in_flight[next(iter(in_flight))]
 
     def _sent(self, uuid: str, queue: Any, received_at: float) -> None:
         if type(queue) is not str or not queue:
@@ -150,9 +143,19 @@ class TaskTracking:
     def _goodbye(self, hostname: Any) -> None:
         """A clean stop: its prefetched tasks go back to the broker, its running ones finished."""
         if type(hostname) is str:
-            self._reserved.pop(hostname, None)
-            self._running.pop(hostname, None)
+            self._forget_worker(hostname)
             self._seen_online.discard(hostname)
+
+    def _forget_worker(self, hostname: str) -> list[tuple[str, str]]:
+        """Drop a worker's tasks in flight; returns its started ones as (uuid, task name)."""
+        in_flight = self._in_flight
+        mine = [uuid for uuid, entry in in_flight.items() if entry[0] == hostname]
+        started = []
+        for uuid in mine:
+            _, name, was_started = in_flight.pop(uuid)
+            if was_started:
+                started.append((uuid, name))
+        return started
 
     # -- the poller side ---------------------------------------------------------------------
 
@@ -192,8 +195,8 @@ class TaskTracking:
         online = set(online)
         with self._lock:
             for hostname in self._seen_online - online:
-                self._reserved.pop(hostname, None)  # the broker delivers them again
-                for uuid, name in self._running.pop(hostname, {}).items():
+                # Its prefetched tasks are dropped too: the broker delivers them again.
+                for uuid, name in self._forget_worker(hostname):
                     key = (name, hostname if self.worker_label else "")
                     self.orphaned[key] = self.orphaned.get(key, 0) + 1
                     lost.append(
@@ -212,7 +215,7 @@ class TaskTracking:
         watched = set(self.registry.names())
         with self._lock:
             return TrackingSnapshot(
-                prefetched={host: len(self._reserved.get(host, ())) for host in self._seen_online},
+                prefetched=self._prefetched(),
                 orphaned=dict(self.orphaned),
                 oldest_sent={
                     queue: next(iter(waiting.values()))
@@ -221,12 +224,16 @@ class TaskTracking:
                 },
             )
 
+    def _prefetched(self) -> dict[str, int]:
+        """Online worker -> its tasks received and not started; call with ``_lock`` held."""
+        counts = dict.fromkeys(self._seen_online, 0)
+        for hostname, _, started in self._in_flight.values():
+            if not started and hostname in counts:
+                counts[hostname] += 1
+        return counts
+
     @property
     def tracked(self) -> int:
-        """Task uuids held (waiting, prefetched, running), for the self-metric."""
+        """Task uuids held (waiting, received or running), for the self-metric."""
         with self._lock:
-            return (
-                len(self._waiting_in)
-                + sum(map(len, self._reserved.values()))
-                + sum(map(len, self._running.values()))
-            )
+            return len(self._waiting_in) + len(self._in_flight)
