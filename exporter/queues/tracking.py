@@ -83,6 +83,7 @@ class TaskTracking:
         with self._lock:
             waiting_in = self._waiting_in
             in_flight = self._in_flight
+            max_tasks = self.max_tasks
             for event in events:
                 if type(event) is not dict:
                     continue
@@ -99,22 +100,32 @@ class TaskTracking:
                     if entry is not None:
                         entry[2] = True
                     else:  # its task-received was missed
-                        self._track(uuid, event.get("hostname"), UNKNOWN_TASK, True)
+                        self._track_started(uuid, event.get("hostname"))
                 elif event_type == "task-received":
+                    hostname = event.get("hostname")
+                    if type(hostname) is not str:
+                        continue
                     name = event.get("name")
                     if uuid in in_flight:  # a retry is received again: the young end
                         del in_flight[uuid]
-                    self._track(uuid, event.get("hostname"), name, False)
+                    in_flight[uuid] = [
+                        hostname,
+                        name if type(name) is str and name else UNKNOWN_TASK,
+                        False,
+                    ]
+                    if len(in_flight) > max_tasks:
+                        del in_flight[next(iter(in_flight))]
                 elif event_type in _ENDS:
                     in_flight.pop(uuid, None)
                 elif event_type == "task-sent":
                     self._sent(uuid, event.get("queue"), received_at)
 
-    def _track(self, uuid: str, hostname: Any, name: Any, started: bool) -> None:
-        if type(hostname) is not str or not uuid:
+    def _track_started(self, uuid: str, hostname: Any) -> None:
+        """A task-started without its task-received (missed, or before the exporter started)."""
+        if type(hostname) is not str:
             return
         in_flight = self._in_flight
-        in_flight[uuid] = [hostname, name if type(name) is str and name else UNKNOWN_TASK, started]
+        in_flight[uuid] = [hostname, UNKNOWN_TASK, True]
         if len(in_flight) > self.max_tasks:
             del in_flight[next(iter(in_flight))]
 
