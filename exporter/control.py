@@ -87,6 +87,7 @@ class Controller:
         interval: float,
         on_active_queues: Callable[[Any], None] | None = None,
         event_exchange: str = "celeryev",
+        worker_joined: threading.Event | None = None,
     ) -> None:
         self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
         self.app.conf.broker_transport_options = transport_options
@@ -100,6 +101,9 @@ class Controller:
         """Given each ``inspect active_queues`` reply: the queue poller watches those queues."""
         self.event_exchange = event_exchange
         self.silent_workers = SilentWorkers()
+        self.worker_joined = worker_joined
+        """Set when a worker-online event arrives: broadcast at once, so that a new worker gets
+        enable_events and its consumed queues are known without waiting for the interval."""
 
     def run(self, stop: threading.Event) -> None:
         connected = self.status.connected_event
@@ -110,8 +114,11 @@ class Controller:
             reconnected = connected.wait(min(STOP_CHECK, max(0.0, due - time.monotonic())))
             if stop.is_set():
                 return
-            if not reconnected and time.monotonic() < due:
+            joined = self.worker_joined is not None and self.worker_joined.is_set()
+            if not reconnected and not joined and time.monotonic() < due:
                 continue
+            if joined and self.worker_joined is not None:
+                self.worker_joined.clear()
             due = time.monotonic() + self.interval
             if not self.status.connected:
                 continue

@@ -299,3 +299,19 @@ def test_a_sigkilled_workers_started_task_is_orphaned(redis_url: str, processes:
     [row] = exporter.get("/api/tasks", {"uuid": doomed}).json()
     assert row["state"] == "LOST" and row["worker"] == worker_name
     assert exporter.get("/api/tasks", {"state": "lost"}).json() == [row]
+
+
+def test_a_worker_that_comes_online_is_asked_for_its_queues_at_once(
+    redis_url: str, processes: Processes
+) -> None:
+    # The periodic broadcast is 10 minutes away: only the worker-online event can trigger it.
+    exporter = processes.exporter(
+        redis_url, "--queue-poll-interval", "0.5", "--broadcast-interval", "600"
+    )
+    processes.worker(redis_url, "latecomer@queues", extra=("-Q", "late"))
+    wait_until(
+        lambda: exporter.metrics().get("celery_queue_consumers", queue="late") == 1.0,
+        timeout=15,
+        what="the new worker's queue and its consumer",
+    )
+    assert exporter.metrics().get("celery_queue_length", queue="late") == 0.0

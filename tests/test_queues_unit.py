@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
+from exporter.queues import registry as registry_module
 from exporter.queues.management import parse_management_url, read_credentials
 from exporter.queues.poller import QueuePoller, error_reason
 from exporter.queues.reading import QueueReading
@@ -294,3 +295,21 @@ def test_management_credentials_file(tmp_path: Path) -> None:
             read_credentials(str(bad))
     with pytest.raises(ValueError, match="cannot read"):
         read_credentials(str(tmp_path / "missing"))
+
+
+def test_worker_queues_are_bounded_the_longest_silent_forgotten_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry_module, "MAX_WORKERS", 2)
+    registry = QueueRegistry()
+    registry.set_worker_queues({"a": ["q"], "b": ["q"]})
+    registry.set_worker_queues({"a": ["q"], "c": ["r"]})  # b has been silent longest
+    assert registry.worker_queues() == {"a": frozenset({"q"}), "c": frozenset({"r"})}
+
+
+def test_a_worker_online_event_asks_for_a_broadcast() -> None:
+    tracker = tracking()
+    tracker([{"type": "worker-heartbeat", "hostname": "w1"}], 1.0)
+    assert not tracker.worker_joined.is_set()
+    tracker([{"type": "worker-online", "hostname": "w1"}], 1.0)
+    assert tracker.worker_joined.is_set()

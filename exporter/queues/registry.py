@@ -20,6 +20,10 @@ values of unbounded size would bloat every scrape."""
 EVENT_QUEUE_PREFIX = "celeryev."
 """Celery's event receivers' queues (the exporter's own among them): not task queues."""
 
+MAX_WORKERS = 10_000
+"""Workers whose consumed queues are remembered; the longest silent are forgotten first (pods
+come and go, and each leaves a hostname behind)."""
+
 CONTROL_QUEUE_SUFFIX = ".pidbox"
 """Celery's remote-control queues (``celery@host.celery.pidbox``, ``*.reply.celery.pidbox``)."""
 
@@ -96,10 +100,14 @@ class QueueRegistry:
         """Record which queues each worker consumes (``inspect active_queues``) and watch them."""
         names: list[str] = []
         with self._lock:
+            known = self._worker_queues
             for worker, queues in replies.items():
                 consumed = frozenset(queues)
-                self._worker_queues[worker] = consumed
+                known.pop(worker, None)  # the young end: it just answered
+                known[worker] = consumed
                 names.extend(sorted(consumed))
+            while len(known) > MAX_WORKERS:
+                del known[next(iter(known))]
         self.add(names)
 
     def worker_queues(self) -> dict[str, frozenset[str]]:

@@ -72,6 +72,8 @@ class TaskTracking:
         self._seen_online: set[str] = set()
         """Workers online at the last sweep: only they can be found gone without a goodbye."""
         self.orphaned: dict[tuple[str, str], int] = {}
+        self.worker_joined = threading.Event()
+        """Set at every worker-online event; the controller broadcasts to the workers then."""
 
     # -- the ingest side (the state's hook) --------------------------------------------------
 
@@ -92,6 +94,8 @@ class TaskTracking:
                 if type(uuid) is not str:
                     if event_type == "worker-offline":
                         self._goodbye(event.get("hostname"))
+                    elif event_type == "worker-online":
+                        self.worker_joined.set()
                     continue
                 if waiting_in and uuid in waiting_in and event_type != "task-sent":
                     self._forget_waiting(uuid)  # news from a worker: no longer waiting
