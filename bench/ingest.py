@@ -13,7 +13,7 @@ import time
 
 from exporter.app import build_state
 from exporter.config import Config
-from exporter.events.decode import Decoder
+from exporter.decoder import Decoder
 from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.message import RawMessage
 from exporter.tasks.store import RecentTasks

@@ -25,7 +25,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from exporter.app import build_state
 from exporter.config import Config
-from exporter.events.decode import Decoder
+from exporter.decoder import Decoder
 from exporter.exposition import negotiation
 from exporter.exposition.collector import EventsCollector
 from exporter.exposition.page import MetricsPage

@@ -16,15 +16,16 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.config import Config, ListenAddress
+from exporter.config import Config
 from exporter.control import Controller
-from exporter.events.decode import Decoder, RejectionLog
+from exporter.decoder import Decoder, RejectionLog
 from exporter.exposition.collector import EventsCollector
 from exporter.exposition.page import MetricsPage
 from exporter.intake import make_reader
 from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
+from exporter.parsers import ListenAddress
 from exporter.queues import wiring as queue_wiring
 from exporter.queues.collector import OnlineWorkers
 from exporter.queues.registry import consumed_queues

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from exporter.app import build_state
 from exporter.config import Config
-from exporter.events.decode import Decoder
+from exporter.decoder import Decoder
 from exporter.exposition.collector import EventsCollector
 from exporter.exposition.writer import Format
 from exporter.intake.backlog import IntakeBacklog

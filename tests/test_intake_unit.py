@@ -13,7 +13,8 @@ from kombu import Connection
 
 from exporter.app import build_state
 from exporter.config import Config
-from exporter.events.decode import Decoder, b64decode, open_envelope
+from exporter.decoder import Decoder
+from exporter.events.decode import b64decode, open_envelope
 from exporter.intake.backlog import IntakeBacklog
 from exporter.intake.kombu_reader import BufferedRecv
 from exporter.intake.message import RawMessage

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from exporter.events.decode import Decoder
+from exporter.decoder import Decoder
 from exporter.exposition.collector import EventsCollector
 from exporter.exposition.writer import Format
 from exporter.intake.backlog import IntakeBacklog

@@ -12,7 +12,7 @@ import celery
 import kombu
 
 from exporter import __version__
-from exporter.events.decode import Decoder
+from exporter.decoder import Decoder
 from exporter.exposition import catalogue as m
 from exporter.exposition import writer as exposition
 from exporter.exposition.catalogue import WORKER, MetricSpec

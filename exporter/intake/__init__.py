@@ -1,7 +1,7 @@
 """Event intake: paths from a broker to the intake backlog (``backlog.py``), one module per path.
 
 Each path only drains the broker into the backlog of ``RawMessage``s; decoding and counting
-happen on the ingest thread (``exporter.events.decode``) so that the broker's socket never waits
+happen on the decoder thread (``exporter.decoder``) so that the broker's socket never waits
 for them.
 """
 

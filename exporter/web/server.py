@@ -33,9 +33,9 @@ from typing import Any, ClassVar, cast
 import orjson
 
 from exporter import __version__
-from exporter.config import ListenAddress
 from exporter.exposition.page import MetricsPage
 from exporter.logging import get_logger
+from exporter.parsers import ListenAddress
 from exporter.web.api import JSON, Api, ApiError
 from exporter.web.stats import WebStats, path_label
 from exporter.web.webconfig import WebConfig
