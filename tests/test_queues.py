@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import redis
-from kombu import Queue
+from kombu import Connection, Queue
 
 from tests.conftest import PrivateRedis, Processes, client, require_tool, wait_until
 
@@ -315,3 +315,31 @@ def test_a_worker_that_comes_online_is_asked_for_its_queues_at_once(
         what="the new worker's queue and its consumer",
     )
     assert exporter.metrics().get("celery_queue_length", queue="late") == 0.0
+
+
+def test_a_purged_queue_forgets_its_waiting_tasks(broker_url: str, processes: Processes) -> None:
+    exporter = processes.exporter(broker_url, "--queue", "purged", *FAST_POLL)
+    with client(broker_url) as app:
+        for i in range(3):
+            app.send_task("tests.add", args=(i, i), queue="purged")
+
+    def waiting() -> bool:
+        metrics = exporter.metrics()
+        return (
+            metrics.get("celery_queue_length", queue="purged") == 3.0
+            and (metrics.get("celery_queue_oldest_task_age_seconds", queue="purged") or -1) >= 0
+        )
+
+    wait_until(waiting, what="3 tasks waiting, the oldest one's age known")
+    # No worker will ever receive them: only the broker can tell they are gone.
+    with Connection(broker_url) as conn:
+        assert conn.default_channel.queue_purge("purged") == 3
+
+    def forgotten() -> bool:
+        metrics = exporter.metrics()
+        return (
+            metrics.get("celery_queue_length", queue="purged") == 0.0
+            and metrics.get("celery_queue_oldest_task_age_seconds", queue="purged") is None
+        )
+
+    wait_until(forgotten, what="an empty queue and no age for it")
