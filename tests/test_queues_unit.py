@@ -313,3 +313,15 @@ def test_a_worker_online_event_asks_for_a_broadcast() -> None:
     assert not tracker.worker_joined.is_set()
     tracker([{"type": "worker-online", "hostname": "w1"}], 1.0)
     assert tracker.worker_joined.is_set()
+
+
+def test_a_failing_listener_is_counted_and_the_poller_goes_on() -> None:
+    def broken(readings: Any, at: float) -> None:
+        raise KeyError("bug")
+
+    reader = ScriptedReader([{"q": QueueReading(2)}, {"q": QueueReading(1)}])
+    poller = QueuePoller(lambda: reader, QueueRegistry(["q"]), 1.0, listener=broken)
+    poller.poll_once()
+    poller.poll_once()
+    assert poller.status.readings == {"q": QueueReading(1)}
+    assert poller.status.errors == {"other": 2}

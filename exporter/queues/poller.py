@@ -100,7 +100,10 @@ class QueuePoller:
             self.status.readings = readings
             self.status.read_at = started_at
             if self.listener is not None:
-                self.listener(readings, started_at)
+                try:
+                    self.listener(readings, started_at)
+                except Exception as exc:  # a bug there must not stop the polling thread
+                    self._count_error("other", f"{type(exc).__name__}: {exc}")
         finally:
             self.status.duration = time.monotonic() - started
 
