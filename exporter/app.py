@@ -142,6 +142,7 @@ def run(config: Config) -> int:
         inspect_workers=config.inspect_workers,
         interval=config.broadcast_interval,
         event_exchange=config.event_exchange,
+        on_task_names=None if api.store is None else api.store.learn_names,
         on_active_queues=(
             None
             if queues.poller is None

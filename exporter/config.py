@@ -190,6 +190,24 @@ class Config:
         help="Seconds after which an offline worker's series (its gauges, and its task series "
         "when task metrics carry the worker label) are dropped. 0 keeps them forever.",
     )
+    purge_stopped_worker_after: float = setting(
+        300.0,
+        flag="--purge-stopped-worker-after",
+        parse=seconds(0),
+        metavar="SECONDS",
+        help="Seconds after which the series of a worker that stopped cleanly (it sent "
+        "worker-offline) are dropped, sooner than a vanished worker's. 0 leaves it to "
+        "--purge-offline-worker-after.",
+    )
+    max_registered_tasks: int = setting(
+        200,
+        flag="--max-registered-tasks",
+        parse=integer(0),
+        metavar="N",
+        help="Task names per worker, from its inspect registered reply when it comes online, "
+        "whose series are created at 0 (so that a first failure is an increase); the rest get "
+        "theirs at their first event. 0 creates none ahead.",
+    )
     runtime_buckets: tuple[float, ...] = setting(
         DEFAULT_RUNTIME_BUCKETS,
         flag="--runtime-buckets",
@@ -215,8 +233,9 @@ class Config:
         True,
         flag="--enable-events",
         negation="--no-enable-events",
-        help="Broadcast enable_events to the workers periodically, so that workers started "
-        "without -E send task events too.",
+        help="Broadcast enable_events to the workers periodically, and to each worker the "
+        "moment it is first heard of (worker-online or first heartbeat), so that workers "
+        "started without -E send task events from their first task.",
     )
     inspect_workers: bool = setting(
         True,

@@ -2,6 +2,12 @@
 task events on (so workers started without ``-E`` still send them), and ask their pool size
 (heartbeats do not carry it).
 
+A worker just heard of (its worker-online or first heartbeat) is greeted at once, not at the
+next periodic broadcast: its task events are switched on (a broadcast with that destination),
+its registered tasks' series are created at 0, and the names of the tasks it runs and holds
+reserved are learnt (their later events carry none). The names are asked of every worker at
+each (re)connection too: an exporter restarted with tasks in flight names their ends.
+
 All go over the broker's control exchange, on a connection of their own: kombu connections are
 not shared across threads.
 """
@@ -27,6 +33,54 @@ INSPECT_TIMEOUT = 1.0
 STOP_CHECK = 0.2
 """Seconds between looks at the stop event while waiting for the next broadcast: a wait of a
 whole broadcast interval would hold a SIGTERM up for that long."""
+
+
+MAX_TASK_NAME = 200
+"""Longest task name taken from an inspect reply (Celery's names are module paths)."""
+
+
+def registered_tasks(replies: Any) -> dict[str, list[str]]:
+    """{worker hostname: task names} from ``inspect().registered()``'s replies. Celery lists a
+    name alone, or followed by `` [attr=value ...]`` when asked for attributes: the name is
+    the first word."""
+    found: dict[str, list[str]] = {}
+    if not isinstance(replies, dict):
+        return found
+    for hostname, names in replies.items():
+        if not isinstance(hostname, str) or not isinstance(names, list):
+            continue
+        found[hostname] = [
+            name.split(" ", 1)[0]
+            for name in names
+            if isinstance(name, str) and name and len(name) <= MAX_TASK_NAME
+        ]
+    return found
+
+
+def task_names(*replies: Any) -> dict[str, str]:
+    """{task uuid: task name} from ``inspect().active()`` / ``reserved()`` replies (each
+    {hostname: [request info, ...]}); entries without a usable id and name are left out."""
+    found: dict[str, str] = {}
+    for reply in replies:
+        if not isinstance(reply, dict):
+            continue
+        for requests in reply.values():
+            if not isinstance(requests, list):
+                continue
+            for request in requests:
+                if not isinstance(request, dict):
+                    continue
+                uuid, name = request.get("id"), request.get("name")
+                if (
+                    isinstance(uuid, str)
+                    and uuid
+                    and len(uuid) <= MAX_TASK_NAME
+                    and isinstance(name, str)
+                    and name
+                    and len(name) <= MAX_TASK_NAME
+                ):
+                    found[uuid] = name
+    return found
 
 
 def pool_sizes(replies: Any) -> dict[str, int]:
@@ -88,6 +142,7 @@ class Controller:
         on_active_queues: Callable[[Any], None] | None = None,
         event_exchange: str = "celeryev",
         worker_joined: threading.Event | None = None,
+        on_task_names: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
         self.app.conf.broker_transport_options = transport_options
@@ -104,6 +159,8 @@ class Controller:
         self.worker_joined = worker_joined
         """Set when a worker-online event arrives: broadcast at once, so that a new worker gets
         enable_events and its consumed queues are known without waiting for the interval."""
+        self.on_task_names = on_task_names
+        """Given {uuid: name} of tasks in flight: the recent-task store names their rows."""
 
     def run(self, stop: threading.Event) -> None:
         connected = self.status.connected_event
@@ -114,6 +171,10 @@ class Controller:
             reconnected = connected.wait(min(STOP_CHECK, max(0.0, due - time.monotonic())))
             if stop.is_set():
                 return
+            if self.status.connected:
+                new = self.state.new_workers()
+                if new:  # first: the greeting is the quickest way to their task events
+                    self.greet(new, stop)
             joined = self.worker_joined is not None and self.worker_joined.is_set()
             if not reconnected and not joined and time.monotonic() < due:
                 continue
@@ -125,6 +186,52 @@ class Controller:
             connected.clear()
             self.broadcast(wake_up=reconnected)
 
+    def greet(self, hosts: list[str], stop: threading.Event) -> None:
+        """Switch task events on in workers just heard of, create their registered tasks'
+        series at 0 and learn the names of the tasks they hold; each step only to them."""
+        try:
+            with self.app.connection_for_write() as conn:
+                if self.enable_events:
+                    replies = self.app.control.enable_events(
+                        destination=hosts, connection=conn, reply=True, timeout=INSPECT_TIMEOUT
+                    )
+                    answered = sorted(
+                        host for reply in replies or [] if isinstance(reply, dict) for host in reply
+                    )
+                    log.info(
+                        "task events switched on in new workers",
+                        workers=",".join(hosts[:10]),
+                        answered=",".join(answered[:10]),
+                    )
+                if not self.inspect_workers or stop.is_set():
+                    return
+                inspector = self.app.control.inspect(
+                    destination=hosts, timeout=INSPECT_TIMEOUT, connection=conn
+                )
+                registered = registered_tasks(inspector.registered())
+                for hostname, names in registered.items():
+                    left_out = self.state.seed_tasks(hostname, names)
+                    if left_out:
+                        log.warning(
+                            "more registered tasks than --max-registered-tasks: the rest get "
+                            "their series at their first event",
+                            worker=hostname[:200],
+                            left_out=left_out,
+                        )
+                if not stop.is_set():
+                    self._learn_names(inspector)
+        except Exception as exc:
+            log.warning("greeting new workers failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _learn_names(self, inspector: Any) -> None:
+        # safe: the arguments as reprs, never unpickled objects (they are not kept anyway).
+        names = task_names(inspector.active(safe=True), inspector.reserved(safe=True))
+        if not names:
+            return
+        self.state.learn_names(names)
+        if self.on_task_names is not None:
+            self.on_task_names(names)
+
     def broadcast(self, *, wake_up: bool) -> None:
         try:
             with self.app.connection_for_write() as conn:
@@ -134,6 +241,10 @@ class Controller:
                     self.app.control.broadcast("heartbeat", connection=conn)
                 if self.inspect_workers:
                     inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
+                    if wake_up:
+                        # First: an exporter (re)started with tasks in flight needs their names
+                        # before their ends arrive.
+                        self._learn_names(inspector)
                     replies = inspector.stats()
                     self.state.set_concurrency(pool_sizes(replies))
                     answered = {h for h in replies or {} if isinstance(h, str)}

@@ -86,6 +86,20 @@ class Settings:
         default="2m",
         metadata=_help("How long celery_worker_online must stay 0 before CeleryWorkerOffline."),
     )
+    uncounted_window: str = field(
+        default="15m",
+        metadata=_help(
+            "Window in which celery_worker_uncounted_tasks must have grown for "
+            "CeleryWorkerTasksUncounted."
+        ),
+    )
+    uncounted_for: str = field(
+        default="5m",
+        metadata=_help(
+            "How long a worker's uncounted tasks must stay above 0 (and growing within the "
+            "window) before CeleryWorkerTasksUncounted fires."
+        ),
+    )
     no_worker_for: str = field(
         default="2m",
         metadata=_help("How long no worker may be online before CeleryNoWorkerOnline fires."),
@@ -345,6 +359,7 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
     dropped = q.counter(metrics.EXPORTER_EVENTS_DROPPED)
     silent = q.gauge(metrics.EXPORTER_SILENT_WORKERS)
     lost_connections = q.counter(metrics.EXPORTER_BROKER_CONNECTIONS_LOST)
+    uncounted = q.gauge(metrics.WORKER_UNCOUNTED_TASKS)
     drop_reason = q.require_label(metrics.EXPORTER_EVENTS_DROPPED, "reason")
     queue_label = q.require_label(metrics.QUEUE_LENGTH, metrics.QUEUE)
     length = q.fleet_gauge(metrics.QUEUE_LENGTH)
@@ -380,8 +395,12 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             # maximum, so one replica that lost the broker (and with it the heartbeats) does not
             # page while another still hears the worker. With every exporter off the broker no
             # heartbeat can arrive at all; that is CeleryBrokerDisconnected's alert.
+            # A worker that said goodbye (worker-offline: a planned stop, a deploy, a scale-in)
+            # is not an outage: only the vanished page.
             _expr(
                 f"{q.fleet_gauge(metrics.WORKER_ONLINE)} == 0",
+                f"unless on (job, {WORKER_LABEL})",
+                f"{q.fleet_gauge(metrics.WORKER_SHUTDOWN_CLEAN)} == 1",
                 "unless on (job)",
                 f"max by (job) ({connected}) == 0",
             ),
@@ -389,8 +408,25 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             "warning",
             "Celery worker {{ $labels.worker }} is offline",
             "No heartbeat from {{ $labels.worker }} has reached any exporter of job "
-            f"{{{{ $labels.job }}}} for {s.worker_offline_for}: the worker stopped, was killed, "
-            "or lost its broker connection.",
+            f"{{{{ $labels.job }}}} for {s.worker_offline_for}, and it sent no worker-offline: "
+            "it was killed, crashed, or lost its broker connection.",
+        ),
+        AlertRule(
+            "CeleryWorkerTasksUncounted",
+            # Above 0 for a while and still growing: the worker runs tasks whose events do not
+            # arrive (a difference that stopped growing is history, not an ongoing loss).
+            _expr(
+                f"{q.one_replica(f'delta({uncounted}[{s.uncounted_window}])')} > 0",
+                "and",
+                f"{q.one_replica(f'min_over_time({uncounted}[{s.uncounted_for}])')} > 0",
+            ),
+            s.uncounted_for,
+            "warning",
+            "Celery worker {{ $labels.worker }} runs tasks the exporter does not count",
+            'About {{ $value | printf "%.0f" }} more tasks in the last '
+            f"{s.uncounted_window} were started by {{{{ $labels.worker }}}} (its heartbeats' "
+            "processed count) than task-started events reached the exporter: its task events "
+            "are off or lost, and every task metric undercounts it.",
         ),
         AlertRule(
             "CeleryNoWorkerOnline",

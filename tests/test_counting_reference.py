@@ -123,6 +123,8 @@ def tables(counts: Any) -> dict[str, Any]:
         "rejected": counts.rejected,
         "tracked": list(counts.tracked.items()),
         "unlabelled": counts.unlabelled,
+        "ended": counts.ended,
+        "greetings": list(counts.greetings),
     }
 
 

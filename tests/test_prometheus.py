@@ -42,6 +42,7 @@ JOB = "celery-events-exporter"
 EXPECTED_ALERTS = {
     "CeleryTaskFailureRatioHigh",
     "CeleryWorkerOffline",
+    "CeleryWorkerTasksUncounted",
     "CeleryNoWorkerOnline",
     "CeleryExporterDown",
     "CeleryBrokerDisconnected",

@@ -68,6 +68,8 @@ def test_the_state_takes_configs_values_of_the_same_names() -> None:
         queue_wait_buckets=(3.0,),
         max_tracked_tasks=5,
         max_exception_classes=2,
+        purge_stopped_worker_after=30.0,
+        max_registered_tasks=3,
     )
     settings = state_settings(config)
     assert settings == StateSettings(
@@ -78,6 +80,8 @@ def test_the_state_takes_configs_values_of_the_same_names() -> None:
         purge_offline_worker_after=60.0,
         max_tracked_tasks=5,
         max_exception_classes=2,
+        purge_stopped_worker_after=30.0,
+        max_registered_tasks=3,
     )
     config_fields = {f.name for f in dataclasses.fields(Config)}
     assert {f.name for f in dataclasses.fields(StateSettings)} <= config_fields

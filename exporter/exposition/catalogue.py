@@ -178,6 +178,21 @@ WORKER_INFO = MetricSpec(
     "Always 1; the worker's software as its heartbeats announce it.",
     (WORKER, "sw_ident", "sw_ver", "sw_sys"),
 )
+WORKER_UNCOUNTED_TASKS = MetricSpec(
+    "celery_worker_uncounted_tasks",
+    Kind.GAUGE,
+    "Tasks the worker started (its heartbeats' processed count, since the exporter first "
+    "heard it) that no task-started event reached the exporter for: their task events were "
+    "off (a worker started without -E, before enable_events reached it) or were lost.",
+    (WORKER,),
+)
+WORKER_SHUTDOWN_CLEAN = MetricSpec(
+    "celery_worker_shutdown_clean",
+    Kind.GAUGE,
+    "1 when the worker's last word was worker-offline (a planned stop: it said goodbye), 0 "
+    "while it runs or after it vanished without one (a crash, SIGKILL, a lost host).",
+    (WORKER,),
+)
 
 QUEUE_LENGTH = MetricSpec(
     "celery_queue_length",
@@ -291,7 +306,7 @@ EXPORTER_RECENT_TASKS = MetricSpec(
     "celery_exporter_recent_tasks",
     Kind.GAUGE,
     "Tasks held in the recent-task store that /api/tasks serves (at most --max-recent-tasks), "
-    "as of the last read: the store merges new events when it is read.",
+    "up to date at every scrape (the scrape merges the events that arrived since).",
 )
 EXPORTER_RECENT_TASKS_EVICTED = MetricSpec(
     "celery_exporter_recent_tasks_evicted",
@@ -388,6 +403,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     WORKER_PROCESSED,
     WORKER_TASKS,
     WORKER_INFO,
+    WORKER_UNCOUNTED_TASKS,
+    WORKER_SHUTDOWN_CLEAN,
     QUEUE_LENGTH,
     QUEUE_CONSUMERS,
     QUEUE_UNACKED,

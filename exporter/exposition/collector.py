@@ -132,7 +132,14 @@ class EventsCollector:
     def _workers(
         workers: Sequence[WorkerView], per_worker: Mapping[str, Mapping[str, int]]
     ) -> SmallFamilies:
-        specs = (*m.WORKER_GAUGES, m.WORKER_PROCESSED, m.WORKER_TASKS, m.WORKER_INFO)
+        specs = (
+            *m.WORKER_GAUGES,
+            m.WORKER_PROCESSED,
+            m.WORKER_TASKS,
+            m.WORKER_INFO,
+            m.WORKER_UNCOUNTED_TASKS,
+            m.WORKER_SHUTDOWN_CLEAN,
+        )
         families: dict[MetricSpec, dict[LabelKey, float]] = {spec: {} for spec in specs}
         for view in workers:
             worker = view.state
@@ -145,8 +152,15 @@ class EventsCollector:
                 families[m.WORKER_ACTIVE_TASKS][host] = worker.active
             if worker.concurrency is not None:
                 families[m.WORKER_CONCURRENCY][host] = worker.concurrency
+            families[m.WORKER_SHUTDOWN_CLEAN][host] = 1.0 if worker.said_goodbye else 0.0
             if worker.processed is not None:
                 families[m.WORKER_PROCESSED][host] = worker.processed
+                if worker.processed_base is not None:
+                    started = per_worker.get(worker.hostname, {}).get("task-started", 0)
+                    accepted = worker.processed - worker.processed_base
+                    # A started event may trail the heartbeat that counted it: never below 0.
+                    uncounted = accepted - (started - worker.started_base)
+                    families[m.WORKER_UNCOUNTED_TASKS][host] = max(0, uncounted)
             if worker.loadavg is not None:
                 loads = (m.WORKER_LOAD1, m.WORKER_LOAD5, m.WORKER_LOAD15)
                 for spec, value in zip(loads, worker.loadavg, strict=True):
@@ -181,7 +195,7 @@ class EventsCollector:
             (m.EXPORTER_TRACKED_TASKS, {(): tracked}),
         ]
         if self.recent_tasks is not None:
-            families.append((m.EXPORTER_RECENT_TASKS, {(): len(self.recent_tasks)}))
+            families.append((m.EXPORTER_RECENT_TASKS, {(): self.recent_tasks.count()}))
             families.append((m.EXPORTER_RECENT_TASKS_EVICTED, {(): self.recent_tasks.evicted}))
             dropped = self.recent_tasks.dropped
             families.append((m.EXPORTER_RECENT_TASK_EVENTS_DROPPED, {(): dropped}))

@@ -8,7 +8,7 @@ readers get) and ``settings``.
 """
 
 from exporter.events.vocabulary import MAX_CUSTOM_EVENT_TYPES
-from exporter.state.counting import OTHER, UNKNOWN_TASK, Counts
+from exporter.state.counting import MAX_ENDED_NAMES, OTHER, UNKNOWN_TASK, Counts
 from exporter.state.histogram import Histogram
 from exporter.state.settings import StateSettings
 from exporter.state.snapshot import Snapshot, TaskKey, WorkerRow, WorkerView
@@ -17,6 +17,7 @@ from exporter.state.workers import WorkerState
 
 __all__ = [
     "MAX_CUSTOM_EVENT_TYPES",
+    "MAX_ENDED_NAMES",
     "OTHER",
     "UNKNOWN_TASK",
     "Counts",

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from exporter.events.exceptions import exception_class
@@ -48,6 +49,14 @@ RejectHook = Callable[[str, str], None]
 _INF = math.inf
 _WORKER_EVENTS = frozenset(WORKER_EVENTS)
 
+MAX_GREETINGS = 10_000
+"""Workers waiting to be greeted by the controller, at most (a flood of crafted hostnames must
+not grow memory; the periodic broadcast reaches any left out)."""
+
+MAX_ENDED_NAMES = 10_000
+"""Names of tasks that failed, were rejected or revoked, kept to name a later event of theirs
+(Celery 5.7 sends task-rejected after task-failed for Reject) without counting them as tracked."""
+
 
 class Counts:
     """Everything counted from the events: task counts and histograms per (task, worker), the
@@ -75,6 +84,12 @@ class Counts:
         self.unlabelled: dict[str, dict[str, int]] = {}
         """hostname -> {task event type: count}, kept only when the worker label is off (with it
         on, ``task_counts`` already holds them)."""
+        self.ended: dict[str, str] = {}
+        """uuid -> name of tasks that ended with no success, oldest first (MAX_ENDED_NAMES)."""
+        self.greetings: deque[str] = deque(maxlen=MAX_GREETINGS)
+        """Hostnames of workers just heard of (first heartbeat, or worker-online: a start), for
+        the controller to switch their task events on and learn their tasks; deque's append and
+        popleft are thread-safe."""
         self._exception_classes: set[str] = set()
         self._custom_event_types = 0
 
@@ -101,9 +116,17 @@ class Counts:
                 counts = task_counts.get(event_type)
                 if counts is None:  # not a task state: worker events, task-sent, custom
                     if event_type in _WORKER_EVENTS:
-                        apply_worker_event(self.workers, event, event_type, hostname, received_at)
+                        if apply_worker_event(
+                            self.workers,
+                            event,
+                            event_type,
+                            hostname,
+                            received_at,
+                            self.started_count,
+                        ):
+                            self.greetings.append(hostname)
                     elif event_type == TASK_SENT:
-                        self._count_sent(event)
+                        self._count_sent(event, uuid)
                         task_events += 1
                     continue
 
@@ -111,7 +134,7 @@ class Counts:
                 tracked = tracked_tasks.get(uuid)
                 if event_type == TASK_RECEIVED:
                     if (type(name) is not str and not isinstance(name, str)) or not name:
-                        name = tracked[0] if tracked else UNKNOWN_TASK
+                        name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
                     timestamp = event.get("timestamp")
                     # A retry is received again: move it to the young end.
                     if tracked is not None:
@@ -127,7 +150,7 @@ class Counts:
                     or (type(name) is not str and not isinstance(name, str))
                     or not name
                 ):
-                    name = tracked[0] if tracked else UNKNOWN_TASK
+                    name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
 
                 if worker_label:
                     key = (name, hostname)
@@ -136,7 +159,8 @@ class Counts:
                     self._count_unlabelled(hostname, event_type)
                 try:
                     counts[key] += 1
-                except KeyError:
+                except KeyError:  # the pair's first event: its other series start at 0
+                    self.seed(key)
                     counts[key] = 1
 
                 # The one observation a task event may make: queue wait or runtime.
@@ -166,10 +190,11 @@ class Counts:
                     if tracked is not None:
                         del tracked_tasks[uuid]
                 elif event_type == TASK_FAILED:
-                    # Not forgotten yet: a task that raised Reject fails first, then is rejected.
                     self._count_exception(name, event.get("exception"))
+                    if tracked is not None:
+                        self._end(uuid, name)
                 elif event_type in (TASK_REJECTED, TASK_REVOKED) and tracked:
-                    del tracked_tasks[uuid]
+                    self._end(uuid, name)
                 if histograms is not None:
                     try:
                         histogram = histograms[key]
@@ -185,6 +210,53 @@ class Counts:
             except Exception as exc:  # a bug or an input we did not foresee: count it, go on
                 self.reject(INVALID_FIELD, f"{type(exc).__name__}: {exc}")
         return task_events
+
+    def _end(self, uuid: str, name: str) -> None:
+        """Stop tracking a task that failed, was rejected or revoked; keep its name a while:
+        a task that raised Reject fails first, then is rejected."""
+        del self.tracked[uuid]
+        ended = self.ended
+        ended[uuid] = name
+        if len(ended) > MAX_ENDED_NAMES:
+            del ended[next(iter(ended))]
+
+    def seed(self, key: TaskKey) -> None:
+        """Create ``key``'s state counters and histograms at 0 where they do not exist: a
+        series whose first sample is 1 shows no increase() in Prometheus."""
+        for counts in self.task_counts.values():
+            if key not in counts:
+                counts[key] = 0
+        if key not in self.runtime:
+            self.runtime[key] = Histogram.empty(self.settings.runtime_buckets)
+        if key not in self.queue_wait:
+            self.queue_wait[key] = Histogram.empty(self.settings.queue_wait_buckets)
+
+    def seed_tasks(self, hostname: str, names: Sequence[str]) -> int:
+        """Create the series of the tasks a worker has registered at 0, up to
+        ``max_registered_tasks`` of them; returns how many names the cap left out."""
+        limit = self.settings.max_registered_tasks
+        host = hostname if self.settings.worker_label else ""
+        for name in names[:limit]:
+            self.seed((name, host))
+        return max(0, len(names) - limit)
+
+    def learn_names(self, names: Mapping[str, str]) -> None:
+        """Remember the names of tasks in flight ({uuid: name}, from inspect active/reserved):
+        their later events carry none."""
+        tracked = self.tracked
+        for uuid, name in names.items():
+            if uuid not in tracked:
+                tracked[uuid] = (name, None)
+        while len(tracked) > self.settings.max_tracked_tasks:
+            del tracked[next(iter(tracked))]
+
+    def started_count(self, hostname: str) -> int:
+        """task-started events counted from a worker so far (called rarely: at a worker's
+        first heartbeat or its restart)."""
+        if not self.settings.worker_label:
+            return self.unlabelled.get(hostname, {}).get(TASK_STARTED, 0)
+        started = self.task_counts[TASK_STARTED]
+        return sum(count for (_, host), count in started.items() if host == hostname)
 
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -210,7 +282,7 @@ class Counts:
             counts = self.unlabelled[hostname] = {}
         counts[event_type] = counts.get(event_type, 0) + 1
 
-    def _count_sent(self, event: dict[str, Any]) -> None:
+    def _count_sent(self, event: dict[str, Any], uuid: str) -> None:
         name = event.get("name")
         queue = event.get("queue")
         key = (
@@ -218,6 +290,13 @@ class Counts:
             queue if isinstance(queue, str) else "",
         )
         self.sent[key] = self.sent.get(key, 0) + 1
+        # Named from here: a task revoked or expired before a worker received it sends no
+        # task-received, only its task-revoked.
+        tracked = self.tracked
+        if key[0] != UNKNOWN_TASK and uuid and uuid not in tracked:
+            tracked[uuid] = (key[0], None)
+            if len(tracked) > self.settings.max_tracked_tasks:
+                del tracked[next(iter(tracked))]
 
     def _count_exception(self, task: str, exception: Any) -> None:
         cls = exception_class(exception)
@@ -236,6 +315,8 @@ class Counts:
         found: dict[str, dict[str, int]] = {}
         for event_type, counts in self.task_counts.items():
             for (_, hostname), count in counts.items():
+                if not count:  # a series created at 0 ahead of its first event
+                    continue
                 host_counts = found.get(hostname)
                 if host_counts is None:
                     host_counts = found[hostname] = {}

@@ -15,7 +15,7 @@ from typing import Any
 from exporter.events import vocabulary as v
 from exporter.events.exceptions import exception_class
 from exporter.events.validate import INVALID_FIELD, Rejected, is_number, validate
-from exporter.state.counting import OTHER, UNKNOWN_TASK, RejectHook
+from exporter.state.counting import MAX_ENDED_NAMES, OTHER, UNKNOWN_TASK, RejectHook
 from exporter.state.histogram import Histogram
 from exporter.state.settings import StateSettings
 from exporter.state.snapshot import TaskKey
@@ -38,6 +38,8 @@ class ReferenceCounts:
         self.rejected: dict[str, int] = {}
         self.tracked: dict[str, tuple[str, float | None]] = {}
         self.unlabelled: dict[str, dict[str, int]] = {}
+        self.ended: dict[str, str] = {}
+        self.greetings: list[str] = []
         self.exception_classes: set[str] = set()
         self.custom_event_types: set[str] = set()
         self._task_handlers: dict[str, Callable[[dict[str, Any], TaskKey, str], None]] = {
@@ -73,16 +75,21 @@ class ReferenceCounts:
             raise
         self._count_type(event_type)
         if event_type in v.WORKER_EVENTS:
-            apply_worker_event(self.workers, event, event_type, hostname, received_at)
+            if apply_worker_event(
+                self.workers, event, event_type, hostname, received_at, self._started_count
+            ):
+                self.greetings.append(hostname)
             return False
         if event_type == v.TASK_SENT:
-            self._count_sent(event)
+            self._count_sent(event, uuid)
             return True
         if event_type not in v.TASK_STATE_EVENTS:
             return False  # a custom event: counted by type only
         if event_type == v.TASK_RECEIVED:
             self._track(uuid, event)
         key = (self._task_name(uuid, event), hostname if self.settings.worker_label else "")
+        if key not in self.task_counts[event_type]:
+            self._seed(key)
         self._add(self.task_counts[event_type], key)
         if not self.settings.worker_label:
             self._add(self.unlabelled.setdefault(hostname, {}), event_type)
@@ -98,22 +105,42 @@ class ReferenceCounts:
         else:
             self._add(self.events_by_type, OTHER)
 
-    def _count_sent(self, event: dict[str, Any]) -> None:
+    def _count_sent(self, event: dict[str, Any], uuid: str) -> None:
+        """Count a task-sent; a named one names its task from now on (a task revoked before
+        any worker received it sends no task-received)."""
         name, queue = event.get("name"), event.get("queue")
         if not isinstance(name, str) or not name:
             name = UNKNOWN_TASK
         if not isinstance(queue, str):
             queue = ""
         self._add(self.sent, (name, queue))
+        if name != UNKNOWN_TASK and uuid and uuid not in self.tracked:
+            self.tracked[uuid] = (name, None)
+            if len(self.tracked) > self.settings.max_tracked_tasks:
+                del self.tracked[next(iter(self.tracked))]
+
+    def _seed(self, key: TaskKey) -> None:
+        """A pair's first event: every state counter and histogram of it exists from 0."""
+        for counts in self.task_counts.values():
+            counts.setdefault(key, 0)
+        self.runtime.setdefault(key, Histogram.empty(self.settings.runtime_buckets))
+        self.queue_wait.setdefault(key, Histogram.empty(self.settings.queue_wait_buckets))
+
+    def _started_count(self, hostname: str) -> int:
+        if not self.settings.worker_label:
+            return self.unlabelled.get(hostname, {}).get(v.TASK_STARTED, 0)
+        started = self.task_counts[v.TASK_STARTED]
+        return sum(count for (_, host), count in started.items() if host == hostname)
 
     def _task_name(self, uuid: str, event: dict[str, Any]) -> str:
-        """The event's name, else the one its task was received with, else "unknown"."""
+        """The event's name, else the one its task was received (or sent) with, else the one
+        it ended with, else "unknown"."""
         name = event.get("name")
         if isinstance(name, str) and name:
             return name
         if uuid in self.tracked:
             return self.tracked[uuid][0]
-        return UNKNOWN_TASK
+        return self.ended.get(uuid, UNKNOWN_TASK)
 
     def _track(self, uuid: str, event: dict[str, Any]) -> None:
         """Remember a received task (a retry again, as the youngest), the oldest forgotten past
@@ -142,7 +169,7 @@ class ReferenceCounts:
         self.tracked.pop(uuid, None)
 
     def _failed(self, event: dict[str, Any], key: TaskKey, uuid: str) -> None:
-        # The task stays tracked: one that raised Reject fails first, then is rejected.
+        self._ended(event, key, uuid)
         exception = event.get("exception")
         cls = exception_class(exception)
         if cls not in self.exception_classes:
@@ -153,7 +180,12 @@ class ReferenceCounts:
         self._add(self.exceptions, (key[0], cls))
 
     def _ended(self, event: dict[str, Any], key: TaskKey, uuid: str) -> None:
-        self.tracked.pop(uuid, None)
+        """No longer in flight; the name is kept a while (a Reject fails, then is rejected)."""
+        if uuid in self.tracked:
+            del self.tracked[uuid]
+            self.ended[uuid] = key[0]
+            if len(self.ended) > MAX_ENDED_NAMES:
+                del self.ended[next(iter(self.ended))]
 
     @staticmethod
     def _observe(

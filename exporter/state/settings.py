@@ -14,3 +14,5 @@ class StateSettings:
     purge_offline_worker_after: float = 0.0
     max_tracked_tasks: int = 100_000
     max_exception_classes: int = 50
+    purge_stopped_worker_after: float = 0.0
+    max_registered_tasks: int = 200

@@ -112,6 +112,27 @@ class State:
             for hostname, concurrency in sizes.items():
                 workers.worker(self.counts.workers, hostname).concurrency = concurrency
 
+    def new_workers(self) -> list[str]:
+        """Workers heard of for the first time, or (re)started, since the last call: the
+        controller greets them (their task events on, their registered tasks' series at 0)."""
+        greetings = self.counts.greetings  # a deque: safe without the lock
+        hosts: dict[str, None] = {}
+        while greetings:
+            hosts[greetings.popleft()] = None
+        return list(hosts)
+
+    def seed_tasks(self, hostname: str, names: Sequence[str]) -> int:
+        """Create the series of a worker's registered tasks at 0 (``max_registered_tasks`` of
+        them at most); returns how many names the cap left out."""
+        with self._lock:
+            return self.counts.seed_tasks(hostname, names)
+
+    def learn_names(self, names: Mapping[str, str]) -> None:
+        """Remember the names of tasks in flight ({uuid: name}, from the workers' inspect
+        active/reserved replies): their later events carry none."""
+        with self._lock:
+            self.counts.learn_names(names)
+
     # -- the reading side --------------------------------------------------------------------
 
     def snapshot(self, now: float) -> Snapshot:
@@ -155,7 +176,11 @@ class State:
     def _purge(self, now: float) -> list[str]:
         settings = self.settings
         gone = workers.long_gone(
-            self.counts.workers, now, settings.worker_timeout, settings.purge_offline_worker_after
+            self.counts.workers,
+            now,
+            settings.worker_timeout,
+            settings.purge_offline_worker_after,
+            settings.purge_stopped_worker_after,
         )
         for host in gone:
             self.counts.forget_worker(host)

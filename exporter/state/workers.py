@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from exporter.events.validate import INVALID_FIELD, Rejected, is_number
-from exporter.events.vocabulary import WORKER_OFFLINE
+from exporter.events.vocabulary import WORKER_OFFLINE, WORKER_ONLINE
 
 
 @dataclass
@@ -23,6 +24,11 @@ class WorkerState:
     """worker-offline arrived after the last heartbeat (a clean shutdown)."""
     concurrency: int | None = None
     """The pool's max-concurrency, from inspect stats (heartbeats do not carry it)."""
+    processed_base: int | None = None
+    """The heartbeats' ``processed`` when the exporter first heard the worker (or when it
+    restarted: processed went down), and ``started_base`` the task-started events counted from
+    it by then: what the worker accepted since, less what was seen starting, is uncounted."""
+    started_base: int = 0
 
 
 def worker(workers: dict[str, WorkerState], hostname: str) -> WorkerState:
@@ -39,8 +45,11 @@ def apply_worker_event(
     event_type: str,
     hostname: str,
     received_at: float,
-) -> None:
-    """Update a worker's liveness and gauges from a worker-online/heartbeat/offline event.
+    started_count: Callable[[str], int],
+) -> bool:
+    """Update a worker's liveness and gauges from a worker-online/heartbeat/offline event;
+    True when the worker is new to the exporter or (re)started: it is to be greeted.
+    ``started_count(hostname)`` gives the task-started events counted from it so far.
 
     Raises ``Rejected`` for a number no worker sends, before anything of the event is applied.
     """
@@ -50,7 +59,8 @@ def apply_worker_event(
     state = worker(workers, hostname)
     if event_type == WORKER_OFFLINE:
         state.said_goodbye = True
-        return
+        return False
+    greet = state.last_heartbeat == 0.0 or event_type == WORKER_ONLINE
     state.said_goodbye = False
     state.last_heartbeat = received_at
     # The reply to a receiver's wake-up broadcast is a heartbeat with freq 5 and no load or
@@ -60,10 +70,14 @@ def apply_worker_event(
     if freq is not None and (full or state.freq == 0.0):
         state.freq = freq
     if not full:
-        return
+        return greet
     if active is not None:
         state.active = active
     if processed is not None:
+        previous = state.processed
+        if state.processed_base is None or (previous is not None and processed < previous):
+            state.processed_base = processed  # first heard, or restarted
+            state.started_base = started_count(hostname)
         state.processed = processed
     if loadavg is not None:
         state.loadavg = loadavg
@@ -72,6 +86,7 @@ def apply_worker_event(
         _text(event.get("sw_ver")),
         _text(event.get("sw_sys")),
     )
+    return greet
 
 
 MAX_HEARTBEAT_INTERVAL = 3600.0
@@ -135,16 +150,28 @@ def is_online(worker: WorkerState, now: float, worker_timeout: float) -> bool:
 
 
 def long_gone(
-    workers: dict[str, WorkerState], now: float, worker_timeout: float, delay: float
+    workers: dict[str, WorkerState],
+    now: float,
+    worker_timeout: float,
+    delay: float,
+    stopped_delay: float = 0.0,
 ) -> list[str]:
-    """Workers offline for longer than ``delay`` (none when ``delay`` is 0: never purge)."""
-    if delay <= 0:
+    """Workers offline for longer than ``delay``, or stopped cleanly (worker-offline) for
+    longer than ``stopped_delay``; a delay of 0 purges nothing of its kind."""
+    if delay <= 0 and stopped_delay <= 0:
         return []
     return [
         host
         for host, state in workers.items()
         if not is_online(state, now, worker_timeout)
-        and now - (state.last_heartbeat + timeout(state, worker_timeout)) > delay
+        and (
+            (delay > 0 and now - (state.last_heartbeat + timeout(state, worker_timeout)) > delay)
+            or (
+                stopped_delay > 0
+                and state.said_goodbye
+                and now - state.last_heartbeat > stopped_delay
+            )
+        )
     ]
 
 

@@ -190,10 +190,34 @@ class RecentTasks:
         """Tasks evicted from the records to keep them within ``max_tasks``."""
         self.dropped = 0
         """Task events that left the window before a read merged them."""
+        self._known_names: dict[str, str] = {}
+        """uuid -> name learnt from the workers for tasks not in the records yet."""
 
     def __len__(self) -> int:
         """Task records as of the last read."""
         return len(self._tasks)
+
+    def count(self) -> int:
+        """Task records up to date with every message kept so far (merges what is new)."""
+        with self._merge_lock:
+            self._merge_new()
+            return len(self._tasks)
+
+    def learn_names(self, names: dict[str, str]) -> None:
+        """Name tasks whose events carry no name ({uuid: name}, from the workers' inspect
+        active/reserved replies): an exporter restarted with tasks in flight sees only their
+        later events. Kept for tasks not in the records yet, up to ``max_tasks`` names."""
+        with self._merge_lock:
+            self._merge_new()
+            tasks, known = self._tasks, self._known_names
+            for uuid, name in names.items():
+                record = tasks.get(uuid)
+                if record is None:
+                    known[uuid] = bounds.cut(name, bounds.NAME_BYTES)
+                elif record.name is None:
+                    record.name = bounds.cut(name, bounds.NAME_BYTES)
+            while len(known) > self.max_tasks:
+                del known[next(iter(known))]
 
     @property
     def pending(self) -> int:
@@ -272,6 +296,8 @@ class RecentTasks:
         record = tasks.get(uuid)
         if record is None:
             record = tasks[uuid] = TaskRecord(uuid, received_at)
+            if self._known_names:
+                record.name = self._known_names.pop(uuid, None)
             if len(tasks) > self.max_tasks:
                 tasks.popitem(last=False)
                 self.evicted += 1
