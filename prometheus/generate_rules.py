@@ -415,10 +415,11 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             "CeleryWorkerTasksUncounted",
             # Above 0 for a while and still growing: the worker runs tasks whose events do not
             # arrive (a difference that stopped growing is history, not an ongoing loss).
+            # Folded first, then taken over time (subqueries): one series per worker.
             _expr(
-                f"{q.one_replica(f'delta({uncounted}[{s.uncounted_window}])')} > 0",
+                f"delta(({q.one_replica(uncounted)})[{s.uncounted_window}:]) > 0",
                 "and",
-                f"{q.one_replica(f'min_over_time({uncounted}[{s.uncounted_for}])')} > 0",
+                f"min_over_time(({q.one_replica(uncounted)})[{s.uncounted_for}:]) > 0",
             ),
             s.uncounted_for,
             "warning",
