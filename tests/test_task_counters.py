@@ -93,12 +93,20 @@ def test_every_task_state_is_counted_exactly(broker_url: str, processes: Process
     assert (
         metrics.get("celery_task_exceptions_total", task="tests.fail", exception="ValueError") == 3
     )
-    # One runtime observation per success, one queue-wait observation per start.
+    # One runtime observation per success, one queue-wait observation per start; every task
+    # the worker registered has its histograms from 0 (inspect registered, when it came online).
+    registered = dict.fromkeys(
+        ("tests.add", "tests.fail", "tests.flaky", "tests.flaky_exc", "tests.image",
+         "tests.reject", "tests.sleep"), 0.0,
+    )  # fmt: skip
     assert metrics.by_label("celery_task_runtime_seconds_count", "task", worker=WORKER) == {
-        "tests.add": 5.0, "tests.flaky": 1.0,
+        **registered, "tests.add": 5.0, "tests.flaky": 1.0,
     }  # fmt: skip
     assert metrics.by_label("celery_task_queue_wait_seconds_count", "task", worker=WORKER) == {
-        "tests.add": 5.0, "tests.fail": 3.0, "tests.flaky": 3.0, "tests.reject": 1.0,
+        **registered, "tests.add": 5.0, "tests.fail": 3.0, "tests.flaky": 3.0, "tests.reject": 1.0,
+    }  # fmt: skip
+    assert metrics.by_label("celery_task_failed_total", "task", worker=WORKER) == {
+        **registered, "tests.fail": 3.0, "tests.reject": 1.0,
     }  # fmt: skip
     # tests.add returns at once: every runtime lands in the first bucket (10 ms).
     assert metrics.get("celery_task_runtime_seconds_bucket", task="tests.add", worker=WORKER,
