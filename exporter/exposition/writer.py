@@ -7,8 +7,9 @@ character). So the event families are written here. Both formats write a series 
 differ only in the family headers and the closing ``# EOF``, so a series' lines are rendered once,
 as bytes, and kept per key with the value(s) they show: between two scrapes many tasks and workers
 saw nothing, and comparing a tuple of counts costs far less than formatting it again. The output is
-byte-for-byte what prometheus-client writes for the same families in either format (a unit test
-holds it to that); the process and runtime collectors, a few dozen series, still go through it
+byte-for-byte what prometheus-client writes for the same families in either format (the tests hold
+it to that, prometheus-client's writers being their oracle: ``tests/exposition_oracle.py``); the
+process and runtime collectors, a few dozen series, still go through prometheus-client
 (``exporter.exposition.page``).
 """
 
