@@ -70,7 +70,9 @@ def build_state(
 
 def build_store(config: Config) -> RecentTasks | None:
     """The recent-task store of the Tasks view; None when it is turned off."""
-    return RecentTasks(config.max_recent_tasks) if config.max_recent_tasks > 0 else None
+    if config.max_recent_tasks <= 0:
+        return None
+    return RecentTasks(config.max_recent_tasks, config.forget_pending_tasks_after)
 
 
 def build_api(config: Config, state: State, store: RecentTasks | None, stats: WebStats) -> Api:

@@ -276,6 +276,15 @@ class Config:
         help="Tasks kept in memory for /api/tasks (the Tasks table); the oldest are dropped "
         "first. 0 turns the store off.",
     )
+    forget_pending_tasks_after: float = setting(
+        3600.0,
+        flag="--forget-pending-tasks-after",
+        parse=seconds(0),
+        metavar="SECONDS",
+        help="Seconds after which /api/tasks drops a task seen only as sent (PENDING): its "
+        "worker may send no task events, and it would read PENDING until evicted. It comes "
+        "back with its next event. 0 keeps such rows.",
+    )
     expose_task_payloads: bool = setting(
         False,
         flag="--expose-task-payloads",

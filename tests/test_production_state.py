@@ -4,10 +4,14 @@ vanished workers, and the controller's parsing of inspect replies."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
 from exporter.control import registered_tasks, task_names
-from exporter.state import MAX_ENDED_NAMES
+from exporter.state import MAX_ENDED_NAMES, State, StateSettings
+from exporter.tasks.store import RecentTasks
 from tests.test_state import T0, feed, heartbeat, make_state, render, task
 
 pytestmark = pytest.mark.unit
@@ -142,3 +146,52 @@ def test_active_and_reserved_replies_give_uuid_to_name() -> None:
     active = {"w1@h": [{"id": "u1", "name": "tasks.add", "args": [1]}, {"id": "u2"}, "junk"]}
     reserved = {"w2@h": [{"id": "u3", "name": "tasks.mul"}, {"id": 4, "name": "n"}], "w3": None}
     assert task_names(active, reserved, None) == {"u1": "tasks.add", "u3": "tasks.mul"}
+
+
+def _store_fed(**store_options: Any) -> tuple[State, RecentTasks]:
+    store = RecentTasks(100, **store_options)
+    state = State(
+        StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS),
+        task_observer=store.keep,
+    )
+    return state, store
+
+
+def sent(uuid: str) -> dict[str, Any]:
+    return {"type": "task-sent", "uuid": uuid, "hostname": "client@h", "name": "t", "queue": "q"}
+
+
+def test_a_task_seen_only_as_sent_is_forgotten_after_the_timeout() -> None:
+    now = [T0]
+    state, store = _store_fed(forget_pending_after=60.0, clock=lambda: now[0])
+    state.apply(sent("old"), T0)
+    state.apply(sent("moving"), T0)
+    state.apply(task("received", "moving", name="t", timestamp=T0 + 1), T0 + 1)
+    state.apply(sent("young"), T0 + 50)
+    now[0] = T0 + 70
+    assert {(r.uuid, r.state) for r in store.records()} == {
+        ("moving", "RECEIVED"), ("young", "PENDING"),
+    }  # fmt: skip
+    assert store.evicted == 1
+    # Its next event brings it back.
+    state.apply(task("received", "old", name="t", timestamp=T0 + 71), T0 + 71)
+    record = store.get("old")
+    assert record is not None and record.state == "RECEIVED"
+
+
+def test_the_recent_task_count_is_fresh_at_every_scrape() -> None:
+    state, store = _store_fed()
+    state.apply(sent("a"), T0)
+    state.apply(sent("b"), T0)
+    assert len(store) == 0  # as of the last read: none yet
+    assert store.count() == 2
+
+
+def test_names_learnt_from_the_workers_name_rows_in_the_tasks_view() -> None:
+    state, store = _store_fed()
+    state.apply(task("started", "in-flight"), T0)
+    store.learn_names({"in-flight": "tests.sleep", "reserved": "tests.add"})
+    state.apply(task("succeeded", "reserved", runtime=0.1), T0 + 1)
+    assert {r.uuid: r.name for r in store.records()} == {
+        "in-flight": "tests.sleep", "reserved": "tests.add",
+    }  # fmt: skip

@@ -311,8 +311,9 @@ EXPORTER_RECENT_TASKS = MetricSpec(
 EXPORTER_RECENT_TASKS_EVICTED = MetricSpec(
     "celery_exporter_recent_tasks_evicted",
     Kind.COUNTER,
-    "Tasks dropped from the recent-task store to keep it within --max-recent-tasks, oldest first "
-    "(counted when a read merges new events).",
+    "Tasks dropped from the recent-task store to keep it within --max-recent-tasks, oldest first, "
+    "or seen only as sent for longer than --forget-pending-tasks-after (counted when a read "
+    "merges new events).",
 )
 EXPORTER_RECENT_TASK_EVENTS_DROPPED = MetricSpec(
     "celery_exporter_recent_task_events_dropped",

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -169,10 +170,19 @@ class RecentTasks:
     later events carry.
     """
 
-    def __init__(self, max_tasks: int) -> None:
+    def __init__(
+        self,
+        max_tasks: int,
+        forget_pending_after: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if max_tasks < 1:
             raise ValueError("max_tasks must be at least 1")
         self.max_tasks = max_tasks
+        self.forget_pending_after = forget_pending_after
+        """Seconds after which a task seen only as sent (PENDING) is dropped: one whose worker
+        sends no task events would otherwise read PENDING until evicted. 0 keeps them."""
+        self.clock = clock
         self.window_events = WINDOW_EVENTS_PER_TASK * max_tasks
         self.window_bytes = WINDOW_BYTES_PER_TASK * max_tasks
         self._window: deque[Kept] = deque()
@@ -281,6 +291,23 @@ class RecentTasks:
                 continue
             for event in events if type(events) is list else (events,):
                 observe(event, received_at)
+        if self.forget_pending_after > 0:
+            self._forget_stale_pending(self.clock() - self.forget_pending_after)
+
+    def _forget_stale_pending(self, before: float) -> None:
+        """Drop the PENDING records first seen before ``before`` (counted as evicted): the
+        records are ordered by arrival (a received task moves to the end), so the scan stops
+        at the first record newer than that."""
+        tasks = self._tasks
+        stale: list[str] = []
+        for uuid, record in tasks.items():
+            if record.first_seen >= before and record.received is None:
+                break
+            if record.state is PENDING and record.first_seen < before:
+                stale.append(uuid)
+        for uuid in stale:
+            del tasks[uuid]
+        self.evicted += len(stale)
 
     def _observe(self, event: Any, received_at: float) -> None:
         """Merge one event into its task's record, the events the state rejected left out."""
