@@ -41,14 +41,14 @@ def greeted(exporter: ExporterProcess, worker: str) -> bool:
 
 
 def test_a_worker_started_after_the_exporter_without_E_is_counted_from_its_first_task(
-    redis_url: str, processes: Processes
+    broker_url: str, processes: Processes
 ) -> None:
     # The periodic broadcast is 5 minutes away: only the greeting can switch events on.
-    exporter = processes.exporter(redis_url, "--broadcast-interval", "300")
-    processes.worker(redis_url, "late@prod", events=False)
+    exporter = processes.exporter(broker_url, "--broadcast-interval", "300")
+    processes.worker(broker_url, "late@prod", events=False)
     wait_until(lambda: greeted(exporter, "late@prod"), what="the new worker greeted")
 
-    with client(redis_url) as app:
+    with client(broker_url) as app:
         for i in range(20):
             app.send_task("tests.add", (i, i))
     metrics = wait_metric(exporter, SUCCEEDED, 20.0, task="tests.add", worker="late@prod")
