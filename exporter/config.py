@@ -34,6 +34,7 @@ from exporter.parsers import (
 )
 from exporter.queues.management import parse_management_url, read_credentials
 from exporter.settings import setting, setting_factory
+from exporter.state.labels import MIN_LENGTH
 from exporter.tasks.redact import DEFAULT_SECRET_KEY_PATTERNS, compile_secret_keys
 from exporter.web import webconfig
 
@@ -268,6 +269,30 @@ class Config:
         help="Distinct exception classes labelled in celery_task_exceptions_total; later ones "
         'count as exception="other".',
     )
+    max_task_names: int = setting(
+        1000,
+        flag="--max-task-names",
+        parse=integer(1),
+        metavar="N",
+        help="Distinct task names labelled in the task series; events of later ones count as "
+        'task="other" (counted in celery_exporter_label_overflow_total).',
+    )
+    max_workers: int = setting(
+        1000,
+        flag="--max-workers",
+        parse=integer(1),
+        metavar="N",
+        help="Distinct worker hostnames tracked at once; a later worker gets no worker gauges and "
+        'its task events count as worker="other" until a purged worker frees a place.',
+    )
+    max_label_length: int = setting(
+        200,
+        flag="--max-label-length",
+        parse=integer(MIN_LENGTH, 65_536),
+        metavar="BYTES",
+        help="Bytes of UTF-8 kept of a task name, worker hostname, exception class or queue used "
+        "as a label value; a longer one is cut and ends with an ellipsis.",
+    )
     max_recent_tasks: int = setting(
         10_000,
         flag="--max-recent-tasks",
@@ -351,7 +376,8 @@ class Config:
         metavar="N",
         help="Queues watched at most (each costs one broker round trip per poll and a few "
         "series); queue names discovered past it are counted in "
-        "celery_exporter_queues_dropped_total.",
+        "celery_exporter_queues_dropped_total. Also the distinct queue label values of "
+        'celery_task_sent_total; later ones count as queue="other".',
     )
     """Queues watched at most; names discovered past it are counted, not watched."""
     rabbitmq_management_url: str | None = setting(

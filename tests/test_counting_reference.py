@@ -43,8 +43,11 @@ def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[
 
 # Plausible values come from small pools, so that events of one task meet.
 uuids = mostly(st.sampled_from(["u1", "u2", "u3", "u4"]))
-names = mostly(st.sampled_from(["tests.add", "tests.fail", ""]))
-hosts = mostly(st.sampled_from(["w1@h", "w2@h"]))
+# Long and non-ASCII values meet the label-length cap (16 to 24 bytes in these settings).
+LONG_NAME = "tests." + "n" * 30
+LONG_HOST = "w3@" + "x" * 30
+names = mostly(st.sampled_from(["tests.add", "tests.fail", "", "tâche.é", LONG_NAME, "other"]))
+hosts = mostly(st.sampled_from(["w1@h", "w2@h", "wé@h", LONG_HOST, "hôte@" + "é" * 12]))
 times = mostly(st.sampled_from([0.0, 0.05, 1.0, 1.05, 6.0]) | st.floats(0, 100) | st.integers(0, 9))
 runtimes = mostly(st.floats(-1, 20) | st.integers(-1, 20))
 exceptions = mostly(st.sampled_from(["KeyError('k')", "ValueError()", "Reject('no')", "E: x"]))
@@ -57,7 +60,7 @@ task_fields = {
     "name": names,
     "runtime": runtimes,
     "exception": exceptions,
-    "queue": mostly(st.sampled_from(["celery", "q2"])),
+    "queue": mostly(st.sampled_from(["celery", "q2", "q3", "q" * 40])),
 }
 worker_fields = {
     "freq": numbers,
@@ -96,10 +99,10 @@ any_events = st.fixed_dictionaries(
 items = weighted(
     (6, task_events), (2, worker_events), (1, custom_events), (1, any_events), (1, odd)
 )
-messages = st.lists(
-    st.tuples(st.lists(items, max_size=6), st.floats(0, 1000)),
-    max_size=25,
-)
+message = st.tuples(st.just("count"), st.lists(items, max_size=6), st.floats(0, 1000))
+purge = st.tuples(st.just("purge"), st.integers(0, 9), st.just(0.0))
+"""Forget the n-th worker the state knows of (its record or its task series), as a purge does."""
+operations = st.lists(weighted((8, message), (1, purge)), max_size=25)
 state_settings = st.builds(
     StateSettings,
     runtime_buckets=st.just((0.1, 1.0, 10.0)),
@@ -107,6 +110,10 @@ state_settings = st.builds(
     worker_label=st.booleans(),
     max_tracked_tasks=st.integers(1, 4),
     max_exception_classes=st.integers(0, 3),
+    max_task_names=st.integers(1, 4),
+    max_workers=st.integers(1, 3),
+    max_queues=st.integers(1, 2),
+    max_label_length=st.integers(16, 24),
 )
 
 
@@ -125,16 +132,24 @@ def tables(counts: Any) -> dict[str, Any]:
         "unlabelled": counts.unlabelled,
         "ended": counts.ended,
         "greetings": list(counts.greetings),
+        "overflow": counts.caps.overflow,
+        "admitted": counts.caps.admitted,
     }
 
 
-@settings(max_examples=300, deadline=None)
-@given(config=state_settings, batch=messages)
+def known_hosts(counts: Any) -> list[str]:
+    """The hostnames the counts hold anything under, in a stable order."""
+    hosts = set(counts.workers) | set(counts.unlabelled)
+    for series in counts.task_counts.values():
+        hosts.update(host for _, host in series)
+    return sorted(hosts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(config=state_settings, ops=operations)
 def test_the_fast_loop_counts_what_the_reference_counts(
-    config: StateSettings, batch: list[tuple[list[Any], float]]
+    config: StateSettings, ops: list[tuple[str, Any, float]]
 ) -> None:
-    bodies = [(json.dumps(events), at) for events, at in batch]
-    decoded = [(loads(body), at, body) for body, at in bodies]
     fast_rejections: list[tuple[str, str]] = []
     observed: list[int] = []
     state = State(
@@ -142,13 +157,24 @@ def test_the_fast_loop_counts_what_the_reference_counts(
         on_reject=lambda reason, detail: fast_rejections.append((reason, detail)),
         task_observer=lambda body, at, task_events: observed.append(task_events),
     )
-    state.apply_batch(decoded)
-
     plain_rejections: list[tuple[str, str]] = []
     reference = ReferenceCounts(
         config, on_reject=lambda reason, detail: plain_rejections.append((reason, detail))
     )
-    plain_observed = [reference.count(events, at) for events, at, _ in decoded]
+    plain_observed = []
+    for op, what, at in ops:
+        if op == "count":
+            body = json.dumps(what)
+            events = loads(body)
+            state.apply_batch([(events, at, body)])
+            plain_observed.append(reference.count(events, at))
+        else:  # the fast purge finds the worker's series through its index, the plain one looks
+            hosts = known_hosts(reference)
+            assert known_hosts(state.counts) == hosts
+            if hosts:
+                host = hosts[what % len(hosts)]
+                state.counts.forget_worker(host)
+                reference.forget_worker(host)
 
     assert tables(state.counts) == tables(reference)
     assert fast_rejections == plain_rejections

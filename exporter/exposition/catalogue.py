@@ -292,6 +292,16 @@ EXPORTER_EVENTS_DROPPED = MetricSpec(
     "--max-intake-backlog-bytes.",
     ("reason",),
 )
+EXPORTER_LABEL_OVERFLOW = MetricSpec(
+    "celery_exporter_label_overflow",
+    Kind.COUNTER,
+    "Label values folded or cut, by label (task, worker, exception, queue) and reason: "
+    '"cap" = counted as "other" because --max-task-names, --max-workers, --max-queues or '
+    '--max-exception-classes was reached (a worker past its cap gets no gauges); "length" = '
+    "cut to --max-label-length bytes. Counted per event that carried the value: hostnames come "
+    "with every event, task names with task-received and task-sent (docs/limits.md).",
+    ("label", "reason"),
+)
 EXPORTER_INTAKE_LAG = MetricSpec(
     "celery_exporter_intake_lag_seconds",
     Kind.GAUGE,
@@ -421,6 +431,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_INTAKE_BACKLOG,
     EXPORTER_INTAKE_BACKLOG_BYTES,
     EXPORTER_EVENTS_DROPPED,
+    EXPORTER_LABEL_OVERFLOW,
     EXPORTER_INTAKE_LAG,
     EXPORTER_TRACKED_TASKS,
     EXPORTER_RECENT_TASKS,

@@ -111,6 +111,7 @@ class EventsCollector:
         return [
             *self._workers(snap.workers, per_worker),
             *self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now),
+            (m.EXPORTER_LABEL_OVERFLOW, {key: n for key, n in sorted(snap.label_overflow.items())}),
         ]
 
     @staticmethod

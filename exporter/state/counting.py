@@ -32,6 +32,7 @@ from exporter.events.vocabulary import (
     WORKER_EVENTS,
 )
 from exporter.state.histogram import Histogram
+from exporter.state.labels import CAP, EXCEPTION, OTHER, QUEUE, TASK, WORKER, LabelCaps
 from exporter.state.settings import StateSettings
 from exporter.state.snapshot import TaskKey
 from exporter.state.workers import WorkerState, apply_worker_event
@@ -40,8 +41,7 @@ UNKNOWN_TASK = "unknown"
 """The task label for events whose task name the exporter never saw (it started after the task
 was received, or the task is not registered on the worker)."""
 
-OTHER = "other"
-"""The label that stands for every value past a cardinality cap."""
+__all__ = ["OTHER", "UNKNOWN_TASK", "Counts", "RejectHook"]
 
 RejectHook = Callable[[str, str], None]
 """(reason, detail) -> None: told of every rejected event (the exporter logs them)."""
@@ -90,6 +90,16 @@ class Counts:
         """Hostnames of workers just heard of (first heartbeat, or worker-online: a start), for
         the controller to switch their task events on and learn their tasks; deque's append and
         popleft are thread-safe."""
+        self.caps = LabelCaps(
+            max_task_names=settings.max_task_names,
+            max_workers=settings.max_workers,
+            max_queues=settings.max_queues,
+            max_length=settings.max_label_length,
+        )
+        """The admitted label values and the overflow counts."""
+        self.series_names: dict[str, set[str]] = {}
+        """hostname -> the task names it has series under (with the worker label): what
+        ``forget_worker`` deletes, without a scan of every series."""
         self._exception_classes: set[str] = set()
         self._custom_event_types = 0
 
@@ -103,6 +113,8 @@ class Counts:
         settings = self.settings
         worker_label = settings.worker_label
         max_tracked = settings.max_tracked_tasks
+        max_length = settings.max_label_length
+        caps = self.caps
         queue_wait, wait_bounds = self.queue_wait, settings.queue_wait_buckets
         runtimes, run_bounds = self.runtime, settings.runtime_buckets
         task_events = 0
@@ -117,7 +129,7 @@ class Counts:
                 if counts is None:  # not a task state: worker events, task-sent, custom
                     if event_type in _WORKER_EVENTS:
                         if apply_worker_event(
-                            self.workers,
+                            self.worker_state,
                             event,
                             event_type,
                             hostname,
@@ -135,6 +147,8 @@ class Counts:
                 if event_type == TASK_RECEIVED:
                     if (type(name) is not str and not isinstance(name, str)) or not name:
                         name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+                    elif len(name) > max_length or not name.isascii():
+                        name = caps.cut(TASK, name)  # before it is tracked: bounded bytes
                     timestamp = event.get("timestamp")
                     # A retry is received again: move it to the young end.
                     if tracked is not None:
@@ -151,6 +165,8 @@ class Counts:
                     or not name
                 ):
                     name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+                elif len(name) > max_length or not name.isascii():
+                    name = caps.cut(TASK, name)
 
                 if worker_label:
                     key = (name, hostname)
@@ -159,9 +175,16 @@ class Counts:
                     self._count_unlabelled(hostname, event_type)
                 try:
                     counts[key] += 1
-                except KeyError:  # the pair's first event: its other series start at 0
-                    self.seed(key)
-                    counts[key] = 1
+                except KeyError:
+                    # A new series, or values past a cap or too long (which never make a key of
+                    # their own, so they come here every time): the labels' one check.
+                    key = self._series_key(name, hostname)
+                    name = key[0]
+                    try:
+                        counts[key] += 1
+                    except KeyError:  # the pair's first event: its other series start at 0
+                        self.seed(key)
+                        counts[key] = 1
 
                 # The one observation a task event may make: queue wait or runtime.
                 histograms: dict[TaskKey, Histogram] | None = None
@@ -233,11 +256,12 @@ class Counts:
 
     def seed_tasks(self, hostname: str, names: Sequence[str]) -> int:
         """Create the series of the tasks a worker has registered at 0, up to
-        ``max_registered_tasks`` of them; returns how many names the cap left out."""
+        ``max_registered_tasks`` of them, each name through the caps as an event's would be;
+        returns how many names the cap left out."""
         limit = self.settings.max_registered_tasks
-        host = hostname if self.settings.worker_label else ""
+        caps = self.caps
         for name in names[:limit]:
-            self.seed((name, host))
+            self.seed(self._series_key(caps.cut(TASK, name), hostname))
         return max(0, len(names) - limit)
 
     def learn_names(self, names: Mapping[str, str]) -> None:
@@ -246,17 +270,18 @@ class Counts:
         tracked = self.tracked
         for uuid, name in names.items():
             if uuid not in tracked:
-                tracked[uuid] = (name, None)
+                tracked[uuid] = (self.caps.cut(TASK, name), None)
         while len(tracked) > self.settings.max_tracked_tasks:
             del tracked[next(iter(tracked))]
 
     def started_count(self, hostname: str) -> int:
-        """task-started events counted from a worker so far (called rarely: at a worker's
-        first heartbeat or its restart)."""
+        """task-started events counted from a worker (its label value) so far, through the
+        series index: called at a worker's first heartbeat or its restart, which thousands of
+        workers may do at once."""
         if not self.settings.worker_label:
             return self.unlabelled.get(hostname, {}).get(TASK_STARTED, 0)
         started = self.task_counts[TASK_STARTED]
-        return sum(count for (_, host), count in started.items() if host == hostname)
+        return sum(started.get((name, hostname), 0) for name in self.series_names.get(hostname, ()))
 
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -276,10 +301,41 @@ class Counts:
         else:
             counts[OTHER] = counts.get(OTHER, 0) + 1
 
+    def _series_key(self, name: str, hostname: str) -> TaskKey:
+        """The key of a task series for ``name`` (cut already) on ``hostname``: each value
+        admitted under its cap or ``OTHER``, the hostname cut; indexed for ``forget_worker``."""
+        caps = self.caps
+        name = caps.label(TASK, name)
+        if not self.settings.worker_label:
+            return (name, "")
+        host = caps.label(WORKER, hostname)
+        names = self.series_names.get(host)
+        if names is None:
+            names = self.series_names[host] = set()
+        names.add(name)
+        return (name, host)
+
+    def worker_state(self, hostname: str) -> WorkerState | None:
+        """The record of the worker ``hostname`` (cut), made if the worker cap has room; None
+        past it: such a worker's gauges are not exported, its task events count as
+        worker="other"."""
+        found = self.workers.get(hostname)
+        if found is None:
+            host = self.caps.cut(WORKER, hostname)
+            found = self.workers.get(host)
+            if found is None:
+                if self.caps.admit(WORKER, host) is None:
+                    return None
+                found = self.workers[host] = WorkerState(host)
+        return found
+
     def _count_unlabelled(self, hostname: str, event_type: str) -> None:
         counts = self.unlabelled.get(hostname)
         if counts is None:
-            counts = self.unlabelled[hostname] = {}
+            host = self.caps.label(WORKER, hostname)
+            counts = self.unlabelled.get(host)
+            if counts is None:
+                counts = self.unlabelled[host] = {}
         counts[event_type] = counts.get(event_type, 0) + 1
 
     def _count_sent(self, event: dict[str, Any], uuid: str) -> None:
@@ -289,22 +345,36 @@ class Counts:
             name if isinstance(name, str) and name else UNKNOWN_TASK,
             queue if isinstance(queue, str) else "",
         )
-        self.sent[key] = self.sent.get(key, 0) + 1
-        # Named from here: a task revoked or expired before a worker received it sends no
-        # task-received, only its task-revoked.
+        sent = self.sent
+        name = key[0]
+        try:
+            sent[key] += 1
+        except KeyError:
+            caps = self.caps
+            name = caps.cut(TASK, name)
+            label = caps.admit(TASK, name)
+            queue = caps.label(QUEUE, key[1]) if key[1] else ""
+            key = (OTHER if label is None else label, queue)
+            sent[key] = sent.get(key, 0) + 1
+        # Named from here (as cut, not folded, like a received task): a task revoked or expired
+        # before a worker received it sends no task-received, only its task-revoked.
         tracked = self.tracked
-        if key[0] != UNKNOWN_TASK and uuid and uuid not in tracked:
-            tracked[uuid] = (key[0], None)
+        if name != UNKNOWN_TASK and uuid and uuid not in tracked:
+            tracked[uuid] = (name, None)
             if len(tracked) > self.settings.max_tracked_tasks:
                 del tracked[next(iter(tracked))]
 
     def _count_exception(self, task: str, exception: Any) -> None:
         cls = exception_class(exception)
-        if cls not in self._exception_classes:
-            if len(self._exception_classes) >= self.settings.max_exception_classes:
-                cls = OTHER
-            else:
-                self._exception_classes.add(cls)
+        classes = self._exception_classes
+        if cls not in classes:
+            cls = self.caps.cut(EXCEPTION, cls)
+            if cls not in classes:
+                if len(classes) >= self.settings.max_exception_classes:
+                    cls = OTHER
+                    self.caps.overflow[(EXCEPTION, CAP)] += 1
+                else:
+                    classes.add(cls)
         key = (task, cls)
         self.exceptions[key] = self.exceptions.get(key, 0) + 1
 
@@ -323,16 +393,23 @@ class Counts:
                 host_counts[event_type] = host_counts.get(event_type, 0) + count
         return found
 
-    def forget_worker(self, host: str) -> None:
-        """Drop a worker and every series labelled with it."""
+    def forget_worker(self, host: str) -> int:
+        """Drop a worker and every series labelled with it, and free its place under the
+        worker cap; returns how many task names it had series under (the work done: the
+        index makes it proportional to the worker's own series)."""
         self.workers.pop(host, None)
         self.unlabelled.pop(host, None)
-        if self.settings.worker_label:
-            series: list[dict[TaskKey, Any]] = [
-                *self.task_counts.values(),
-                self.runtime,
-                self.queue_wait,
-            ]
-            for family in series:
-                for key in [key for key in family if key[1] == host]:
-                    del family[key]
+        self.caps.release_worker(host)
+        names = self.series_names.pop(host, None)
+        if not names:
+            return 0
+        families: list[dict[TaskKey, Any]] = [
+            *self.task_counts.values(),
+            self.runtime,
+            self.queue_wait,
+        ]
+        for name in names:
+            key = (name, host)
+            for family in families:
+                family.pop(key, None)
+        return len(names)

@@ -17,6 +17,7 @@ from exporter.events.exceptions import exception_class
 from exporter.events.validate import INVALID_FIELD, Rejected, is_number, validate
 from exporter.state.counting import MAX_ENDED_NAMES, OTHER, UNKNOWN_TASK, RejectHook
 from exporter.state.histogram import Histogram
+from exporter.state.labels import CAP, EXCEPTION, QUEUE, TASK, WORKER, LabelCaps
 from exporter.state.settings import StateSettings
 from exporter.state.snapshot import TaskKey
 from exporter.state.workers import WorkerState, apply_worker_event
@@ -40,6 +41,12 @@ class ReferenceCounts:
         self.unlabelled: dict[str, dict[str, int]] = {}
         self.ended: dict[str, str] = {}
         self.greetings: list[str] = []
+        self.caps = LabelCaps(
+            max_task_names=settings.max_task_names,
+            max_workers=settings.max_workers,
+            max_queues=settings.max_queues,
+            max_length=settings.max_label_length,
+        )
         self.exception_classes: set[str] = set()
         self.custom_event_types: set[str] = set()
         self._task_handlers: dict[str, Callable[[dict[str, Any], TaskKey, str], None]] = {
@@ -76,7 +83,7 @@ class ReferenceCounts:
         self._count_type(event_type)
         if event_type in v.WORKER_EVENTS:
             if apply_worker_event(
-                self.workers, event, event_type, hostname, received_at, self._started_count
+                self._worker, event, event_type, hostname, received_at, self._started_count
             ):
                 self.greetings.append(hostname)
             return False
@@ -85,16 +92,43 @@ class ReferenceCounts:
             return True
         if event_type not in v.TASK_STATE_EVENTS:
             return False  # a custom event: counted by type only
+        name = self._task_name(uuid, event)
         if event_type == v.TASK_RECEIVED:
-            self._track(uuid, event)
-        key = (self._task_name(uuid, event), hostname if self.settings.worker_label else "")
+            self._track(uuid, name, event)
+        name = self.caps.label(TASK, name)
+        if self.settings.worker_label:
+            key = (name, self.caps.label(WORKER, hostname))
+        else:
+            key = (name, "")
+            self._add(self.unlabelled.setdefault(self.caps.label(WORKER, hostname), {}), event_type)
         if key not in self.task_counts[event_type]:
             self._seed(key)
         self._add(self.task_counts[event_type], key)
-        if not self.settings.worker_label:
-            self._add(self.unlabelled.setdefault(hostname, {}), event_type)
         self._task_handlers[event_type](event, key, uuid)
         return True
+
+    def _worker(self, hostname: str) -> WorkerState | None:
+        """The worker's record under its cut hostname, made if it is or gets admitted."""
+        host = self.caps.admit(WORKER, self.caps.cut(WORKER, hostname))
+        if host is None:
+            return None
+        return self.workers.setdefault(host, WorkerState(host))
+
+    def forget_worker(self, host: str) -> int:
+        """Drop a worker, its series (found by looking at every one) and its place."""
+        self.workers.pop(host, None)
+        self.unlabelled.pop(host, None)
+        self.caps.release_worker(host)
+        if self.settings.worker_label:
+            families: list[dict[TaskKey, Any]] = [
+                *self.task_counts.values(),
+                self.runtime,
+                self.queue_wait,
+            ]
+            for family in families:
+                for key in [key for key in family if key[1] == host]:
+                    del family[key]
+        return 0
 
     def _count_type(self, event_type: str) -> None:
         if event_type in v.KNOWN_EVENT_TYPES or event_type in self.custom_event_types:
@@ -113,7 +147,10 @@ class ReferenceCounts:
             name = UNKNOWN_TASK
         if not isinstance(queue, str):
             queue = ""
-        self._add(self.sent, (name, queue))
+        name = self.caps.cut(TASK, name)
+        label = self.caps.admit(TASK, name)
+        queue = self.caps.label(QUEUE, queue) if queue else ""
+        self._add(self.sent, (OTHER if label is None else label, queue))
         if name != UNKNOWN_TASK and uuid and uuid not in self.tracked:
             self.tracked[uuid] = (name, None)
             if len(self.tracked) > self.settings.max_tracked_tasks:
@@ -133,19 +170,18 @@ class ReferenceCounts:
         return sum(count for (_, host), count in started.items() if host == hostname)
 
     def _task_name(self, uuid: str, event: dict[str, Any]) -> str:
-        """The event's name, else the one its task was received (or sent) with, else the one
-        it ended with, else "unknown"."""
+        """The event's name (cut), else the one its task was received (or sent) with, else the
+        one it ended with, else "unknown"."""
         name = event.get("name")
         if isinstance(name, str) and name:
-            return name
+            return self.caps.cut(TASK, name)
         if uuid in self.tracked:
             return self.tracked[uuid][0]
         return self.ended.get(uuid, UNKNOWN_TASK)
 
-    def _track(self, uuid: str, event: dict[str, Any]) -> None:
-        """Remember a received task (a retry again, as the youngest), the oldest forgotten past
-        the bound."""
-        name = self._task_name(uuid, event)
+    def _track(self, uuid: str, name: str, event: dict[str, Any]) -> None:
+        """Remember a received task (a retry again, as the youngest) by its name as cut (not
+        folded), the oldest forgotten past the bound."""
         timestamp = event.get("timestamp")
         self.tracked.pop(uuid, None)
         self.tracked[uuid] = (name, timestamp if isinstance(timestamp, (int, float)) else None)
@@ -171,12 +207,13 @@ class ReferenceCounts:
     def _failed(self, event: dict[str, Any], key: TaskKey, uuid: str) -> None:
         self._ended(event, key, uuid)
         exception = event.get("exception")
-        cls = exception_class(exception)
+        cls = self.caps.cut(EXCEPTION, exception_class(exception))
         if cls not in self.exception_classes:
             if len(self.exception_classes) < self.settings.max_exception_classes:
                 self.exception_classes.add(cls)
             else:
                 cls = OTHER
+                self.caps.overflow[(EXCEPTION, CAP)] += 1
         self._add(self.exceptions, (key[0], cls))
 
     def _ended(self, event: dict[str, Any], key: TaskKey, uuid: str) -> None:

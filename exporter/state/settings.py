@@ -16,3 +16,7 @@ class StateSettings:
     max_exception_classes: int = 50
     purge_stopped_worker_after: float = 0.0
     max_registered_tasks: int = 200
+    max_task_names: int = 1000
+    max_workers: int = 1000
+    max_queues: int = 500
+    max_label_length: int = 200

@@ -36,6 +36,8 @@ class Snapshot:
     events_by_type: dict[str, int]
     rejected: dict[str, int]
     tracked_tasks: int
+    label_overflow: dict[tuple[str, str], int]
+    """(label, reason) -> values folded into "other" or cut (``exporter.state.labels``)."""
     unlabelled: dict[str, dict[str, int]] | None
     """Without the worker label, task events counted per worker (hostname -> {event type:
     count}); None with it (the task series hold them)."""

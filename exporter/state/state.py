@@ -33,6 +33,10 @@ decoded from, or None to have it re-encoded for the task observer)."""
 
 INTERNAL_ERROR = "internal_error"
 
+PURGE_SLICE = 20_000
+"""Workers plus their task names forgotten per purge (per scrape) at most; each task name is a
+few dict deletions (one per task family), so a slice takes some tens of milliseconds."""
+
 
 class State:
     """What the event stream has told us: task counts, runtime histograms and worker liveness.
@@ -110,7 +114,9 @@ class State:
         worker not heard of yet is remembered too: its heartbeat will make it online."""
         with self._lock:
             for hostname, concurrency in sizes.items():
-                workers.worker(self.counts.workers, hostname).concurrency = concurrency
+                worker = self.counts.worker_state(hostname)
+                if worker is not None:  # past the worker cap: not exported
+                    worker.concurrency = concurrency
 
     def new_workers(self) -> list[str]:
         """Workers heard of for the first time, or (re)started, since the last call: the
@@ -165,6 +171,7 @@ class State:
                 events_by_type=dict(counts.events_by_type),
                 rejected=dict(counts.rejected),
                 tracked_tasks=len(counts.tracked),
+                label_overflow=dict(counts.caps.overflow),
             )
 
     def purge_offline_workers(self, now: float) -> list[str]:
@@ -174,6 +181,8 @@ class State:
             return self._purge(now)
 
     def _purge(self, now: float) -> list[str]:
+        """Forget workers long gone, at most ``PURGE_SLICE`` task names' series at a time (the
+        next call goes on), so that a scrape waits for a bounded purge whatever went away."""
         settings = self.settings
         gone = workers.long_gone(
             self.counts.workers,
@@ -182,9 +191,14 @@ class State:
             settings.purge_offline_worker_after,
             settings.purge_stopped_worker_after,
         )
+        budget = PURGE_SLICE
+        purged: list[str] = []
         for host in gone:
-            self.counts.forget_worker(host)
-        return gone
+            if budget <= 0:
+                break
+            budget -= 1 + self.counts.forget_worker(host)
+            purged.append(host)
+        return purged
 
     def workers_view(self, now: float) -> list[WorkerRow]:
         """Every worker with its liveness and task counts, for the Workers view; copies."""

@@ -31,16 +31,8 @@ class WorkerState:
     started_base: int = 0
 
 
-def worker(workers: dict[str, WorkerState], hostname: str) -> WorkerState:
-    """The worker called ``hostname``, remembered from now on if it was not already."""
-    found = workers.get(hostname)
-    if found is None:
-        found = workers[hostname] = WorkerState(hostname)
-    return found
-
-
 def apply_worker_event(
-    workers: dict[str, WorkerState],
+    state_for: Callable[[str], WorkerState | None],
     event: dict[str, Any],
     event_type: str,
     hostname: str,
@@ -49,14 +41,19 @@ def apply_worker_event(
 ) -> bool:
     """Update a worker's liveness and gauges from a worker-online/heartbeat/offline event;
     True when the worker is new to the exporter or (re)started: it is to be greeted.
-    ``started_count(hostname)`` gives the task-started events counted from it so far.
 
-    Raises ``Rejected`` for a number no worker sends, before anything of the event is applied.
+    ``state_for`` gives the worker's record (made if need be), or None for a worker past the
+    worker cap, whose event changes nothing (and which is not greeted).
+    ``started_count(label)`` gives the task-started events counted so far from the worker whose
+    record is named ``label`` (its hostname as cut). Raises ``Rejected`` for a number no worker
+    sends, before anything of the event is applied.
     """
     if event_type != WORKER_OFFLINE:
         # Checked first: a crafted heartbeat must not even make its worker known.
         freq, active, processed, loadavg = heartbeat_numbers(event, hostname)
-    state = worker(workers, hostname)
+    state = state_for(hostname)
+    if state is None:
+        return False
     if event_type == WORKER_OFFLINE:
         state.said_goodbye = True
         return False
@@ -77,7 +74,7 @@ def apply_worker_event(
         previous = state.processed
         if state.processed_base is None or (previous is not None and processed < previous):
             state.processed_base = processed  # first heard, or restarted
-            state.started_base = started_count(hostname)
+            state.started_base = started_count(state.hostname)
         state.processed = processed
     if loadavg is not None:
         state.loadavg = loadavg
