@@ -218,3 +218,23 @@ def test_a_task_multi_batch_counts_every_event() -> None:
     inbox.put(RawMessage(T0, "application/json", orjson.dumps(batch)))
     Decoder(state, inbox).drain()
     assert state.snapshot(T0).task_counts["task-received"] == {("t", "w1@h"): 24}
+
+
+def test_a_purge_forgets_a_bounded_slice_of_workers_per_scrape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exporter.state import state as state_module
+
+    monkeypatch.setattr(state_module, "PURGE_SLICE", 10)
+    state = make_state(purge_offline_worker_after=60.0)
+    for i in range(12):
+        host = f"w{i}@h"
+        feed(state, heartbeat(host, freq=2.0), task("received", f"u{i}", host=host, name="t"))
+    later = T0 + 100
+    # Each worker costs 1 + its one task name: five a slice, and the next calls go on.
+    assert len(state.purge_offline_workers(later)) == 5
+    assert len(state.counts.workers) == 7
+    assert len(state.counts.task_counts["task-received"]) == 7
+    assert len(state.purge_offline_workers(later)) == 5
+    assert state.snapshot(later).workers == []  # the scrape's own purge takes the last two
+    assert state.snapshot(later).task_counts["task-received"] == {}

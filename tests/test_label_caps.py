@@ -1,0 +1,125 @@
+"""Cardinality caps and the label-length cut (exporter.state.labels), through the state and its
+rendering: values past a cap count as "other", long ones are cut, and each fold or cut is counted
+in celery_exporter_label_overflow_total."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.state.labels import CUT_MARK, cut
+from tests.test_state import T0, feed, heartbeat, make_state, render, task
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "expected"),
+    [
+        ("tasks.add", 16, "tasks.add"),
+        ("x" * 16, 16, "x" * 16),
+        ("x" * 17, 16, "x" * 13 + CUT_MARK),
+        ("é" * 8, 16, "é" * 8),  # 16 bytes: fits
+        ("é" * 9, 16, "é" * 6 + CUT_MARK),  # 12 + 3 bytes: never half a character
+        ("aé" * 9, 16, "aé" * 4 + "a" + CUT_MARK),  # 13 + 3 bytes
+    ],
+)
+def test_a_value_is_cut_to_its_length_in_bytes_with_a_mark(
+    value: str, limit: int, expected: str
+) -> None:
+    short = cut(value, limit)
+    assert short == expected
+    assert len(short.encode()) <= limit
+
+
+def test_task_names_past_the_cap_count_as_other() -> None:
+    state = make_state(max_task_names=2)
+    for i, name in enumerate(["a", "b", "c", "d", "a"]):
+        feed(
+            state,
+            task("received", f"u{i}", name=name),
+            task("started", f"u{i}"),
+            task("succeeded", f"u{i}", runtime=0.5),
+        )
+    metrics = render(state)
+    assert metrics.get("celery_task_received_total", task="a", worker="w1@h") == 2
+    assert metrics.get("celery_task_received_total", task="b", worker="w1@h") == 1
+    assert metrics.get("celery_task_received_total", task="other", worker="w1@h") == 2
+    assert metrics.get("celery_task_succeeded_total", task="other", worker="w1@h") == 2
+    assert metrics.get("celery_task_runtime_seconds_count", task="other", worker="w1@h") == 2
+    assert not metrics.series("celery_task_received_total", task="c")
+    # c and d: their received, started and succeeded each counted under "other".
+    assert metrics.get("celery_exporter_label_overflow_total", label="task", reason="cap") == 6
+    assert metrics.get("celery_exporter_label_overflow_total", label="worker", reason="cap") == 0
+
+
+def test_workers_past_the_cap_get_no_gauges_and_count_as_other_until_one_is_purged() -> None:
+    state = make_state(max_workers=1, purge_offline_worker_after=60.0)
+    feed(state, heartbeat("w1@h", freq=2.0, active=1), heartbeat("w2@h", freq=2.0, active=3))
+    feed(state, task("received", "u1", host="w2@h", name="t"), task("failed", "u1", host="w2@h"))
+    metrics = render(state)
+    assert metrics.get("celery_worker_online", worker="w1@h") == 1
+    assert not metrics.series("celery_worker_online", worker="w2@h")
+    assert not metrics.series("celery_worker_active_tasks", worker="w2@h")
+    assert metrics.get("celery_task_failed_total", task="t", worker="other") == 1
+    assert metrics.get("celery_worker_tasks_total", worker="other", state="received") == 1
+    # The heartbeat and both task events of w2.
+    assert metrics.get("celery_exporter_label_overflow_total", label="worker", reason="cap") == 3
+
+    # w1 goes offline and is purged: its place goes to the next worker heard of.
+    render(state, now=T0 + 100)
+    feed(state, heartbeat("w2@h", freq=2.0, active=3), at=T0 + 101)
+    metrics = render(state, now=T0 + 101)
+    assert not metrics.series("celery_worker_online", worker="w1@h")
+    assert metrics.get("celery_worker_active_tasks", worker="w2@h") == 3
+
+
+def test_without_the_worker_label_the_per_worker_counts_are_capped_too() -> None:
+    state = make_state(max_workers=1, worker_label=False)
+    feed(state, task("received", "u1", host="w1@h", name="t"))
+    feed(state, task("received", "u2", host="w2@h", name="t"))
+    metrics = render(state)
+    assert metrics.get("celery_task_received_total", task="t") == 2
+    assert metrics.get("celery_worker_tasks_total", worker="w1@h", state="received") == 1
+    assert metrics.get("celery_worker_tasks_total", worker="other", state="received") == 1
+    assert metrics.get("celery_exporter_label_overflow_total", label="worker", reason="cap") == 1
+
+
+def test_long_names_hostnames_and_exception_classes_are_cut() -> None:
+    state = make_state(max_label_length=32)
+    host = "worker@" + "h" * 10_000
+    name = "tasks." + "n" * 100_000
+    feed(
+        state,
+        heartbeat(host, freq=2.0, active=0),
+        task("received", "u1", host=host, name=name),
+        task("failed", "u1", host=host, exception="E" * 100 + "('boom')"),
+    )
+    metrics = render(state)
+    short_host = "worker@" + "h" * 22 + CUT_MARK
+    short_name = "tasks." + "n" * 23 + CUT_MARK
+    assert metrics.get("celery_worker_online", worker=short_host) == 1
+    assert metrics.get("celery_task_failed_total", task=short_name, worker=short_host) == 1
+    short_class = "E" * 29 + CUT_MARK
+    assert metrics.get("celery_task_exceptions_total", task=short_name, exception=short_class) == 1
+    overflow = "celery_exporter_label_overflow_total"
+    # The hostname comes with each of the three events, the name with task-received only.
+    assert metrics.get(overflow, label="worker", reason="length") == 3
+    assert metrics.get(overflow, label="task", reason="length") == 1
+    assert metrics.get(overflow, label="exception", reason="length") == 1
+    # The tracked name is the cut one: bounded bytes whatever the event carried.
+    assert [name for name, _ in state.counts.tracked.values()] == [short_name]
+
+
+def test_sent_queues_past_the_cap_count_as_other() -> None:
+    state = make_state(max_queues=1)
+    for i, queue in enumerate(["q1", "q2", "q1", "q3"]):
+        feed(state, task("sent", f"u{i}", host="client@h", name="t", queue=queue))
+    metrics = render(state)
+    assert metrics.get("celery_task_sent_total", task="t", queue="q1") == 2
+    assert metrics.get("celery_task_sent_total", task="t", queue="other") == 2
+    assert metrics.get("celery_exporter_label_overflow_total", label="queue", reason="cap") == 2
+
+
+def test_every_overflow_series_is_exported_from_zero() -> None:
+    metrics = render(make_state())
+    rows = metrics.series("celery_exporter_label_overflow_total")
+    assert len(rows) == 8
+    assert all(value == 0 for value in rows.values())
