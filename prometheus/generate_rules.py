@@ -129,6 +129,12 @@ class Settings:
             "CeleryExporterConnectionLost lost connections."
         ),
     )
+    label_overflow_window: str = field(
+        default="10m",
+        metadata=_help(
+            "Window in which CeleryExporterLabelOverflow counts label values folded or cut."
+        ),
+    )
     rejected_threshold: float = field(
         default=0,
         metadata=_help(
@@ -361,6 +367,10 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
     lost_connections = q.counter(metrics.EXPORTER_BROKER_CONNECTIONS_LOST)
     uncounted = q.gauge(metrics.WORKER_UNCOUNTED_TASKS)
     drop_reason = q.require_label(metrics.EXPORTER_EVENTS_DROPPED, "reason")
+    overflow = q.counter(metrics.EXPORTER_LABEL_OVERFLOW)
+    overflow_by = ", ".join(
+        q.require_label(metrics.EXPORTER_LABEL_OVERFLOW, label) for label in ("label", "reason")
+    )
     queue_label = q.require_label(metrics.QUEUE_LENGTH, metrics.QUEUE)
     length = q.fleet_gauge(metrics.QUEUE_LENGTH)
     consumers = q.fleet_gauge(metrics.QUEUE_CONSUMERS)
@@ -517,6 +527,20 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             '{{ $value | printf "%.0f" }} broker messages (up to 24 events each) were dropped '
             f"unread for reason {{{{ $labels.reason }}}} in the last {s.dropped_window}: "
             "the event stream outran the exporter and they are missing from every Celery metric.",
+        ),
+        AlertRule(
+            "CeleryExporterLabelOverflow",
+            # Every (label, reason) is exported at 0 from the start: increase() sees the first.
+            f"sum by (job, instance, {overflow_by}) "
+            f"(increase({overflow}[{s.label_overflow_window}])) > 0",
+            "0s",
+            "warning",
+            "Celery events exporter {{ $labels.instance }} folds or cuts {{ $labels.label }} "
+            "label values ({{ $labels.reason }})",
+            '{{ $value | printf "%.0f" }} events in the last '
+            f"{s.label_overflow_window} had a {{{{ $labels.label }}}} value past a cap "
+            '(reason "cap": counted as "other") or too long (reason "length": cut): those '
+            "series are merged or renamed; raise the cap or shorten the values.",
         ),
         AlertRule(
             "CeleryExporterFallingBehind",

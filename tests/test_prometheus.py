@@ -49,6 +49,7 @@ EXPECTED_ALERTS = {
     "CeleryEventsRejected",
     "CeleryExporterFallingBehind",
     "CeleryExporterDroppingEvents",
+    "CeleryExporterLabelOverflow",
     "CeleryWorkersSilent",
     "CeleryExporterConnectionLost",
     "CeleryTaskQueueWaitHigh",
