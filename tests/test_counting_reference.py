@@ -179,6 +179,25 @@ def test_the_fast_loop_counts_what_the_reference_counts(
     assert tables(state.counts) == tables(reference)
     assert fast_rejections == plain_rejections
     assert observed == [n for n in plain_observed if n]
+    assert_never_negative(state.counts)
+
+
+def assert_never_negative(counts: Any) -> None:
+    """Every counter, histogram bucket and sum the page is made from is at least 0."""
+    values: list[float] = [
+        *(n for series in counts.task_counts.values() for n in series.values()),
+        *counts.sent.values(),
+        *counts.exceptions.values(),
+        *counts.events_by_type.values(),
+        *counts.rejected.values(),
+        *counts.caps.overflow.values(),
+        *(n for host in counts.unlabelled.values() for n in host.values()),
+    ]
+    for histograms in (counts.runtime, counts.queue_wait):
+        for histogram in histograms.values():
+            values += [*histogram.counts, histogram.total]
+    values += [w.processed for w in counts.workers.values() if w.processed is not None]
+    assert all(value >= 0 for value in values)
 
 
 def test_a_lifecycle_with_a_retry_fills_the_same_tables() -> None:
