@@ -17,19 +17,21 @@ from typing import Any
 
 import orjson
 
+from exporter.events.vocabulary import (
+    TASK_ORPHANED,
+    TASK_RECEIVED,
+    TASK_SENT,
+    TASK_STARTED,
+    TASK_STATE_EVENTS,
+    WORKER_OFFLINE,
+    WORKER_ONLINE,
+)
 from exporter.queues.reading import QueueReading
 from exporter.queues.registry import QueueRegistry
+from exporter.state.counting import UNKNOWN_TASK
 
-UNKNOWN_TASK = "unknown"
-"""The task label of an orphaned task whose task-received the exporter never saw."""
-
-ORPHANED_EVENT = "task-orphaned"
-"""The event the exporter itself makes for the recent-task store when it counts a task orphaned
-(the Tasks view shows it as state LOST); never sent by Celery."""
-
-_ENDS = frozenset(
-    {"task-succeeded", "task-failed", "task-retried", "task-rejected", "task-revoked"}
-)
+_ENDS = frozenset(TASK_STATE_EVENTS) - {TASK_RECEIVED, TASK_STARTED}
+"""The task events after which a task is no longer in flight on its worker."""
 
 OrphanObserver = Callable[[bytes, float, int], None]
 """The recent-task store's ``keep``: (JSON body of the made-up events, when, how many)."""
@@ -92,20 +94,20 @@ class TaskTracking:
                 event_type = event.get("type")
                 uuid = event.get("uuid")
                 if type(uuid) is not str:
-                    if event_type == "worker-offline":
+                    if event_type == WORKER_OFFLINE:
                         self._goodbye(event.get("hostname"))
-                    elif event_type == "worker-online":
+                    elif event_type == WORKER_ONLINE:
                         self.worker_joined.set()
                     continue
-                if waiting_in and uuid in waiting_in and event_type != "task-sent":
+                if waiting_in and uuid in waiting_in and event_type != TASK_SENT:
                     self._forget_waiting(uuid)  # news from a worker: no longer waiting
-                if event_type == "task-started":
+                if event_type == TASK_STARTED:
                     entry = in_flight.get(uuid)
                     if entry is not None:
                         entry[2] = True
                     else:  # its task-received was missed
                         self._track_started(uuid, event.get("hostname"))
-                elif event_type == "task-received":
+                elif event_type == TASK_RECEIVED:
                     hostname = event.get("hostname")
                     if type(hostname) is not str:
                         continue
@@ -121,7 +123,7 @@ class TaskTracking:
                         del in_flight[next(iter(in_flight))]
                 elif event_type in _ENDS:
                     in_flight.pop(uuid, None)
-                elif event_type == "task-sent":
+                elif event_type == TASK_SENT:
                     self._sent(uuid, event.get("queue"), received_at)
 
     def _track_started(self, uuid: str, hostname: Any) -> None:
@@ -216,7 +218,7 @@ class TaskTracking:
                     self.orphaned[key] = self.orphaned.get(key, 0) + 1
                     lost.append(
                         {
-                            "type": ORPHANED_EVENT,
+                            "type": TASK_ORPHANED,
                             "uuid": uuid,
                             "hostname": hostname,
                             "timestamp": now,
