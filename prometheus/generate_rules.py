@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from exporter.events import vocabulary
 from exporter.exposition import catalogue as metrics
 from exporter.exposition import promql as q
 
@@ -251,8 +252,8 @@ def _expr(*lines: str) -> str:
     return "\n".join(lines)
 
 
-FAILED = metrics.TASK_STATE_COUNTERS["task-failed"]
-SUCCEEDED = metrics.TASK_STATE_COUNTERS["task-succeeded"]
+FAILED = metrics.TASK_STATE_COUNTERS[vocabulary.TASK_FAILED]
+SUCCEEDED = metrics.TASK_STATE_COUNTERS[vocabulary.TASK_SUCCEEDED]
 TASK_LABEL = q.require_label(FAILED, metrics.TASK)
 WORKER_LABEL = q.require_label(metrics.WORKER_ONLINE, metrics.WORKER)
 QUANTILES = (0.5, 0.95, 0.99)

@@ -6,6 +6,7 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common
 
+from exporter.events import vocabulary as v
 from exporter.exposition import catalogue as m
 from exporter.exposition import promql as q
 
@@ -20,20 +21,14 @@ NAME = "Name"
 RECENT_TASKS_ROW = "Recent tasks"
 
 # Event type -> the state word an operator knows from Flower, in the lifecycle's order.
-STATES: tuple[tuple[str, str], ...] = (
-    ("task-received", "Received"),
-    ("task-started", "Started"),
-    ("task-succeeded", "Succeeded"),
-    ("task-failed", "Failed"),
-    ("task-retried", "Retried"),
-    ("task-rejected", "Rejected"),
-    ("task-revoked", "Revoked"),
+STATES: tuple[tuple[str, str], ...] = tuple(
+    (event, event.removeprefix("task-").capitalize()) for event in v.TASK_STATE_EVENTS
 )
 QUANTILES: tuple[tuple[float, str], ...] = ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
 
-_FAILED = m.TASK_STATE_COUNTERS["task-failed"]
-_SUCCEEDED = m.TASK_STATE_COUNTERS["task-succeeded"]
-_RECEIVED = m.TASK_STATE_COUNTERS["task-received"]
+_FAILED = m.TASK_STATE_COUNTERS[v.TASK_FAILED]
+_SUCCEEDED = m.TASK_STATE_COUNTERS[v.TASK_SUCCEEDED]
+_RECEIVED = m.TASK_STATE_COUNTERS[v.TASK_RECEIVED]
 
 
 def _increase(spec: m.MetricSpec) -> str:

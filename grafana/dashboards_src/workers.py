@@ -6,6 +6,7 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common, dashboard
 
+from exporter.events import vocabulary as v
 from exporter.exposition import catalogue as m
 from exporter.exposition import promql as q
 
@@ -67,10 +68,10 @@ def table_columns() -> list[tuple[str, str]]:
     return [
         (STATUS, _online()),
         (ACTIVE, _gauge_by_worker(m.WORKER_ACTIVE_TASKS)),
-        (PROCESSED, _counter_total_by_worker("task-received")),
-        (FAILED, _counter_total_by_worker("task-failed")),
-        (SUCCEEDED, _counter_total_by_worker("task-succeeded")),
-        (RETRIED, _counter_total_by_worker("task-retried")),
+        (PROCESSED, _counter_total_by_worker(v.TASK_RECEIVED)),
+        (FAILED, _counter_total_by_worker(v.TASK_FAILED)),
+        (SUCCEEDED, _counter_total_by_worker(v.TASK_SUCCEEDED)),
+        (RETRIED, _counter_total_by_worker(v.TASK_RETRIED)),
         (LOAD_1, _gauge_by_worker(m.WORKER_LOAD1)),
         (LOAD_5, _gauge_by_worker(m.WORKER_LOAD5)),
         (LOAD_15, _gauge_by_worker(m.WORKER_LOAD15)),
@@ -143,8 +144,8 @@ def _stats() -> list[stat.Panel]:
     online = q.fleet_gauge(m.WORKER_ONLINE, _FLT)
     active = q.fleet_gauge(m.WORKER_ACTIVE_TASKS, _FLT)
     failure_ratio = q.outcome_ratio(
-        _worker_change("task-failed", "increase", p.RANGE_WINDOW),
-        _worker_change("task-succeeded", "increase", p.RANGE_WINDOW),
+        _worker_change(v.TASK_FAILED, "increase", p.RANGE_WINDOW),
+        _worker_change(v.TASK_SUCCEEDED, "increase", p.RANGE_WINDOW),
         [],
     )
     return [
@@ -198,14 +199,8 @@ def _stats() -> list[stat.Panel]:
 def _trends() -> list[timeseries.Panel]:
     active = _gauge_by_worker(m.WORKER_ACTIVE_TASKS)
     rate_targets = []
-    for ref, (event, state) in enumerate(
-        (
-            ("task-received", "received"),
-            ("task-succeeded", "succeeded"),
-            ("task-failed", "failed"),
-            ("task-retried", "retried"),
-        )
-    ):
+    for ref, event in enumerate((v.TASK_RECEIVED, v.TASK_SUCCEEDED, v.TASK_FAILED, v.TASK_RETRIED)):
+        state = event.removeprefix("task-")
         expr = q.by("sum", _BY_WORKER, _worker_change(event, "rate", p.RATE_WINDOW))
         rate_targets.append(p.query(expr, p.ref_letter(ref), "{{worker}} " + state))
     load_targets = [
