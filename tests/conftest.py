@@ -460,6 +460,13 @@ class Prometheus:
             for sample in self.query(expr, at)
         }
 
+    def range_samples(self, expr: str, at: float) -> list[list[tuple[float, float]]]:
+        """The stored samples of a range-vector selector, per series: [(time, value), ...]."""
+        return [
+            [(float(when), float(value)) for when, value in series["values"]]
+            for series in self.query(expr, at)
+        ]
+
 
 PrometheusFor = Callable[[list[ExporterProcess]], "Prometheus"]
 
