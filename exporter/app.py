@@ -29,6 +29,7 @@ from exporter.parsers import ListenAddress
 from exporter.queues import wiring as queue_wiring
 from exporter.queues.collector import OnlineWorkers
 from exporter.queues.registry import consumed_queues
+from exporter.queues.tracking import OrphanCounter
 from exporter.state import State, StateSettings, TaskTracker
 from exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
 from exporter.tasks.store import RecentTasks
@@ -95,10 +96,13 @@ def build_api(config: Config, state: State, store: RecentTasks | None, stats: We
 
 
 def build_queues(
-    config: Config, store: RecentTasks | None, online_workers: OnlineWorkers
+    config: Config,
+    store: RecentTasks | None,
+    online_workers: OnlineWorkers,
+    count_orphaned: OrphanCounter,
 ) -> queue_wiring.Queues:
     """The queue tracking (to be fed by the state) and the queue-depth poller (unless turned
-    off); orphaned tasks go to the recent-task store."""
+    off); orphaned tasks are counted by the state and go to the recent-task store."""
     return queue_wiring.build(
         config.broker_url,
         config.broker_transport_options,
@@ -106,8 +110,9 @@ def build_queues(
         interval=config.queue_poll_interval,
         limit=config.max_queues,
         max_tracked_tasks=config.max_tracked_tasks,
-        worker_label=config.worker_label,
+        max_label_length=config.max_label_length,
         online_workers=online_workers,
+        count_orphaned=count_orphaned,
         on_orphaned=store.keep if store is not None else None,
         management=(
             queue_wiring.ManagementSettings(
@@ -124,8 +129,14 @@ def run(config: Config) -> int:
     stop = threading.Event()
     inbox = IntakeBacklog(config.max_intake_backlog_bytes)
     store = build_store(config)
-    # The queue tracking is fed by the state, and asks it which workers are online.
-    queues = build_queues(config, store, online_workers=lambda now: state.online_workers(now))
+    # The queue tracking is fed by the state; it asks the state which workers are online and
+    # has it count the orphaned tasks it finds.
+    queues = build_queues(
+        config,
+        store,
+        online_workers=lambda now: state.online_workers(now),
+        count_orphaned=lambda tasks: state.count_orphaned(tasks),
+    )
     state = build_state(config, store, queues.tracking)
     web_stats = WebStats()
     api = build_api(config, state, store, web_stats)

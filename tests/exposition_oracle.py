@@ -94,6 +94,7 @@ def families(
     ]
     out.append(counter_family(m.TASK_SENT, m.TASK_SENT.labels, snap.sent))
     out.append(counter_family(m.TASK_EXCEPTIONS, m.TASK_EXCEPTIONS.labels, snap.exceptions))
+    out.append(counter_family(m.TASK_ORPHANED, task_labels, by_task(snap.orphaned)))
     for spec, histograms, sums, bounds in (
         (m.TASK_RUNTIME, snap.runtime, snap.runtime_sums, settings.runtime_buckets),
         (m.TASK_QUEUE_WAIT, snap.queue_wait, snap.queue_wait_sums, settings.queue_wait_buckets),

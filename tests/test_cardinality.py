@@ -121,6 +121,51 @@ def test_names_and_workers_past_their_caps_count_as_other(
     assert max(map(len, samples)) < 250
 
 
+def test_names_of_a_purged_deploy_give_their_places_to_the_next_deploys(
+    redis_url: str, processes: Processes, publish: Any
+) -> None:
+    exporter = processes.exporter(
+        redis_url, *QUIET, "--max-task-names", "2", "--purge-stopped-worker-after", "1"
+    )
+
+    def deploy(host: str, names: dict[str, str]) -> None:
+        """A worker running each task name once, failing with its exception class."""
+        events = [heartbeat(host, 60.0)]
+        for name, exception in names.items():
+            uuid = f"{host}-{name}"
+            events += [
+                task("sent", uuid, "client@h", name=name, queue="celery"),
+                task("received", uuid, host, name=name),
+                task("failed", uuid, host, exception=f"{exception}('x')"),
+            ]
+        in_batches(publish, events)
+
+    deploy("v1@h", {"tasks.old_a": "OldAError", "tasks.old_b": "OldBError"})
+    wait_until(lambda: events_counted(exporter, "task-failed") == 2, what="the first deploy")
+    in_batches(publish, [{"type": "worker-offline", "hostname": "v1@h"}])
+    wait_until(
+        lambda: not exporter.metrics().series("celery_task_received_total"),
+        what="the first deploy purged",
+    )
+    deploy("v2@h", {"tasks.new_a": "NewAError", "tasks.new_b": "NewBError"})
+    wait_until(lambda: events_counted(exporter, "task-failed") == 4, what="the second deploy")
+
+    metrics = exporter.metrics()
+    assert metrics.by_label("celery_task_received_total", "task") == {
+        "tasks.new_a": 1.0,
+        "tasks.new_b": 1.0,
+    }
+    assert metrics.by_label("celery_task_sent_total", "task") == {
+        "tasks.new_a": 1.0,
+        "tasks.new_b": 1.0,
+    }
+    assert metrics.by_label("celery_task_exceptions_total", "exception") == {
+        "NewAError": 1.0,
+        "NewBError": 1.0,
+    }
+    assert metrics.get(OVERFLOW, label="task", reason="cap") == 0
+
+
 def test_a_scrape_during_the_purge_of_thousands_of_workers_answers_quickly(
     redis_url: str, processes: Processes, publish: Any
 ) -> None:

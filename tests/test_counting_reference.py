@@ -46,8 +46,10 @@ uuids = mostly(st.sampled_from(["u1", "u2", "u3", "u4"]))
 # Long and non-ASCII values meet the label-length cap (16 to 24 bytes in these settings).
 LONG_NAME = "tests." + "n" * 30
 LONG_HOST = "w3@" + "x" * 30
-names = mostly(st.sampled_from(["tests.add", "tests.fail", "", "tâche.é", LONG_NAME, "other"]))
-hosts = mostly(st.sampled_from(["w1@h", "w2@h", "wé@h", LONG_HOST, "hôte@" + "é" * 12]))
+plausible_names = st.sampled_from(["tests.add", "tests.fail", "", "tâche.é", LONG_NAME, "other"])
+plausible_hosts = st.sampled_from(["w1@h", "w2@h", "wé@h", LONG_HOST, "hôte@" + "é" * 12])
+names = mostly(plausible_names)
+hosts = mostly(plausible_hosts)
 times = mostly(st.sampled_from([0.0, 0.05, 1.0, 1.05, 6.0]) | st.floats(0, 100) | st.integers(0, 9))
 runtimes = mostly(st.floats(-1, 20) | st.integers(-1, 20))
 exceptions = mostly(st.sampled_from(["KeyError('k')", "ValueError()", "Reject('no')", "E: x"]))
@@ -102,7 +104,13 @@ items = weighted(
 message = st.tuples(st.just("count"), st.lists(items, max_size=6), st.floats(0, 1000))
 purge = st.tuples(st.just("purge"), st.integers(0, 9), st.just(0.0))
 """Forget the n-th worker the state knows of (its record or its task series), as a purge does."""
-operations = st.lists(weighted((8, message), (1, purge)), max_size=25)
+orphan = st.tuples(
+    st.just("orphan"),
+    st.lists(st.tuples(plausible_names | st.text(max_size=30), plausible_hosts), max_size=3),
+    st.just(0.0),
+)
+"""Count tasks orphaned, as the queue tracking's sweep finds them: (name, hostname) pairs."""
+operations = st.lists(weighted((6, message), (2, purge), (1, orphan)), max_size=25)
 state_settings = st.builds(
     StateSettings,
     runtime_buckets=st.just((0.1, 1.0, 10.0)),
@@ -134,13 +142,15 @@ def tables(counts: Any) -> dict[str, Any]:
         "greetings": list(counts.greetings),
         "overflow": counts.caps.overflow,
         "admitted": counts.caps.admitted,
+        "orphaned": counts.orphaned,
+        "exception_classes": counts.exception_classes,
     }
 
 
 def known_hosts(counts: Any) -> list[str]:
     """The hostnames the counts hold anything under, in a stable order."""
     hosts = set(counts.workers) | set(counts.unlabelled)
-    for series in counts.task_counts.values():
+    for series in (*counts.task_counts.values(), counts.orphaned):
         hosts.update(host for _, host in series)
     return sorted(hosts)
 
@@ -168,6 +178,9 @@ def test_the_fast_loop_counts_what_the_reference_counts(
             events = loads(body)
             state.apply_batch([(events, at, body)])
             plain_observed.append(reference.count(events, at))
+        elif op == "orphan":
+            state.count_orphaned(what)
+            reference.count_orphaned(what)
         else:  # the fast purge finds the worker's series through its index, the plain one looks
             hosts = known_hosts(reference)
             assert known_hosts(state.counts) == hosts
@@ -188,6 +201,7 @@ def assert_never_negative(counts: Any) -> None:
         *(n for series in counts.task_counts.values() for n in series.values()),
         *counts.sent.values(),
         *counts.exceptions.values(),
+        *counts.orphaned.values(),
         *counts.events_by_type.values(),
         *counts.rejected.values(),
         *counts.caps.overflow.values(),

@@ -119,3 +119,70 @@ def test_every_overflow_series_is_exported_from_zero() -> None:
     rows = metrics.series("celery_exporter_label_overflow_total")
     assert len(rows) == 8
     assert all(value == 0 for value in rows.values())
+
+
+def test_orphaned_tasks_are_labelled_capped_and_purged_like_the_workers_other_series() -> None:
+    state = make_state(max_task_names=1, max_label_length=32, purge_offline_worker_after=60.0)
+    host = "worker@" + "h" * 100
+    short_host = "worker@" + "h" * 22 + CUT_MARK
+    feed(state, heartbeat(host, freq=2.0, active=2), heartbeat("w2@h", freq=2.0, active=1))
+    feed(state, task("received", "u1", host=host, name="tests.sleep"))
+    # As the queue tracking's sweep hands them over: names and hostnames cut already, or not.
+    state.count_orphaned([("tests.sleep", short_host), ("tests.other", host), ("t" * 50, "w2@h")])
+    metrics = render(state)
+    orphaned = "celery_task_orphaned_total"
+    assert metrics.series(orphaned) == {
+        frozenset({("task", "tests.sleep"), ("worker", short_host)}): 1,
+        frozenset({("task", "other"), ("worker", short_host)}): 1,  # past the one-name cap
+        frozenset({("task", "other"), ("worker", "w2@h")}): 1,
+    }
+    assert metrics.get("celery_exporter_label_overflow_total", label="task", reason="cap") == 2
+    assert metrics.get("celery_exporter_label_overflow_total", label="task", reason="length") == 1
+    # The long hostname's worker goes offline and is purged: its orphaned series go with it.
+    feed(state, heartbeat("w2@h", freq=2.0, active=1), at=T0 + 100)
+    metrics = render(state, now=T0 + 100)
+    assert metrics.series(orphaned) == {frozenset({("task", "other"), ("worker", "w2@h")}): 1}
+
+
+def test_orphaned_tasks_without_the_worker_label_merge_across_workers() -> None:
+    state = make_state(worker_label=False)
+    state.count_orphaned([("t", "w1@h"), ("t", "w2@h")])
+    assert render(state).series("celery_task_orphaned_total") == {frozenset({("task", "t")}): 2}
+
+
+def test_a_task_name_no_worker_has_series_under_gives_its_place_back() -> None:
+    """Renamed tasks (a deploy) must not hold the cap for good: once every worker with series
+    under a name is purged, the name's sent and exception series go and its place is free."""
+    state = make_state(
+        max_task_names=2, max_queues=1, max_exception_classes=1, purge_offline_worker_after=60.0
+    )
+    feed(state, heartbeat("w1@h", freq=2.0), heartbeat("w2@h", freq=2.0))
+    feed(state, task("sent", "u1", host="client@h", name="old", queue="q-old"))
+    feed(state, task("received", "u1", name="old"), task("failed", "u1", exception="OldError()"))
+    feed(state, task("received", "u2", host="w2@h", name="old"))
+    feed(state, task("received", "u3", host="w2@h", name="kept"))
+    feed(state, task("received", "u4", host="w2@h", name="new"))  # past the cap
+    metrics = render(state)
+    assert metrics.get("celery_task_received_total", task="other", worker="w2@h") == 1
+
+    # w1 is purged, w2 (which still has "old" series) stays: "old" keeps its place.
+    feed(state, heartbeat("w2@h", freq=2.0), at=T0 + 100)
+    metrics = render(state, now=T0 + 100)
+    assert metrics.get("celery_task_sent_total", task="old", queue="q-old") == 1
+    assert state.counts.caps.admitted["task"] == {"old", "kept"}
+
+    # w2 is purged as well: "old" is on no worker, its places (name, queue, class) are free.
+    feed(state, heartbeat("w3@h", freq=2.0), at=T0 + 200)
+    metrics = render(state, now=T0 + 200)
+    assert not metrics.series("celery_task_sent_total")
+    assert not metrics.series("celery_task_exceptions_total")
+    assert state.counts.caps.admitted == {"task": set(), "worker": {"w3@h"}, "queue": set()}
+    feed(state, task("sent", "u5", host="client@h", name="new", queue="q-new"), at=T0 + 200)
+    feed(state, task("received", "u5", host="w3@h", name="new"), at=T0 + 200)
+    feed(state, task("failed", "u5", host="w3@h", exception="NewError()"), at=T0 + 200)
+    metrics = render(state, now=T0 + 200)
+    assert metrics.get("celery_task_received_total", task="new", worker="w3@h") == 1
+    assert metrics.get("celery_task_sent_total", task="new", queue="q-new") == 1
+    assert metrics.get("celery_task_exceptions_total", task="new", exception="NewError") == 1
+    # Only the one fold of "new" while the cap was full.
+    assert metrics.get("celery_exporter_label_overflow_total", label="task", reason="cap") == 1

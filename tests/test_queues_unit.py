@@ -17,6 +17,7 @@ from exporter.queues.reading import QueueReading
 from exporter.queues.redis import RedisLayout, oldest_task_id
 from exporter.queues.registry import QueueRegistry, consumed_queues, is_task_queue
 from exporter.queues.tracking import TaskTracking
+from exporter.state.labels import cut
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,12 @@ def task(event_type: str, uuid: str, worker: str = "w1", **fields: Any) -> dict[
 
 
 def tracking(**options: Any) -> TaskTracking:
-    return TaskTracking(QueueRegistry(), max_tasks=options.pop("max_tasks", 100), **options)
+    return TaskTracking(
+        QueueRegistry(),
+        max_tasks=options.pop("max_tasks", 100),
+        max_length=options.pop("max_length", 200),
+        **options,
+    )
 
 
 def test_oldest_waiting_task_per_queue_until_received() -> None:
@@ -230,31 +236,44 @@ def test_prefetched_is_received_and_not_started() -> None:
 
 def test_started_tasks_of_a_worker_gone_without_goodbye_are_orphaned() -> None:
     kept: list[tuple[bytes, float, int]] = []
-    tracker = tracking(on_orphaned=lambda body, at, n: kept.append((body, at, n)))
+    counted: list[list[tuple[str, str]]] = []
+    tracker = tracking(
+        on_orphaned=lambda body, at, n: kept.append((body, at, n)),
+        count_orphaned=lambda tasks: counted.append(list(tasks)),
+    )
     tracker([task("received", u, name="tests.sleep") for u in "abc"], 1.0)
     tracker([task("started", "a"), task("started", "b"), task("failed", "b")], 1.0)
     tracker([task("started", "x", worker="w2"), task("started", "y", worker="w3")], 1.0)
     tracker.sweep(2.0, {"w1", "w2", "w3"})
     tracker([{"type": "worker-offline", "hostname": "w3"}], 2.5)
     tracker.sweep(3.0, {"w2"})  # w1 fell silent; w3 said goodbye
-    snapshot = tracker.snapshot()
-    assert snapshot.orphaned == {("tests.sleep", "w1"): 1}
-    assert snapshot.prefetched == {"w2": 0}
+    assert counted == [[("tests.sleep", "w1")]]
+    assert tracker.snapshot().prefetched == {"w2": 0}
     assert kept == [
         (b'[{"type":"task-orphaned","uuid":"a","hostname":"w1","timestamp":3.0}]', 3.0, 1)
     ]
     tracker.sweep(4.0, {"w2"})  # counted once
     tracker.sweep(5.0, set())
-    assert tracker.snapshot().orphaned == {("tests.sleep", "w1"): 1, ("unknown", "w2"): 1}
+    assert counted == [[("tests.sleep", "w1")], [("unknown", "w2")]]
 
 
-def test_orphaned_without_the_worker_label() -> None:
-    tracker = tracking(worker_label=False)
-    tracker([task("received", "a", name="t"), task("started", "a")], 1.0)
-    tracker([task("received", "b", worker="w2", name="t"), task("started", "b", worker="w2")], 1.0)
-    tracker.sweep(2.0, {"w1", "w2"})
+def test_tracked_names_and_hostnames_are_cut_as_the_state_cuts_them() -> None:
+    counted: list[tuple[str, str]] = []
+    tracker = tracking(max_length=16, count_orphaned=counted.extend)
+    long_host, long_name = "w@" + "h" * 100, "tests." + "n" * 100
+    tracker([task("received", "a", worker=long_host, name=long_name)], 1.0)
+    tracker([task("received", "b", worker=long_host), task("started", "b", worker=long_host)], 1.0)
+    tracker([task("started", "c", worker="é" * 40)], 1.0)
+    # The state's online workers are its cut hostnames: the prefetched count meets them.
+    tracker.sweep(2.0, {cut(long_host, 16), cut("é" * 40, 16)})
+    assert tracker.snapshot().prefetched == {cut(long_host, 16): 1, cut("é" * 40, 16): 0}
     tracker.sweep(3.0, set())
-    assert tracker.snapshot().orphaned == {("t", ""): 2}
+    assert sorted(counted) == [("unknown", "w@hhhhhhhhhhh…"), ("unknown", "éééééé…")]
+    # A queue name past the cap is no queue's: it is not followed or polled.
+    tracker([sent("d", "q" * 17), sent("e", "q" * 16)], 4.0)
+    assert tracker.snapshot().oldest_sent == {"q" * 16: 4.0}
+    assert tracker.registry.names() == ["q" * 16]
+    assert tracker.tracked == 1  # e waiting (a went with its worker: the broker redelivers it)
 
 
 def test_tracking_is_bounded_and_ignores_malformed_events() -> None:

@@ -92,6 +92,7 @@ class EventsCollector:
             ),
             (m.TASK_SENT, m.TASK_SENT.labels, snap.sent, _as_is),
             (m.TASK_EXCEPTIONS, m.TASK_EXCEPTIONS.labels, snap.exceptions, _as_is),
+            (m.TASK_ORPHANED, names, snap.orphaned, task_values),
         ]
         for spec, labels, series, values in counters:
             out.append(exposition.header(spec, fmt))

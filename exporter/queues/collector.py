@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.exposition import catalogue as m
-from exporter.exposition.catalogue import TASK, Kind, MetricSpec
+from exporter.exposition.catalogue import Kind, MetricSpec
 from exporter.queues.poller import QueuePoller
 from exporter.queues.registry import QueueRegistry
 from exporter.queues.tracking import TaskTracking, TrackingSnapshot
@@ -29,8 +29,8 @@ def _family(
 
 
 class QueuesCollector(Collector):
-    """The polled families (when a poller runs) and the tracked ones; the sweep that counts
-    orphaned tasks runs at each scrape, before they are read."""
+    """The polled families (when a poller runs) and the tracked ones; the sweep that finds
+    orphaned tasks (the state counts them) runs at each scrape, before they are read."""
 
     def __init__(
         self,
@@ -67,11 +67,6 @@ class QueuesCollector(Collector):
         for worker, count in sorted(tracked.prefetched.items()):
             prefetched.add_metric([worker], count)
         yield prefetched
-        worker_label = self.tracking.worker_label
-        orphaned = _family(m.TASK_ORPHANED, m.TASK_ORPHANED.labels if worker_label else (TASK,))
-        for (task, worker), count in sorted(tracked.orphaned.items()):
-            orphaned.add_metric([task, worker] if worker_label else [task], count)
-        yield orphaned
 
     def _polled(self, poller: QueuePoller, online: set[str]) -> Iterator[Metric]:
         status = poller.status

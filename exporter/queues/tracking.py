@@ -6,6 +6,11 @@ and which a worker started and never finished before it vanished (orphaned).
 on the ingest thread), keeps a few dicts keyed by task uuid, and is read at scrape time. It has a
 lock of its own: the ingest thread, the scrapes and the queue poller (which corrects the sent and
 not received tasks with what the broker says is still waiting) each hold it briefly.
+
+What it holds is bounded: ``max_tasks`` uuids, each with a hostname and task name cut to the
+label-length cap as the state cuts them (so that they match the state's worker names). The
+orphaned tasks it finds are counted by the state (``State.count_orphaned``), where the task and
+worker labels are capped and a purged worker's series go with its others.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from exporter.events.vocabulary import (
 from exporter.queues.reading import QueueReading
 from exporter.queues.registry import QueueRegistry
 from exporter.state.counting import UNKNOWN_TASK
+from exporter.state.labels import cut, fits
 
 _ENDS = frozenset(TASK_STATE_EVENTS) - {TASK_RECEIVED, TASK_STARTED}
 """The task events after which a task is no longer in flight on its worker."""
@@ -36,13 +42,14 @@ _ENDS = frozenset(TASK_STATE_EVENTS) - {TASK_RECEIVED, TASK_STARTED}
 OrphanObserver = Callable[[bytes, float, int], None]
 """The recent-task store's ``keep``: (JSON body of the made-up events, when, how many)."""
 
+OrphanCounter = Callable[[Sequence[tuple[str, str]]], None]
+"""``State.count_orphaned``: (task name, worker hostname) of each task found orphaned."""
+
 
 @dataclass(frozen=True)
 class TrackingSnapshot:
     prefetched: dict[str, int]
     """Online worker -> tasks received and not started."""
-    orphaned: dict[tuple[str, str], int]
-    """(task, worker) -> tasks counted orphaned; worker is "" without the worker label."""
     oldest_sent: dict[str, float]
     """Watched queue -> when the exporter received the task-sent of its oldest waiting task."""
 
@@ -55,12 +62,16 @@ class TaskTracking:
         registry: QueueRegistry,
         *,
         max_tasks: int,
-        worker_label: bool = True,
+        max_length: int,
+        count_orphaned: OrphanCounter | None = None,
         on_orphaned: OrphanObserver | None = None,
     ) -> None:
         self.registry = registry
         self.max_tasks = max_tasks
-        self.worker_label = worker_label
+        self.max_length = max_length
+        """The label-length cap in bytes: hostnames and names are cut to it as the state cuts
+        them; a queue name that does not fit is not followed: it could not be a label value."""
+        self.count_orphaned = count_orphaned
         self.on_orphaned = on_orphaned
         self._lock = threading.Lock()
         self._waiting: dict[str, dict[str, float]] = {}
@@ -73,7 +84,6 @@ class TaskTracking:
         two more lookups per event)."""
         self._seen_online: set[str] = set()
         """Workers online at the last sweep: only they can be found gone without a goodbye."""
-        self.orphaned: dict[tuple[str, str], int] = {}
         self.worker_joined = threading.Event()
         """Set at every worker-online event; the controller broadcasts to the workers then."""
 
@@ -88,6 +98,7 @@ class TaskTracking:
             waiting_in = self._waiting_in
             in_flight = self._in_flight
             max_tasks = self.max_tasks
+            max_length = self.max_length
             for event in events:
                 if type(event) is not dict:
                     continue
@@ -111,14 +122,16 @@ class TaskTracking:
                     hostname = event.get("hostname")
                     if type(hostname) is not str:
                         continue
+                    if len(hostname) > max_length or not hostname.isascii():
+                        hostname = cut(hostname, max_length)
                     name = event.get("name")
+                    if type(name) is not str or not name:
+                        name = UNKNOWN_TASK
+                    elif len(name) > max_length or not name.isascii():
+                        name = cut(name, max_length)
                     if uuid in in_flight:  # a retry is received again: the young end
                         del in_flight[uuid]
-                    in_flight[uuid] = [
-                        hostname,
-                        name if type(name) is str and name else UNKNOWN_TASK,
-                        False,
-                    ]
+                    in_flight[uuid] = [hostname, name, False]
                     if len(in_flight) > max_tasks:
                         del in_flight[next(iter(in_flight))]
                 elif event_type in _ENDS:
@@ -131,12 +144,12 @@ class TaskTracking:
         if type(hostname) is not str:
             return
         in_flight = self._in_flight
-        in_flight[uuid] = [hostname, UNKNOWN_TASK, True]
+        in_flight[uuid] = [cut(hostname, self.max_length), UNKNOWN_TASK, True]
         if len(in_flight) > self.max_tasks:
             del in_flight[next(iter(in_flight))]
 
     def _sent(self, uuid: str, queue: Any, received_at: float) -> None:
-        if type(queue) is not str or not queue:
+        if type(queue) is not str or not queue or not fits(queue, self.max_length):
             return
         waiting_in = self._waiting_in
         if uuid in waiting_in:  # sent again (a retry) before it was received
@@ -160,6 +173,7 @@ class TaskTracking:
     def _goodbye(self, hostname: Any) -> None:
         """A clean stop: its prefetched tasks go back to the broker, its running ones finished."""
         if type(hostname) is str:
+            hostname = cut(hostname, self.max_length)
             self._forget_worker(hostname)
             self._seen_online.discard(hostname)
 
@@ -207,15 +221,16 @@ class TaskTracking:
 
     def sweep(self, now: float, online: Iterable[str]) -> None:
         """Count the running tasks of workers that went offline without a goodbye since the
-        last sweep as orphaned, and tell the recent-task store."""
+        last sweep as orphaned (by the state), and tell the recent-task store; both after the
+        lock is released, as the ingest thread takes the state's lock, then this one."""
         lost: list[dict[str, Any]] = []
+        orphaned: list[tuple[str, str]] = []
         online = set(online)
         with self._lock:
             for hostname in self._seen_online - online:
                 # Its prefetched tasks are dropped too: the broker delivers them again.
                 for uuid, name in self._forget_worker(hostname):
-                    key = (name, hostname if self.worker_label else "")
-                    self.orphaned[key] = self.orphaned.get(key, 0) + 1
+                    orphaned.append((name, hostname))
                     lost.append(
                         {
                             "type": TASK_ORPHANED,
@@ -225,6 +240,8 @@ class TaskTracking:
                         }
                     )
             self._seen_online = online
+        if orphaned and self.count_orphaned is not None:
+            self.count_orphaned(orphaned)
         if lost and self.on_orphaned is not None:
             self.on_orphaned(orjson.dumps(lost), now, len(lost))
 
@@ -233,7 +250,6 @@ class TaskTracking:
         with self._lock:
             return TrackingSnapshot(
                 prefetched=self._prefetched(),
-                orphaned=dict(self.orphaned),
                 oldest_sent={
                     queue: next(iter(waiting.values()))
                     for queue, waiting in self._waiting.items()

@@ -14,7 +14,7 @@ from exporter.queues.management import ManagementApi, read_credentials
 from exporter.queues.poller import QueuePoller
 from exporter.queues.reading import QueueReader
 from exporter.queues.registry import QueueRegistry
-from exporter.queues.tracking import OrphanObserver, TaskTracking
+from exporter.queues.tracking import OrphanCounter, OrphanObserver, TaskTracking
 
 log = get_logger(__name__)
 
@@ -83,15 +83,20 @@ def build(
     interval: float,
     limit: int,
     max_tracked_tasks: int,
-    worker_label: bool,
+    max_label_length: int,
     online_workers: OnlineWorkers,
+    count_orphaned: OrphanCounter | None = None,
     on_orphaned: OrphanObserver | None = None,
     management: ManagementSettings | None = None,
 ) -> Queues:
     """The registry, the task tracking, the poller (``interval`` 0: none) and their collector."""
     registry = QueueRegistry(named, limit)
     tracking = TaskTracking(
-        registry, max_tasks=max_tracked_tasks, worker_label=worker_label, on_orphaned=on_orphaned
+        registry,
+        max_tasks=max_tracked_tasks,
+        max_length=max_label_length,
+        count_orphaned=count_orphaned,
+        on_orphaned=on_orphaned,
     )
     poller = None
     if interval > 0:

@@ -97,10 +97,17 @@ class Counts:
             max_length=settings.max_label_length,
         )
         """The admitted label values and the overflow counts."""
+        self.orphaned: dict[TaskKey, int] = {}
+        """(task, worker) -> tasks the worker had started when it vanished without a goodbye
+        (found by the queue tracking, counted through ``count_orphaned``)."""
         self.series_names: dict[str, set[str]] = {}
         """hostname -> the task names it has series under (with the worker label): what
         ``forget_worker`` deletes, without a scan of every series."""
-        self._exception_classes: set[str] = set()
+        self.name_hosts: dict[str, int] = {}
+        """task name -> how many workers have series under it (with the worker label): when a
+        purge takes it to 0, the name gives its place under the cap back."""
+        self.exception_classes: set[str] = set()
+        """The exception classes admitted under ``max_exception_classes``."""
         self._custom_event_types = 0
 
     def count(self, events: Sequence[Any], received_at: float) -> int:
@@ -312,7 +319,9 @@ class Counts:
         names = self.series_names.get(host)
         if names is None:
             names = self.series_names[host] = set()
-        names.add(name)
+        if name not in names:
+            names.add(name)
+            self.name_hosts[name] = self.name_hosts.get(name, 0) + 1
         return (name, host)
 
     def worker_state(self, hostname: str) -> WorkerState | None:
@@ -366,7 +375,7 @@ class Counts:
 
     def _count_exception(self, task: str, exception: Any) -> None:
         cls = exception_class(exception)
-        classes = self._exception_classes
+        classes = self.exception_classes
         if cls not in classes:
             cls = self.caps.cut(EXCEPTION, cls)
             if cls not in classes:
@@ -393,13 +402,22 @@ class Counts:
                 host_counts[event_type] = host_counts.get(event_type, 0) + count
         return found
 
+    def count_orphaned(self, tasks: Sequence[tuple[str, str]]) -> None:
+        """Count tasks found orphaned, each (task name, worker hostname), under the labels an
+        event of theirs would have."""
+        orphaned = self.orphaned
+        for name, hostname in tasks:
+            key = self._series_key(self.caps.cut(TASK, name), hostname)
+            orphaned[key] = orphaned.get(key, 0) + 1
+
     def forget_worker(self, host: str) -> int:
         """Drop a worker and every series labelled with it, and free its place under the
-        worker cap; returns how many task names it had series under (the work done: the
-        index makes it proportional to the worker's own series)."""
+        worker cap, and the places of the task names no other worker has series under; returns
+        how many task names it had series under (the work done: the index makes it
+        proportional to the worker's own series)."""
         self.workers.pop(host, None)
         self.unlabelled.pop(host, None)
-        self.caps.release_worker(host)
+        self.caps.release(WORKER, host)
         names = self.series_names.pop(host, None)
         if not names:
             return 0
@@ -407,9 +425,34 @@ class Counts:
             *self.task_counts.values(),
             self.runtime,
             self.queue_wait,
+            self.orphaned,
         ]
+        name_hosts = self.name_hosts
+        unused: list[str] = []
         for name in names:
             key = (name, host)
             for family in families:
                 family.pop(key, None)
+            if name_hosts[name] > 1:
+                name_hosts[name] -= 1
+            else:
+                del name_hosts[name]
+                unused.append(name)
+        self._release_task_names(unused)
         return len(names)
+
+    def _release_task_names(self, names: list[str]) -> None:
+        """Give back the places of task names no worker has series under any more, with their
+        task-sent and exception series, and the queue and exception-class places only those
+        series held: names that come and go (renamed tasks, deploys) must not fill the cap for
+        good."""
+        admitted = self.caps.admitted[TASK]
+        released = {name for name in names if name in admitted}
+        if not released:
+            return
+        for name in released:
+            self.caps.release(TASK, name)
+        self.sent = {key: n for key, n in self.sent.items() if key[0] not in released}
+        self.exceptions = {key: n for key, n in self.exceptions.items() if key[0] not in released}
+        self.caps.keep_only(QUEUE, {queue for _, queue in self.sent})
+        self.exception_classes &= {cls for _, cls in self.exceptions}

@@ -100,6 +100,11 @@ class LabelCaps:
         admitted = self.admit(label, self.cut(label, value))
         return OTHER if admitted is None else admitted
 
-    def release_worker(self, hostname: str) -> None:
-        """Free a purged worker's place."""
-        self.admitted[WORKER].discard(hostname)
+    def release(self, label: str, value: str) -> None:
+        """Free ``value``'s place under ``label``'s cap (a purged worker, a task name no series
+        is left under)."""
+        self.admitted[label].discard(value)
+
+    def keep_only(self, label: str, in_use: set[str]) -> None:
+        """Free the places of ``label``'s values that are not ``in_use``."""
+        self.admitted[label] &= in_use

@@ -34,6 +34,7 @@ class ReferenceCounts:
         self.exceptions: dict[tuple[str, str], int] = {}
         self.runtime: dict[TaskKey, Histogram] = {}
         self.queue_wait: dict[TaskKey, Histogram] = {}
+        self.orphaned: dict[TaskKey, int] = {}
         self.workers: dict[str, WorkerState] = {}
         self.events_by_type: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
@@ -114,20 +115,43 @@ class ReferenceCounts:
             return None
         return self.workers.setdefault(host, WorkerState(host))
 
+    def count_orphaned(self, tasks: Sequence[tuple[str, str]]) -> None:
+        """Count each (task name, hostname) orphaned, labelled as its events would be."""
+        for name, hostname in tasks:
+            label = self.caps.label(TASK, self.caps.cut(TASK, name))
+            if self.settings.worker_label:
+                self._add(self.orphaned, (label, self.caps.label(WORKER, hostname)))
+            else:
+                self._add(self.orphaned, (label, ""))
+
     def forget_worker(self, host: str) -> int:
-        """Drop a worker, its series (found by looking at every one) and its place."""
+        """Drop a worker, its series (found by looking at every one) and its place; then the
+        places of the task names no series is left under, with their sent and exception
+        series, and the queue and exception-class places no series uses any more."""
         self.workers.pop(host, None)
         self.unlabelled.pop(host, None)
-        self.caps.release_worker(host)
-        if self.settings.worker_label:
-            families: list[dict[TaskKey, Any]] = [
-                *self.task_counts.values(),
-                self.runtime,
-                self.queue_wait,
-            ]
-            for family in families:
-                for key in [key for key in family if key[1] == host]:
-                    del family[key]
+        self.caps.release(WORKER, host)
+        if not self.settings.worker_label:
+            return 0
+        families: list[dict[TaskKey, Any]] = [
+            *self.task_counts.values(),
+            self.runtime,
+            self.queue_wait,
+            self.orphaned,
+        ]
+        had = {key[0] for family in families for key in family if key[1] == host}
+        for family in families:
+            for key in [key for key in family if key[1] == host]:
+                del family[key]
+        left = {key[0] for family in families for key in family}
+        released = {name for name in had - left if name in self.caps.admitted[TASK]}
+        if released:
+            for name in released:
+                self.caps.release(TASK, name)
+            self.sent = {key: n for key, n in self.sent.items() if key[0] not in released}
+            self.exceptions = {k: n for k, n in self.exceptions.items() if k[0] not in released}
+            self.caps.keep_only(QUEUE, {queue for _, queue in self.sent})
+            self.exception_classes &= {cls for _, cls in self.exceptions}
         return 0
 
     def _count_type(self, event_type: str) -> None:

@@ -25,6 +25,8 @@ class Snapshot:
     task_counts: dict[str, dict[TaskKey, int]]
     sent: dict[tuple[str, str], int]
     exceptions: dict[tuple[str, str], int]
+    orphaned: dict[TaskKey, int]
+    """Tasks started on a worker that vanished (``celery_task_orphaned_total``)."""
     runtime: dict[TaskKey, tuple[int, ...]]
     """Per-bucket counts per key, the sums in ``runtime_sums``: not a ``Histogram`` (or a list)
     per key, whose copies would lengthen the time a scrape holds the lock and set off the

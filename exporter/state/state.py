@@ -133,6 +133,13 @@ class State:
         with self._lock:
             return self.counts.seed_tasks(hostname, names)
 
+    def count_orphaned(self, tasks: Sequence[tuple[str, str]]) -> None:
+        """Count tasks a worker had started when it vanished without a goodbye, each (task
+        name, worker hostname) as the queue tracking found them: labelled, capped and purged
+        as the worker's other task series are."""
+        with self._lock:
+            self.counts.count_orphaned(tasks)
+
     def learn_names(self, names: Mapping[str, str]) -> None:
         """Remember the names of tasks in flight ({uuid: name}, from the workers' inspect
         active/reserved replies): their later events carry none."""
@@ -157,6 +164,7 @@ class State:
                 task_counts={kind: dict(series) for kind, series in counts.task_counts.items()},
                 sent=dict(counts.sent),
                 exceptions=dict(counts.exceptions),
+                orphaned=dict(counts.orphaned),
                 runtime={k: tuple(h.counts) for k, h in counts.runtime.items()},
                 runtime_sums={k: h.total for k, h in counts.runtime.items()},
                 queue_wait={k: tuple(h.counts) for k, h in counts.queue_wait.items()},
