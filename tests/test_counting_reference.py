@@ -42,7 +42,8 @@ def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[
 
 
 # Plausible values come from small pools, so that events of one task meet.
-uuids = mostly(st.sampled_from(["u1", "u2", "u3", "u4"]))
+LONG_UUID = "u" * 200  # cut to 128 characters: the next one is the same task
+uuids = mostly(st.sampled_from(["u1", "u2", "u3", "u4", LONG_UUID, LONG_UUID + "-x"]))
 # Long and non-ASCII values meet the label-length cap (16 to 24 bytes in these settings).
 LONG_NAME = "tests." + "n" * 30
 LONG_HOST = "w3@" + "x" * 30

@@ -186,3 +186,24 @@ def test_a_task_name_no_worker_has_series_under_gives_its_place_back() -> None:
     assert metrics.get("celery_task_exceptions_total", task="new", exception="NewError") == 1
     # Only the one fold of "new" while the cap was full.
     assert metrics.get("celery_exporter_label_overflow_total", label="task", reason="cap") == 1
+
+
+def test_a_crafted_uuid_is_cut_so_a_tracked_task_stays_small() -> None:
+    state = make_state()
+    uuid = "u" * 5_000
+    feed(state, task("received", uuid, name="tests.add"))
+    assert [len(key) for key in state.counts.tracked] == [128]
+    # Its later events find it under the same cut uuid: named, and no longer tracked at the end.
+    feed(state, task("started", uuid), task("succeeded", uuid + "-tail", runtime=0.5))
+    metrics = render(state)
+    assert metrics.get("celery_task_succeeded_total", task="tests.add", worker="w1@h") == 1
+    assert state.counts.tracked == {}
+
+
+def test_a_hostname_past_the_length_cap_is_counted_but_not_greeted() -> None:
+    state = make_state(max_label_length=32)
+    long_host = "worker@" + "h" * 1_000
+    feed(state, heartbeat(long_host, freq=2.0), heartbeat("w1@h", freq=2.0))
+    # A broadcast to the cut name would reach no worker; the periodic broadcast reaches it.
+    assert state.new_workers() == ["w1@h"]
+    assert render(state).get("celery_worker_online", worker="worker@" + "h" * 22 + CUT_MARK) == 1

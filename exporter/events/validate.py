@@ -21,6 +21,11 @@ INVALID_FIELD = "invalid_field"
 
 _NEEDS_UUID = frozenset(TASK_STATE_EVENTS)
 
+MAX_UUID_LENGTH = 128
+"""Characters of a task uuid kept (Celery's are 36): the state and the queue tracking key up to
+100 000 tasks each by it, so a longer, crafted one is cut rather than kept whole (two uuids
+alike in their first 128 characters are then one task)."""
+
 
 class Rejected(Exception):
     """An event that cannot be used; ``reason`` becomes the rejection metric's label.
@@ -66,6 +71,8 @@ def validate(event: Any) -> tuple[str, str, str]:
         if event_type in _NEEDS_UUID:
             raise Rejected(MISSING_UUID, f"{event_type} without uuid", event_type)
         return event_type, hostname, ""
+    if len(uuid) > MAX_UUID_LENGTH:
+        uuid = uuid[:MAX_UUID_LENGTH]
     return event_type, hostname, uuid
 
 

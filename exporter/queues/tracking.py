@@ -7,10 +7,11 @@ on the ingest thread), keeps a few dicts keyed by task uuid, and is read at scra
 lock of its own: the ingest thread, the scrapes and the queue poller (which corrects the sent and
 not received tasks with what the broker says is still waiting) each hold it briefly.
 
-What it holds is bounded: ``max_tasks`` uuids, each with a hostname and task name cut to the
-label-length cap as the state cuts them (so that they match the state's worker names). The
-orphaned tasks it finds are counted by the state (``State.count_orphaned``), where the task and
-worker labels are capped and a purged worker's series go with its others.
+What it holds is bounded: ``max_tasks`` uuids (cut as ``validate`` cuts them), each with a
+hostname and task name cut to the label-length cap as the state cuts them (so that they match
+the state's worker names). The orphaned tasks it finds are counted by the state
+(``State.count_orphaned``), where the task and worker labels are capped and a purged worker's
+series go with its others.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from exporter.events.validate import MAX_UUID_LENGTH
 from exporter.events.vocabulary import (
     TASK_ORPHANED,
     TASK_RECEIVED,
@@ -110,6 +112,8 @@ class TaskTracking:
                     elif event_type == WORKER_ONLINE:
                         self.worker_joined.set()
                     continue
+                if len(uuid) > MAX_UUID_LENGTH:  # as the state keys it
+                    uuid = uuid[:MAX_UUID_LENGTH]
                 if waiting_in and uuid in waiting_in and event_type != TASK_SENT:
                     self._forget_waiting(uuid)  # news from a worker: no longer waiting
                 if event_type == TASK_STARTED:

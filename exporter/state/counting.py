@@ -32,7 +32,7 @@ from exporter.events.vocabulary import (
     WORKER_EVENTS,
 )
 from exporter.state.histogram import Histogram
-from exporter.state.labels import CAP, EXCEPTION, OTHER, QUEUE, TASK, WORKER, LabelCaps
+from exporter.state.labels import CAP, EXCEPTION, OTHER, QUEUE, TASK, WORKER, LabelCaps, fits
 from exporter.state.settings import StateSettings
 from exporter.state.snapshot import TaskKey
 from exporter.state.workers import WorkerState, apply_worker_event
@@ -142,7 +142,8 @@ class Counts:
                             hostname,
                             received_at,
                             self.started_count,
-                        ):
+                        ) and fits(hostname, max_length):
+                            # A longer hostname is no worker's to send a broadcast to.
                             self.greetings.append(hostname)
                     elif event_type == TASK_SENT:
                         self._count_sent(event, uuid)

@@ -17,7 +17,7 @@ from exporter.events.exceptions import exception_class
 from exporter.events.validate import INVALID_FIELD, Rejected, is_number, validate
 from exporter.state.counting import MAX_ENDED_NAMES, OTHER, UNKNOWN_TASK, RejectHook
 from exporter.state.histogram import Histogram
-from exporter.state.labels import CAP, EXCEPTION, QUEUE, TASK, WORKER, LabelCaps
+from exporter.state.labels import CAP, EXCEPTION, QUEUE, TASK, WORKER, LabelCaps, fits
 from exporter.state.settings import StateSettings
 from exporter.state.snapshot import TaskKey
 from exporter.state.workers import WorkerState, apply_worker_event
@@ -85,7 +85,7 @@ class ReferenceCounts:
         if event_type in v.WORKER_EVENTS:
             if apply_worker_event(
                 self._worker, event, event_type, hostname, received_at, self._started_count
-            ):
+            ) and fits(hostname, self.settings.max_label_length):
                 self.greetings.append(hostname)
             return False
         if event_type == v.TASK_SENT:
