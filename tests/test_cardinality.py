@@ -181,14 +181,24 @@ def test_a_scrape_during_the_purge_of_thousands_of_workers_answers_quickly(
         for name in ("tasks.a", "tasks.b"):
             uuid = f"{name}-{i}"
             events += [task("received", uuid, host, name=name), task("failed", uuid, host)]
+    # Four tasks prefetched by each worker of the fleet: 20 000 in flight when it stops (a pass
+    # over them per goodbye held the ingest thread, and a scrape, for 3 s).
+    prefetch = 4
+    for i, host in enumerate(gone):
+        events += [
+            task("received", f"tasks.c-{i}-{k}", host, name="tasks.c") for k in range(prefetch)
+        ]
     in_batches(publish, events)
     total = fleet + alive
     wait_until(
-        lambda: events_counted(exporter, "task-failed") == 2 * total,
+        lambda: events_counted(exporter, "task-received") == 2 * total + prefetch * fleet,
         timeout=60,
         what="the fleet's events counted",
     )
-    assert len(exporter.metrics().series("celery_worker_online")) == total
+    metrics = exporter.metrics()
+    assert len(metrics.series("celery_worker_online")) == total
+    prefetched = metrics.by_label("celery_worker_prefetched_tasks", "worker")
+    assert prefetched == {**dict.fromkeys(gone, prefetch), **dict.fromkeys(staying, 0.0)}
 
     # The fleet stops cleanly: purged a second after its goodbyes, while scrapes are timed.
     goodbyes = [{"type": "worker-offline", "hostname": host} for host in gone]
@@ -211,6 +221,9 @@ def test_a_scrape_during_the_purge_of_thousands_of_workers_answers_quickly(
     assert after is not None
     metrics = after
     assert metrics.by_label("celery_worker_online", "worker") == dict.fromkeys(staying, 1.0)
+    assert metrics.by_label("celery_worker_prefetched_tasks", "worker") == dict.fromkeys(
+        staying, 0.0
+    )
     for family in ("celery_task_received_total", "celery_task_failed_total"):
         assert metrics.by_label(family, "worker").keys() == set(staying)
         series = metrics.series(family)

@@ -11,6 +11,7 @@ import pytest
 from kombu import Connection
 
 from exporter.queues import registry as registry_module
+from exporter.queues import tracking as tracking_module
 from exporter.queues.management import parse_management_url, read_credentials
 from exporter.queues.poller import QueuePoller, error_reason
 from exporter.queues.reading import QueueReading
@@ -344,3 +345,30 @@ def test_a_failing_listener_is_counted_and_the_poller_goes_on() -> None:
     poller.poll_once()
     assert poller.status.readings == {"q": QueueReading(1)}
     assert poller.status.errors == {"other": 2}
+
+
+def test_goodbyes_forget_tasks_at_the_sweep_or_at_the_workers_next_start() -> None:
+    counted: list[tuple[str, str]] = []
+    tracker = tracking(count_orphaned=counted.extend)
+    tracker([task("received", "a", worker="w1"), task("received", "b", worker="w2")], 1.0)
+    tracker([task("started", "b", worker="w2"), task("received", "c", worker="w3")], 1.0)
+    tracker.sweep(2.0, {"w1", "w2", "w3"})
+    assert tracker.snapshot().prefetched == {"w1": 1, "w2": 0, "w3": 1}
+    # w1 and w2 stop cleanly; w1 starts again and receives a task before the next sweep.
+    goodbyes = [{"type": "worker-offline", "hostname": host} for host in ("w1", "w2")]
+    tracker(goodbyes, 3.0)
+    tracker([task("received", "d", worker="w1")], 3.5)
+    assert tracker.tracked == 3  # b (w2, forgotten at the sweep), c, d: a went with w1's stop
+    tracker.sweep(4.0, {"w1", "w3"})
+    # b was running on w2 when it said goodbye: finished, not orphaned.
+    assert counted == []
+    assert tracker.snapshot().prefetched == {"w1": 1, "w3": 1}
+    assert tracker.tracked == 2
+
+
+def test_goodbyes_past_the_bound_are_forgotten_at_once() -> None:
+    tracker = tracking(max_tasks=5_000)
+    hosts = [f"w{i}" for i in range(tracking_module.MAX_DEPARTED + 1)]
+    tracker([task("received", f"u{i}", worker=host) for i, host in enumerate(hosts)], 1.0)
+    tracker([{"type": "worker-offline", "hostname": host} for host in hosts], 2.0)
+    assert tracker.tracked == 0  # the goodbye past the bound forgot them all, in one pass

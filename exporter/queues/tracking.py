@@ -44,6 +44,10 @@ _ENDS = frozenset(TASK_STATE_EVENTS) - {TASK_RECEIVED, TASK_STARTED}
 OrphanObserver = Callable[[bytes, float, int], None]
 """The recent-task store's ``keep``: (JSON body of the made-up events, when, how many)."""
 
+MAX_DEPARTED = 1_000
+"""Workers that said goodbye and whose tasks in flight are not forgotten yet, at most: past it,
+the tasks of all of them are forgotten at once, in one pass."""
+
 OrphanCounter = Callable[[Sequence[tuple[str, str]]], None]
 """``State.count_orphaned``: (task name, worker hostname) of each task found orphaned."""
 
@@ -86,6 +90,11 @@ class TaskTracking:
         two more lookups per event)."""
         self._seen_online: set[str] = set()
         """Workers online at the last sweep: only they can be found gone without a goodbye."""
+        self._departed: dict[str, None] = {}
+        """Workers that said goodbye since the last sweep. Their tasks in flight are forgotten
+        at the sweep, in one pass over the tasks for all of them (a pass per goodbye, with a
+        fleet stopping, stalled the ingest thread), or before the first task of their next
+        start, whichever comes first."""
         self.worker_joined = threading.Event()
         """Set at every worker-online event; the controller broadcasts to the workers then."""
 
@@ -101,6 +110,7 @@ class TaskTracking:
             in_flight = self._in_flight
             max_tasks = self.max_tasks
             max_length = self.max_length
+            departed = self._departed
             for event in events:
                 if type(event) is not dict:
                     continue
@@ -128,6 +138,8 @@ class TaskTracking:
                         continue
                     if len(hostname) > max_length or not hostname.isascii():
                         hostname = cut(hostname, max_length)
+                    if departed and hostname in departed:  # started again since its goodbye
+                        self._forget_departed((hostname,))
                     name = event.get("name")
                     if type(name) is not str or not name:
                         name = UNKNOWN_TASK
@@ -147,8 +159,11 @@ class TaskTracking:
         """A task-started without its task-received (missed, or before the exporter started)."""
         if type(hostname) is not str:
             return
+        hostname = cut(hostname, self.max_length)
+        if hostname in self._departed:
+            self._forget_departed((hostname,))
         in_flight = self._in_flight
-        in_flight[uuid] = [cut(hostname, self.max_length), UNKNOWN_TASK, True]
+        in_flight[uuid] = [hostname, UNKNOWN_TASK, True]
         if len(in_flight) > self.max_tasks:
             del in_flight[next(iter(in_flight))]
 
@@ -175,21 +190,35 @@ class TaskTracking:
             del self._waiting[queue]
 
     def _goodbye(self, hostname: Any) -> None:
-        """A clean stop: its prefetched tasks go back to the broker, its running ones finished."""
+        """A clean stop: its prefetched tasks go back to the broker, its running ones finished;
+        they are forgotten later, with other workers' (``_departed``)."""
         if type(hostname) is str:
             hostname = cut(hostname, self.max_length)
-            self._forget_worker(hostname)
             self._seen_online.discard(hostname)
+            departed = self._departed
+            departed[hostname] = None
+            if len(departed) > MAX_DEPARTED:
+                self._forget_departed(list(departed))
 
-    def _forget_worker(self, hostname: str) -> list[tuple[str, str]]:
-        """Drop a worker's tasks in flight; returns its started ones as (uuid, task name)."""
+    def _forget_departed(self, hosts: Iterable[str]) -> None:
+        """Forget the tasks in flight of workers that said goodbye."""
+        hosts = set(hosts)
+        self._forget_workers(hosts)
+        for hostname in hosts:
+            del self._departed[hostname]
+
+    def _forget_workers(self, hosts: set[str]) -> list[tuple[str, str, str]]:
+        """Drop the tasks in flight of the workers ``hosts``, in one pass; returns the started
+        ones as (uuid, task name, hostname)."""
+        if not hosts:
+            return []
         in_flight = self._in_flight
-        mine = [uuid for uuid, entry in in_flight.items() if entry[0] == hostname]
+        theirs = [uuid for uuid, entry in in_flight.items() if entry[0] in hosts]
         started = []
-        for uuid in mine:
-            _, name, was_started = in_flight.pop(uuid)
+        for uuid in theirs:
+            hostname, name, was_started = in_flight.pop(uuid)
             if was_started:
-                started.append((uuid, name))
+                started.append((uuid, name, hostname))
         return started
 
     # -- the poller side ---------------------------------------------------------------------
@@ -231,9 +260,11 @@ class TaskTracking:
         orphaned: list[tuple[str, str]] = []
         online = set(online)
         with self._lock:
-            for hostname in self._seen_online - online:
-                # Its prefetched tasks are dropped too: the broker delivers them again.
-                for uuid, name in self._forget_worker(hostname):
+            vanished = self._seen_online - online
+            departed = self._departed
+            # Their prefetched tasks are dropped too: the broker delivers them again.
+            for uuid, name, hostname in self._forget_workers(vanished | departed.keys()):
+                if hostname in vanished:
                     orphaned.append((name, hostname))
                     lost.append(
                         {
@@ -243,6 +274,7 @@ class TaskTracking:
                             "timestamp": now,
                         }
                     )
+            departed.clear()
             self._seen_online = online
         if orphaned and self.count_orphaned is not None:
             self.count_orphaned(orphaned)
