@@ -57,7 +57,9 @@ exceptions = mostly(st.sampled_from(["KeyError('k')", "ValueError()", "Reject('n
 numbers = mostly(st.integers(0, 10) | st.integers(-1, 10) | st.floats(0, 10))
 loadavgs = mostly(st.lists(mostly(st.floats(0, 4)), min_size=3, max_size=3))
 task_types = (vocabulary.TASK_SENT, *vocabulary.TASK_STATE_EVENTS)
-custom_types = st.sampled_from([f"custom-{i}" for i in range(MAX_CUSTOM_EVENT_TYPES + 10)])
+custom_types = st.sampled_from(
+    [f"custom-{i}" for i in range(MAX_CUSTOM_EVENT_TYPES + 10)] + ["custom-" + "x" * 100]
+)
 
 task_fields = {
     "name": names,
@@ -70,7 +72,7 @@ worker_fields = {
     "active": numbers,
     "processed": numbers,
     "loadavg": loadavgs,
-    "sw_ident": mostly(st.just("py-celery")),
+    "sw_ident": mostly(st.sampled_from(["py-celery", "x" * 101])),
 }
 task_events = st.fixed_dictionaries(
     {

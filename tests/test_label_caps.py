@@ -207,3 +207,27 @@ def test_a_hostname_past_the_length_cap_is_counted_but_not_greeted() -> None:
     # A broadcast to the cut name would reach no worker; the periodic broadcast reaches it.
     assert state.new_workers() == ["w1@h"]
     assert render(state).get("celery_worker_online", worker="worker@" + "h" * 22 + CUT_MARK) == 1
+
+
+def test_a_long_custom_event_type_counts_as_other() -> None:
+    state = make_state()
+    feed(
+        state,
+        {"type": "custom-" + "x" * 100, "hostname": "w1@h"},
+        {"type": "mine", "hostname": "h"},
+    )
+    assert render(state).by_label("celery_exporter_events_total", "type") == {
+        "other": 1.0,
+        "mine": 1.0,
+    }
+
+
+def test_a_heartbeat_with_software_text_no_worker_sends_is_rejected_whole() -> None:
+    state = make_state()
+    feed(state, heartbeat("w1@h", freq=2.0, active=0, sw_ident="py-celery", sw_ver="5.5.3"))
+    feed(state, heartbeat("w2@h", freq=2.0, active=0, sw_ver="5." * 1_000))
+    metrics = render(state)
+    info = {("worker", "w1@h"), ("sw_ident", "py-celery"), ("sw_ver", "5.5.3"), ("sw_sys", "")}
+    assert metrics.series("celery_worker_info") == {frozenset(info): 1.0}
+    assert not metrics.series("celery_worker_online", worker="w2@h")
+    assert metrics.get("celery_exporter_events_rejected_total", reason="invalid_field") == 1

@@ -48,6 +48,8 @@ KNOWN_EVENT_TYPES = frozenset(CELERY_EVENT_TYPES)
 MAX_CUSTOM_EVENT_TYPES = 50
 """Custom event types counted by name; later ones count as "other", to bound the cardinality of
 the events counter."""
+MAX_CUSTOM_EVENT_TYPE_LENGTH = 100
+"""Longest custom event type counted by name (a label value); a longer one counts as "other"."""
 
 # Task states, as Celery names them (celery.states), with the event that puts a task in each.
 PENDING = "PENDING"

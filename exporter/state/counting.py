@@ -20,6 +20,7 @@ from exporter.events.exceptions import exception_class
 from exporter.events.validate import INVALID_FIELD, Rejected, is_number, validate
 from exporter.events.vocabulary import (
     KNOWN_EVENT_TYPES,
+    MAX_CUSTOM_EVENT_TYPE_LENGTH,
     MAX_CUSTOM_EVENT_TYPES,
     TASK_FAILED,
     TASK_RECEIVED,
@@ -303,7 +304,10 @@ class Counts:
             counts[event_type] += 1
         elif event_type in KNOWN_EVENT_TYPES:
             counts[event_type] = 1
-        elif self._custom_event_types < MAX_CUSTOM_EVENT_TYPES:
+        elif (
+            self._custom_event_types < MAX_CUSTOM_EVENT_TYPES
+            and len(event_type) <= MAX_CUSTOM_EVENT_TYPE_LENGTH
+        ):
             self._custom_event_types += 1
             counts[event_type] = 1
         else:

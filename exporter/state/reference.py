@@ -157,7 +157,10 @@ class ReferenceCounts:
     def _count_type(self, event_type: str) -> None:
         if event_type in v.KNOWN_EVENT_TYPES or event_type in self.custom_event_types:
             self._add(self.events_by_type, event_type)
-        elif len(self.custom_event_types) < v.MAX_CUSTOM_EVENT_TYPES:
+        elif (
+            len(self.custom_event_types) < v.MAX_CUSTOM_EVENT_TYPES
+            and len(event_type) <= v.MAX_CUSTOM_EVENT_TYPE_LENGTH
+        ):
             self.custom_event_types.add(event_type)
             self._add(self.events_by_type, event_type)
         else:

@@ -51,6 +51,7 @@ def apply_worker_event(
     if event_type != WORKER_OFFLINE:
         # Checked first: a crafted heartbeat must not even make its worker known.
         freq, active, processed, loadavg = heartbeat_numbers(event, hostname)
+        software = heartbeat_software(event, hostname)
     state = state_for(hostname)
     if state is None:
         return False
@@ -78,11 +79,7 @@ def apply_worker_event(
         state.processed = processed
     if loadavg is not None:
         state.loadavg = loadavg
-    state.software = (
-        _text(event.get("sw_ident")),
-        _text(event.get("sw_ver")),
-        _text(event.get("sw_sys")),
-    )
+    state.software = software
     return greet
 
 
@@ -93,6 +90,9 @@ MAX_ACTIVE_TASKS = 1_000_000
 MAX_PROCESSED_TASKS = 2**53
 """Largest processed count taken as true (exact as a float, so as a sample value)."""
 MAX_LOAD = 1e6
+SOFTWARE_FIELDS = ("sw_ident", "sw_ver", "sw_sys")
+MAX_SOFTWARE_LENGTH = 100
+"""Longest sw_ident, sw_ver or sw_sys taken as true (Celery's: "py-celery", "5.5.3", "Linux")."""
 
 Loadavg = tuple[float, float, float]
 
@@ -172,5 +172,18 @@ def long_gone(
     ]
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+def heartbeat_software(event: dict[str, Any], hostname: str) -> tuple[str, str, str]:
+    """A worker event's sw_ident, sw_ver and sw_sys ("" when absent or not text: some workers
+    of other languages send none); raises Rejected("invalid_field") for one longer than any
+    worker's (they become label values of ``celery_worker_info``)."""
+    found = []
+    for field in SOFTWARE_FIELDS:
+        value = event.get(field)
+        if not isinstance(value, str):
+            value = ""
+        elif len(value) > MAX_SOFTWARE_LENGTH:
+            raise Rejected(
+                INVALID_FIELD, f"{field} of {len(value)} characters from {hostname[:200]}"
+            )
+        found.append(value)
+    return found[0], found[1], found[2]
