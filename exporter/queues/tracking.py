@@ -114,8 +114,12 @@ class TaskTracking:
             for event in events:
                 if type(event) is not dict:
                     continue
-                event_type = event.get("type")
-                uuid = event.get("uuid")
+                try:  # subscripts: a task event has both, and costs no method call
+                    event_type = event["type"]
+                    uuid = event["uuid"]
+                except KeyError:
+                    event_type = event.get("type")
+                    uuid = None
                 if type(uuid) is not str:
                     if event_type == WORKER_OFFLINE:
                         self._goodbye(event.get("hostname"))
