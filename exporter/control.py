@@ -58,8 +58,9 @@ def registered_tasks(replies: Any) -> dict[str, list[str]]:
 
 
 def task_names(*replies: Any) -> dict[str, str]:
-    """{task uuid: task name} from ``inspect().active()`` / ``reserved()`` replies (each
-    {hostname: [request info, ...]}); entries without a usable id and name are left out."""
+    """{task uuid: task name} from ``inspect().active()`` / ``reserved()`` / ``scheduled()``
+    replies (each {hostname: [request info, ...]}; a scheduled entry holds its request info
+    under "request"); entries without a usable id and name are left out."""
     found: dict[str, str] = {}
     for reply in replies:
         if not isinstance(reply, dict):
@@ -70,6 +71,8 @@ def task_names(*replies: Any) -> dict[str, str]:
             for request in requests:
                 if not isinstance(request, dict):
                     continue
+                if isinstance(request.get("request"), dict):  # scheduled: {eta, priority, request}
+                    request = request["request"]
                 uuid, name = request.get("id"), request.get("name")
                 if (
                     isinstance(uuid, str)
@@ -225,7 +228,11 @@ class Controller:
 
     def _learn_names(self, inspector: Any) -> None:
         # safe: the arguments as reprs, never unpickled objects (they are not kept anyway).
-        names = task_names(inspector.active(safe=True), inspector.reserved(safe=True))
+        # Tasks with an ETA or countdown wait in the worker's timer, in neither active nor
+        # reserved until they are due: only scheduled names them.
+        names = task_names(
+            inspector.active(safe=True), inspector.reserved(safe=True), inspector.scheduled()
+        )
         if not names:
             return
         self.state.learn_names(names)

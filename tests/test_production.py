@@ -112,11 +112,17 @@ def test_an_exporter_restarted_with_tasks_in_flight_keeps_their_names(
 ) -> None:
     first = processes.exporter(redis_url)
     processes.worker(redis_url, "busy@prod", concurrency=2, extra=("--prefetch-multiplier", "1"))
+    processes.worker(redis_url, "eta@prod", extra=("-Q", "eta"))
     with client(redis_url) as app:
         # Two run, two wait reserved (prefetched) on the worker.
         for _ in range(4):
             app.send_task("tests.sleep", (8.0,))
+        # Two wait for their countdown in the other worker's timer: neither active nor
+        # reserved until they are due.
+        for i in range(2):
+            app.send_task("tests.add", (i, i), countdown=8, queue="eta")
     wait_metric(first, "celery_worker_active_tasks", 2.0, worker="busy@prod")
+    wait_metric(first, "celery_task_received_total", 2.0, task="tests.add", worker="eta@prod")
     assert first.stop() == 0
     second = processes.exporter(redis_url)
     labels = {"task": "tests.sleep", "worker": "busy@prod"}
@@ -124,6 +130,10 @@ def test_an_exporter_restarted_with_tasks_in_flight_keeps_their_names(
     assert metrics.get(SUCCEEDED, task="unknown", worker="busy@prod") in (None, 0.0)
     rows = second.get("/api/tasks", {"worker": "busy@prod"}).json()
     assert sorted((row["name"], row["state"]) for row in rows) == [("tests.sleep", "SUCCESS")] * 4
+    metrics = wait_metric(second, SUCCEEDED, 2.0, task="tests.add", worker="eta@prod")
+    assert metrics.get(SUCCEEDED, task="unknown", worker="eta@prod") in (None, 0.0)
+    rows = second.get("/api/tasks", {"worker": "eta@prod"}).json()
+    assert sorted((row["name"], row["state"]) for row in rows) == [("tests.add", "SUCCESS")] * 2
 
 
 def test_tasks_revoked_before_a_worker_received_them_are_named(

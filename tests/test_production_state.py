@@ -142,10 +142,25 @@ def test_registered_replies_keep_the_names_only() -> None:
     assert registered_tasks(None) == {}
 
 
-def test_active_and_reserved_replies_give_uuid_to_name() -> None:
+def test_active_reserved_and_scheduled_replies_give_uuid_to_name() -> None:
     active = {"w1@h": [{"id": "u1", "name": "tasks.add", "args": [1]}, {"id": "u2"}, "junk"]}
     reserved = {"w2@h": [{"id": "u3", "name": "tasks.mul"}, {"id": 4, "name": "n"}], "w3": None}
-    assert task_names(active, reserved, None) == {"u1": "tasks.add", "u3": "tasks.mul"}
+    # Celery's scheduled entries: the request info under "request", beside eta and priority.
+    scheduled = {
+        "w1@h": [
+            {
+                "eta": "2026-12-01T12:00:00+00:00",
+                "priority": 6,
+                "request": {"id": "u5", "name": "t.eta"},
+            },
+            {"eta": None, "priority": 6, "request": "junk"},
+        ]
+    }
+    assert task_names(active, reserved, scheduled, None) == {
+        "u1": "tasks.add",
+        "u3": "tasks.mul",
+        "u5": "t.eta",
+    }
 
 
 def _store_fed(**store_options: Any) -> tuple[State, RecentTasks]:
