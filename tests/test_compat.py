@@ -5,10 +5,12 @@ tests cover."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import time
 import tomllib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +21,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from packaging.requirements import Requirement
 
 from exporter.intake import compat
+from exporter.intake.event_queue import DEFAULT_EVENT_SETTINGS, event_queue
 from exporter.intake.kombu_reader import buffer_amqp_reads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +152,80 @@ def test_py_amqp_recv_replacement_reads_every_frame(amqp_url: str) -> None:
     assert calls, "py-amqp no longer reads through _quick_recv"
 
 
+@contextmanager
+def subscribed_kombu_channel(redis_url: str) -> Iterator[tuple[Connection, Any, list[Any]]]:
+    """kombu's Redis channel consuming the exporter's event queue as the kombu path does, once
+    kombu has subscribed (its first drain); yields the connection, the channel and the list the
+    delivered messages go to."""
+    with Connection(redis_url) as conn:
+        channel: Any = conn.channel()
+        got: list[Any] = []
+        queue = event_queue(conn, "celeryev.compat-probe", DEFAULT_EVENT_SETTINGS)
+        with Consumer(channel, [queue], on_message=got.append, no_ack=True):
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.2)
+            yield conn, channel, got
+
+
+def test_redis_pubsub_ping_is_answered_and_swallowed(redis_url: str) -> None:
+    """kombu ``Channel.subclient`` + redis-py ``PubSub.HEALTH_CHECK_MESSAGE`` and
+    ``health_check_response_counter``: the PING goes out on the subscribed connection, kombu
+    reads the PONG amid the messages, redis-py takes it off the counter and nothing is
+    delivered for it."""
+    with subscribed_kombu_channel(redis_url) as (conn, channel, got):
+        assert compat.redis_pubsub_unanswered_pings(channel) == 0
+        assert compat.redis_pubsub_ping(channel) is True
+        assert compat.redis_pubsub_unanswered_pings(channel) == 1
+        deadline = time.monotonic() + 5
+        while compat.redis_pubsub_unanswered_pings(channel) and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.2)
+        assert compat.redis_pubsub_unanswered_pings(channel) == 0, "the PONG was never counted"
+        assert got == []
+
+
+def test_redis_pubsub_ping_waits_for_the_subscription(redis_url: str) -> None:
+    with Connection(redis_url) as conn:
+        channel: Any = conn.channel()
+        assert compat.redis_pubsub_ping(channel) is False
+        assert compat.redis_pubsub_unanswered_pings(channel) == 0
+        assert compat.redis_pubsub_socket(channel) is None
+
+
+def test_redis_pubsub_socket_is_the_subscribers(redis_url: str) -> None:
+    """redis-py ``Connection._sock`` of kombu's subclient: Redis lists the socket's address as a
+    client with one pattern subscription."""
+    with subscribed_kombu_channel(redis_url) as (_, channel, _):
+        sock = compat.redis_pubsub_socket(channel)
+        assert sock is not None
+        host, port = sock.getsockname()[:2]
+        clients = channel.client.client_list()
+        (mine,) = [c for c in clients if c["addr"] == f"{host}:{port}"]
+        assert (mine["psub"], mine["sub"]) == ("1", "0")
+
+
+def test_kombu_forget_auto_delete_keeps_the_binding_on_close(redis_url: str) -> None:
+    """kombu ``Channel.auto_delete_queues``: a channel's close deletes the bindings of the
+    queues listed there, and of no other."""
+    binding_key = f"_kombu.binding.{DEFAULT_EVENT_SETTINGS.exchange}"
+    with Connection(redis_url) as conn:
+        client = conn.default_channel.client
+        for forget in (False, True):
+            channel: Any = conn.channel()
+            queue = event_queue(conn, f"celeryev.compat-forget-{forget}", DEFAULT_EVENT_SETTINGS)
+            queue(channel).declare()
+            assert queue.name in channel.auto_delete_queues
+            assert client.scard(binding_key) == 1
+            if forget:
+                compat.kombu_forget_auto_delete(channel)
+            channel.close()
+            assert client.scard(binding_key) == (1 if forget else 0)
+
+
+class _NoCounterChannel:
+    subclient = None  # kombu's cached property, shadowed by the instance's value
+
+
 def test_a_changed_shape_raises_compat_error() -> None:
     with pytest.raises(compat.CompatError, match="_fanout_queues"):
         compat.redis_subscribe_topics(SimpleNamespace(), "celeryev")
@@ -158,6 +235,19 @@ def test_a_changed_shape_raises_compat_error() -> None:
         compat.py_amqp_read_buffer(SimpleNamespace())
     with pytest.raises(compat.CompatError, match="_quick_recv"):
         compat.replace_py_amqp_recv(SimpleNamespace(), lambda recv: recv)
+    with pytest.raises(compat.CompatError, match="subclient"):
+        compat.redis_pubsub_ping(SimpleNamespace())
+    channel = _NoCounterChannel()
+    channel.__dict__["subclient"] = SimpleNamespace(connection=object(), HEALTH_CHECK_MESSAGE="x")
+    with pytest.raises(compat.CompatError, match="health_check_response_counter"):
+        compat.redis_pubsub_ping(channel)
+    with pytest.raises(compat.CompatError, match="health_check_response_counter"):
+        compat.redis_pubsub_unanswered_pings(channel)
+    channel.__dict__["subclient"] = SimpleNamespace(connection=SimpleNamespace(_sock=1))
+    with pytest.raises(compat.CompatError, match="_sock"):
+        compat.redis_pubsub_socket(channel)
+    with pytest.raises(compat.CompatError, match="auto_delete_queues"):
+        compat.kombu_forget_auto_delete(SimpleNamespace())
 
 
 @pytest.mark.parametrize("package", ["kombu", "amqp", "redis", "celery"])

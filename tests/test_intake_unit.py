@@ -16,9 +16,10 @@ from exporter.config import Config
 from exporter.decoder import Decoder
 from exporter.events.decode import b64decode, open_envelope
 from exporter.intake.backlog import IntakeBacklog
-from exporter.intake.kombu_reader import BufferedRecv
+from exporter.intake.kombu_reader import BrokerReader, BufferedRecv, is_redis_broker
 from exporter.intake.message import RawMessage
 from exporter.intake.redis import is_redis_url, subscribe_topics
+from exporter.intake.status import BrokerStatus
 
 
 def _channel(url: str, **options: object) -> Any:
@@ -136,3 +137,25 @@ def test_buffered_recv_serves_exact_sizes_from_one_read() -> None:
     buffered = BufferedRecv(recv)
     assert [buffered(3), buffered(3), buffered(10), buffered(5)] == [b"abc", b"def", b"ghij", b""]
     assert len(reads) == 2  # one read for the data, one that saw the end
+
+
+@pytest.mark.parametrize(
+    ("url", "redis"),
+    [
+        ("redis://h:6379/0", True),
+        ("rediss://h:6380/0", True),
+        ("sentinel://h:26379", True),
+        ("redis+socket:///run/redis.sock", True),
+        ("amqp://guest:guest@h:5672//", False),
+        ("amqps://guest:guest@h:5671//", False),
+        ("memory://", False),
+    ],
+)
+def test_redis_readers_get_socket_timeouts_the_user_may_override(url: str, redis: bool) -> None:
+    """kombu's path on Redis times its connections out (a frozen server would hold them for
+    good); a timeout given as a transport option wins; other brokers get nothing added."""
+    status = BrokerStatus()
+    reader = BrokerReader(url, {"socket_timeout": 1.5}, IntakeBacklog(1 << 20), status)
+    assert is_redis_broker(url) is redis
+    added = {"socket_connect_timeout": 5.0} if redis else {}
+    assert reader.connection().transport_options == {"socket_timeout": 1.5, **added}

@@ -1,8 +1,10 @@
 """Every touch of kombu's, redis-py's and py-amqp's private attributes, fenced in one module.
 
-The fast intake paths need four things those libraries do not publish: kombu's own rule for the
-Redis pub/sub topics of a fanout queue, redis-py's socket, py-amqp's raw socket read and its read
-buffer. Each function below is the only place one of them is touched, and each has a test in
+The intake paths need things those libraries do not publish: kombu's own rule for the Redis
+pub/sub topics of a fanout queue, redis-py's socket, py-amqp's raw socket read and its read
+buffer (the fast paths); redis-py's pub/sub health check, kombu's subscriber connection and its
+list of auto-delete queues (kombu's path on Redis, which must notice a frozen server). Each
+function below is the only place one of them is touched, and each has a test in
 ``tests/test_compat.py`` that fails loudly, naming the attribute, when an upgrade changes it.
 ``pyproject.toml`` pins kombu, py-amqp and redis-py to the releases those tests cover: widen a pin
 only after the tests pass on the new release.
@@ -87,3 +89,68 @@ def replace_py_amqp_recv(
     if not callable(original):
         raise CompatError("py-amqp TCPTransport has no callable _quick_recv")
     transport._quick_recv = wrap(original)
+
+
+def _kombu_redis_pubsub(channel: Any) -> Any:
+    """The redis-py ``PubSub`` kombu's Redis ``channel`` consumes fanout queues with (its
+    ``subclient``, a cached property: None until kombu first subscribes)."""
+    namespace = getattr(channel, "__dict__", None)
+    if not isinstance(namespace, dict) or not hasattr(type(channel), "subclient"):
+        raise CompatError("kombu's Redis Channel has no cached subclient property")
+    return namespace.get("subclient")
+
+
+def _health_check_counter(pubsub: Any) -> int:
+    counter = getattr(pubsub, "health_check_response_counter", None)
+    if not isinstance(counter, int):
+        raise CompatError(
+            f"redis-py PubSub.health_check_response_counter is {type(counter).__name__}, not int"
+        )
+    return counter
+
+
+def redis_pubsub_ping(channel: Any) -> bool:
+    """PING the server on the pub/sub connection of kombu's Redis ``channel``, as redis-py's own
+    ``PubSub.check_health`` does: with ``PubSub.HEALTH_CHECK_MESSAGE`` as the payload and one
+    more in ``health_check_response_counter``, so that the PONG, read by kombu amid the
+    messages, is swallowed by redis-py and taken off the counter. False (nothing sent) while
+    kombu has not subscribed yet."""
+    pubsub = _kombu_redis_pubsub(channel)
+    connection = getattr(pubsub, "connection", None)
+    if connection is None:
+        return False
+    message = getattr(pubsub, "HEALTH_CHECK_MESSAGE", None)
+    if not isinstance(message, str):
+        raise CompatError("redis-py PubSub has no HEALTH_CHECK_MESSAGE string")
+    counter = _health_check_counter(pubsub)
+    connection.send_command("PING", message, check_health=False)
+    pubsub.health_check_response_counter = counter + 1
+    return True
+
+
+def redis_pubsub_unanswered_pings(channel: Any) -> int:
+    """Health-check PINGs sent on the pub/sub connection of kombu's Redis ``channel`` whose PONG
+    has not been read yet (redis-py's ``PubSub.health_check_response_counter``)."""
+    pubsub = _kombu_redis_pubsub(channel)
+    return 0 if pubsub is None else _health_check_counter(pubsub)
+
+
+def kombu_forget_auto_delete(channel: Any) -> None:
+    """Make kombu's virtual ``channel`` forget which of its queues are auto-delete
+    (``Channel.auto_delete_queues``): closing it then deletes none of them, so a channel whose
+    server stopped answering closes without a command that could only time out (on Redis, a
+    SREM and a pipeline, each retried by redis-py). Only for a channel being given up."""
+    queues = getattr(channel, "auto_delete_queues", None)
+    if not isinstance(queues, set):
+        raise CompatError(f"kombu Channel.auto_delete_queues is {type(queues).__name__}, not a set")
+    queues.clear()
+
+
+def redis_pubsub_socket(channel: Any) -> socket.socket | None:
+    """The socket of the pub/sub connection of kombu's Redis ``channel`` (redis-py's
+    ``Connection._sock``), None while it is not connected."""
+    pubsub = _kombu_redis_pubsub(channel)
+    connection = getattr(pubsub, "connection", None)
+    if connection is None or getattr(connection, "_sock", None) is None:
+        return None
+    return redis_socket(connection)

@@ -3,11 +3,15 @@
 The queue is declared exactly as Celery 5.7's own ``EventReceiver`` declares it, from the app's
 event settings (``exporter.intake.event_queue``), so broker policies written for Flower or
 ``celery events`` apply unchanged. Messages are not decoded here: their raw bodies go to the
-intake backlog.
+intake backlog. On Redis the reader checks its pub/sub connection itself, by the rule of
+``exporter.intake.liveness``, as the Redis fast path does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +31,7 @@ from exporter.intake.event_queue import (
     event_queue,
     event_queue_name,
 )
+from exporter.intake.liveness import CHECK_EVERY, PING_TIMEOUT, SOCKET_TIMEOUT, PingWatch
 from exporter.intake.message import RawMessage
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
@@ -38,6 +43,15 @@ CONNECT_TIMEOUT = 5.0
 AMQP_HEARTBEAT = 4.0
 """Seconds between AMQP heartbeats asked of the broker: a connection silent for two of them is
 dead, so a frozen RabbitMQ is noticed within ~8 s (py-amqp's and the fast path's rule)."""
+REDIS_TIMEOUTS = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT}
+"""Transport options every Redis reader gets unless the user sets them: redis-py waits forever
+by default, so a frozen server would hold a connection attempt, or the close of a connection
+given up on, until it thawed."""
+
+
+def is_redis_broker(broker_url: str) -> bool:
+    """True if kombu reaches ``broker_url`` through its Redis transport (sentinel included)."""
+    return bool(Connection(broker_url).transport.driver_type == "redis")
 
 
 class BrokerReader:
@@ -55,11 +69,15 @@ class BrokerReader:
         self.status = status
         self.events = events
         self.queue_name = event_queue_name(events)
+        self._received = 0
 
     def connection(self) -> Connection:
+        options = self.transport_options
+        if is_redis_broker(self.broker_url):
+            options = {**REDIS_TIMEOUTS, **options}
         return Connection(
             self.broker_url,
-            transport_options=self.transport_options,
+            transport_options=options,
             heartbeat=AMQP_HEARTBEAT,
             connect_timeout=CONNECT_TIMEOUT,
         )
@@ -111,18 +129,68 @@ class BrokerReader:
                 self.status.connected = True
                 self.status.connected_event.set()
                 log.info("broker connected", broker=self.safe_url(), queue=self.queue_name)
-                while not stop.is_set():
-                    try:
-                        conn.drain_events(timeout=DRAIN_TIMEOUT)
-                    except TimeoutError:
-                        conn.heartbeat_check()
+                if conn.transport.driver_type == "redis":
+                    self._drain_redis(stop, conn, channel)
+                else:
+                    self._drain(stop, conn)
+
+    def _drain(self, stop: threading.Event, conn: Connection) -> None:
+        """AMQP and the rest: a dead or frozen broker is the transport's to notice (py-amqp
+        raises once two heartbeats are missed)."""
+        while not stop.is_set():
+            try:
+                conn.drain_events(timeout=DRAIN_TIMEOUT)
+            except TimeoutError:
+                conn.heartbeat_check()
+
+    def _drain_redis(self, stop: threading.Event, conn: Connection, channel: Any) -> None:
+        """Redis: kombu checks a pub/sub connection only from an event loop, which this reader
+        has not, so the reader PINGs a quiet one itself (``exporter.intake.liveness``)."""
+        watch = PingWatch(
+            lambda: compat.redis_pubsub_ping(channel),
+            lambda: compat.redis_pubsub_unanswered_pings(channel),
+        )
+        bounded: socket.socket | None = None
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=CHECK_EVERY)
+                watch.check(self._received)
+                sock = compat.redis_pubsub_socket(channel)
+                if sock is not None and sock is not bounded:
+                    bound_blocking_reads(sock, PING_TIMEOUT)
+                    bounded = sock
+        except Exception:
+            # The connection is broken or its server does not answer: deleting the queue's
+            # binding on close would fail too, on a frozen server only after redis-py's retries
+            # of a 5 s timeout, with readiness still claiming a connection. Nothing is lost by
+            # skipping it: the next connection declares the same queue (same name, same binding)
+            # and kombu lets the bindings of an expiring queue lapse.
+            compat.kombu_forget_auto_delete(channel)
+            raise
 
     def _on_message(self, message: Message) -> None:
+        self._received += 1
         self.outbox.put(RawMessage(time.time(), message.content_type, message.body))
 
     def safe_url(self) -> str:
         """The broker URL with its password masked, for logs."""
         return str(maybe_sanitize_url(self.broker_url))
+
+
+def bound_blocking_reads(sock: socket.socket, seconds: float) -> None:
+    """Make a blocking read of ``sock`` fail after ``seconds`` without data (``SO_RCVTIMEO``).
+
+    redis-py reads the rest of a pub/sub reply with no timeout at all (``sock.settimeout(None)``
+    for the read): a server frozen halfway through sending a message would hold kombu's reader,
+    and the PINGs of ``_drain_redis`` with it, until it thawed. The kernel's own timeout still
+    applies to such a read; redis-py turns the failed read into a ConnectionError. Reads that
+    wait for the next message do not block (kombu polls first), so a quiet subscription is
+    never cut.
+    """
+    whole = int(seconds)
+    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
 
 
 AMQP_READ_SIZE = 1 << 20

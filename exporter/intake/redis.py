@@ -10,7 +10,8 @@ What is subscribed is what kombu itself would subscribe: the topics come from ko
 ``Channel`` for this URL and these transport options (``fanout_prefix``, ``fanout_patterns``,
 ``global_keyprefix``, the database number, sentinel's legacy topic), and the connection comes
 from that channel's redis-py pool (password, TLS, sentinel, socket options), so the fast path
-sees exactly the events kombu would deliver.
+sees exactly the events kombu would deliver. A quiet connection is PINGed
+(``exporter.intake.liveness``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kombu import Connection
 from exporter.intake import compat
 from exporter.intake.event_queue import DEFAULT_EVENT_EXCHANGE
 from exporter.intake.kombu_reader import BrokerReader
+from exporter.intake.liveness import CHECK_EVERY, PING_AFTER, PING_TIMEOUT, frozen_message
 from exporter.intake.message import RawMessage
 from exporter.logging import get_logger
 
@@ -38,18 +40,6 @@ so each turn must take everything the kernel has buffered (a 200 k-event burst i
 FEED_SIZE = 64 << 10
 """Bytes handed to hiredis at a time: its reader moves the unread rest of its buffer to the front
 after every reply, so a whole read fed at once would cost quadratic time."""
-
-PING_AFTER = 2.0
-"""Seconds of silence after which the connection is checked with a PING: a busy stream proves
-the server alive, a quiet one is asked (a PING every 2 s costs the server nothing)."""
-PING_TIMEOUT = 3.0
-"""Seconds the answer to a PING may take: past it the server is frozen (a stopped process, a
-swapped-out host, a cut network), so the reader reconnects and readiness tells the truth within
-``PING_AFTER + PING_TIMEOUT`` seconds of the last byte."""
-SOCKET_TIMEOUT = 5.0
-"""Default ``socket_timeout`` and ``socket_connect_timeout`` of the connection kombu and
-redis-py open for us (their default is none): a connection attempt to a frozen server, whose
-kernel still accepts the TCP connection, fails after this instead of hanging."""
 
 REDIS_TRANSPORTS = frozenset({"redis", "rediss", "sentinel"})
 
@@ -87,14 +77,6 @@ def is_redis_url(connection: Connection) -> bool:
 class RedisPubSubReader(BrokerReader):
     """Same interface and reconnection loop as ``BrokerReader``; only ``_consume`` differs."""
 
-    def connection(self) -> Connection:
-        timeouts = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT}
-        return Connection(
-            self.broker_url,
-            transport_options={**timeouts, **self.transport_options},
-            connect_timeout=SOCKET_TIMEOUT,
-        )
-
     def _consume(self, stop: threading.Event) -> None:
         with self.connection() as conn:
             conn.ensure_connection(max_retries=1)
@@ -115,7 +97,7 @@ class RedisPubSubReader(BrokerReader):
         monotonic = time.monotonic
         last_data = monotonic()
         pinged_at: float | None = None
-        sock.settimeout(0.5)
+        sock.settimeout(CHECK_EVERY)
         # Read into one reused buffer: a fresh multi-megabyte bytes object per read costs page
         # faults and a shrinking copy; hiredis copies what it is fed.
         chunk = bytearray(READ_SIZE)
@@ -127,10 +109,7 @@ class RedisPubSubReader(BrokerReader):
                 now = monotonic()
                 if pinged_at is not None:
                     if now - pinged_at > PING_TIMEOUT:
-                        raise ConnectionError(
-                            f"no answer to PING within {PING_TIMEOUT:.0f} s: the server is "
-                            "frozen or unreachable"
-                        ) from None
+                        raise ConnectionError(frozen_message()) from None
                 elif now - last_data > PING_AFTER:
                     sock.sendall(b"*1\r\n$4\r\nPING\r\n")
                     pinged_at = now
