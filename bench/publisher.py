@@ -7,7 +7,8 @@ while the clock runs must cost next to nothing, or it slows the faster consumer 
 slower one: on Redis, kombu's ``_put_fanout`` is redirected into a capture (same topics, same
 payload), each PUBLISH is encoded in Redis' protocol when the burst is prepared, and a few hundred
 are written per system call; on AMQP, py-amqp's frames for each publish are captured when the
-burst is prepared and written a few hundred messages per system call.
+burst is prepared and written a few hundred messages per system call. Those captures touch
+private attributes of kombu, redis-py and py-amqp, all through ``exporter.intake.compat``.
 
 Command line (prints the expected counts as JSON)::
 
@@ -31,6 +32,7 @@ from kombu import Connection, Producer
 from kombu.utils.json import dumps as kombu_dumps
 
 from bench.fleet import HEARTBEAT_FREQ, Expected, Fleet, Outgoing
+from exporter.intake import compat
 
 PIPELINE_MESSAGES = 256
 
@@ -66,16 +68,16 @@ class BrokerPublisher:
         self.redis = self.connection.transport.driver_type == "redis"
         self._staged: list[Prepared] = []
         if self.redis:
-            self.channel._put_fanout = self._stage_fanout
+            compat.redis_stage_fanout(self.channel, self._stage_fanout)
 
     def _stage_fanout(
         self, exchange: str, message: dict[str, Any], routing_key: str, **_: Any
     ) -> None:
-        # What kombu's Channel._put_fanout would PUBLISH, kept instead of sent.
+        # What kombu's fanout publish would PUBLISH, kept instead of sent.
         payload = kombu_dumps(message)
         events = self._events_of_current
         prefix = self.channel.global_keyprefix or ""  # what kombu's client prepends
-        for topic in self.channel._get_publish_topics(exchange, routing_key):
+        for topic in compat.redis_publish_topics(self.channel, exchange, routing_key):
             wire = resp_command(b"PUBLISH", (prefix + topic).encode(), payload.encode())
             self._staged.append(Prepared(topic, payload, {}, events, wire))
 
@@ -109,7 +111,7 @@ class BrokerPublisher:
             connection = pool.get_connection()
             try:
                 connection.connect()
-                sock = connection._sock
+                sock = compat.redis_socket(connection)
                 for start in range(0, len(prepared), PIPELINE_MESSAGES):
                     batch = prepared[start : start + PIPELINE_MESSAGES]
                     sock.sendall(b"".join(item.wire for item in batch))
@@ -128,20 +130,14 @@ class BrokerPublisher:
     def _prepare_amqp(self, messages: Iterable[Outgoing]) -> list[Prepared]:
         # py-amqp's own frames for each publish (method, content header, body), kept instead of
         # written: the analogue of the Redis pipeline, so the publisher outruns the consumer.
-        transport = self.channel.connection.transport
-        frames: list[bytes] = []
-        original = transport._write
-        transport._write = lambda data: frames.append(bytes(data))  # its buffer is reused
         out = []
-        try:
+        with compat.py_amqp_captured_writes(self.channel.connection.transport) as frames:
             for message in messages:
                 self._publish(message)
                 out.append(
                     Prepared(message.routing_key, b"".join(frames), message.headers, message.events)
                 )
                 frames.clear()
-        finally:
-            transport._write = original
         return out
 
     def send(self, messages: Iterable[Outgoing]) -> int:

@@ -5,8 +5,10 @@ tests cover."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.metadata
+import json
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -62,8 +64,9 @@ def _received_on(conn: Connection, topics: list[str], publish: Callable[[], None
 def test_redis_topics_are_where_kombu_publishes(
     redis_url: str, exchange: str, options: dict[str, Any]
 ) -> None:
-    """``_fanout_queues`` + ``_get_subscribe_topics``: the topics we compute receive exactly the
-    messages kombu publishes to the fanout exchange, as Celery's EventDispatcher does."""
+    """``_fanout_queues`` + ``_get_subscribe_topics`` and ``_get_publish_topics``: the topics we
+    compute receive exactly the messages kombu publishes to the fanout exchange, as Celery's
+    EventDispatcher does, on the topics kombu says it publishes to."""
     with Connection(redis_url, transport_options=options) as conn:
         topics = compat.redis_subscribe_topics(conn.default_channel, exchange)
         assert topics and all(isinstance(topic, str) for topic in topics)
@@ -76,9 +79,11 @@ def test_redis_topics_are_where_kombu_publishes(
 
         got = _received_on(conn, topics, publish)
         published = [
-            conn.default_channel._get_publish_topic(exchange, key)
+            topic
             for key in ("task.multi", "worker.heartbeat")
+            for topic in compat.redis_publish_topics(conn.default_channel, exchange, key)
         ]
+    assert len(published) == 2
     assert [m["channel"].decode() for m in got] == published
 
 
@@ -222,6 +227,57 @@ def test_kombu_forget_auto_delete_keeps_the_binding_on_close(redis_url: str) -> 
             assert client.scard(binding_key) == (1 if forget else 0)
 
 
+def test_redis_stage_fanout_gets_kombus_publish_instead_of_redis(redis_url: str) -> None:
+    """kombu ``Channel._put_fanout``: a publish to the fanout exchange reaches the stage with
+    kombu's envelope, the exchange and the routing key, and nothing is PUBLISHed."""
+    staged: list[tuple[str, dict[str, Any], str]] = []
+
+    def stage(exchange: str, message: dict[str, Any], routing_key: str, **_: Any) -> None:
+        staged.append((exchange, message, routing_key))
+
+    with Connection(redis_url) as conn:
+        channel: Any = conn.channel()
+        compat.redis_stage_fanout(channel, stage)
+        topics = compat.redis_subscribe_topics(conn.default_channel, "celeryev")
+
+        def publish() -> None:
+            producer = Producer(channel, exchange=get_exchange(conn, name="celeryev"))
+            producer.publish({"type": "task-sent"}, routing_key="task.sent", serializer="json")
+
+        got = _received_on(conn, topics, publish)
+    assert got == [], "kombu published despite the stage"
+    ((exchange, message, routing_key),) = staged
+    assert (exchange, routing_key) == ("celeryev", "task.sent")
+    assert message["content-type"] == "application/json"
+    assert json.loads(base64.b64decode(message["body"])) == {"type": "task-sent"}
+
+
+def test_py_amqp_captured_writes_are_the_publish_frames(amqp_url: str) -> None:
+    """py-amqp ``_AbstractTransport._write``: a publish inside the block sends nothing; its
+    captured bytes, written later, deliver the message; after the block publishing works."""
+    with Connection(amqp_url) as conn:
+        conn.ensure_connection(max_retries=1)
+        channel: Any = conn.channel()
+        queue = Queue("compat.write", Exchange("compat.write", type="fanout"), exclusive=True)
+        bound = queue(channel)
+        bound.declare()  # and its exchange: a declare inside the block would wait forever
+        producer = Producer(channel, exchange=queue.exchange, auto_declare=False)
+        transport = conn.connection.transport
+        with compat.py_amqp_captured_writes(transport) as writes:
+            producer.publish({"n": 1}, serializer="json")
+        assert writes, "py-amqp no longer writes through _write"
+        assert bound.get(no_ack=True) is None, "the publish went out during the capture"
+        transport.write(b"".join(writes))
+        producer.publish({"n": 2}, serializer="json")
+        bodies: list[Any] = []
+        deadline = time.monotonic() + 10
+        while len(bodies) < 2 and time.monotonic() < deadline:
+            message = bound.get(no_ack=True)
+            if message is not None:
+                bodies.append(message.payload)
+    assert bodies == [{"n": 1}, {"n": 2}]
+
+
 class _NoCounterChannel:
     subclient = None  # kombu's cached property, shadowed by the instance's value
 
@@ -248,6 +304,19 @@ def test_a_changed_shape_raises_compat_error() -> None:
         compat.redis_pubsub_socket(channel)
     with pytest.raises(compat.CompatError, match="auto_delete_queues"):
         compat.kombu_forget_auto_delete(SimpleNamespace())
+    with pytest.raises(compat.CompatError, match="_put_fanout"):
+        compat.redis_stage_fanout(SimpleNamespace(), lambda *args, **kwargs: None)
+    with pytest.raises(compat.CompatError, match="_get_publish_topics"):
+        compat.redis_publish_topics(SimpleNamespace(), "celeryev", "task.multi")
+    with pytest.raises(compat.CompatError, match="_get_publish_topics"):
+        compat.redis_publish_topics(
+            SimpleNamespace(_get_publish_topics=lambda e, k: ("t",)), "celeryev", "task.multi"
+        )
+    with (
+        pytest.raises(compat.CompatError, match="_write"),
+        compat.py_amqp_captured_writes(SimpleNamespace()),
+    ):
+        pass
 
 
 @pytest.mark.parametrize("package", ["kombu", "amqp", "redis", "celery"])

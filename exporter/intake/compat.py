@@ -3,19 +3,21 @@
 The intake paths need things those libraries do not publish: kombu's own rule for the Redis
 pub/sub topics of a fanout queue, redis-py's socket, py-amqp's raw socket read and its read
 buffer (the fast paths); redis-py's pub/sub health check, kombu's subscriber connection and its
-list of auto-delete queues (kombu's path on Redis, which must notice a frozen server). Each
+list of auto-delete queues (kombu's path on Redis, which must notice a frozen server). The
+benchmark's publisher needs kombu's fanout publish and topics and py-amqp's raw write. Each
 function below is the only place one of them is touched, and each has a test in
 ``tests/test_compat.py`` that fails loudly, naming the attribute, when an upgrade changes it.
 ``pyproject.toml`` pins kombu, py-amqp and redis-py to the releases those tests cover: widen a pin
 only after the tests pass on the new release.
 
-Nothing else in the exporter may touch a private attribute of these libraries.
+Nothing else in the exporter or the benchmark may touch a private attribute of these libraries.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 FANOUT_ROUTING_KEY = "#"
@@ -154,3 +156,46 @@ def redis_pubsub_socket(channel: Any) -> socket.socket | None:
     if connection is None or getattr(connection, "_sock", None) is None:
         return None
     return redis_socket(connection)
+
+
+# -- the benchmark's publisher (bench/publisher.py) -------------------------------------------
+# It must put kombu's own bytes on the wire at a rate no consumer keeps up with, so it captures
+# what kombu and py-amqp would send and writes it later in large batches.
+
+
+def redis_stage_fanout(channel: Any, stage: Callable[..., None]) -> None:
+    """Have kombu's Redis ``channel`` hand each fanout publish to ``stage(exchange, message,
+    routing_key, **kwargs)`` instead of PUBLISHing it: ``Channel._put_fanout``, which kombu's
+    fanout exchange delivers through, replaced on this channel only."""
+    if not callable(getattr(channel, "_put_fanout", None)):
+        raise CompatError("kombu's Redis Channel has no callable _put_fanout")
+    channel._put_fanout = stage
+
+
+def redis_publish_topics(channel: Any, exchange: str, routing_key: str) -> list[str]:
+    """The pub/sub topics kombu's Redis ``channel`` PUBLISHes a fanout message to
+    (``Channel._get_publish_topics``), before its client prepends ``global_keyprefix``."""
+    get_topics = getattr(channel, "_get_publish_topics", None)
+    if not callable(get_topics):
+        raise CompatError("kombu's Redis Channel has no callable _get_publish_topics")
+    topics = get_topics(exchange, routing_key)
+    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+        raise CompatError(f"kombu's _get_publish_topics returned {topics!r}, not a list of str")
+    return topics
+
+
+@contextmanager
+def py_amqp_captured_writes(transport: Any) -> Iterator[list[bytes]]:
+    """Yields the list of everything py-amqp's ``transport`` is asked to write while the block
+    runs, kept instead of sent: ``_AbstractTransport._write``, which ``write`` and so every
+    frame goes through, replaced for the block. Each piece is copied: py-amqp reuses its
+    buffer."""
+    original = getattr(transport, "_write", None)
+    if not callable(original):
+        raise CompatError("py-amqp transport has no callable _write")
+    writes: list[bytes] = []
+    transport._write = lambda data: writes.append(bytes(data))
+    try:
+        yield writes
+    finally:
+        transport._write = original
