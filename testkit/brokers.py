@@ -1,14 +1,17 @@
-"""Brokers of our own: a redis-server on a free port, a RabbitMQ virtual host."""
+"""Brokers of our own: a redis-server on a free port, a RabbitMQ node on free ports, a RabbitMQ
+virtual host on the machine's node."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,3 +112,172 @@ def rabbitmq_vhost(prefix: str) -> Iterator[str]:
         yield f"amqp://{AMQP_USER}:{AMQP_PASSWORD}@{AMQP_HOST}/{vhost}"
     finally:
         subprocess.run([tool("rabbitmqctl"), "delete_vhost", vhost], capture_output=True)
+
+
+RABBITMQ_MANAGEMENT = "rabbitmq_management"
+
+
+class RabbitNode:
+    """A RabbitMQ node of our own (its own node name, AMQP and distribution ports, data and log
+    folders), which may be frozen (SIGSTOP of its Erlang VM) to test what the exporter does when
+    its broker hangs: the machine's node is shared and must never be stopped or frozen.
+
+    ``plugins`` are enabled at start; with ``rabbitmq_management`` the management API listens on
+    ``management_url``. The guest user (guest/guest) may connect, from the loopback only.
+
+    The node runs as the rabbitmq user when started by root (Debian's script does that), so its
+    folder lives outside any folder only root may enter; ``stop`` removes it.
+    """
+
+    def __init__(self, *, plugins: Sequence[str] = (), prefix: str = "cee") -> None:
+        self.node = f"{prefix}-{uuid.uuid4().hex[:8]}@localhost"
+        self.amqp_port = free_port()
+        self.management_port = free_port()
+        self.plugins = tuple(plugins)
+        self.folder: Path | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.vm_pid: int | None = None
+        """The node's Erlang VM (beam.smp): the process that holds every connection."""
+        self.frozen = False
+
+    @property
+    def url(self) -> str:
+        return f"amqp://{AMQP_USER}:{AMQP_PASSWORD}@127.0.0.1:{self.amqp_port}//"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Start the node and return once RabbitMQ and its plugins run (``rabbitmqctl wait``)."""
+        server = tool("rabbitmq-server")
+        ctl = tool("rabbitmqctl")
+        folder = self.folder = Path(tempfile.mkdtemp(prefix="cee-rabbit-"))
+        (folder / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+        config = f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
+        if RABBITMQ_MANAGEMENT in self.plugins:
+            config += (
+                f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+            )
+        (folder / "rabbitmq.conf").write_text(config)
+        if os.geteuid() == 0:  # Debian's script runs the server as the rabbitmq user
+            for path in (folder, *folder.iterdir()):
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.amqp_port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(folder / "log"),
+            "RABBITMQ_PID_FILE": str(folder / "pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq"),
+            "ERL_CRASH_DUMP": str(folder / "erl_crash.dump"),
+        }
+        with (folder / "server.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                [server], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        # The VM writes its pid file early; `wait` returns once the applications run.
+        waiter = subprocess.Popen(
+            [ctl, "-n", self.node, "wait", str(folder / "pid"), "--timeout", str(int(timeout))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        while waiter.poll() is None:
+            if self.proc.poll() is not None:
+                waiter.kill()
+                waiter.wait()
+                raise RuntimeError(f"rabbitmq-server exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.2)
+        output = waiter.stdout.read().decode(errors="replace") if waiter.stdout else ""
+        if waiter.returncode != 0:
+            raise RuntimeError(f"RabbitMQ node {self.node} did not start: {output}\n{self.log()}")
+        self.vm_pid = int((folder / "pid").read_text().strip())
+        if not self._ours(self.vm_pid):
+            raise RuntimeError(f"pid {self.vm_pid} of node {self.node} is not a process we started")
+
+    def log(self) -> str:
+        """What the server script wrote, and the node's own log."""
+        if self.folder is None:
+            return ""
+        parts = [self.folder / "server.log", *sorted((self.folder / "log").glob("*.log"))]
+        return "\n".join(path.read_text(errors="replace") for path in parts if path.exists())
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``rabbitmqctl`` against this node; raises on failure (hangs while it is frozen)."""
+        return subprocess.run(
+            [tool("rabbitmqctl"), "-n", self.node, *args],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+
+    @contextmanager
+    def vhost(self, prefix: str) -> Iterator[str]:
+        """A virtual host of our own on this node, deleted afterwards: tests that share the node
+        leave nothing (a queued task, a binding) for the next one. Yields its AMQP URL."""
+        vhost = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.ctl("add_vhost", vhost)
+        try:
+            self.ctl("set_permissions", "-p", vhost, AMQP_USER, ".*", ".*", ".*")
+            yield f"amqp://{AMQP_USER}:{AMQP_PASSWORD}@127.0.0.1:{self.amqp_port}/{vhost}"
+        finally:
+            if self.frozen:
+                self.thaw()
+            subprocess.run(
+                [tool("rabbitmqctl"), "-n", self.node, "delete_vhost", vhost], capture_output=True
+            )
+
+    def freeze(self) -> None:
+        """SIGSTOP the node's VM: the kernel keeps its connections open and accepts new ones
+        into the listen backlog, nothing is answered."""
+        self._signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+        self.frozen = False
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.vm_pid is None or self.proc is None or not self._ours(self.vm_pid):
+            raise RuntimeError(f"RabbitMQ node {self.node} is not running")
+        os.kill(self.vm_pid, sig)
+
+    def _ours(self, pid: int) -> bool:
+        """``pid`` is a beam.smp descended from the server script we started (su puts the VM
+        in a session of its own, so neither its session nor its process group says so)."""
+        if self.proc is None:
+            return False
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "beam.smp":
+                return False
+            while pid > 1:
+                if pid == self.proc.pid:
+                    return True
+                # The parent pid is the 4th field of stat, after the parenthesised name.
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        return False
+
+    def stop(self) -> None:
+        """Stop the node (thawed first if frozen) and remove its folder."""
+        if self.proc is not None and self.proc.poll() is None:
+            if self.frozen:
+                self.thaw()
+            subprocess.run(
+                [tool("rabbitmqctl"), "-n", self.node, "stop"], capture_output=True, timeout=60
+            )
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                if self.vm_pid is not None and self._ours(self.vm_pid):
+                    os.kill(self.vm_pid, signal.SIGKILL)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None

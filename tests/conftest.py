@@ -23,7 +23,7 @@ from celery import Celery
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.brokers import RedisServer, rabbitmq_vhost
+from testkit.brokers import RabbitNode, RedisServer, rabbitmq_vhost
 from testkit.ports import free_port as free_port  # re-exported: tests import it from here
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,15 @@ def require_tool(name: str, install: str = "scripts/test installs it") -> str:
 # -- layers ------------------------------------------------------------------------------------
 
 INTEGRATION_FIXTURES = frozenset(
-    {"processes", "redis_url", "amqp_url", "broker_url", "private_redis", "promtool"}
+    {
+        "processes",
+        "redis_url",
+        "amqp_url",
+        "broker_url",
+        "private_redis",
+        "rabbit_node",
+        "promtool",
+    }
 )
 """Fixtures that start or reach a real broker or process: a test using one is an integration
 test. Tests that run an external tool (promtool, prometheus, dclint, pip) without them say so with
@@ -430,6 +438,30 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield redis
     finally:
         redis.stop()
+
+
+@contextmanager
+def private_rabbit_node(plugins: tuple[str, ...] = ()) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of our own on free ports (``testkit.brokers.RabbitNode``), which a test
+    may freeze; stopped and removed afterwards. Its start takes several seconds: share one (a
+    module- or session-scoped fixture)."""
+    require_tool("rabbitmq-server")
+    require_tool("rabbitmqctl")
+    node = RabbitNode(plugins=plugins)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbit_node() -> Iterator[RabbitNode]:
+    """One private RabbitMQ node (no plugins) for every test that freezes RabbitMQ: its start
+    takes several seconds. Each test takes a virtual host of its own (``RabbitNode.vhost``) and
+    thaws the node before it ends."""
+    with private_rabbit_node() as node:
+        yield node
 
 
 # -- a real Prometheus -------------------------------------------------------------------------

@@ -3,14 +3,7 @@ the management plugin (the machine's shared node has it off)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +11,8 @@ import requests
 from kombu import Connection, Exchange, Producer, Queue
 
 from exporter.queues.management import ManagementApi, ManagementError
-from tests.conftest import Processes, client, free_port, require_tool, wait_until
+from testkit.brokers import RABBITMQ_MANAGEMENT, RabbitNode
+from tests.conftest import Processes, client, private_rabbit_node, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,89 +20,26 @@ MONITOR_USER = "monitor"
 MONITOR_PASSWORD = "s3cret-monitor-pw"
 
 
-@dataclass
-class PrivateRabbit:
-    node: str
-    amqp_port: int
-    management_port: int
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}//"
-
-    @property
-    def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.management_port}"
-
-    def ctl(self, *args: str) -> None:
-        subprocess.run(
-            [require_tool("rabbitmqctl"), "-n", self.node, *args],
-            check=True,
-            capture_output=True,
-        )
-
-
 @pytest.fixture(scope="module")
-def private_rabbit() -> Iterator[PrivateRabbit]:
-    """A RabbitMQ node of our own, with the management plugin, on free ports; its folder is
-    outside pytest's (which only root may enter), as the server runs as the rabbitmq user."""
-    server = require_tool("rabbitmq-server")
-    folder = Path(tempfile.mkdtemp(prefix="cee-rabbit-"))
-    rabbit = PrivateRabbit(f"cee-mgmt-{uuid.uuid4().hex[:8]}@localhost", free_port(), free_port())
-    (folder / "enabled_plugins").write_text("[rabbitmq_management].\n")
-    (folder / "rabbitmq.conf").write_text(
-        f"listeners.tcp.default = 127.0.0.1:{rabbit.amqp_port}\n"
-        f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {rabbit.management_port}\n"
-    )
-    if os.geteuid() == 0:  # Debian's script runs the server as the rabbitmq user
-        shutil.chown(folder, "rabbitmq", "rabbitmq")
-        for path in folder.iterdir():
-            shutil.chown(path, "rabbitmq", "rabbitmq")
-    env = {
-        **os.environ,
-        "RABBITMQ_NODENAME": rabbit.node,
-        "RABBITMQ_NODE_PORT": str(rabbit.amqp_port),
-        "RABBITMQ_DIST_PORT": str(free_port()),
-        "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(folder / "log"),
-        "RABBITMQ_PID_FILE": str(folder / "pid"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
-        "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq"),
-        "ERL_CRASH_DUMP": str(folder / "erl_crash.dump"),
-    }
-    log = (folder / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [server], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
+def private_rabbit() -> Iterator[RabbitNode]:
+    """A RabbitMQ node of our own with the management plugin, and a user with the monitoring
+    tag only, as the docs tell operators to create."""
+    with private_rabbit_node(plugins=(RABBITMQ_MANAGEMENT,)) as rabbit:
 
         def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited:\n{Path(log.name).read_text()}")
             return requests.get(
                 f"{rabbit.management_url}/api/overview", auth=("guest", "guest"), timeout=2
             ).ok
 
-        wait_until(up, timeout=90, interval=0.5, what="a private RabbitMQ with management")
+        wait_until(up, timeout=30, interval=0.5, what="the management API of the private node")
         rabbit.ctl("add_user", MONITOR_USER, MONITOR_PASSWORD)
         rabbit.ctl("set_user_tags", MONITOR_USER, "monitoring")
         rabbit.ctl("set_permissions", "-p", "/", MONITOR_USER, "", "", ".*")
         yield rabbit
-    finally:
-        subprocess.run(
-            [require_tool("rabbitmqctl"), "-n", rabbit.node, "stop"], capture_output=True
-        )
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_unacked_messages_and_queues_found_through_the_management_api(
-    private_rabbit: PrivateRabbit, processes: Processes, tmp_path: Path
+    private_rabbit: RabbitNode, processes: Processes, tmp_path: Path
 ) -> None:
     credentials = tmp_path / "management-credentials"
     credentials.write_text(f"{MONITOR_USER}:{MONITOR_PASSWORD}\n")
@@ -177,7 +108,7 @@ def test_unacked_messages_and_queues_found_through_the_management_api(
     assert metrics.series("celery_exporter_queue_poll_errors_total") == {}
 
 
-def test_a_refused_management_call_is_a_clear_error(private_rabbit: PrivateRabbit) -> None:
+def test_a_refused_management_call_is_a_clear_error(private_rabbit: RabbitNode) -> None:
     api = ManagementApi(private_rabbit.management_url, "/", (MONITOR_USER, "wrong"), timeout=5)
     with pytest.raises(ManagementError, match="401"):
         api.queues()
