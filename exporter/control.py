@@ -9,20 +9,26 @@ reserved are learnt (their later events carry none). The names are asked of ever
 each (re)connection too: an exporter restarted with tasks in flight names their ends.
 
 All go over the broker's control exchange, on a connection of their own: kombu connections are
-not shared across threads.
+not shared across threads. Every broker operation on it is bounded (``CONTROL_TIMEOUT``): a broker
+that stops answering fails the broadcast within seconds, with a log line and a count, and the
+next one tries again.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from kombu import Connection
 
+from exporter.intake import FAST_PATH_OPTION
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
+from exporter.queues.poller import ERROR_REASONS, error_reason
 from exporter.state import State
 
 log = get_logger(__name__)
@@ -33,6 +39,48 @@ INSPECT_TIMEOUT = 1.0
 STOP_CHECK = 0.2
 """Seconds between looks at the stop event while waiting for the next broadcast: a wait of a
 whole broadcast interval would hold a SIGTERM up for that long."""
+
+
+CONTROL_TIMEOUT = 3.0
+"""Seconds one broker operation of the controller may take: a connection attempt, a write, the
+answer to a command (a queue declaration, a Redis command). Their defaults are none for Redis
+and py-amqp: a frozen broker (its kernel keeps the TCP connection open) held a broadcast, and
+every greeting behind it, until the broker answered again."""
+
+BOUNDED_OPTIONS = {
+    "redis": ("socket_timeout", "socket_connect_timeout"),
+    "amqp": ("connect_timeout", "read_timeout", "write_timeout"),
+}
+"""The transport options that bound each kind of broker's socket operations."""
+
+
+def control_transport_options(broker_url: str, transport_options: dict[str, Any]) -> dict[str, Any]:
+    """The transport options of the controller's connection: the user's, with every socket
+    operation bounded by ``CONTROL_TIMEOUT`` (or the user's shorter value), and without the
+    exporter's own options (py-amqp would be handed them as connection arguments)."""
+    options = {k: v for k, v in transport_options.items() if k != FAST_PATH_OPTION}
+    driver = Connection(broker_url, transport_options=options).transport.driver_type
+    for name in BOUNDED_OPTIONS.get(driver, ()):
+        given = options.get(name)  # a number if given (exporter.broker_options checks)
+        if isinstance(given, int | float) and 0 < given < CONTROL_TIMEOUT:
+            options[name] = float(given)
+        else:
+            options[name] = CONTROL_TIMEOUT
+    return options
+
+
+class BoundedConnection(Connection):  # type: ignore[misc]  # kombu is untyped here (pyproject)
+    """kombu's Connection, except that ``ensure`` gives up at the first connection error.
+
+    kombu's pidbox publishes every broadcast with ``retry=True`` and no retry policy, and
+    ``ensure`` then reconnects for as long as the broker does not answer, holding the controller
+    (and every greeting behind it) through a freeze. Each broadcast opens a connection of its
+    own, so the next broadcast is the retry."""
+
+    def ensure(
+        self, obj: Any, fun: Any, errback: Any = None, max_retries: Any = None, **options: Any
+    ) -> Any:
+        return super().ensure(obj, fun, errback, 0, **options)
 
 
 MAX_TASK_NAME = 200
@@ -148,9 +196,18 @@ class Controller:
         on_task_names: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
-        self.app.conf.broker_transport_options = transport_options
+        self.app.conf.broker_transport_options = control_transport_options(
+            broker_url, transport_options
+        )
+        self.app.conf.broker_connection_timeout = CONTROL_TIMEOUT
         self.app.conf.broker_connection_retry_on_startup = False
+        self.app.amqp.Connection = BoundedConnection
+        # Publish on each broadcast's own connection, not on connections kept in kombu's
+        # process-wide producer pool: a failed broadcast leaves nothing half-broken behind.
+        self.app.control.mailbox.producer_pool = None
         self.status = status
+        # Every reason at 0 from the start, so that increase() sees the first failure.
+        status.broadcast_errors = dict.fromkeys(ERROR_REASONS, 0)
         self.state = state
         self.enable_events = enable_events
         self.inspect_workers = inspect_workers
@@ -189,11 +246,24 @@ class Controller:
             connected.clear()
             self.broadcast(wake_up=reconnected)
 
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A connection for one broadcast or greeting, closed after it; after a failure it is
+        dropped without a word to the broker, whose answers to a close (channel, then
+        connection) would take two more timeouts from a frozen one."""
+        conn = self.app.connection_for_write()
+        try:
+            yield conn
+        except BaseException:
+            conn.collect()
+            raise
+        conn.release()
+
     def greet(self, hosts: list[str], stop: threading.Event) -> None:
         """Switch task events on in workers just heard of, create their registered tasks'
         series at 0 and learn the names of the tasks they hold; each step only to them."""
         try:
-            with self.app.connection_for_write() as conn:
+            with self._connection() as conn:
                 if self.enable_events:
                     replies = self.app.control.enable_events(
                         destination=hosts, connection=conn, reply=True, timeout=INSPECT_TIMEOUT
@@ -224,7 +294,7 @@ class Controller:
                 if not stop.is_set():
                     self._learn_names(inspector)
         except Exception as exc:
-            log.warning("greeting new workers failed", error=f"{type(exc).__name__}: {exc}")
+            self._failed("greeting new workers failed", exc, workers=",".join(hosts[:10]))
 
     def _learn_names(self, inspector: Any) -> None:
         # safe: the arguments as reprs, never unpickled objects (they are not kept anyway).
@@ -241,7 +311,7 @@ class Controller:
 
     def broadcast(self, *, wake_up: bool) -> None:
         try:
-            with self.app.connection_for_write() as conn:
+            with self._connection() as conn:
                 if self.enable_events:
                     self.app.control.enable_events(connection=conn)
                 if wake_up:
@@ -260,7 +330,16 @@ class Controller:
                     inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
                     self.on_active_queues(inspector.active_queues())
         except Exception as exc:
-            log.warning("broadcast to workers failed", error=f"{type(exc).__name__}: {exc}")
+            self._failed("broadcast to workers failed", exc)
+
+    def _failed(self, message: str, exc: Exception, **fields: str) -> None:
+        """Log a failed broadcast or greeting and count it; the controller carries on (the next
+        broadcast tries again)."""
+        reason = error_reason(exc)
+        errors = dict(self.status.broadcast_errors)
+        errors[reason] = errors.get(reason, 0) + 1
+        self.status.broadcast_errors = errors
+        log.warning(message, reason=reason, error=f"{type(exc).__name__}: {exc}", **fields)
 
     def _note_silent(self, answered: set[str], heard: set[str]) -> None:
         if not self.silent_workers.update(answered, heard):

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
 import pytest
+import redis.exceptions
 from kombu import Connection
 
 from exporter.queues import registry as registry_module
@@ -118,6 +120,24 @@ def test_worker_queues_from_active_queues_replies() -> None:
 )
 def test_error_reasons(exc: BaseException, reason: str) -> None:
     assert error_reason(exc) == reason
+
+
+def test_the_reason_of_an_error_kombu_wrapped_is_its_cause() -> None:
+    """kombu raises ``OperationalError(str(exc)) from exc`` for a transport's errors."""
+    for cause, reason in (
+        (redis.exceptions.TimeoutError("Timeout reading from socket"), "timeout"),
+        (TimeoutError("timed out"), "timeout"),  # py-amqp's socket.timeout
+        (redis.exceptions.AuthenticationError("invalid password"), "auth"),
+        (ConnectionResetError(104, "reset"), "connection"),
+        (KeyError("?"), "other"),
+    ):
+        try:
+            try:
+                raise cause
+            except Exception as exc:
+                raise kombu.exceptions.OperationalError(str(exc)) from exc
+        except kombu.exceptions.OperationalError as wrapped:
+            assert error_reason(wrapped) == reason, cause
 
 
 class ScriptedReader:

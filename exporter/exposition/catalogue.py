@@ -261,6 +261,15 @@ EXPORTER_SILENT_WORKERS = MetricSpec(
     "(heartbeats included) reach it: they publish to another exchange than --event-exchange "
     "(the app's event_exchange), or run --without-heartbeat.",
 )
+EXPORTER_BROADCAST_ERRORS = MetricSpec(
+    "celery_exporter_broadcast_errors",
+    Kind.COUNTER,
+    "Control broadcasts to the workers (enable_events, inspect, at each --broadcast-interval, "
+    "each (re)connection and each new worker's greeting) that failed, by reason (timeout, "
+    "connection, auth, other): a broker that does not answer fails one within 3 s per call. "
+    "The next broadcast tries again; the log has each error.",
+    ("reason",),
+)
 EXPORTER_EVENTS = MetricSpec(
     "celery_exporter_events",
     Kind.COUNTER,
@@ -426,6 +435,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_BROKER_CONNECTION_ERRORS,
     EXPORTER_BROKER_CONNECTIONS_LOST,
     EXPORTER_SILENT_WORKERS,
+    EXPORTER_BROADCAST_ERRORS,
     EXPORTER_EVENTS,
     EXPORTER_EVENTS_REJECTED,
     EXPORTER_INTAKE_BACKLOG,

@@ -188,6 +188,10 @@ class EventsCollector:
             (m.EXPORTER_BROKER_CONNECTION_ERRORS, {(): self.broker.connection_errors}),
             (m.EXPORTER_BROKER_CONNECTIONS_LOST, {(): self.broker.connections_lost}),
             (m.EXPORTER_SILENT_WORKERS, {(): self.broker.silent_workers}),
+            (
+                m.EXPORTER_BROADCAST_ERRORS,
+                {(r,): n for r, n in self.broker.broadcast_errors.items()},
+            ),
             (m.EXPORTER_EVENTS, {(t,): count for t, count in sorted(events.items())}),
             (m.EXPORTER_EVENTS_REJECTED, {(r,): count for r, count in sorted(rejected.items())}),
             (m.EXPORTER_INTAKE_BACKLOG, {(): self.decoder.backlog}),

@@ -23,14 +23,30 @@ ReadingsListener = Callable[[Mapping[str, QueueReading], float], None]
 """(readings, wall-clock time the poll started) -> None, called on the poller thread."""
 
 
+ERROR_REASONS = ("timeout", "connection", "auth", "other")
+"""Every value ``error_reason`` gives."""
+MAX_CAUSES = 5
+"""How deep ``error_reason`` follows an exception's ``__cause__``."""
+
+
 def error_reason(exc: BaseException) -> str:
-    """The label of ``celery_exporter_queue_poll_errors_total`` for a failed poll."""
-    name = type(exc).__name__
-    if isinstance(exc, TimeoutError) or "Timeout" in name:
+    """The reason label of a failed broker call: a poll (``celery_exporter_queue_poll_errors``)
+    or a broadcast (``celery_exporter_broadcast_errors``). kombu re-raises a transport's errors
+    as its own ``OperationalError`` (from the original): the causes are looked at too."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < MAX_CAUSES:
+        chain.append(chain[-1].__cause__)
+    names = [type(error).__name__ for error in chain]
+    if any(isinstance(error, TimeoutError) for error in chain) or any(
+        "Timeout" in name for name in names
+    ):
         return "timeout"
-    if "Auth" in name or "AccessRefused" in name or "Permission" in name:
+    if any("Auth" in name or "AccessRefused" in name or "Permission" in name for name in names):
         return "auth"
-    if isinstance(exc, (ConnectionError, OSError, EOFError)) or "Connection" in name:
+    if any(
+        isinstance(error, (ConnectionError, OSError, EOFError)) or "Connection" in name
+        for error, name in zip(chain, names, strict=True)
+    ):
         return "connection"
     return "other"
 
