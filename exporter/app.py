@@ -144,7 +144,12 @@ def run(config: Config) -> int:
     status = BrokerStatus()
     decoder = Decoder(state, inbox)
     reader = make_reader(
-        config.broker_url, config.broker_transport_options, inbox, status, config.events
+        config.broker_url,
+        config.broker_transport_options,
+        inbox,
+        status,
+        config.events,
+        on_reject=state.reject,
     )
     controller = Controller(
         config.broker_url,

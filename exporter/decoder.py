@@ -20,7 +20,7 @@ import orjson
 from exporter.events.body import loads
 from exporter.events.decode import JSON_CONTENT_TYPES, open_envelope
 from exporter.intake.backlog import IntakeBacklog
-from exporter.intake.message import RawMessage
+from exporter.intake.message import INVALID_ENVELOPE, RawMessage
 from exporter.logging import get_logger
 from exporter.state import DecodedMessage, State
 
@@ -118,7 +118,7 @@ class Decoder:
             try:
                 content_type, body = open_envelope(body)
             except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
-                state.reject("invalid_envelope", f"{type(exc).__name__}: {exc}")
+                state.reject(INVALID_ENVELOPE, f"{type(exc).__name__}: {exc}")
                 return None
         if content_type not in JSON_CONTENT_TYPES:
             state.reject("unsupported_content_type", str(content_type))

@@ -174,6 +174,7 @@ def publish_raw(redis_url: str) -> Iterator[Any]:
 def test_malformed_envelopes_are_counted_not_fatal(
     redis_url: str, processes: Processes, publish_raw: Any
 ) -> None:
+    """The Redis fast path opens every envelope itself."""
     exporter = processes.exporter(redis_url)
     publish_raw(b"not json")
     publish_raw(b"[1, 2]")
@@ -189,6 +190,33 @@ def test_malformed_envelopes_are_counted_not_fatal(
         "invalid_envelope": 7.0,
         "invalid_json": 1.0,
     }
+    assert exporter.metrics().get("celery_exporter_broker_connections_lost_total") == 0
+    assert exporter.proc.poll() is None
+
+
+def test_malformed_envelopes_on_kombus_path_are_counted_not_fatal(
+    redis_url: str, processes: Processes, publish_raw: Any
+) -> None:
+    """kombu opens the envelopes on its own path: JSON that is no envelope raises inside its
+    delivery, which cost the connection (and every event of the gap) until it was counted as
+    a rejection instead. What is not JSON at all, or empty, kombu drops itself, with a warning
+    in the log."""
+    exporter = processes.exporter(
+        redis_url, "--broker-transport-option", "exporter_fast_path=false"
+    )
+    publish_raw(b"not json")  # dropped by kombu
+    publish_raw(b"")  # dropped by kombu
+    publish_raw(b"[1, 2]")
+    publish_raw(b'{"nobody": 1}')
+    publish_raw(b'{"body": 5}')
+    publish_raw(b'{"body": "", "properties": [1]}')
+    send_canary(redis_url, "c-kombu")
+    wait_until(lambda: canaries(exporter) == 1.0, what="the canary after raw envelopes")
+    metrics = exporter.metrics()
+    assert metrics.by_label("celery_exporter_events_rejected_total", "reason") == {
+        "invalid_envelope": 4.0,
+    }
+    assert metrics.get("celery_exporter_broker_connections_lost_total") == 0
     assert exporter.proc.poll() is None
 
 

@@ -14,7 +14,7 @@ from kombu import Connection
 from exporter.intake.amqp import AmqpReader, is_plain_amqp_url
 from exporter.intake.backlog import Outbox
 from exporter.intake.event_queue import DEFAULT_EVENT_SETTINGS, EventSettings
-from exporter.intake.kombu_reader import BrokerReader
+from exporter.intake.kombu_reader import BrokerReader, RejectHook
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
 
@@ -30,6 +30,7 @@ def make_reader(
     outbox: Outbox,
     status: BrokerStatus,
     events: EventSettings = DEFAULT_EVENT_SETTINGS,
+    on_reject: RejectHook | None = None,
 ) -> BrokerReader:
     """The intake path for ``broker_url``: where a faster path for a broker exists, it is chosen
     here; every path shares BrokerReader's interface (``run(stop)``, ``safe_url()``).
@@ -42,15 +43,15 @@ def make_reader(
     """
     options = dict(transport_options)
     if not options.pop(FAST_PATH_OPTION, True):
-        return BrokerReader(broker_url, options, outbox, status, events)
+        return BrokerReader(broker_url, options, outbox, status, events, on_reject)
     connection = Connection(broker_url, transport_options=options)
     if is_plain_amqp_url(connection):
-        return AmqpReader(broker_url, options, outbox, status, events)
+        return AmqpReader(broker_url, options, outbox, status, events, on_reject)
     try:
         from exporter.intake.redis import RedisPubSubReader, is_redis_url
     except ImportError as exc:  # hiredis missing: kombu's path still works
         log.info("redis fast path unavailable", reason=str(exc))
-        return BrokerReader(broker_url, options, outbox, status, events)
+        return BrokerReader(broker_url, options, outbox, status, events, on_reject)
     if is_redis_url(connection):
-        return RedisPubSubReader(broker_url, options, outbox, status, events)
-    return BrokerReader(broker_url, options, outbox, status, events)
+        return RedisPubSubReader(broker_url, options, outbox, status, events, on_reject)
+    return BrokerReader(broker_url, options, outbox, status, events, on_reject)

@@ -32,11 +32,22 @@ from exporter.intake.event_queue import (
     event_queue_name,
 )
 from exporter.intake.liveness import CHECK_EVERY, PING_TIMEOUT, SOCKET_TIMEOUT, PingWatch
-from exporter.intake.message import RawMessage
+from exporter.intake.message import INVALID_ENVELOPE, RawMessage
 from exporter.intake.status import BrokerStatus
 from exporter.logging import get_logger
 
 log = get_logger(__name__)
+
+RejectHook = Callable[[str, str], None]
+"""(reason, detail) -> None: counts input rejected (``State.reject``)."""
+
+UNDELIVERABLE = (KeyError, TypeError, ValueError, AttributeError)
+"""What kombu raises from its delivery of a malformed message; its connection and channel
+errors are none of these."""
+
+MAX_UNDELIVERABLE_IN_A_ROW = 1_000
+"""Malformed messages in a row, none delivered between them, past which the connection is
+taken for broken and made again."""
 
 DRAIN_TIMEOUT = 0.5
 """Seconds one drain waits for a message: a quiet connection's heartbeat is checked this often."""
@@ -67,14 +78,18 @@ class BrokerReader:
         outbox: Outbox,
         status: BrokerStatus,
         events: EventSettings = DEFAULT_EVENT_SETTINGS,
+        on_reject: RejectHook | None = None,
     ) -> None:
         self.broker_url = broker_url
         self.transport_options = transport_options
         self.outbox = outbox
         self.status = status
         self.events = events
+        self.on_reject = on_reject
+        """Told of each message the reader itself could not hand on (the state's ``reject``)."""
         self.queue_name = event_queue_name(events)
         self._received = 0
+        self._undeliverable_in_a_row = 0
 
     def connection(self) -> Connection:
         options = self.transport_options
@@ -149,7 +164,7 @@ class BrokerReader:
         ticked = monotonic()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):  # a quiet spell: tick all the same
-                conn.drain_events(timeout=DRAIN_TIMEOUT)
+                self._drain_events(conn, DRAIN_TIMEOUT)
             now = monotonic()
             if now - ticked >= HEARTBEAT_TICK:
                 ticked = now
@@ -166,7 +181,7 @@ class BrokerReader:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=CHECK_EVERY)
+                    self._drain_events(conn, CHECK_EVERY)
                 watch.check(self._received)
                 sock = compat.redis_pubsub_socket(channel)
                 if sock is not None and sock is not bounded:
@@ -181,8 +196,24 @@ class BrokerReader:
             compat.kombu_forget_auto_delete(channel)
             raise
 
+    def _drain_events(self, conn: Connection, timeout: float) -> None:
+        """``conn.drain_events``, except that a message kombu cannot make a ``Message`` of (on
+        Redis, a pub/sub payload that is JSON but no envelope: ``{}`` raises KeyError inside
+        kombu's delivery, after the message was read whole) is counted as rejected and skipped,
+        not taken for a broken connection. Many in a row with nothing delivered between them
+        are taken for one after all."""
+        try:
+            conn.drain_events(timeout=timeout)
+        except UNDELIVERABLE as exc:
+            self._undeliverable_in_a_row += 1
+            if self._undeliverable_in_a_row > MAX_UNDELIVERABLE_IN_A_ROW:
+                raise
+            if self.on_reject is not None:
+                self.on_reject(INVALID_ENVELOPE, f"{type(exc).__name__}: {exc}")
+
     def _on_message(self, message: Message) -> None:
         self._received += 1
+        self._undeliverable_in_a_row = 0
         self.outbox.put(RawMessage(time.time(), message.content_type, message.body))
 
     def safe_url(self) -> str:

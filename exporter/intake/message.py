@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+INVALID_ENVELOPE = "invalid_envelope"
+"""The rejection reason of a message whose envelope cannot be read: by the decoder (the Redis
+fast path's envelopes) or by kombu (its own path)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RawMessage:
