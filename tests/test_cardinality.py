@@ -70,7 +70,8 @@ def task(kind: str, uuid: str, host: str, **fields: Any) -> dict[str, Any]:
 
 
 def events_counted(exporter: ExporterProcess, kind: str) -> float:
-    return exporter.metrics().get("celery_exporter_events_total", type=kind) or 0.0
+    counted = exporter.metrics("celery_exporter_events_total")
+    return counted.get("celery_exporter_events_total", type=kind) or 0.0
 
 
 def test_names_and_workers_past_their_caps_count_as_other(
@@ -195,7 +196,7 @@ def test_a_scrape_during_the_purge_of_thousands_of_workers_answers_quickly(
         timeout=60,
         what="the fleet's events counted",
     )
-    metrics = exporter.metrics()
+    metrics = exporter.metrics("celery_worker_online", "celery_worker_prefetched_tasks")
     assert len(metrics.series("celery_worker_online")) == total
     prefetched = metrics.by_label("celery_worker_prefetched_tasks", "worker")
     assert prefetched == {**dict.fromkeys(gone, prefetch), **dict.fromkeys(staying, 0.0)}
@@ -210,8 +211,12 @@ def test_a_scrape_during_the_purge_of_thousands_of_workers_answers_quickly(
         response = exporter.get("/metrics")
         timings.append(time.monotonic() - start)
         response.raise_for_status()
-        page = Metrics.parse(response.text)
-        return page if len(page.series("celery_worker_online")) == alive else None
+        online = Metrics.parse(response.text, "celery_worker_online")
+        return (
+            Metrics.parse(response.text)
+            if len(online.series("celery_worker_online")) == alive
+            else None
+        )
 
     after = wait_until(purged, timeout=60, interval=0.2, what="the fleet purged")
     print(f"scrapes until {fleet} workers were purged: " + " ".join(f"{t:.3f}" for t in timings))
