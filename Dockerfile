@@ -11,7 +11,7 @@ WORKDIR /app
 
 # Metadata and package first, so editing the demo does not reinstall deps.
 COPY pyproject.toml README.md ./
-COPY exporter ./exporter
+COPY celery_events_exporter ./celery_events_exporter
 RUN pip install ".[demo]"
 
 # The demo is not part of the distribution: it is imported from /app.

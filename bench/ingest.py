@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from exporter.app import build_state
-from exporter.config import Config
-from exporter.decoder import Decoder
-from exporter.intake.backlog import IntakeBacklog
-from exporter.intake.message import RawMessage
-from exporter.tasks.store import RecentTasks
+from celery_events_exporter.app import build_state
+from celery_events_exporter.config import Config
+from celery_events_exporter.decoder import Decoder
+from celery_events_exporter.intake.backlog import IntakeBacklog
+from celery_events_exporter.intake.message import RawMessage
+from celery_events_exporter.tasks.store import RecentTasks
 
 from .publisher import BrokerPublisher, make_fleet, prepare_burst
 

@@ -8,7 +8,8 @@ slower one: on Redis, kombu's ``_put_fanout`` is redirected into a capture (same
 payload), each PUBLISH is encoded in Redis' protocol when the burst is prepared, and a few hundred
 are written per system call; on AMQP, py-amqp's frames for each publish are captured when the
 burst is prepared and written a few hundred messages per system call. Those captures touch
-private attributes of kombu, redis-py and py-amqp, all through ``exporter.intake.compat``.
+private attributes of kombu, redis-py and py-amqp, all through
+``celery_events_exporter.intake.compat``.
 
 Command line (prints the expected counts as JSON)::
 
@@ -32,7 +33,7 @@ from kombu import Connection, Producer
 from kombu.utils.json import dumps as kombu_dumps
 
 from bench.fleet import HEARTBEAT_FREQ, Expected, Fleet, Outgoing
-from exporter.intake import compat
+from celery_events_exporter.intake import compat
 
 PIPELINE_MESSAGES = 256
 

@@ -23,15 +23,15 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter.app import build_state
-from exporter.config import Config
-from exporter.decoder import Decoder
-from exporter.exposition import negotiation
-from exporter.exposition.collector import EventsCollector
-from exporter.exposition.page import MetricsPage
-from exporter.intake.backlog import IntakeBacklog
-from exporter.intake.status import BrokerStatus
-from exporter.state import State
+from celery_events_exporter.app import build_state
+from celery_events_exporter.config import Config
+from celery_events_exporter.decoder import Decoder
+from celery_events_exporter.exposition import negotiation
+from celery_events_exporter.exposition.collector import EventsCollector
+from celery_events_exporter.exposition.page import MetricsPage
+from celery_events_exporter.intake.backlog import IntakeBacklog
+from celery_events_exporter.intake.status import BrokerStatus
+from celery_events_exporter.state import State
 from tests.exposition_oracle import page_registry, reference
 
 # What Prometheus 2.42 sends (seen on the wire); it gets OpenMetrics.

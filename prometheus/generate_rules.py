@@ -2,7 +2,8 @@
 
 Every threshold is a command-line option, so a deployment tunes them here and regenerates, rather
 than hand-editing YAML that would drift from this source. Metric names come from the exporter's
-catalogue (``exporter.exposition.catalogue``): renaming a metric there breaks generation (or the
+catalogue (``celery_events_exporter.exposition.catalogue``): renaming a metric there breaks
+generation (or the
 rule tests), not a rule in production.
 
     python prometheus/generate_rules.py                      # rewrite prometheus/rules/*.yml
@@ -23,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from exporter.events import vocabulary
-from exporter.exposition import catalogue as metrics
-from exporter.exposition import promql as q
+from celery_events_exporter.events import vocabulary
+from celery_events_exporter.exposition import catalogue as metrics
+from celery_events_exporter.exposition import promql as q
 
 RECORDING_FILE = "celery-recording.rules.yml"
 ALERTS_FILE = "celery-alerts.rules.yml"

@@ -11,8 +11,8 @@ import re
 import sys
 from pathlib import Path
 
-from exporter.cli import SETTINGS, full_help
-from exporter.exposition.catalogue import CATALOGUE
+from celery_events_exporter.cli import SETTINGS, full_help
+from celery_events_exporter.exposition.catalogue import CATALOGUE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

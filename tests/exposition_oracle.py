@@ -23,11 +23,11 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from exporter.exposition import catalogue as m
-from exporter.exposition.catalogue import Kind, MetricSpec
-from exporter.exposition.collector import EventsCollector
-from exporter.exposition.writer import Format
-from exporter.state import Snapshot, TaskKey
+from celery_events_exporter.exposition import catalogue as m
+from celery_events_exporter.exposition.catalogue import Kind, MetricSpec
+from celery_events_exporter.exposition.collector import EventsCollector
+from celery_events_exporter.exposition.writer import Format
+from celery_events_exporter.state import Snapshot, TaskKey
 
 V = TypeVar("V")
 K = TypeVar("K", bound=tuple[str, ...])

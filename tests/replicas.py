@@ -3,7 +3,7 @@
 Two exporters of one broker export the same fleet series, differing only in ``instance`` and
 ``pod``; every selector of a fleet series must sit directly under ``max without (instance, pod)``,
 with at most a ``rate()``/``increase()`` (or a gauge's ``deriv()``) between them (see
-``exporter.exposition.promql``).
+``celery_events_exporter.exposition.promql``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import promql_parser
 
-from exporter.exposition import promql
+from celery_events_exporter.exposition import promql
 
 _CHANGES = {"rate", "increase", "deriv"}
 

@@ -18,8 +18,8 @@ from amqp import Message
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
-from exporter.intake import make_reader
-from exporter.intake.amqp import (
+from celery_events_exporter.intake import make_reader
+from celery_events_exporter.intake.amqp import (
     HEARTBEAT_FRAME,
     AmqpReader,
     FrameError,
@@ -28,10 +28,10 @@ from exporter.intake.amqp import (
     connection_close_frame,
     method_frame,
 )
-from exporter.intake.kombu_reader import BrokerReader
-from exporter.intake.message import RawMessage
-from exporter.intake.redis import RedisPubSubReader
-from exporter.intake.status import BrokerStatus
+from celery_events_exporter.intake.kombu_reader import BrokerReader
+from celery_events_exporter.intake.message import RawMessage
+from celery_events_exporter.intake.redis import RedisPubSubReader
+from celery_events_exporter.intake.status import BrokerStatus
 from tests.conftest import Processes, client, require_tool, wait_until
 
 FRAME_MAX = 4096
@@ -338,7 +338,9 @@ def test_connection_closed_by_rabbitmq_is_recovered(amqp_url: str, processes: Pr
     log = exporter.log()
     assert "broker connection lost" in log
     assert "connection closed by the server: 320 CONNECTION_FORCED" in log
-    assert '"logger": "exporter.intake.amqp"' in log  # it was the fast path that recovered
+    assert (
+        '"logger": "celery_events_exporter.intake.amqp"' in log
+    )  # it was the fast path that recovered
     assert exporter.stop() == 0
 
 

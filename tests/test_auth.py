@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from exporter.web import webconfig
+from celery_events_exporter.web import webconfig
 from tests.conftest import REPO, Processes, require_tool
 from tests.logfmt import parse_lines
 
@@ -127,7 +127,7 @@ def test_the_helper_writes_a_config_for_a_password_from_the_environment(tmp_path
     env = {**os.environ, "EXPORTER_PASSWORD": PASSWORD}
     config_path, password_path = tmp_path / "auth" / "web.yml", tmp_path / "auth" / "password"
     done = subprocess.run(
-        [sys.executable, "-m", "exporter.web.webconfig", "write", "--username", USER,
+        [sys.executable, "-m", "celery_events_exporter.web.webconfig", "write", "--username", USER,
          "--password-env", "EXPORTER_PASSWORD", "--cost", "4", "--output", str(config_path),
          "--password-file", str(password_path)],
         env=env, capture_output=True, text=True, check=False,
@@ -138,14 +138,14 @@ def test_the_helper_writes_a_config_for_a_password_from_the_environment(tmp_path
     config = webconfig.load(config_path)
     assert config.basic_auth is not None and config.basic_auth.check(USER, PASSWORD)
     checked = subprocess.run(
-        [sys.executable, "-m", "exporter.web.webconfig", "check", str(config_path)],
+        [sys.executable, "-m", "celery_events_exporter.web.webconfig", "check", str(config_path)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert (checked.returncode, checked.stdout) == (
         0, f"{config_path}: OK (TLS off, 1 basic auth users)\n",
     )  # fmt: skip
     unset = subprocess.run(
-        [sys.executable, "-m", "exporter.web.webconfig", "write", "--username", USER,
+        [sys.executable, "-m", "celery_events_exporter.web.webconfig", "write", "--username", USER,
          "--password-env", "NO_SUCH_VARIABLE_SET", "--output", str(tmp_path / "x.yml")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.intake.backoff import MAX_DELAY, Backoff
+from celery_events_exporter.intake.backoff import MAX_DELAY, Backoff
 
 
 def test_delays_double_up_to_the_cap_and_start_over_after_a_reset() -> None:

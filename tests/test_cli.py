@@ -17,8 +17,8 @@ import click
 import pytest
 import requests
 
-from exporter.cli import command
-from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
+from celery_events_exporter.cli import command
+from celery_events_exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
 from testkit.ports import free_port
 from tests.conftest import Metrics, Processes, client, require_tool, wait_until
 from tests.logfmt import parse_lines

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.app import build_state
-from exporter.config import Config
-from exporter.decoder import Decoder
-from exporter.exposition.collector import EventsCollector
-from exporter.exposition.writer import Format
-from exporter.intake.backlog import IntakeBacklog
-from exporter.intake.status import BrokerStatus
-from exporter.state import Histogram, State
+from celery_events_exporter.app import build_state
+from celery_events_exporter.config import Config
+from celery_events_exporter.decoder import Decoder
+from celery_events_exporter.exposition.collector import EventsCollector
+from celery_events_exporter.exposition.writer import Format
+from celery_events_exporter.intake.backlog import IntakeBacklog
+from celery_events_exporter.intake.status import BrokerStatus
+from celery_events_exporter.state import Histogram, State
 from tests.exposition_oracle import Families, families, reference
 
 T0 = 1_000.0

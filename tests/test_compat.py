@@ -1,4 +1,5 @@
-"""Each private kombu / redis-py / py-amqp attribute that ``exporter.intake.compat`` touches,
+"""Each private kombu / redis-py / py-amqp attribute that ``celery_events_exporter.intake.compat``
+touches,
 exercised against the real broker: an upgrade that renames or reshapes one fails here, by name,
 before it silently breaks an intake path. The pins in pyproject.toml are the releases these
 tests cover."""
@@ -22,9 +23,9 @@ from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from packaging.requirements import Requirement
 
-from exporter.intake import compat
-from exporter.intake.event_queue import DEFAULT_EVENT_SETTINGS, event_queue
-from exporter.intake.kombu_reader import buffer_amqp_reads
+from celery_events_exporter.intake import compat
+from celery_events_exporter.intake.event_queue import DEFAULT_EVENT_SETTINGS, event_queue
+from celery_events_exporter.intake.kombu_reader import buffer_amqp_reads
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -426,7 +426,7 @@ def test_exporter_credentials_are_wired_from_one_password(
     the same user and password. A mismatch would only show as 401s in a running stack."""
     exporter = services["exporter"]
     script = _entrypoint_script(exporter)
-    assert script[:4] == ["python", "-m", "exporter.web.webconfig", "write"]
+    assert script[:4] == ["python", "-m", "celery_events_exporter.web.webconfig", "write"]
     web_config = _option(script, "--output")
     assert _option(_command(exporter), "--web.config.file") == web_config
     username = _option(script, "--username")

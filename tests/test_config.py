@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.broker_options import broker_address, parse_broker_url, parse_transport_option
-from exporter.parsers import (
+from celery_events_exporter.broker_options import (
+    broker_address,
+    parse_broker_url,
+    parse_transport_option,
+)
+from celery_events_exporter.parsers import (
     ListenAddress,
     choice,
     integer,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from exporter.control import control_transport_options, pool_sizes
+from celery_events_exporter.control import control_transport_options, pool_sizes
 
 
 def test_pool_sizes_from_inspect_stats() -> None:

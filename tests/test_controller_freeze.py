@@ -21,12 +21,12 @@ import kombu.exceptions
 import pytest
 import redis.exceptions
 
-from exporter import control
-from exporter.app import build_state
-from exporter.config import Config
-from exporter.control import CONTROL_TIMEOUT, Controller
-from exporter.intake.status import BrokerStatus
-from exporter.queues.poller import error_reason
+from celery_events_exporter import control
+from celery_events_exporter.app import build_state
+from celery_events_exporter.config import Config
+from celery_events_exporter.control import CONTROL_TIMEOUT, Controller
+from celery_events_exporter.intake.status import BrokerStatus
+from celery_events_exporter.queues.poller import error_reason
 from testkit.brokers import RabbitNode
 from tests.conftest import ExporterProcess, PrivateRedis, Processes, client, wait_until
 

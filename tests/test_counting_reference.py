@@ -12,11 +12,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.events import vocabulary
-from exporter.events.body import loads
-from exporter.events.vocabulary import MAX_CUSTOM_EVENT_TYPES
-from exporter.state import State, StateSettings
-from exporter.state.reference import ReferenceCounts
+from celery_events_exporter.events import vocabulary
+from celery_events_exporter.events.body import loads
+from celery_events_exporter.events.vocabulary import MAX_CUSTOM_EVENT_TYPES
+from celery_events_exporter.state import State, StateSettings
+from celery_events_exporter.state.reference import ReferenceCounts
 
 scalars = (
     st.none()

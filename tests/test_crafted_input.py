@@ -14,7 +14,7 @@ from celery.events.event import get_exchange
 from kombu import Connection, Producer
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from exporter.tasks import bounds
+from celery_events_exporter.tasks import bounds
 from tests.conftest import ExporterProcess, Processes, wait_until
 
 WORKER = "w1@crafted"

@@ -13,10 +13,10 @@ from typing import Any
 import promql_parser
 import pytest
 
-from exporter.exposition import catalogue as metrics
-from exporter.tasks.store import STATES
-from exporter.web.api import TASK_PARAMETERS as TASK_API_PARAMETERS
-from exporter.web.api import TASK_ROW_KEYS
+from celery_events_exporter.exposition import catalogue as metrics
+from celery_events_exporter.tasks.store import STATES
+from celery_events_exporter.web.api import TASK_PARAMETERS as TASK_API_PARAMETERS
+from celery_events_exporter.web.api import TASK_ROW_KEYS
 from grafana import generate
 from grafana.dashboards_src import panels, queues, recent_tasks, tasks, workers
 from grafana.dashboards_src.serialize import round_trip

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from exporter.control import SilentWorkers
+from celery_events_exporter.control import SilentWorkers
 from tests.conftest import Metrics, Processes, client, free_port, require_tool, wait_until
 
 EXCHANGE = "myapp.events"

@@ -1,4 +1,4 @@
-"""exporter.events.body: event bodies read as Celery's receivers read them."""
+"""celery_events_exporter.events.body: event bodies read as Celery's receivers read them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from exporter.events.body import loads
+from celery_events_exporter.events.body import loads
 
 
 def test_plain_json_is_read_by_the_fast_path() -> None:

@@ -15,12 +15,12 @@ import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.app import build_state
-from exporter.config import Config, ListenAddress
-from exporter.exposition import negotiation
-from exporter.exposition.page import MetricsPage
-from exporter.exposition.writer import Format
-from exporter.web import server as http
+from celery_events_exporter.app import build_state
+from celery_events_exporter.config import Config, ListenAddress
+from celery_events_exporter.exposition import negotiation
+from celery_events_exporter.exposition.page import MetricsPage
+from celery_events_exporter.exposition.writer import Format
+from celery_events_exporter.web import server as http
 from tests.exposition_oracle import page_registry, reference
 from tests.test_collector import collector_for, sample_state
 from tests.test_negotiation import PROMETHEUS_2_42, PROMETHEUS_3

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.utils import floatToGoString
 
-from exporter.exposition import writer
-from exporter.exposition.catalogue import Kind, MetricSpec
-from exporter.exposition.writer import (
+from celery_events_exporter.exposition import writer
+from celery_events_exporter.exposition.catalogue import Kind, MetricSpec
+from celery_events_exporter.exposition.writer import (
     CounterLine,
     Format,
     HistogramBlock,

@@ -2,7 +2,7 @@
 
 Every exporter of a broker receives every event, so an HA pair exports each fleet series twice
 (differing in ``instance``). The dashboards and the recording rules fold the copies with
-``max without (instance, pod)`` (``exporter.exposition.promql``); this runs their very
+``max without (instance, pod)`` (``celery_events_exporter.exposition.promql``); this runs their very
 expressions through Prometheus' HTTP API against two real exporters, a real worker and real
 tasks.
 

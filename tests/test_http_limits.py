@@ -17,8 +17,8 @@ from pathlib import Path
 import bcrypt
 import requests
 
-from exporter.web import webconfig
-from exporter.web.server import LISTEN_BACKLOG, MAX_CONNECTIONS
+from celery_events_exporter.web import webconfig
+from celery_events_exporter.web.server import LISTEN_BACKLOG, MAX_CONNECTIONS
 from tests.conftest import ExporterProcess, Processes, require_tool, wait_until
 
 CLIENTS = 1000
@@ -179,7 +179,7 @@ def test_over_long_passwords_and_garbage_requests_are_answered_and_logged_as_jso
 
 def test_the_hash_helper_refuses_a_password_bcrypt_cannot_take() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "exporter.web.webconfig", "hash", "--cost", "4"],
+        [sys.executable, "-m", "celery_events_exporter.web.webconfig", "hash", "--cost", "4"],
         input="z" * 73 + "\n", capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (done.returncode, done.stdout) == (1, "")

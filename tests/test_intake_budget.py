@@ -12,9 +12,9 @@ import orjson
 import pytest
 import redis
 
-from exporter.intake.backlog import INTAKE_BUDGET, MESSAGE_OVERHEAD, IntakeBacklog
-from exporter.intake.message import RawMessage
-from exporter.intake.redis import closed_by_server
+from celery_events_exporter.intake.backlog import INTAKE_BUDGET, MESSAGE_OVERHEAD, IntakeBacklog
+from celery_events_exporter.intake.message import RawMessage
+from celery_events_exporter.intake.redis import closed_by_server
 from tests.conftest import ExporterProcess, PrivateRedis, Processes, wait_until
 
 HOST = "burst@overload"

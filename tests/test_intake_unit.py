@@ -11,15 +11,15 @@ import orjson
 import pytest
 from kombu import Connection
 
-from exporter.app import build_state
-from exporter.config import Config
-from exporter.decoder import Decoder
-from exporter.events.decode import b64decode, open_envelope
-from exporter.intake.backlog import IntakeBacklog
-from exporter.intake.kombu_reader import BrokerReader, BufferedRecv, is_redis_broker
-from exporter.intake.message import RawMessage
-from exporter.intake.redis import is_redis_url, subscribe_topics
-from exporter.intake.status import BrokerStatus
+from celery_events_exporter.app import build_state
+from celery_events_exporter.config import Config
+from celery_events_exporter.decoder import Decoder
+from celery_events_exporter.events.decode import b64decode, open_envelope
+from celery_events_exporter.intake.backlog import IntakeBacklog
+from celery_events_exporter.intake.kombu_reader import BrokerReader, BufferedRecv, is_redis_broker
+from celery_events_exporter.intake.message import RawMessage
+from celery_events_exporter.intake.redis import is_redis_url, subscribe_topics
+from celery_events_exporter.intake.status import BrokerStatus
 
 
 def _channel(url: str, **options: object) -> Any:

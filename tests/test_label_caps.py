@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.state.labels import CUT_MARK, cut
+from celery_events_exporter.state.labels import CUT_MARK, cut
 from tests.test_state import T0, feed, heartbeat, make_state, render, task
 
 

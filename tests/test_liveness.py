@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.intake.liveness import PING_AFTER, PING_TIMEOUT, PingWatch
+from celery_events_exporter.intake.liveness import PING_AFTER, PING_TIMEOUT, PingWatch
 
 
 class FakeServer:

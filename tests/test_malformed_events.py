@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Producer
 
-from exporter.events.vocabulary import CELERY_EVENT_TYPES
+from celery_events_exporter.events.vocabulary import CELERY_EVENT_TYPES
 from tests.conftest import ExporterProcess, Processes, client, wait_until
 
 CANARY = "canary@malformed"

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.exposition import choose_encoder
 
-from exporter.exposition.negotiation import (
+from celery_events_exporter.exposition.negotiation import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
     Choice,
@@ -16,7 +16,7 @@ from exporter.exposition.negotiation import (
     choose,
     parse_accept,
 )
-from exporter.exposition.writer import Format
+from celery_events_exporter.exposition.writer import Format
 
 # Prometheus 2.0-2.48 (Debian's 2.42 here, as seen on the wire; scrape/scrape.go's
 # scrapeAcceptHeader).

@@ -78,13 +78,13 @@ def test_build_gives_a_wheel_and_an_sdist_without_warnings(built: tuple[Path, st
         names = set(wheel.namelist())
     assert "License-Expression: Apache-2.0\n" in metadata
     assert "Description-Content-Type: text/markdown\n" in metadata
-    assert "celery-events-exporter = exporter.cli:main" in entry_points
-    assert "exporter/cli.py" in names
+    assert "celery-events-exporter = celery_events_exporter.cli:main" in entry_points
+    assert "celery_events_exporter/cli.py" in names
     # Only the exporter is distributed: no tests, demo, bench or dashboards' generator.
-    assert {name.split("/", 1)[0] for name in names} == {"exporter", info}
+    assert {name.split("/", 1)[0] for name in names} == {"celery_events_exporter", info}
     with tarfile.open(dist / f"{DIST_NAME}-{VERSION}.tar.gz") as sdist:
         members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
-    assert {"PKG-INFO", "pyproject.toml", "README.md", "exporter/cli.py"} <= members
+    assert {"PKG-INFO", "pyproject.toml", "README.md", "celery_events_exporter/cli.py"} <= members
 
 
 def test_twine_check_passes(built: tuple[Path, str]) -> None:

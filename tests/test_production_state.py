@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
-from exporter.control import registered_tasks, task_names
-from exporter.state import MAX_ENDED_NAMES, State, StateSettings
-from exporter.tasks.store import RecentTasks
+from celery_events_exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
+from celery_events_exporter.control import registered_tasks, task_names
+from celery_events_exporter.state import MAX_ENDED_NAMES, State, StateSettings
+from celery_events_exporter.tasks.store import RecentTasks
 from tests.test_state import T0, feed, heartbeat, make_state, render, task
 
 pytestmark = pytest.mark.unit

@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from exporter.exposition import catalogue as metrics
+from celery_events_exporter.exposition import catalogue as metrics
 from testkit.ports import free_port
 from tests.conftest import require_tool
 from tests.replicas import undeduplicated

@@ -10,7 +10,7 @@ import pytest
 import requests
 from kombu import Connection, Exchange, Producer, Queue
 
-from exporter.queues.management import ManagementApi, ManagementError
+from celery_events_exporter.queues.management import ManagementApi, ManagementError
 from testkit.brokers import RABBITMQ_MANAGEMENT, RabbitNode
 from tests.conftest import Processes, client, private_rabbit_node, wait_until
 

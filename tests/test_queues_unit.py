@@ -12,15 +12,15 @@ import pytest
 import redis.exceptions
 from kombu import Connection
 
-from exporter.queues import registry as registry_module
-from exporter.queues import tracking as tracking_module
-from exporter.queues.management import parse_management_url, read_credentials
-from exporter.queues.poller import QueuePoller, error_reason
-from exporter.queues.reading import QueueReading
-from exporter.queues.redis import RedisLayout, oldest_task_id
-from exporter.queues.registry import QueueRegistry, consumed_queues, is_task_queue
-from exporter.queues.tracking import TaskTracking
-from exporter.state.labels import cut
+from celery_events_exporter.queues import registry as registry_module
+from celery_events_exporter.queues import tracking as tracking_module
+from celery_events_exporter.queues.management import parse_management_url, read_credentials
+from celery_events_exporter.queues.poller import QueuePoller, error_reason
+from celery_events_exporter.queues.reading import QueueReading
+from celery_events_exporter.queues.redis import RedisLayout, oldest_task_id
+from celery_events_exporter.queues.registry import QueueRegistry, consumed_queues, is_task_queue
+from celery_events_exporter.queues.tracking import TaskTracking
+from celery_events_exporter.state.labels import cut
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from exporter.intake.kombu_reader import AMQP_HEARTBEAT
+from celery_events_exporter.intake.kombu_reader import AMQP_HEARTBEAT
 from testkit.brokers import RabbitNode
 from tests.conftest import ExporterProcess, Processes, client, wait_until
 

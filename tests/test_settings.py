@@ -11,12 +11,12 @@ import pytest
 import structlog
 from click.core import ParameterSource
 
-from exporter import logging as exporter_logging
-from exporter.app import state_settings
-from exporter.cli import SETTINGS, Deprecation, command, resolve
-from exporter.config import Config, ListenAddress
-from exporter.settings import env_name, format_value
-from exporter.state import StateSettings
+from celery_events_exporter import logging as exporter_logging
+from celery_events_exporter.app import state_settings
+from celery_events_exporter.cli import SETTINGS, Deprecation, command, resolve
+from celery_events_exporter.config import Config, ListenAddress
+from celery_events_exporter.settings import env_name, format_value
+from celery_events_exporter.state import StateSettings
 from tests.logfmt import parse_line
 
 
@@ -218,12 +218,12 @@ def test_logfmt_keys_never_break_the_line() -> None:
 def test_stdlib_and_structlog_lines_share_the_keys(capsys: pytest.CaptureFixture[str]) -> None:
     exporter_logging.configure("debug", "logfmt")
     try:
-        structlog.get_logger("exporter.test").warning("from structlog", n=1)
+        structlog.get_logger("celery_events_exporter.test").warning("from structlog", n=1)
         logging.getLogger("celery.test").error("from %s", "stdlib")
         try:
             raise RuntimeError("boom")
         except RuntimeError:
-            structlog.get_logger("exporter.test").exception("failed")
+            structlog.get_logger("celery_events_exporter.test").exception("failed")
         lines = [parse_line(line) for line in capsys.readouterr().err.splitlines()]
     finally:
         structlog.reset_defaults()

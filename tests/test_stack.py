@@ -26,7 +26,7 @@ import pytest
 import requests
 import yaml
 
-from exporter.web.webconfig import hash_password
+from celery_events_exporter.web.webconfig import hash_password
 from grafana.generate import all_queries
 from testkit.ports import free_port
 from tests.conftest import (

@@ -7,13 +7,13 @@ from typing import Any
 import orjson
 import pytest
 
-from exporter.decoder import Decoder
-from exporter.exposition.collector import EventsCollector
-from exporter.exposition.writer import Format
-from exporter.intake.backlog import IntakeBacklog
-from exporter.intake.message import RawMessage
-from exporter.intake.status import BrokerStatus
-from exporter.state import MAX_CUSTOM_EVENT_TYPES, State, StateSettings
+from celery_events_exporter.decoder import Decoder
+from celery_events_exporter.exposition.collector import EventsCollector
+from celery_events_exporter.exposition.writer import Format
+from celery_events_exporter.intake.backlog import IntakeBacklog
+from celery_events_exporter.intake.message import RawMessage
+from celery_events_exporter.intake.status import BrokerStatus
+from celery_events_exporter.state import MAX_CUSTOM_EVENT_TYPES, State, StateSettings
 from tests.conftest import Metrics
 
 T0 = 1_800_000_000.0
@@ -223,7 +223,7 @@ def test_a_task_multi_batch_counts_every_event() -> None:
 def test_a_purge_forgets_a_bounded_slice_of_workers_per_scrape(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from exporter.state import state as state_module
+    from celery_events_exporter.state import state as state_module
 
     monkeypatch.setattr(state_module, "PURGE_SLICE", 10)
     state = make_state(purge_offline_worker_after=60.0)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import requests
 
-from exporter.tasks.redact import ELLIPSIS, MASK
-from exporter.web.api import PAYLOADS_HIDDEN
+from celery_events_exporter.tasks.redact import ELLIPSIS, MASK
+from celery_events_exporter.web.api import PAYLOADS_HIDDEN
 from tests.conftest import ExporterProcess, Processes, client, require_tool, wait_until
 
 WORKER = "w1@tasksapi"

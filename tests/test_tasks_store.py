@@ -17,12 +17,12 @@ from typing import Any
 import orjson
 import pytest
 
-from exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
-from exporter.events.exceptions import MAX_EXCEPTION_CLASS_LENGTH, exception_class
-from exporter.exposition.catalogue import EXPORTER_RECENT_TASK_EVENTS_DROPPED
-from exporter.state import State, StateSettings, WorkerState
-from exporter.tasks import bounds
-from exporter.tasks.redact import (
+from celery_events_exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
+from celery_events_exporter.events.exceptions import MAX_EXCEPTION_CLASS_LENGTH, exception_class
+from celery_events_exporter.exposition.catalogue import EXPORTER_RECENT_TASK_EVENTS_DROPPED
+from celery_events_exporter.state import State, StateSettings, WorkerState
+from celery_events_exporter.tasks import bounds
+from celery_events_exporter.tasks.redact import (
     DEFAULT_SECRET_KEY_PATTERNS,
     ELLIPSIS,
     MASK,
@@ -31,15 +31,15 @@ from exporter.tasks.redact import (
     compile_secret_keys,
     secret_key_patterns,
 )
-from exporter.tasks.store import (
+from celery_events_exporter.tasks.store import (
     STORED_TEXT_LIMIT,
     WINDOW_BYTES_PER_TASK,
     WINDOW_EVENTS_PER_TASK,
     RecentTasks,
     TaskRecord,
 )
-from exporter.web import api as web_api
-from exporter.web.api import (
+from celery_events_exporter.web import api as web_api
+from celery_events_exporter.web.api import (
     DEFAULT_LIMIT,
     PAYLOADS_HIDDEN,
     TASK_ROW_KEYS,
@@ -49,7 +49,7 @@ from exporter.web.api import (
     iso,
     parse_task_query,
 )
-from exporter.web.stats import WebStats
+from celery_events_exporter.web.stats import WebStats
 
 WORKER = "celery@18e5d5189283"
 UUID = "c2e583bc-1dc9-4193-9df5-fe412aa0b180"

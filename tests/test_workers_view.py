@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from exporter.exposition import catalogue as m
+from celery_events_exporter.exposition import catalogue as m
 from grafana import generate
 from grafana.dashboards_src import workers
 from tests.conftest import Processes, PrometheusFor, client, wait_until

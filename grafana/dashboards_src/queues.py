@@ -5,8 +5,8 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import stat, table, timeseries
 
-from exporter.exposition import catalogue as m
-from exporter.exposition import promql as q
+from celery_events_exporter.exposition import catalogue as m
+from celery_events_exporter.exposition import promql as q
 
 from . import panels as p
 

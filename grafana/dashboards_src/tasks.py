@@ -6,9 +6,9 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common
 
-from exporter.events import vocabulary as v
-from exporter.exposition import catalogue as m
-from exporter.exposition import promql as q
+from celery_events_exporter.events import vocabulary as v
+from celery_events_exporter.exposition import catalogue as m
+from celery_events_exporter.exposition import promql as q
 
 from . import panels as p
 from . import recent_tasks

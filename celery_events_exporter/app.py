@@ -1,0 +1,245 @@
+"""Wire the pieces together: broker reader -> ingest -> state -> collector -> HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from celery_events_exporter import __version__
+from celery_events_exporter.config import Config
+from celery_events_exporter.control import Controller
+from celery_events_exporter.decoder import Decoder, RejectionLog
+from celery_events_exporter.exposition.collector import EventsCollector
+from celery_events_exporter.exposition.page import MetricsPage
+from celery_events_exporter.intake import make_reader
+from celery_events_exporter.intake.backlog import IntakeBacklog
+from celery_events_exporter.intake.status import BrokerStatus
+from celery_events_exporter.logging import get_logger
+from celery_events_exporter.parsers import ListenAddress
+from celery_events_exporter.queues import wiring as queue_wiring
+from celery_events_exporter.queues.collector import OnlineWorkers
+from celery_events_exporter.queues.registry import consumed_queues
+from celery_events_exporter.queues.tracking import OrphanCounter
+from celery_events_exporter.state import State, StateSettings, TaskTracker
+from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
+from celery_events_exporter.tasks.store import RecentTasks
+from celery_events_exporter.web import webconfig
+from celery_events_exporter.web.api import Api
+from celery_events_exporter.web.server import serve
+from celery_events_exporter.web.stats import WebCollector, WebStats
+
+log = get_logger(__name__)
+
+
+SHUTDOWN_GRACE = 0.8
+"""Seconds the threads get after SIGTERM before the process exits without them: each watches the
+stop event, but one may be inside a broker call (a connection attempt, an inspect reply) with a
+timeout of its own, and nothing it holds needs flushing (the exporter keeps no state on disk)."""
+
+
+def state_settings(config: Config) -> StateSettings:
+    """The state's settings are Config's fields of the same names: a setting the state needs is
+    declared once, in Config, and passed on here without being listed again."""
+    names = [field.name for field in dataclasses.fields(StateSettings)]
+    return StateSettings(**{name: getattr(config, name) for name in names})
+
+
+def build_state(
+    config: Config,
+    recent_tasks: RecentTasks | None = None,
+    task_tracker: TaskTracker | None = None,
+) -> State:
+    """The state, feeding ``recent_tasks`` the messages that carried task events and
+    ``task_tracker`` every message's events (each if any)."""
+    return State(
+        state_settings(config),
+        on_reject=RejectionLog(),
+        task_observer=None if recent_tasks is None else recent_tasks.keep,
+        task_tracker=task_tracker,
+    )
+
+
+def build_store(config: Config) -> RecentTasks | None:
+    """The recent-task store of the Tasks view; None when it is turned off."""
+    if config.max_recent_tasks <= 0:
+        return None
+    return RecentTasks(config.max_recent_tasks, config.forget_pending_tasks_after)
+
+
+def build_api(config: Config, state: State, store: RecentTasks | None, stats: WebStats) -> Api:
+    redactor = Redactor(
+        compile_secret_keys(
+            secret_key_patterns(
+                config.secret_key_patterns, defaults=config.default_secret_key_patterns
+            )
+        ),
+        config.max_payload_length,
+    )
+    return Api(
+        state,
+        store,
+        redactor,
+        expose_payloads=config.expose_task_payloads,
+        clock=time.time,
+        stats=stats,
+    )
+
+
+def build_queues(
+    config: Config,
+    store: RecentTasks | None,
+    online_workers: OnlineWorkers,
+    count_orphaned: OrphanCounter,
+) -> queue_wiring.Queues:
+    """The queue tracking (to be fed by the state) and the queue-depth poller (unless turned
+    off); orphaned tasks are counted by the state and go to the recent-task store."""
+    return queue_wiring.build(
+        config.broker_url,
+        config.broker_transport_options,
+        named=config.queues,
+        interval=config.queue_poll_interval,
+        limit=config.max_queues,
+        max_tracked_tasks=config.max_tracked_tasks,
+        max_label_length=config.max_label_length,
+        online_workers=online_workers,
+        count_orphaned=count_orphaned,
+        on_orphaned=store.keep if store is not None else None,
+        management=(
+            queue_wiring.ManagementSettings(
+                config.rabbitmq_management_url, config.rabbitmq_management_credentials_file
+            )
+            if config.rabbitmq_management_url
+            else None
+        ),
+    )
+
+
+def run(config: Config) -> int:
+    """Run until SIGTERM or SIGINT, then stop the threads; returns the process exit code."""
+    stop = threading.Event()
+    inbox = IntakeBacklog(config.max_intake_backlog_bytes)
+    store = build_store(config)
+    # The queue tracking is fed by the state; it asks the state which workers are online and
+    # has it count the orphaned tasks it finds.
+    queues = build_queues(
+        config,
+        store,
+        online_workers=lambda now: state.online_workers(now),
+        count_orphaned=lambda tasks: state.count_orphaned(tasks),
+    )
+    state = build_state(config, store, queues.tracking)
+    web_stats = WebStats()
+    api = build_api(config, state, store, web_stats)
+    web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
+    status = BrokerStatus()
+    decoder = Decoder(state, inbox)
+    reader = make_reader(
+        config.broker_url,
+        config.broker_transport_options,
+        inbox,
+        status,
+        config.events,
+        on_reject=state.reject,
+    )
+    controller = Controller(
+        config.broker_url,
+        config.broker_transport_options,
+        status,
+        state,
+        enable_events=config.enable_events,
+        inspect_workers=config.inspect_workers,
+        interval=config.broadcast_interval,
+        event_exchange=config.event_exchange,
+        on_task_names=None if api.store is None else api.store.learn_names,
+        on_active_queues=(
+            None
+            if queues.poller is None
+            else lambda replies: queues.registry.set_worker_queues(consumed_queues(replies))
+        ),
+        worker_joined=queues.tracking.worker_joined,
+    )
+
+    runtime = CollectorRegistry(auto_describe=False)  # process_*, python_*: the usual extras
+    ProcessCollector(registry=runtime)
+    PlatformCollector(registry=runtime)
+    GCCollector(registry=runtime)
+    extras: list[Collector] = [queues.collector, WebCollector(web_stats), runtime]
+    page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=store), extras)
+
+    server = serve(
+        config.listen,
+        page,
+        is_ready=lambda: status.connected,
+        api=api,
+        web_config=web_config,
+        stats=web_stats,
+        telemetry_path=config.telemetry_path,
+    )
+    log.info(
+        "exporter started",
+        version=__version__,
+        listen=str(ListenAddress(config.listen.host, server.server_address[1])),
+        telemetry_path=config.telemetry_path,
+        broker=reader.safe_url(),
+        event_exchange=config.event_exchange,
+        worker_label=config.worker_label,
+        enable_events=config.enable_events,
+        tls=web_config is not None and web_config.tls is not None,
+        basic_auth=web_config is not None and web_config.basic_auth is not None,
+        recent_tasks=config.max_recent_tasks,
+        task_payloads="exposed" if config.expose_task_payloads else "hidden",
+        queue_poll_interval=config.queue_poll_interval if queues.poller is not None else None,
+    )
+
+    threads = [
+        threading.Thread(target=target, args=(stop,), name=name, daemon=True)
+        for name, target in (
+            ("ingest", decoder.run),
+            ("broker-reader", reader.run),
+            ("controller", controller.run),
+            *([("queue-poller", queues.poller.run)] if queues.poller is not None else []),
+        )
+    ]
+    for thread in threads:
+        thread.start()
+
+    def shut_down(signum: int) -> None:
+        log.info("shutting down", signal=signal.Signals(signum).name)
+        stop.set()
+
+    _on_signals(shut_down)
+    exit_code = 0
+    while not stop.wait(1.0):
+        dead = [thread.name for thread in threads if not thread.is_alive()]
+        if dead:
+            log.error("a thread died; exiting so that a supervisor restarts us", threads=dead)
+            exit_code = 1
+            stop.set()
+    deadline = time.monotonic() + SHUTDOWN_GRACE
+    server.shutdown()  # meanwhile the threads wind down
+    server.server_close()
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    left = [thread.name for thread in threads if thread.is_alive()]
+    if left:
+        log.debug("threads still in a broker call are left behind", threads=left)
+    log.info("exporter stopped")
+    return exit_code
+
+
+def _on_signals(handler: Callable[[int], None]) -> None:
+    def _handle(signum: int, frame: FrameType | None) -> None:
+        handler(signum)
+
+    signal.signal(signal.SIGTERM, _handle)
+    signal.signal(signal.SIGINT, _handle)

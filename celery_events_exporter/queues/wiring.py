@@ -1,0 +1,110 @@
+"""Build the queue poller for a broker URL: its broker's reader, the registry, the collector."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import Connection
+
+from celery_events_exporter.logging import get_logger
+from celery_events_exporter.queues.collector import OnlineWorkers, QueuesCollector
+from celery_events_exporter.queues.management import ManagementApi, read_credentials
+from celery_events_exporter.queues.poller import QueuePoller
+from celery_events_exporter.queues.reading import QueueReader
+from celery_events_exporter.queues.registry import QueueRegistry
+from celery_events_exporter.queues.tracking import OrphanCounter, OrphanObserver, TaskTracking
+
+log = get_logger(__name__)
+
+EXPORTER_ONLY_OPTIONS = frozenset({"exporter_fast_path"})
+"""Transport options the exporter reads itself; kombu's AMQP transport would pass them on."""
+
+MAX_TIMEOUT = 5.0
+"""Seconds a broker may take to answer one poll's command before the poll fails."""
+
+
+@dataclass(frozen=True)
+class ManagementSettings:
+    url: str
+    """The RabbitMQ management API's base URL, without credentials."""
+    credentials_file: str | None = None
+    """USER:PASSWORD on its first line; None takes the broker URL's."""
+
+
+def reader_factory(
+    broker_url: str,
+    transport_options: dict[str, Any],
+    timeout: float,
+    management: ManagementSettings | None = None,
+) -> Callable[[], QueueReader] | None:
+    """A function that opens a queue reader for the broker, or None for brokers without one."""
+    options = {k: v for k, v in transport_options.items() if k not in EXPORTER_ONLY_OPTIONS}
+    connection = Connection(broker_url, transport_options=options)
+    driver = connection.transport.driver_type
+    if driver == "redis":
+        from celery_events_exporter.queues.redis import RedisQueues
+
+        return lambda: RedisQueues(broker_url, options, timeout)
+    if driver == "amqp":
+        from celery_events_exporter.queues.amqp import AmqpQueues
+
+        api = None
+        if management is not None:
+            credentials = (
+                read_credentials(management.credentials_file)
+                if management.credentials_file
+                else (connection.userid or "guest", connection.password or "guest")
+            )
+            vhost = connection.virtual_host or "/"
+            api = ManagementApi(management.url, vhost, credentials, timeout)
+        return lambda: AmqpQueues(broker_url, options, timeout, api)
+    if management is not None:
+        log.warning("the RabbitMQ management API is only read on an AMQP broker")
+    return None
+
+
+@dataclass
+class Queues:
+    registry: QueueRegistry
+    tracking: TaskTracking
+    """Feed it the state's events (``State.task_tracker``)."""
+    poller: QueuePoller | None
+    """None when polling is off or the broker has no queue reader; run it on a thread."""
+    collector: QueuesCollector
+
+
+def build(
+    broker_url: str,
+    transport_options: dict[str, Any],
+    *,
+    named: Iterable[str],
+    interval: float,
+    limit: int,
+    max_tracked_tasks: int,
+    max_label_length: int,
+    online_workers: OnlineWorkers,
+    count_orphaned: OrphanCounter | None = None,
+    on_orphaned: OrphanObserver | None = None,
+    management: ManagementSettings | None = None,
+) -> Queues:
+    """The registry, the task tracking, the poller (``interval`` 0: none) and their collector."""
+    registry = QueueRegistry(named, limit)
+    tracking = TaskTracking(
+        registry,
+        max_tasks=max_tracked_tasks,
+        max_length=max_label_length,
+        count_orphaned=count_orphaned,
+        on_orphaned=on_orphaned,
+    )
+    poller = None
+    if interval > 0:
+        timeout = min(MAX_TIMEOUT, interval)
+        open_reader = reader_factory(broker_url, transport_options, timeout, management)
+        if open_reader is None:
+            log.warning("queue depths are not read on this broker", broker=broker_url.split(":")[0])
+        else:
+            poller = QueuePoller(open_reader, registry, interval, listener=tracking.queues_read)
+    collector = QueuesCollector(poller, registry, tracking, online_workers)
+    return Queues(registry, tracking, poller, collector)

@@ -1,0 +1,473 @@
+"""Counting events: the tables the event stream fills, and the loop that fills them.
+
+``Counts`` is not thread-safe: ``State`` holds its lock around every call. ``count`` runs for
+every event the exporter receives, so the task-state path is written out in its loop (no call
+and no attribute chain per event, the common cases first); what is rare or not about a task
+state (worker events, task-sent, exceptions, new event types) is a method or function of its
+own. ``celery_events_exporter.state.reference`` says the same thing plainly, and a property test
+holds the two
+to the same results.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from celery_events_exporter.events.exceptions import exception_class
+from celery_events_exporter.events.validate import INVALID_FIELD, Rejected, is_number, validate
+from celery_events_exporter.events.vocabulary import (
+    KNOWN_EVENT_TYPES,
+    MAX_CUSTOM_EVENT_TYPE_LENGTH,
+    MAX_CUSTOM_EVENT_TYPES,
+    TASK_FAILED,
+    TASK_RECEIVED,
+    TASK_REJECTED,
+    TASK_REVOKED,
+    TASK_SENT,
+    TASK_STARTED,
+    TASK_STATE_EVENTS,
+    TASK_SUCCEEDED,
+    WORKER_EVENTS,
+)
+from celery_events_exporter.state.histogram import Histogram
+from celery_events_exporter.state.labels import (
+    CAP,
+    EXCEPTION,
+    OTHER,
+    QUEUE,
+    TASK,
+    WORKER,
+    LabelCaps,
+    fits,
+)
+from celery_events_exporter.state.settings import StateSettings
+from celery_events_exporter.state.snapshot import TaskKey
+from celery_events_exporter.state.workers import WorkerState, apply_worker_event
+
+UNKNOWN_TASK = "unknown"
+"""The task label for events whose task name the exporter never saw (it started after the task
+was received, or the task is not registered on the worker)."""
+
+__all__ = ["OTHER", "UNKNOWN_TASK", "Counts", "RejectHook"]
+
+RejectHook = Callable[[str, str], None]
+"""(reason, detail) -> None: told of every rejected event (the exporter logs them)."""
+
+_INF = math.inf
+_WORKER_EVENTS = frozenset(WORKER_EVENTS)
+
+MAX_GREETINGS = 10_000
+"""Workers waiting to be greeted by the controller, at most (a flood of crafted hostnames must
+not grow memory; the periodic broadcast reaches any left out)."""
+
+MAX_ENDED_NAMES = 10_000
+"""Names of tasks that failed, were rejected or revoked, kept to name a later event of theirs
+(Celery 5.7 sends task-rejected after task-failed for Reject) without counting them as tracked."""
+
+
+class Counts:
+    """Everything counted from the events: task counts and histograms per (task, worker), the
+    tasks in flight, the workers, events by type, and the rejections."""
+
+    def __init__(self, settings: StateSettings, on_reject: RejectHook | None = None) -> None:
+        self.settings = settings
+        self.on_reject = on_reject
+        self.task_counts: dict[str, dict[TaskKey, int]] = {
+            event_type: {} for event_type in TASK_STATE_EVENTS
+        }
+        self.sent: dict[tuple[str, str], int] = {}
+        """(task name, queue) -> task-sent count."""
+        self.exceptions: dict[tuple[str, str], int] = {}
+        """(task name, exception class) -> failures."""
+        self.runtime: dict[TaskKey, Histogram] = {}
+        self.queue_wait: dict[TaskKey, Histogram] = {}
+        self.workers: dict[str, WorkerState] = {}
+        self.events_by_type: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
+        self.tracked: dict[str, tuple[str, float | None]] = {}
+        """uuid -> (task name, worker's received timestamp) of tasks received and not finished,
+        insertion-ordered so that the oldest is evicted first; a tuple, not an object: one is
+        made for every task."""
+        self.unlabelled: dict[str, dict[str, int]] = {}
+        """hostname -> {task event type: count}, kept only when the worker label is off (with it
+        on, ``task_counts`` already holds them)."""
+        self.ended: dict[str, str] = {}
+        """uuid -> name of tasks that ended with no success, oldest first (MAX_ENDED_NAMES)."""
+        self.greetings: deque[str] = deque(maxlen=MAX_GREETINGS)
+        """Hostnames of workers just heard of (first heartbeat, or worker-online: a start), for
+        the controller to switch their task events on and learn their tasks; deque's append and
+        popleft are thread-safe."""
+        self.caps = LabelCaps(
+            max_task_names=settings.max_task_names,
+            max_workers=settings.max_workers,
+            max_queues=settings.max_queues,
+            max_length=settings.max_label_length,
+        )
+        """The admitted label values and the overflow counts."""
+        self.orphaned: dict[TaskKey, int] = {}
+        """(task, worker) -> tasks the worker had started when it vanished without a goodbye
+        (found by the queue tracking, counted through ``count_orphaned``)."""
+        self.series_names: dict[str, set[str]] = {}
+        """hostname -> the task names it has series under (with the worker label): what
+        ``forget_worker`` deletes, without a scan of every series."""
+        self.name_hosts: dict[str, int] = {}
+        """task name -> how many workers have series under it (with the worker label): when a
+        purge takes it to 0, the name gives its place under the cap back."""
+        self.exception_classes: set[str] = set()
+        """The exception classes admitted under ``max_exception_classes``."""
+        self._custom_event_types = 0
+
+    def count(self, events: Sequence[Any], received_at: float) -> int:
+        """Count decoded events (a ``task.multi`` list, or one event) received at
+        ``received_at``; returns how many were task events (the recent-task store wants their
+        message). Never raises on bad input: it is counted in ``rejected``."""
+        by_type = self.events_by_type
+        task_counts = self.task_counts
+        tracked_tasks = self.tracked
+        settings = self.settings
+        worker_label = settings.worker_label
+        max_tracked = settings.max_tracked_tasks
+        max_length = settings.max_label_length
+        caps = self.caps
+        queue_wait, wait_bounds = self.queue_wait, settings.queue_wait_buckets
+        runtimes, run_bounds = self.runtime, settings.runtime_buckets
+        task_events = 0
+        for event in events:
+            try:
+                event_type, hostname, uuid = validate(event)
+                try:
+                    by_type[event_type] += 1
+                except KeyError:  # the first of its type
+                    self._count_new_event_type(event_type)
+                counts = task_counts.get(event_type)
+                if counts is None:  # not a task state: worker events, task-sent, custom
+                    if event_type in _WORKER_EVENTS:
+                        if apply_worker_event(
+                            self.worker_state,
+                            event,
+                            event_type,
+                            hostname,
+                            received_at,
+                            self.started_count,
+                        ) and fits(hostname, max_length):
+                            # A longer hostname is no worker's to send a broadcast to.
+                            self.greetings.append(hostname)
+                    elif event_type == TASK_SENT:
+                        self._count_sent(event, uuid)
+                        task_events += 1
+                    continue
+
+                name = event.get("name")
+                tracked = tracked_tasks.get(uuid)
+                if event_type == TASK_RECEIVED:
+                    if (type(name) is not str and not isinstance(name, str)) or not name:
+                        name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+                    elif len(name) > max_length or not name.isascii():
+                        name = caps.cut(TASK, name)  # before it is tracked: bounded bytes
+                    timestamp = event.get("timestamp")
+                    # A retry is received again: move it to the young end.
+                    if tracked is not None:
+                        del tracked_tasks[uuid]
+                    tracked_tasks[uuid] = (
+                        name,
+                        timestamp if isinstance(timestamp, (int, float)) else None,
+                    )
+                    if len(tracked_tasks) > max_tracked:
+                        del tracked_tasks[next(iter(tracked_tasks))]
+                elif (
+                    name is None
+                    or (type(name) is not str and not isinstance(name, str))
+                    or not name
+                ):
+                    name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+                elif len(name) > max_length or not name.isascii():
+                    name = caps.cut(TASK, name)
+
+                if worker_label:
+                    key = (name, hostname)
+                else:
+                    key = (name, "")
+                    self._count_unlabelled(hostname, event_type)
+                try:
+                    counts[key] += 1
+                except KeyError:
+                    # A new series, or values past a cap or too long (which never make a key of
+                    # their own, so they come here every time): the labels' one check.
+                    key = self._series_key(name, hostname)
+                    name = key[0]
+                    try:
+                        counts[key] += 1
+                    except KeyError:  # the pair's first event: its other series start at 0
+                        self.seed(key)
+                        counts[key] = 1
+
+                # The one observation a task event may make: queue wait or runtime.
+                histograms: dict[TaskKey, Histogram] | None = None
+                if event_type == TASK_STARTED:
+                    started = event.get("timestamp")
+                    if (
+                        tracked is not None
+                        and tracked[1] is not None
+                        and (
+                            (type(started) is float and -_INF < started < _INF)
+                            or is_number(started)
+                        )
+                    ):
+                        value = float(started) - tracked[1]
+                        if not value > 0.0:  # NaN too, as a received timestamp may be
+                            value = 0.0
+                        histograms, bounds = queue_wait, wait_bounds
+                elif event_type == TASK_SUCCEEDED:
+                    runtime = event.get("runtime")
+                    if type(runtime) is float and 0 <= runtime < _INF:
+                        value = runtime
+                        histograms, bounds = runtimes, run_bounds
+                    elif is_number(runtime) and runtime >= 0:
+                        value = float(runtime)
+                        histograms, bounds = runtimes, run_bounds
+                    if tracked is not None:
+                        del tracked_tasks[uuid]
+                elif event_type == TASK_FAILED:
+                    self._count_exception(name, event.get("exception"))
+                    if tracked is not None:
+                        self._end(uuid, name)
+                elif event_type in (TASK_REJECTED, TASK_REVOKED) and tracked:
+                    self._end(uuid, name)
+                if histograms is not None:
+                    try:
+                        histogram = histograms[key]
+                    except KeyError:
+                        histogram = histograms[key] = Histogram.empty(bounds)
+                    histogram.counts[bisect_left(bounds, value)] += 1
+                    histogram.total += value
+                task_events += 1
+            except Rejected as rejection:
+                if rejection.event_type is not None:  # it arrived, unusable as it is
+                    self._count_new_event_type(rejection.event_type)
+                self.reject(rejection.reason, str(rejection))
+            except Exception as exc:  # a bug or an input we did not foresee: count it, go on
+                self.reject(INVALID_FIELD, f"{type(exc).__name__}: {exc}")
+        return task_events
+
+    def _end(self, uuid: str, name: str) -> None:
+        """Stop tracking a task that failed, was rejected or revoked; keep its name a while:
+        a task that raised Reject fails first, then is rejected."""
+        del self.tracked[uuid]
+        ended = self.ended
+        ended[uuid] = name
+        if len(ended) > MAX_ENDED_NAMES:
+            del ended[next(iter(ended))]
+
+    def seed(self, key: TaskKey) -> None:
+        """Create ``key``'s state counters and histograms at 0 where they do not exist: a
+        series whose first sample is 1 shows no increase() in Prometheus."""
+        for counts in self.task_counts.values():
+            if key not in counts:
+                counts[key] = 0
+        if key not in self.runtime:
+            self.runtime[key] = Histogram.empty(self.settings.runtime_buckets)
+        if key not in self.queue_wait:
+            self.queue_wait[key] = Histogram.empty(self.settings.queue_wait_buckets)
+
+    def seed_tasks(self, hostname: str, names: Sequence[str]) -> int:
+        """Create the series of the tasks a worker has registered at 0, up to
+        ``max_registered_tasks`` of them, each name through the caps as an event's would be;
+        returns how many names the cap left out."""
+        limit = self.settings.max_registered_tasks
+        caps = self.caps
+        for name in names[:limit]:
+            self.seed(self._series_key(caps.cut(TASK, name), hostname))
+        return max(0, len(names) - limit)
+
+    def learn_names(self, names: Mapping[str, str]) -> None:
+        """Remember the names of tasks in flight ({uuid: name}, from inspect active/reserved):
+        their later events carry none."""
+        tracked = self.tracked
+        for uuid, name in names.items():
+            if uuid not in tracked:
+                tracked[uuid] = (self.caps.cut(TASK, name), None)
+        while len(tracked) > self.settings.max_tracked_tasks:
+            del tracked[next(iter(tracked))]
+
+    def started_count(self, hostname: str) -> int:
+        """task-started events counted from a worker (its label value) so far, through the
+        series index: called at a worker's first heartbeat or its restart, which thousands of
+        workers may do at once."""
+        if not self.settings.worker_label:
+            return self.unlabelled.get(hostname, {}).get(TASK_STARTED, 0)
+        started = self.task_counts[TASK_STARTED]
+        return sum(started.get((name, hostname), 0) for name in self.series_names.get(hostname, ()))
+
+    def reject(self, reason: str, detail: str = "") -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if self.on_reject is not None:
+            self.on_reject(reason, detail)
+
+    def _count_new_event_type(self, event_type: str) -> None:
+        """Count an event of a type not necessarily seen before, within the custom-type cap."""
+        counts = self.events_by_type
+        if event_type in counts:
+            counts[event_type] += 1
+        elif event_type in KNOWN_EVENT_TYPES:
+            counts[event_type] = 1
+        elif (
+            self._custom_event_types < MAX_CUSTOM_EVENT_TYPES
+            and len(event_type) <= MAX_CUSTOM_EVENT_TYPE_LENGTH
+        ):
+            self._custom_event_types += 1
+            counts[event_type] = 1
+        else:
+            counts[OTHER] = counts.get(OTHER, 0) + 1
+
+    def _series_key(self, name: str, hostname: str) -> TaskKey:
+        """The key of a task series for ``name`` (cut already) on ``hostname``: each value
+        admitted under its cap or ``OTHER``, the hostname cut; indexed for ``forget_worker``."""
+        caps = self.caps
+        name = caps.label(TASK, name)
+        if not self.settings.worker_label:
+            return (name, "")
+        host = caps.label(WORKER, hostname)
+        names = self.series_names.get(host)
+        if names is None:
+            names = self.series_names[host] = set()
+        if name not in names:
+            names.add(name)
+            self.name_hosts[name] = self.name_hosts.get(name, 0) + 1
+        return (name, host)
+
+    def worker_state(self, hostname: str) -> WorkerState | None:
+        """The record of the worker ``hostname`` (cut), made if the worker cap has room; None
+        past it: such a worker's gauges are not exported, its task events count as
+        worker="other"."""
+        found = self.workers.get(hostname)
+        if found is None:
+            host = self.caps.cut(WORKER, hostname)
+            found = self.workers.get(host)
+            if found is None:
+                if self.caps.admit(WORKER, host) is None:
+                    return None
+                found = self.workers[host] = WorkerState(host)
+        return found
+
+    def _count_unlabelled(self, hostname: str, event_type: str) -> None:
+        counts = self.unlabelled.get(hostname)
+        if counts is None:
+            host = self.caps.label(WORKER, hostname)
+            counts = self.unlabelled.get(host)
+            if counts is None:
+                counts = self.unlabelled[host] = {}
+        counts[event_type] = counts.get(event_type, 0) + 1
+
+    def _count_sent(self, event: dict[str, Any], uuid: str) -> None:
+        name = event.get("name")
+        queue = event.get("queue")
+        key = (
+            name if isinstance(name, str) and name else UNKNOWN_TASK,
+            queue if isinstance(queue, str) else "",
+        )
+        sent = self.sent
+        name = key[0]
+        try:
+            sent[key] += 1
+        except KeyError:
+            caps = self.caps
+            name = caps.cut(TASK, name)
+            label = caps.admit(TASK, name)
+            queue = caps.label(QUEUE, key[1]) if key[1] else ""
+            key = (OTHER if label is None else label, queue)
+            sent[key] = sent.get(key, 0) + 1
+        # Named from here (as cut, not folded, like a received task): a task revoked or expired
+        # before a worker received it sends no task-received, only its task-revoked.
+        tracked = self.tracked
+        if name != UNKNOWN_TASK and uuid and uuid not in tracked:
+            tracked[uuid] = (name, None)
+            if len(tracked) > self.settings.max_tracked_tasks:
+                del tracked[next(iter(tracked))]
+
+    def _count_exception(self, task: str, exception: Any) -> None:
+        cls = exception_class(exception)
+        classes = self.exception_classes
+        if cls not in classes:
+            cls = self.caps.cut(EXCEPTION, cls)
+            if cls not in classes:
+                if len(classes) >= self.settings.max_exception_classes:
+                    cls = OTHER
+                    self.caps.overflow[(EXCEPTION, CAP)] += 1
+                else:
+                    classes.add(cls)
+        key = (task, cls)
+        self.exceptions[key] = self.exceptions.get(key, 0) + 1
+
+    def worker_task_counts(self) -> dict[str, dict[str, int]]:
+        """Task events counted per worker: hostname -> {event type: count}."""
+        if not self.settings.worker_label:
+            return {host: dict(counts) for host, counts in self.unlabelled.items()}
+        found: dict[str, dict[str, int]] = {}
+        for event_type, counts in self.task_counts.items():
+            for (_, hostname), count in counts.items():
+                if not count:  # a series created at 0 ahead of its first event
+                    continue
+                host_counts = found.get(hostname)
+                if host_counts is None:
+                    host_counts = found[hostname] = {}
+                host_counts[event_type] = host_counts.get(event_type, 0) + count
+        return found
+
+    def count_orphaned(self, tasks: Sequence[tuple[str, str]]) -> None:
+        """Count tasks found orphaned, each (task name, worker hostname), under the labels an
+        event of theirs would have."""
+        orphaned = self.orphaned
+        for name, hostname in tasks:
+            key = self._series_key(self.caps.cut(TASK, name), hostname)
+            orphaned[key] = orphaned.get(key, 0) + 1
+
+    def forget_worker(self, host: str) -> int:
+        """Drop a worker and every series labelled with it, and free its place under the
+        worker cap, and the places of the task names no other worker has series under; returns
+        how many task names it had series under (the work done: the index makes it
+        proportional to the worker's own series)."""
+        self.workers.pop(host, None)
+        self.unlabelled.pop(host, None)
+        self.caps.release(WORKER, host)
+        names = self.series_names.pop(host, None)
+        if not names:
+            return 0
+        families: list[dict[TaskKey, Any]] = [
+            *self.task_counts.values(),
+            self.runtime,
+            self.queue_wait,
+            self.orphaned,
+        ]
+        name_hosts = self.name_hosts
+        unused: list[str] = []
+        for name in names:
+            key = (name, host)
+            for family in families:
+                family.pop(key, None)
+            if name_hosts[name] > 1:
+                name_hosts[name] -= 1
+            else:
+                del name_hosts[name]
+                unused.append(name)
+        self._release_task_names(unused)
+        return len(names)
+
+    def _release_task_names(self, names: list[str]) -> None:
+        """Give back the places of task names no worker has series under any more, with their
+        task-sent and exception series, and the queue and exception-class places only those
+        series held: names that come and go (renamed tasks, deploys) must not fill the cap for
+        good."""
+        admitted = self.caps.admitted[TASK]
+        released = {name for name in names if name in admitted}
+        if not released:
+            return
+        for name in released:
+            self.caps.release(TASK, name)
+        self.sent = {key: n for key, n in self.sent.items() if key[0] not in released}
+        self.exceptions = {key: n for key, n in self.exceptions.items() if key[0] not in released}
+        self.caps.keep_only(QUEUE, {queue for _, queue in self.sent})
+        self.exception_classes &= {cls for _, cls in self.exceptions}
