@@ -19,7 +19,7 @@ if __package__ in (None, ""):
     # `grafana` package and `exporter` resolve the same way as under pytest.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grafana.dashboards_src import panels, queues, tasks, workers
+from grafana.dashboards_src import panels, queues, requires, tasks, workers
 from grafana.dashboards_src.serialize import to_dict
 
 if TYPE_CHECKING:
@@ -46,13 +46,15 @@ _VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)")
 
 
 def dashboard_dict(uid: str) -> dict[str, Any]:
-    """The dashboard as Grafana's JSON model, with stable panel ids."""
+    """The dashboard as Grafana's JSON model, with stable panel ids and, as Grafana's export
+    writes it, the ``__requires`` list its import checks."""
     _, build = DASHBOARDS[uid]
     model = build().build()
     # The SDK leaves ids at 0; Grafana keys panel state (links, edit, repeats) on unique ids.
     for number, panel in enumerate(model.panels or [], start=1):
         panel.id_val = number
-    return to_dict(model)
+    board = to_dict(model)
+    return {"__requires": requires.requires(board), **board}
 
 
 def render(uid: str) -> str:
