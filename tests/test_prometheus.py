@@ -373,6 +373,13 @@ def test_alert_has_annotations_and_a_runbook_section(alert: dict[str, Any]) -> N
     assert anchor in _runbook_anchors(), f"docs/runbook.md has no section '## {name}'"
 
 
+def test_runbook_lists_the_groups_as_the_rules_have_them() -> None:
+    rows = re.findall(
+        r"^\| `(celery-\w+\.alerts)` \| (.+) \|$", RUNBOOK.read_text(encoding="utf-8"), re.M
+    )
+    assert {group: set(alerts.split(", ")) for group, alerts in rows} == EXPECTED_GROUPS
+
+
 def test_runbook_has_no_section_without_an_alert() -> None:
     text = RUNBOOK.read_text(encoding="utf-8")
     sections = re.findall(r"^## (\S+)\s*$", text, re.MULTILINE)
