@@ -118,6 +118,34 @@ def test_check_flag_fails_on_a_stale_file_and_leaves_it_alone(
     assert stale.read_text(encoding="utf-8") == generate.render(panels.TASKS_UID)
 
 
+def test_a_selector_reaches_every_query_as_in_the_rules(tmp_path: Path) -> None:
+    selector = 'cluster="eu", namespace=~"celery-.*"'
+    assert generate.main(["--selector", selector, "--output-dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        n for n, _ in generate.DASHBOARDS.values()
+    )
+    variables = {"worker": ".*", "task": ".*", "queue": ".*"}
+    checked = 0
+    for path in tmp_path.iterdir():
+        board = json.loads(path.read_text(encoding="utf-8"))
+        for _, target in generate.iter_targets(board):
+            expr = generate.substitute(str(target["expr"]), variables)
+            for selector_node in selectors(promql_parser.parse(expr)):
+                matchers = {
+                    (m.name, m.value)
+                    for m in selector_node.matchers.matchers
+                    if m.name != "__name__"
+                }
+                assert {("cluster", "eu"), ("namespace", "celery-.*")} <= matchers, expr
+                checked += 1
+    assert checked > 100
+    # The committed dashboards, made without one, carry no such matcher (nor a job=).
+    assert "cluster=" not in generate.render(panels.TASKS_UID)
+    assert 'job="' not in generate.render(panels.TASKS_UID)
+    with pytest.raises(SystemExit):
+        generate.main(["--selector", "cluster=eu", "--output-dir", str(tmp_path)])
+
+
 def test_script_check_passes_on_the_committed_files() -> None:
     # The documented entry point, run as a script from the repository root.
     result = subprocess.run(
