@@ -35,6 +35,7 @@ generate:
 
 check-generated:
 	$(PY) grafana/generate.py --check
+	$(PY) prometheus/generate_rules.py --check
 	$(PY) deploy/kubernetes/generate.py --check
 
 bench:

@@ -22,7 +22,7 @@ from celery_events_exporter.events.body import loads
 from celery_events_exporter.events.decode import JSON_CONTENT_TYPES, open_envelope
 from celery_events_exporter.intake.backlog import IntakeBacklog
 from celery_events_exporter.intake.message import INVALID_ENVELOPE, RawMessage
-from celery_events_exporter.logging import get_logger
+from celery_events_exporter.logging import get_logger, sparse
 from celery_events_exporter.state import DecodedMessage, State
 
 log = get_logger(__name__)
@@ -141,5 +141,5 @@ class RejectionLog:
 
     def __call__(self, reason: str, detail: str) -> None:
         seen = self._seen[reason] = self._seen.get(reason, 0) + 1
-        if seen & (seen - 1) == 0:
+        if sparse(seen):
             log.warning("event rejected", reason=reason, detail=detail[:200], occurrences=seen)

@@ -86,6 +86,13 @@ def configure(level: str = "info", fmt: str = "logfmt") -> None:
     threading.excepthook = _log_thread_exception
 
 
+def sparse(occurrence: int) -> bool:
+    """Whether the ``occurrence``-th time a repeated problem happens is worth a log line: the
+    1st, 2nd, 4th, 8th... (powers of two), so a flood of them logs a few lines, not millions,
+    and the count in each line says how bad it got."""
+    return occurrence & (occurrence - 1) == 0
+
+
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger

@@ -2,6 +2,8 @@
 
 Usage: ``python grafana/generate.py`` rewrites grafana/dashboards/*.json;
 ``python grafana/generate.py --check`` writes nothing and exits 1 if the committed JSON is stale.
+``--selector 'cluster="eu"' --output-dir DIR`` writes dashboards whose every query reads the
+exporter's series through that selector, as ``prometheus/generate_rules.py --selector`` does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ if __package__ in (None, ""):
     # `grafana` package and `exporter` resolve the same way as under pytest.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grafana.dashboards_src import panels, queues, tasks, workers
+from celery_events_exporter.exposition import promql as q
+from grafana.dashboards_src import panels, queues, requires, tasks, workers
 from grafana.dashboards_src.serialize import to_dict
 
 if TYPE_CHECKING:
@@ -45,22 +48,33 @@ _MACRO = re.compile(r"\$(__\w+)")
 _VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)")
 
 
-def dashboard_dict(uid: str) -> dict[str, Any]:
-    """The dashboard as Grafana's JSON model, with stable panel ids."""
+def dashboard_dict(uid: str, selector: str = "") -> dict[str, Any]:
+    """The dashboard as Grafana's JSON model, with stable panel ids and, as Grafana's export
+    writes it, the ``__requires`` list its import checks; every PromQL query reads the
+    exporter's series through ``selector`` (none by default)."""
     _, build = DASHBOARDS[uid]
     model = build().build()
     # The SDK leaves ids at 0; Grafana keys panel state (links, edit, repeats) on unique ids.
     for number, panel in enumerate(model.panels or [], start=1):
         panel.id_val = number
-    return to_dict(model)
+    board = to_dict(model)
+    for panel in board.get("panels") or []:
+        for nested in [panel, *(panel.get("panels") or [])]:
+            for target in nested.get("targets") or []:
+                if "expr" in target:
+                    target["expr"] = q.with_selector(target["expr"], selector)
+    return {"__requires": requires.requires(board), **board}
 
 
-def render(uid: str) -> str:
-    return json.dumps(dashboard_dict(uid), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def render(uid: str, selector: str = "") -> str:
+    return (
+        json.dumps(dashboard_dict(uid, selector), indent=2, sort_keys=True, ensure_ascii=False)
+        + "\n"
+    )
 
 
-def output_path(uid: str) -> Path:
-    return DASHBOARD_DIR / DASHBOARDS[uid][0]
+def output_path(uid: str, output_dir: Path | None = None) -> Path:
+    return (output_dir or DASHBOARD_DIR) / DASHBOARDS[uid][0]
 
 
 def substitute(expr: str, variables: Mapping[str, str]) -> str:
@@ -113,11 +127,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write nothing; exit 1 if a committed dashboard differs from the generated one",
     )
+    parser.add_argument(
+        "--selector",
+        default="",
+        help="label matchers every query adds to the exporter's series, e.g. 'cluster=\"eu\"' "
+        "(the rules' --selector); default: none",
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=None, help="where to write (default: grafana/dashboards)"
+    )
     args = parser.parse_args(argv)
+    try:
+        q.parse_selector(args.selector)
+    except ValueError as error:
+        parser.error(str(error))
     stale: list[Path] = []
     for uid in DASHBOARDS:
-        path = output_path(uid)
-        fresh = render(uid)
+        path = output_path(uid, args.output_dir)
+        fresh = render(uid, args.selector)
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == fresh:
             continue

@@ -12,6 +12,7 @@ from typing import Any
 
 import promql_parser
 import pytest
+import yaml
 
 from celery_events_exporter.exposition import catalogue as metrics
 from celery_events_exporter.tasks.store import STATES
@@ -115,6 +116,34 @@ def test_check_flag_fails_on_a_stale_file_and_leaves_it_alone(
 
     assert generate.main([]) == 0
     assert stale.read_text(encoding="utf-8") == generate.render(panels.TASKS_UID)
+
+
+def test_a_selector_reaches_every_query_as_in_the_rules(tmp_path: Path) -> None:
+    selector = 'cluster="eu", namespace=~"celery-.*"'
+    assert generate.main(["--selector", selector, "--output-dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        n for n, _ in generate.DASHBOARDS.values()
+    )
+    variables = {"worker": ".*", "task": ".*", "queue": ".*"}
+    checked = 0
+    for path in tmp_path.iterdir():
+        board = json.loads(path.read_text(encoding="utf-8"))
+        for _, target in generate.iter_targets(board):
+            expr = generate.substitute(str(target["expr"]), variables)
+            for selector_node in selectors(promql_parser.parse(expr)):
+                matchers = {
+                    (m.name, m.value)
+                    for m in selector_node.matchers.matchers
+                    if m.name != "__name__"
+                }
+                assert {("cluster", "eu"), ("namespace", "celery-.*")} <= matchers, expr
+                checked += 1
+    assert checked > 100
+    # The committed dashboards, made without one, carry no such matcher (nor a job=).
+    assert "cluster=" not in generate.render(panels.TASKS_UID)
+    assert 'job="' not in generate.render(panels.TASKS_UID)
+    with pytest.raises(SystemExit):
+        generate.main(["--selector", "cluster=eu", "--output-dir", str(tmp_path)])
 
 
 def test_script_check_passes_on_the_committed_files() -> None:
@@ -528,8 +557,107 @@ def test_recent_tasks_states_are_coloured_and_runtime_has_units() -> None:
 @pytest.mark.parametrize("uid", UIDS)
 def test_json_round_trips_through_the_sdk_models(uid: str) -> None:
     # from_json drops keys the schema does not know, so a misspelt key shows up as a difference.
+    # __requires is the import format's (Grafana's export writes it), not the dashboard model's.
     data = committed(uid)
+    del data["__requires"]
     assert round_trip(data) == data
+
+
+def _used_plugins(board: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """(panel types, data source types) the dashboard uses, found without the generator's help:
+    every panel, every "datasource" reference and every data source variable."""
+    panel_types = {p["type"] for p in all_panels(board)} - {"row"}
+    datasource_types = {ref["type"] for ref in datasource_references(board)}
+    datasource_types |= {
+        v["query"] for v in board["templating"]["list"] if v["type"] == "datasource"
+    }
+    return panel_types, datasource_types
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_requires_lists_every_panel_and_data_source_the_dashboard_uses(uid: str) -> None:
+    board = committed(uid)
+    declared: dict[str, set[str]] = {}
+    for entry in board["__requires"]:
+        assert set(entry) == {"type", "id", "name", "version"}, entry
+        assert entry["name"], entry
+        declared.setdefault(entry["type"], set()).add(entry["id"])
+    panel_types, datasource_types = _used_plugins(board)
+    assert declared == {
+        "grafana": {"grafana"},
+        "panel": panel_types,
+        "datasource": datasource_types,
+    }
+    [grafana] = [e for e in board["__requires"] if e["type"] == "grafana"]
+    # Infinity's current version needs Grafana 11.6 or later.
+    assert tuple(map(int, grafana["version"].split("."))) >= (11, 6, 0)
+
+
+def test_the_tasks_dashboard_declares_the_infinity_plugin() -> None:
+    requires = committed(panels.TASKS_UID)["__requires"]
+    assert {
+        "type": "datasource",
+        "id": recent_tasks.INFINITY_TYPE,
+        "name": "Infinity",
+        "version": "",
+    } in requires
+    for uid in (panels.WORKERS_UID, panels.QUEUES_UID):
+        assert recent_tasks.INFINITY_TYPE not in {e["id"] for e in committed(uid)["__requires"]}
+
+
+def _alert_threshold(alert: str) -> float:
+    """The number the committed alert compares its first clause with: ``... > 0.1``."""
+    rules_file = REPO / "prometheus" / "rules" / "celery-alerts.rules.yml"
+    for group in yaml.safe_load(rules_file.read_text(encoding="utf-8"))["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == alert:
+                first_clause = rule["expr"].splitlines()[0]
+                return float(re.fullmatch(r".* > ([0-9.e+-]+)", first_clause).group(1))  # type: ignore[union-attr]
+    raise AssertionError(f"no alert {alert} in {rules_file}")
+
+
+def _threshold_steps(board: Mapping[str, Any], title: str) -> list[list[dict[str, Any]]]:
+    """The threshold steps of every panel titled ``title`` and every table column so named."""
+    found = []
+    for panel in all_panels(board):
+        if panel.get("title", "").startswith(title):
+            found.append(panel["fieldConfig"]["defaults"]["thresholds"]["steps"])
+        for override in panel.get("fieldConfig", {}).get("overrides", []):
+            if override["matcher"] == {"id": "byName", "options": title}:
+                found += [
+                    prop["value"]["steps"]
+                    for prop in override["properties"]
+                    if prop["id"] == "thresholds"
+                ]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("alert", "title", "uids", "places"),
+    [
+        (
+            "CeleryTaskFailureRatioHigh",
+            "Failure ratio",
+            (panels.WORKERS_UID, panels.TASKS_UID),
+            # Workers' stat; Tasks' stat, table column and chart.
+            4,
+        ),
+        # Queues' stat and chart.
+        ("CeleryQueueOldestTaskOld", "Oldest waiting", (panels.QUEUES_UID,), 2),
+    ],
+)
+def test_panels_turn_red_where_the_alert_fires(
+    alert: str, title: str, uids: tuple[str, ...], places: int
+) -> None:
+    threshold = _alert_threshold(alert)
+    steps = [s for uid in uids for s in _threshold_steps(committed(uid), title)]
+    assert len(steps) == places, steps
+    for levels in steps:
+        colours = [(step["value"], step["color"]) for step in levels]
+        red = [value for value, colour in colours if colour == "red"]
+        assert red == [threshold], colours
+        # Below the alert's level, a panel may warn (yellow) but never shows red.
+        assert all(value is None or value <= threshold for value, _ in colours), colours
 
 
 # Flower's Broker tab: Name, Messages, Unacked, Ready, Consumers; then the oldest waiting task.
@@ -562,6 +690,19 @@ def test_queues_table_is_flowers_broker_tab() -> None:
     # The search box: a regex over queue names, like the other dashboards' ones.
     [search] = [v for v in board["templating"]["list"] if v["name"] == queues.QUEUE_VAR]
     assert (search["type"], search["query"]) == ("textbox", ".*")
+
+
+def test_the_unacked_figures_say_why_they_are_empty_on_redis() -> None:
+    board = committed(panels.QUEUES_UID)
+    [stat] = [p for p in all_panels(board) if p.get("title") == "Unacked messages"]
+    # Shown in the panel itself when it has no value, and explained in its description.
+    assert "Redis" in stat["fieldConfig"]["defaults"]["noValue"]
+    assert "management API" in stat["fieldConfig"]["defaults"]["noValue"]
+    for text in (stat["description"], queues.UNACKED_ONLY_WITH_MANAGEMENT):
+        assert "Redis" in text and "'unacked' hash" in text, text
+        assert "--rabbitmq-management-url" in text, text
+    [table] = [p for p in all_panels(board) if p.get("title") == queues.TABLE_TITLE]
+    assert "empty on Redis" in table["description"]
 
 
 def test_queues_dashboard_charts_length_age_and_in_out() -> None:

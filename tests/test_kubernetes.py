@@ -118,6 +118,25 @@ def test_generated_files_are_fresh_and_the_check_catches_drift(tmp_path: Path) -
     assert drift.stderr == (f"{stale} is stale: run `python deploy/kubernetes/generate.py`\n")
 
 
+def _documented_kustomizations() -> list[str]:
+    """The directory of every `kubectl apply -k DIR` the READMEs give (placeholders aside)."""
+    found = []
+    for readme in (REPO / "README.md", KUBERNETES / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        found += [d for d in re.findall(r"kubectl apply -k ([\w./-]+)", text) if d != "DIR"]
+    return found
+
+
+def test_the_readmes_apply_commands_render() -> None:
+    directories = _documented_kustomizations()
+    # The first screen of the Kubernetes section: the base and the HA overlay.
+    assert {"deploy/kubernetes/base", "deploy/kubernetes/overlays/ha"} <= set(directories)
+    for directory in directories:
+        objects = render(REPO / directory)
+        assert one(objects, "Deployment")["spec"]["template"]["spec"]["containers"], directory
+        assert {o["kind"] for o in objects} >= KINDS["base"], directory
+
+
 def test_the_prometheus_rule_is_the_rule_files() -> None:
     rule = one(rendered("base"), "PrometheusRule")
     groups = [

@@ -39,25 +39,32 @@ RUNBOOK_URL = (
     "https://github.com/celery-events-exporter/celery-events-exporter/blob/main/docs/runbook.md"
 )
 JOB = "celery-events-exporter"
-EXPECTED_ALERTS = {
-    "CeleryTaskFailureRatioHigh",
-    "CeleryWorkerOffline",
-    "CeleryWorkerTasksUncounted",
-    "CeleryNoWorkerOnline",
-    "CeleryExporterDown",
-    "CeleryBrokerDisconnected",
-    "CeleryEventsRejected",
-    "CeleryExporterFallingBehind",
-    "CeleryExporterDroppingEvents",
-    "CeleryExporterLabelOverflow",
-    "CeleryWorkersSilent",
-    "CeleryExporterConnectionLost",
-    "CeleryTaskQueueWaitHigh",
-    "CeleryQueueBacklogHigh",
-    "CeleryQueueNoConsumer",
-    "CeleryQueueOldestTaskOld",
-    "CeleryTasksOrphaned",
+# The alerts file's groups, one per concern, and their alerts.
+EXPECTED_GROUPS = {
+    "celery-workers.alerts": {
+        "CeleryWorkerOffline",
+        "CeleryWorkerTasksUncounted",
+        "CeleryNoWorkerOnline",
+        "CeleryTasksOrphaned",
+    },
+    "celery-tasks.alerts": {"CeleryTaskFailureRatioHigh", "CeleryTaskQueueWaitHigh"},
+    "celery-queues.alerts": {
+        "CeleryQueueBacklogHigh",
+        "CeleryQueueNoConsumer",
+        "CeleryQueueOldestTaskOld",
+    },
+    "celery-exporter.alerts": {
+        "CeleryExporterDown",
+        "CeleryBrokerDisconnected",
+        "CeleryEventsRejected",
+        "CeleryExporterFallingBehind",
+        "CeleryExporterDroppingEvents",
+        "CeleryExporterLabelOverflow",
+        "CeleryWorkersSilent",
+        "CeleryExporterConnectionLost",
+    },
 }
+EXPECTED_ALERTS = set().union(*EXPECTED_GROUPS.values())
 INSTALL_HINT = "install Debian's `prometheus` package: apt-get install prometheus"
 
 
@@ -206,12 +213,127 @@ def test_generator_options_reach_the_rules(tmp_path: Path, promtool: str) -> Non
     _assert_ok(_run(promtool, "check", "rules", *sorted(tmp_path.iterdir())))
 
 
+def test_check_passes_on_the_committed_rules_and_catches_drift(tmp_path: Path) -> None:
+    fresh = _run(sys.executable, GENERATOR, "--check")
+    assert (fresh.returncode, fresh.stderr) == (0, "")
+    _assert_ok(_generate(tmp_path))
+    stale = tmp_path / ALERTS.name
+    stale.write_text(stale.read_text().replace("for: 5m", "for: 6m", 1))
+    before = stale.read_text()
+    drift = _run(sys.executable, GENERATOR, "--check", "--output-dir", tmp_path)
+    assert drift.returncode == 1
+    assert drift.stderr == f"stale: {stale} (run python prometheus/generate_rules.py)\n"
+    assert stale.read_text() == before, "--check must write nothing"
+    # Other options than the files were made with are drift too.
+    other = _run(sys.executable, GENERATOR, "--check", "--failure-ratio-threshold=0.2")
+    assert other.returncode == 1
+    assert other.stderr.splitlines() == [
+        f"stale: {path} (run python prometheus/generate_rules.py)" for path in (RECORDING, ALERTS)
+    ]
+
+
+def test_rule_groups_are_the_concerns() -> None:
+    alert_groups = {
+        group["name"]: {rule["alert"] for rule in group["rules"]}
+        for group in _load(ALERTS)["groups"]
+    }
+    assert alert_groups == EXPECTED_GROUPS
+    record_groups = {
+        group["name"]: {rule["record"].split(":", 1)[0] for rule in group["rules"]}
+        for group in _load(RECORDING)["groups"]
+    }
+    # Per-worker records in the workers' group, per-task ones in the tasks'.
+    assert record_groups == {"celery-workers.rules": {"worker"}, "celery-tasks.rules": {"task"}}
+
+
+def _reads(path: Path) -> list[tuple[str, promql_parser.VectorSelector]]:
+    """(rule name, selector) for every series selection of every rule in ``path``."""
+    return [
+        (rule.get("alert") or rule["record"], selector)
+        for rule in _rules(path)
+        for selector in _selectors(_parse(rule["expr"]))
+    ]
+
+
+def _matchers(selector: promql_parser.VectorSelector) -> list[tuple[str, object, str]]:
+    return [
+        (matcher.name, matcher.op, matcher.value)
+        for matcher in selector.matchers.matchers
+        if matcher.name != "__name__"
+    ]
+
+
+def test_the_selector_reaches_every_series_the_rules_read(tmp_path: Path, promtool: str) -> None:
+    _assert_ok(_generate(tmp_path, '--selector=cluster="eu", namespace=~"celery-.*"'))
+    exporter_series = metrics.sample_names() | {"up"}
+    reads = [(rule, s) for path in sorted(tmp_path.iterdir()) for rule, s in _reads(path)]
+    checked = {s.name for _, s in reads if s.name in exporter_series}
+    assert {"up", "celery_worker_online", "celery_task_failed_total"} <= checked
+    for rule, selector in reads:
+        matchers = _matchers(selector)
+        has_selector = {m[0]: m[2] for m in matchers}.items() >= {
+            "cluster": "eu",
+            "namespace": "celery-.*",
+        }.items()
+        # Recorded series carry no such label: their rules read the selected series and sum.
+        assert has_selector == (selector.name in exporter_series), (rule, selector.name, matchers)
+    ups = {str(selector) for _, selector in reads if selector.name == "up"}
+    # --job names up's job, which nothing else would.
+    assert all('job="celery-events-exporter"' in up for up in ups), ups
+    _assert_ok(_run(promtool, "check", "rules", *sorted(tmp_path.iterdir())))
+
+
+def test_a_selector_on_job_replaces_the_job_option(tmp_path: Path) -> None:
+    _assert_ok(_generate(tmp_path, '--selector=job="celery-prod"'))
+    for rule, selector in _reads(tmp_path / ALERTS.name) + _reads(tmp_path / RECORDING.name):
+        if selector.name in metrics.sample_names() | {"up"}:
+            assert [m for m in _matchers(selector) if m[0] == "job"] == [
+                ("job", promql_parser.MatchOp.Equal, "celery-prod")
+            ], (rule, str(selector))
+
+
+def test_the_selector_keeps_another_deployments_series_out(tmp_path: Path, promtool: str) -> None:
+    """Two Celery deployments in one Prometheus, told apart by a cluster label: with the
+    selector, a worker lost in one pages for that one only; without, for both."""
+    unit = {
+        "rule_files": [str(tmp_path / RECORDING.name), str(tmp_path / ALERTS.name)],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [
+                    {"series": f'{name}{{job="{JOB}", cluster="{cluster}"{extra}}}', "values": v}
+                    for cluster, worker_values in (("eu", "1x40"), ("us", "1x4 0x36"))
+                    for name, extra, v in (
+                        ("up", "", "1x40"),
+                        ("celery_exporter_broker_connected", "", "1x40"),
+                        ("celery_worker_online", ', worker="celery@w1"', worker_values),
+                    )
+                ],
+                "alert_rule_test": [
+                    {"alertname": "CeleryWorkerOffline", "eval_time": "5m", "exp_alerts": []}
+                ],
+            }
+        ],
+    }
+    unit_file = tmp_path / "clusters.test.yml"
+    unit_file.write_text(yaml.safe_dump(unit, sort_keys=False))
+    _assert_ok(_generate(tmp_path, '--selector=cluster="eu"'))
+    _assert_ok(_run(promtool, "test", "rules", unit_file))
+    for selector in ("", '--selector=cluster="us"'):
+        _assert_ok(_generate(tmp_path, *([selector] if selector else [])))
+        result = _run(promtool, "test", "rules", unit_file)
+        assert result.returncode == 1, result.stdout
+        assert 'alertname="CeleryWorkerOffline", cluster="us"' in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
         ("--rate-window=5 minutes", "not a Prometheus duration"),
         ("--failure-ratio-threshold=1.5", "fraction below 1"),
         ("--queue-wait-threshold=-1", "must not be negative"),
+        ("--selector=job=celery", "not a label selector"),
     ],
 )
 def test_generator_rejects_bad_options(tmp_path: Path, option: str, message: str) -> None:
@@ -249,6 +371,13 @@ def test_alert_has_annotations_and_a_runbook_section(alert: dict[str, Any]) -> N
     anchor = name.lower()
     assert alert["annotations"]["runbook_url"] == f"{RUNBOOK_URL}#{anchor}"
     assert anchor in _runbook_anchors(), f"docs/runbook.md has no section '## {name}'"
+
+
+def test_runbook_lists_the_groups_as_the_rules_have_them() -> None:
+    rows = re.findall(
+        r"^\| `(celery-\w+\.alerts)` \| (.+) \|$", RUNBOOK.read_text(encoding="utf-8"), re.M
+    )
+    assert {group: set(alerts.split(", ")) for group, alerts in rows} == EXPECTED_GROUPS
 
 
 def test_runbook_has_no_section_without_an_alert() -> None:

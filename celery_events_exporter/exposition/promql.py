@@ -22,13 +22,19 @@ and before any ``sum``, so one exporter or several give the same numbers. ``max`
 ``avg``: a replica that started late, or lost its broker for a while, has seen fewer events, never
 more. The exporter's own ``celery_exporter_*`` series describe one process each and are not
 de-duplicated.
+
+A selector narrows every series a generated query reads, the monitoring-mixins convention
+(``job="celery-events-exporter"``, ``cluster="eu"``, ...): ``with_selector`` adds it to each
+reference to a catalogue series (and Prometheus' ``up``) of a finished expression, so one
+helper applies it to every rule, whichever helper above wrote the reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
-from celery_events_exporter.exposition.catalogue import Kind, MetricSpec
+from celery_events_exporter.exposition.catalogue import Kind, MetricSpec, sample_names
 
 REPLICA_LABELS = ("instance", "pod")
 """The labels in which two exporters of one broker, scraped in one job, differ."""
@@ -194,3 +200,74 @@ def outcome_ratio(failed_change: str, succeeded_change: str, group: Sequence[str
     failed_filled = zero_filled(failed_sum, ok_sum)
     ok_filled = zero_filled(ok_sum, failed_sum)
     return ratio(failed_filled, f"{failed_filled} + {ok_filled}")
+
+
+UP = "up"
+"""Prometheus' own per-target series: 1 while the target's last scrape succeeded."""
+
+_MATCHER = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\\n]|\\.)*)"\s*')
+# One token of PromQL text: a quoted string (skipped whole), a name, or any other character.
+_TOKEN = re.compile(
+    r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`|[A-Za-z_:][A-Za-z0-9_:]*|.', re.S
+)
+
+
+def parse_selector(selector: str) -> tuple[tuple[str, str, str], ...]:
+    """``selector`` (``label="value"`` matchers, comma-separated; ``=``, ``!=``, ``=~``,
+    ``!~``; empty for none) as (label, operator, quoted value) triples; ValueError otherwise."""
+    matchers: list[tuple[str, str, str]] = []
+    text = selector.strip()
+    position = 0
+    while position < len(text):
+        match = _MATCHER.match(text, position)
+        if match is None:
+            raise ValueError(
+                f'not a label selector like job="celery" or cluster=~"eu.*": {selector!r}'
+            )
+        label, operator, value = match.groups()
+        if label == "__name__":
+            raise ValueError(f"a selector may not name the metric: {selector!r}")
+        matchers.append((label, operator, f'"{value}"'))
+        position = match.end()
+        if position < len(text):
+            if text[position] != ",":
+                raise ValueError(f"matchers are separated by commas: {selector!r}")
+            position += 1
+    return tuple(matchers)
+
+
+def selector_labels(selector: str) -> frozenset[str]:
+    """The labels ``selector`` constrains."""
+    return frozenset(label for label, _, _ in parse_selector(selector))
+
+
+def with_selector(expr: str, selector: str, names: Iterable[str] | None = None) -> str:
+    """``expr`` with ``selector``'s matchers first in every selection of a series in ``names``
+    (default: every catalogue series and ``up``); ``expr`` itself when ``selector`` is empty.
+
+    Recorded series (``level:metric:operation``) are not in ``names``: a recording rule reads
+    its inputs through the selector and aggregates their labels away.
+    """
+    matchers = ", ".join(f"{label}{op}{value}" for label, op, value in parse_selector(selector))
+    if not matchers:
+        return expr
+    wanted = frozenset(names) if names is not None else sample_names() | {UP}
+    tokens = _TOKEN.findall(expr)
+    out: list[str] = []
+    depth = 0  # inside {...}: label names and values, never series
+    for index, token in enumerate(tokens):
+        following = tokens[index + 1] if index + 1 < len(tokens) else ""
+        if token == "{":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+        elif depth == 0 and token in wanted and following != "(":
+            if following == "{":  # its own matchers follow ours
+                closing = tokens[index + 2] if index + 2 < len(tokens) else ""
+                token += "{" + matchers + ("" if closing == "}" else ", ")
+                tokens[index + 1] = ""
+                depth += 1
+            else:
+                token += "{" + matchers + "}"
+        out.append(token)
+    return "".join(out)

@@ -18,7 +18,7 @@ import queue
 from typing import Protocol
 
 from celery_events_exporter.intake.message import RawMessage
-from celery_events_exporter.logging import get_logger
+from celery_events_exporter.logging import get_logger, sparse
 
 log = get_logger(__name__)
 
@@ -60,7 +60,7 @@ class IntakeBacklog:
         size = len(message.body) + MESSAGE_OVERHEAD
         if self._bytes_in - self._bytes_out + size > self.budget_bytes:
             self.dropped = dropped = self.dropped + 1
-            if dropped & (dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th... drop: no log flood
+            if sparse(dropped):
                 log.warning(
                     "intake backlog over its byte budget: dropping messages",
                     budget_bytes=self.budget_bytes,

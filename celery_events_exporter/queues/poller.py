@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from celery_events_exporter.logging import get_logger
+from celery_events_exporter.logging import get_logger, sparse
 from celery_events_exporter.queues.reading import QueueReader, QueueReading
 from celery_events_exporter.queues.registry import QueueRegistry
 
@@ -128,7 +128,7 @@ class QueuePoller:
         errors[reason] = errors.get(reason, 0) + 1
         self.status.errors = errors
         seen = self._errors_logged[reason] = self._errors_logged.get(reason, 0) + 1
-        if seen & (seen - 1) == 0:  # the 1st, 2nd, 4th, 8th... time
+        if sparse(seen):
             log.warning("queue poll failed", reason=reason, detail=detail[:300], occurrences=seen)
 
     def _close(self) -> None:

@@ -140,14 +140,13 @@ class TaskTracking:
                     hostname = event.get("hostname")
                     if type(hostname) is not str:
                         continue
-                    if len(hostname) > max_length or not hostname.isascii():
-                        hostname = cut(hostname, max_length)
+                    hostname = cut(hostname, max_length)
                     if departed and hostname in departed:  # started again since its goodbye
                         self._forget_departed((hostname,))
                     name = event.get("name")
                     if type(name) is not str or not name:
                         name = UNKNOWN_TASK
-                    elif len(name) > max_length or not name.isascii():
+                    else:
                         name = cut(name, max_length)
                     if uuid in in_flight:  # a retry is received again: the young end
                         del in_flight[uuid]

@@ -166,7 +166,7 @@ class Counts:
                 if event_type == TASK_RECEIVED:
                     if (type(name) is not str and not isinstance(name, str)) or not name:
                         name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
-                    elif len(name) > max_length or not name.isascii():
+                    elif not fits(name, max_length):
                         name = caps.cut(TASK, name)  # before it is tracked: bounded bytes
                     timestamp = event.get("timestamp")
                     # A retry is received again: move it to the young end.
@@ -184,7 +184,7 @@ class Counts:
                     or not name
                 ):
                     name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
-                elif len(name) > max_length or not name.isascii():
+                elif not fits(name, max_length):
                     name = caps.cut(TASK, name)
 
                 if worker_label:

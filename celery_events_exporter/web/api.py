@@ -18,7 +18,7 @@ import orjson
 
 from celery_events_exporter.events.exceptions import exception_class
 from celery_events_exporter.events.vocabulary import TASK_RECEIVED, TASK_STATE_EVENTS
-from celery_events_exporter.logging import get_logger
+from celery_events_exporter.logging import get_logger, sparse
 from celery_events_exporter.state import State, WorkerRow
 from celery_events_exporter.tasks.redact import Redactor
 from celery_events_exporter.tasks.store import STATES, RecentTasks, TaskRecord
@@ -250,7 +250,7 @@ class Api:
     def _skipped(self, endpoint: str, key: str, exc: Exception) -> None:
         self._skip_logs += 1
         total = self._skip_logs
-        if total & (total - 1) == 0:  # the 1st, 2nd, 4th, 8th... time
+        if sparse(total):
             log.warning(
                 "api row skipped: it cannot be served",
                 endpoint=endpoint,

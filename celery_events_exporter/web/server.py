@@ -34,7 +34,7 @@ import orjson
 
 from celery_events_exporter import __version__
 from celery_events_exporter.exposition.page import MetricsPage
-from celery_events_exporter.logging import get_logger
+from celery_events_exporter.logging import get_logger, sparse
 from celery_events_exporter.parsers import ListenAddress
 from celery_events_exporter.web.api import JSON, Api, ApiError
 from celery_events_exporter.web.stats import WebStats, path_label
@@ -244,7 +244,7 @@ class _Server(ThreadingHTTPServer):
     def _refuse(self, request: Request, client_address: Any) -> None:
         """Answer 503 without a thread, never blocking the accept loop, and close."""
         refused = self.stats.refused_connections
-        if refused & (refused - 1) == 0:  # the 1st, 2nd, 4th, 8th... time
+        if sparse(refused):
             log.warning(
                 "http connection refused: too many open",
                 open=self.max_connections,

@@ -11,6 +11,8 @@ from grafana_foundation_sdk.models import common, dashboard
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 from grafana_foundation_sdk.models import text as text_models
 
+from prometheus.rules_src.settings import DEFAULTS as ALERTS
+
 DATASOURCE_VAR = "datasource"
 DATASOURCE = common.DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VAR}}}")
 TAG = "celery"
@@ -36,6 +38,28 @@ def thresholds(base: str, *steps: tuple[float, str]) -> dashboard_builders.Thres
     return (
         dashboard_builders.ThresholdsConfig().mode(dashboard.ThresholdsMode.ABSOLUTE).steps(levels)
     )
+
+
+FAILURE_RATIO_NOTICE = 0.01
+"""Failure ratios turn yellow from here; red where CeleryTaskFailureRatioHigh fires."""
+WAIT_NOTICE = 60.0
+"""Seconds of waiting in a queue that turn yellow; red where CeleryQueueOldestTaskOld fires."""
+
+
+def alert_levels(notice: float, alert_threshold: float) -> dashboard_builders.ThresholdsConfig:
+    """Green, yellow from ``notice``, red from ``alert_threshold``: the value at which the
+    matching alert of the generated rules fires (their defaults, ``ALERTS``), so a panel turns
+    red where the alert pages. A notice level at or above the alert's is left out."""
+    notice_step = [(notice, YELLOW)] if notice < alert_threshold else []
+    return thresholds(GREEN, *notice_step, (alert_threshold, RED))
+
+
+def failure_ratio_levels() -> dashboard_builders.ThresholdsConfig:
+    return alert_levels(FAILURE_RATIO_NOTICE, ALERTS.failure_ratio_threshold)
+
+
+def oldest_waiting_levels() -> dashboard_builders.ThresholdsConfig:
+    return alert_levels(WAIT_NOTICE, ALERTS.queue_oldest_task_threshold)
 
 
 def query(expr: str, ref_id: str, legend: str | None = None) -> prometheus.Dataquery:

@@ -24,6 +24,16 @@ OLDEST = "Oldest waiting"
 
 TABLE_TITLE = "Broker"
 
+UNACKED_NO_VALUE = "none on Redis; RabbitMQ: needs the management API"
+UNACKED_ONLY_WITH_MANAGEMENT = (
+    "Empty on Redis, always: kombu keeps every queue's unacknowledged deliveries in one "
+    "'unacked' hash, not per queue, so no per-queue count exists. Empty on RabbitMQ too unless "
+    "the exporter runs with --rabbitmq-management-url: AMQP's passive queue.declare counts "
+    "ready messages only, and the unacked count comes from the management API "
+    "(docs/queues.md)."
+)
+"""Why the unacked figures can have no data, said where they are shown."""
+
 
 def _by_queue(spec: m.MetricSpec) -> str:
     return q.by("max", _BY_QUEUE, q.fleet_gauge(spec, _FLT))
@@ -61,11 +71,12 @@ def _broker_table() -> table.Panel:
         TABLE_TITLE,
         "One row per broker queue, as on Flower's Broker tab, from the exporter's polls. Ready "
         "is what waits for a worker (Redis: every priority list of the queue); Unacked is what "
-        "workers hold and have not acknowledged (RabbitMQ with --rabbitmq-management-url only; "
-        "empty otherwise); Messages is both. Consumers: RabbitMQ's count, or on Redis the online "
-        "workers that consume the queue. Oldest waiting: how long the oldest task sent to the "
-        "queue has waited for a worker (needs task-sent events; empty when none is known to "
-        "wait). Filter with the Queue variable (regex) or the column filters.",
+        "workers hold and have not acknowledged (empty on Redis, and on RabbitMQ without "
+        "--rabbitmq-management-url: see the Unacked messages panel); Messages is both. "
+        "Consumers: RabbitMQ's count, or on Redis the online workers that consume the queue. "
+        "Oldest waiting: how long the oldest task sent to the queue has waited for a worker "
+        "(needs task-sent events; empty when none is known to wait). Filter with the Queue "
+        "variable (regex) or the column filters.",
         [(m.QUEUE, NAME)],
         table_columns(),
         sort_by=MESSAGES,
@@ -100,17 +111,17 @@ def _stats() -> list[stat.Panel]:
             "task-sent events (celery_queue_oldest_task_age_seconds).",
             f"max({q.fleet_gauge(m.QUEUE_OLDEST_TASK_AGE, _FLT)})",
             "s",
-            p.thresholds(p.GREEN, (60, p.YELLOW), (600, p.RED)),
+            p.oldest_waiting_levels(),
             no_value="nothing known to wait",
         ),
         p.stat_panel(
             "Unacked messages",
             "Messages workers hold and have not acknowledged in the selected queues (prefetched, "
-            "or running with acks_late); RabbitMQ with the management API only.",
+            f"or running with acks_late). {UNACKED_ONLY_WITH_MANAGEMENT}",
             f"sum({q.fleet_gauge(m.QUEUE_UNACKED, _FLT)})",
             "short",
             p.thresholds(p.GREEN),
-            no_value="unknown on this broker",
+            no_value=UNACKED_NO_VALUE,
         ),
     ]
 
@@ -129,10 +140,12 @@ def _trends() -> list[timeseries.Panel]:
         p.timeseries_panel(
             "Oldest waiting task per queue",
             "How long the oldest task sent to each queue has waited for a worker; a line that "
-            "keeps rising is a stuck queue.",
+            "keeps rising is a stuck queue. The red line is where the CeleryQueueOldestTaskOld "
+            "alert fires.",
             [p.query(_by_queue(m.QUEUE_OLDEST_TASK_AGE), "A", "{{queue}}")],
             "s",
             width=12,
+            colors=p.oldest_waiting_levels(),
         ),
         p.timeseries_panel(
             "In and out per queue",

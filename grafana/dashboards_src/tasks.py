@@ -83,7 +83,7 @@ def _stats() -> list[stat.Panel]:
             "task names. Empty when no task finished.",
             q.failure_ratio(_FAILED, _SUCCEEDED, _FLT, [], "increase", p.RANGE_WINDOW),
             "percentunit",
-            p.thresholds(p.GREEN, (0.01, p.YELLOW), (0.05, p.RED)),
+            p.failure_ratio_levels(),
             no_value="no finished task",
         ),
     ]
@@ -143,7 +143,7 @@ def _per_task_table() -> table.Panel:
         "Failure ratio",
         {
             "unit": "percentunit",
-            "thresholds": p.thresholds(p.GREEN, (0.01, p.YELLOW), (0.05, p.RED)).build(),
+            "thresholds": p.failure_ratio_levels().build(),
             "custom.cellOptions": common.TableColorTextCellOptions(),
         },
     )
@@ -253,7 +253,9 @@ def _failure_panels() -> list[timeseries.Panel]:
     return [
         p.timeseries_panel(
             "Failure ratio per task",
-            "Failed / (failed + succeeded) per task name, over a sliding rate window.",
+            "Failed / (failed + succeeded) per task name, over a sliding rate window. The red "
+            "line is where the CeleryTaskFailureRatioHigh alert fires (over its own window, "
+            "with a minimum of finished runs).",
             [
                 p.query(
                     q.failure_ratio(_FAILED, _SUCCEEDED, _FLT, _BY_TASK, "rate", p.RATE_WINDOW),
@@ -262,6 +264,7 @@ def _failure_panels() -> list[timeseries.Panel]:
                 )
             ],
             "percentunit",
+            colors=p.failure_ratio_levels(),
         ),
         p.timeseries_panel(
             "Failures by exception class",

@@ -190,7 +190,7 @@ def _stats() -> list[stat.Panel]:
             "time range. Empty when no task finished.",
             failure_ratio,
             "percentunit",
-            p.thresholds(p.GREEN, (0.01, p.YELLOW), (0.05, p.RED)),
+            p.failure_ratio_levels(),
             no_value="no finished task",
         ),
     ]

@@ -1,0 +1,1 @@
+"""Prometheus rules of celery-events-exporter, generated from the metric catalogue."""
