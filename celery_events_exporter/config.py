@@ -13,7 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from celery_events_exporter.broker_options import parse_broker_url, parse_transport_option
+from celery_events_exporter.broker_options import (
+    check_broker,
+    parse_broker_url,
+    parse_transport_option,
+)
 from celery_events_exporter.intake.backlog import DEFAULT_BUDGET_BYTES
 from celery_events_exporter.intake.event_queue import (
     DEFAULT_EVENT_EXCHANGE,
@@ -430,6 +434,7 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        check_broker(self.broker_url, self.broker_transport_options)
         if not self.default_secret_key_patterns and not self.secret_key_patterns:
             raise ValueError(
                 "--no-default-secret-key-patterns needs at least one --secret-key-pattern"
