@@ -115,6 +115,11 @@ def intake_connection(broker_url: str, transport_options: dict[str, Any]) -> Con
     )
 
 
+class TlsMismatch(Exception):
+    """Ends a connection attempt early: the only URL is a TLS one against a plain server, and
+    trying it again in the same attempt cannot help."""
+
+
 class TlsMismatches:
     """The TLS mismatches of one connection attempt, over every URL of a failover list: kombu
     calls ``note`` (its ``errback``) when a URL failed and the next is tried, while ``conn``
@@ -126,13 +131,19 @@ class TlsMismatches:
 
     def note(self, exc: Exception, interval: float) -> None:
         mismatch = tls_mismatch(self.conn, exc)
-        if mismatch is not None:
-            self.found.append(mismatch)
+        if mismatch is None:
+            return
+        self.found.append(mismatch)
+        if len(self.conn.alt) <= 1:  # kombu would try the same URL again, in vain
+            raise TlsMismatch(mismatch) from exc
 
     def named(self, exc: Exception) -> str | None:
         """Every mismatch of the attempt that ended with ``exc``, or None if there was none."""
-        self.note(exc, 0.0)
-        return "; ".join(self.found) or None
+        if not isinstance(exc, TlsMismatch):
+            mismatch = tls_mismatch(self.conn, exc)
+            if mismatch is not None:
+                self.found.append(mismatch)
+        return "; ".join(dict.fromkeys(self.found)) or None
 
 
 class Reader:
