@@ -96,12 +96,13 @@ def succeeded(exporter: ExporterProcess, task: str = "tests.add") -> float | Non
     )
 
 
-def test_counting_poller_and_controller_go_past_a_dead_first_url(
+def test_counting_poller_and_controller_go_past_dead_first_urls(
     private_redis: PrivateRedis, processes: Processes
 ) -> None:
     private_redis.password = "pw-live"
     private_redis.start()
-    dead = f"redis://:pw-dead@127.0.0.1:{free_port()}/0"  # nothing listens there
+    # Nothing listens on the first two: the third is reached at every (re)connection.
+    dead = ";".join(f"redis://:pw-dead@127.0.0.1:{free_port()}/0" for _ in range(2))
     url = f"{dead};{private_redis.url}"
     exporter = processes.exporter(
         url, "--queue", "parked", "--queue-poll-interval", "0.5", "--broadcast-interval", "1"
