@@ -103,7 +103,9 @@ class Config:
         parse=parse_broker_url,
         metavar="URL",
         help="Celery broker URL (redis://, rediss://, sentinel://, amqp://, ...), as the workers "
-        "use it; several separated by ';' for failover.",
+        "use it; several separated by ';' for failover, each tried in turn (Sentinel: the "
+        "sentinels' URLs, with --broker-transport-option master_name=NAME). Passwords are "
+        "masked wherever a URL is shown.",
     )
     broker_transport_options: dict[str, Any] = setting_factory(
         dict,

@@ -26,7 +26,11 @@ from celery import Celery
 from kombu import Connection
 
 from celery_events_exporter.broker_errors import ERROR_REASONS, error_reason
-from celery_events_exporter.broker_options import EXPORTER_ONLY_OPTIONS, broker_connection
+from celery_events_exporter.broker_options import (
+    EXPORTER_ONLY_OPTIONS,
+    broker_connection,
+    mask_url,
+)
 from celery_events_exporter.intake.status import BrokerStatus
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.state import State
@@ -339,7 +343,8 @@ class Controller:
         errors = dict(self.status.broadcast_errors)
         errors[reason] = errors.get(reason, 0) + 1
         self.status.broadcast_errors = errors
-        log.warning(message, reason=reason, error=f"{type(exc).__name__}: {exc}", **fields)
+        error = mask_url(f"{type(exc).__name__}: {exc}")  # a transport's message may quote a URL
+        log.warning(message, reason=reason, error=error, **fields)
 
     def _note_silent(self, answered: set[str], heard: set[str]) -> None:
         if not self.silent_workers.update(answered, heard):
