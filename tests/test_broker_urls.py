@@ -213,10 +213,16 @@ def option_flags(options: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path", ["fast", "kombu"])
+@pytest.mark.parametrize(
+    ("path", "failover"),
+    [("fast", "master-killed"), ("kombu", "master-killed"), ("fast", "sentinel-failover")],
+)
 def test_sentinel_counting_follows_a_failover_with_exact_counts(
-    sentinel_setup: SentinelSetup, processes: Processes, path: str
+    sentinel_setup: SentinelSetup, processes: Processes, path: str, failover: str
 ) -> None:
+    """``master-killed``: the master dies and the sentinels promote its replica.
+    ``sentinel-failover``: ``SENTINEL FAILOVER`` swaps them while both stay up (Sentinel then
+    kills the demoted master's clients, pub/sub ones included)."""
     setup = sentinel_setup
     options = dict(setup.options)
     exporter_options = {**options, **({"exporter_fast_path": False} if path == "kombu" else {})}
@@ -235,10 +241,13 @@ def test_sentinel_counting_follows_a_failover_with_exact_counts(
         wait_until(lambda: succeeded(exporter) == 3.0, timeout=30, what="3 before the failover")
         wait_until(lambda: parked(exporter) == 1.0, what="the poller through the sentinels")
 
-        # The master dies; the sentinels agree and promote the replica.
         old_master = setup.master.port
-        setup.master.stop()
         killed_at = time.monotonic()
+        if failover == "master-killed":  # the sentinels agree and promote the replica
+            setup.master.stop()
+        else:
+            with setup.sentinels[0].client() as sentinel:
+                sentinel.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
         wait_until(
             lambda: all(s.master_port() == setup.replica.port for s in setup.sentinels),
             timeout=60,
@@ -255,8 +264,8 @@ def test_sentinel_counting_follows_a_failover_with_exact_counts(
             what="the exporter reconnected through the sentinels",
         )
         print(
-            f"{path} path: master killed, replica promoted after {promoted:.1f} s, exporter "
-            f"counting again after {time.monotonic() - killed_at:.1f} s"
+            f"{path} path, {failover}: replica promoted after {promoted:.1f} s, exporter "
+            f"connected again after {time.monotonic() - killed_at:.1f} s"
         )
         # The worker's own event connection is back once its heartbeats reach the new master.
         seen = time.time()
@@ -284,3 +293,5 @@ def test_sentinel_counting_follows_a_failover_with_exact_counts(
     log = exporter.log()
     assert MASTER_PASSWORD not in log and SENTINEL_PASSWORD not in log
     assert "broker connection lost" in log
+    if path == "fast":  # the reader's own words for a server that closed the connection
+        assert "or a Sentinel failover demoted or stopped this server" in log

@@ -56,6 +56,10 @@ def test_a_budget_must_be_positive() -> None:
 def test_a_close_amid_a_busy_stream_names_the_output_buffer_limit() -> None:
     assert "client-output-buffer-limit" in closed_by_server(0.01)
     assert closed_by_server(12.0) == "connection closed by the server after 12.0 s without data"
+    assert closed_by_server(12.0, sentinel=True) == (
+        "connection closed by the server after 12.0 s without data; or a Sentinel failover "
+        "demoted or stopped this server (the master is asked for again)"
+    )
 
 
 # -- against a real redis-server ---------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 import hiredis
 from kombu import Connection
 
+from celery_events_exporter.broker_options import is_sentinel
 from celery_events_exporter.intake import compat
 from celery_events_exporter.intake.event_queue import DEFAULT_EVENT_EXCHANGE
 from celery_events_exporter.intake.liveness import (
@@ -60,18 +61,26 @@ BUSY_WITHIN = 1.0
 """A close that follows data by less than this many seconds came while the stream was busy."""
 
 
-def closed_by_server(quiet_for: float) -> str:
+def closed_by_server(quiet_for: float, *, sentinel: bool = False) -> str:
     """What the exporter knows when Redis closes a subscriber's connection: amid a busy stream
     the likely cause is Redis' ``client-output-buffer-limit pubsub`` (the exporter read too
     slowly, everything Redis held for it is lost); after a quiet spell, a restart, a
-    ``CLIENT KILL`` or the server's ``timeout``."""
+    ``CLIENT KILL`` or the server's ``timeout``. Through Sentinel, a failover is as likely:
+    Sentinel kills the clients of a master it demotes (the master is asked for again)."""
     if quiet_for < BUSY_WITHIN:
-        return (
+        text = (
             "connection closed by the server amid a busy stream: Redis' client-output-buffer-limit "
             "for pubsub was probably exceeded (the exporter read too slowly, or was paused); the "
             "events Redis held for it are lost"
         )
-    return f"connection closed by the server after {quiet_for:.1f} s without data"
+    else:
+        text = f"connection closed by the server after {quiet_for:.1f} s without data"
+    if sentinel:
+        text += (
+            "; or a Sentinel failover demoted or stopped this server (the master is asked for "
+            "again)"
+        )
+    return text
 
 
 def is_redis_url(connection: Connection) -> bool:
@@ -93,6 +102,7 @@ class RedisPubSubPath:
 
     def __init__(self, subscription: Subscription) -> None:
         self.subscription = subscription
+        self._sentinel = is_sentinel(subscription.broker_url)
 
     def consume(self, conn: Connection, stop: threading.Event, connected: Connected) -> None:
         channel: Any = conn.default_channel
@@ -140,7 +150,8 @@ class RedisPubSubPath:
                 liveness.check(monotonic())
                 continue
             if not size:
-                raise ConnectionError(closed_by_server(monotonic() - last_data))
+                quiet_for = monotonic() - last_data
+                raise ConnectionError(closed_by_server(quiet_for, sentinel=self._sentinel))
             received_at = time.time()
             last_data = monotonic()
             liveness.answered(last_data)
