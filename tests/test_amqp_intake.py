@@ -208,7 +208,7 @@ def test_our_close_frame_is_what_py_amqp_writes() -> None:
 def test_make_reader_chooses_the_path(url: str, options: dict[str, Any], reader: type) -> None:
     chosen = make_reader(url, options, queue.SimpleQueue(), BrokerStatus())
     assert type(chosen.path) is reader
-    assert "exporter_fast_path" not in chosen.transport_options
+    assert "exporter_fast_path" not in chosen.path.subscription.transport_options
 
 
 # -- the reader loop on a socket pair ---------------------------------------------------------

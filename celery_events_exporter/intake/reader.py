@@ -158,10 +158,6 @@ class Reader:
         # Every reason at 0 from the start, so that increase() sees the first failure.
         status.connection_errors = dict.fromkeys(ERROR_REASONS, 0)
 
-    @property
-    def transport_options(self) -> dict[str, Any]:
-        return self.path.subscription.transport_options
-
     def safe_url(self) -> str:
         """The broker URL (every URL of a failover list) with its passwords masked, for logs."""
         return mask_url(self.path.subscription.broker_url)
