@@ -243,3 +243,10 @@ def _on_signals(handler: Callable[[int], None]) -> None:
 
     signal.signal(signal.SIGTERM, _handle)
     signal.signal(signal.SIGINT, _handle)
+    signal.signal(signal.SIGHUP, _hang_up)
+
+
+def _hang_up(signum: int, frame: FrameType | None) -> None:
+    """SIGHUP, which logrotate and terminals send, used to end the process (Python's default):
+    the exporter logs to stderr and reads no file it could reload, so there is nothing to do."""
+    log.info("SIGHUP ignored: logs go to stderr, nothing to reopen or reload")

@@ -1,10 +1,17 @@
-"""What the user tells us about the broker, checked before anything connects: the URL and the
-kombu transport options.
+"""What the user tells us about the broker: the URL (or Celery's failover list) and the kombu
+transport options, checked before anything connects, masked wherever they are shown, and turned
+into a kombu ``Connection`` the same way for every part of the exporter that connects.
 
 A URL kombu would misread (``localhost:6379`` is an AMQP host named "localhost:6379" to kombu)
 and an option of the wrong type (``global_keyprefix`` as the number 4711 makes kombu raise a
 TypeError at every connection attempt) would otherwise turn into a retry loop that logs
 "broker unreachable" forever; here they are refused at start with one line.
+
+A broker URL is what Celery's ``broker_url`` takes: one URL, or several separated by ``;``
+(kombu's failover list: ``redis://:pwA@h1/0;redis://:pwB@h2/0``, each tried in turn; for Redis
+Sentinel, the sentinels: ``sentinel://h:26379;sentinel://h:26380`` with the transport option
+``master_name``). Celery and kombu split on ``;`` only: a comma-separated list is refused here,
+with the fix named.
 """
 
 from __future__ import annotations
@@ -24,13 +31,45 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCHEME_WITHOUT_COLON = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)//")
 
 
+FAILOVER_SEPARATOR = ";"
+"""What separates the URLs of a failover list, in kombu's ``Connection`` and Celery's
+``broker_url``."""
+
+FAST_PATH_OPTION = "exporter_fast_path"
+"""Transport option read by the exporter's intake: false keeps kombu's intake path."""
+EXPORTER_ONLY_OPTIONS = frozenset({FAST_PATH_OPTION})
+"""Transport options the exporter reads itself (``celery_events_exporter.intake``); kombu's AMQP
+transport would hand them to py-amqp as connection arguments, so no connection gets them."""
+
+
+def split_broker_urls(value: str) -> list[str]:
+    """The URLs of a broker URL or failover list, in order, surrounding blanks removed."""
+    return [url.strip() for url in value.split(FAILOVER_SEPARATOR)]
+
+
 def parse_broker_url(value: str) -> str:
     """Check a broker URL (or kombu's ``;``-separated failover list); returns it unchanged."""
     if not value.strip():
         raise ValueError("the broker URL is empty")
-    for url in value.split(";"):
-        _check_one_url(url.strip())
+    for url in split_broker_urls(value):
+        _check_one_url(url)
     return value
+
+
+def check_broker(url: str, transport_options: dict[str, Any]) -> None:
+    """What only the URL and the transport options together tell: kombu's Sentinel transport
+    needs ``master_name`` (without it, every connection attempt raises ValueError)."""
+    if is_sentinel(url) and not transport_options.get("master_name"):
+        raise ValueError(
+            f"the Sentinel broker URL {mask_url(url)!r} needs the transport option master_name "
+            "(Celery's broker_transport_options={'master_name': ...}): "
+            "--broker-transport-option master_name=NAME"
+        )
+
+
+def is_sentinel(url: str) -> bool:
+    """True if ``url`` (or its failover list) reaches Redis through Sentinel."""
+    return any(part.lower().startswith("sentinel://") for part in split_broker_urls(url))
 
 
 def _check_one_url(url: str) -> None:
@@ -45,6 +84,11 @@ def _check_one_url(url: str) -> None:
             if url
             else "an empty broker URL"
         )
+    if "," in url[match.end() :] and "://" in url[match.end() :]:
+        raise ValueError(
+            f"{mask_url(url)!r} looks like a comma-separated list of URLs: Celery and kombu "
+            "separate failover URLs with ';'"
+        )
     scheme = match.group(1)
     known = {alias.lower() for alias in TRANSPORT_ALIASES}
     if scheme.lower() not in known and "+" not in scheme:
@@ -55,29 +99,62 @@ def _check_one_url(url: str) -> None:
     try:
         urlsplit(url).port  # noqa: B018 (raises on a port that is not a number)
     except ValueError:
-        raise ValueError(f"{_mask(url)!r} has a port that is not a number") from None
+        raise ValueError(f"{mask_url(url)!r} has a port that is not a number") from None
     try:
         Connection(url).transport  # noqa: B018 (imports the transport or raises)
     except Exception as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise ValueError(f"cannot use broker URL {_mask(url)!r}: {message}") from None
+        raise ValueError(f"cannot use broker URL {mask_url(url)!r}: {message}") from None
 
 
-def _mask(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":**@", 1)
-    return parts._replace(netloc=netloc).geturl()
+MASK = "**"
+"""What stands for a password wherever a URL is shown (kombu's own mask)."""
+
+_USERINFO_PASSWORD = re.compile(
+    r"(?P<lead>://|;(?![A-Za-z][A-Za-z0-9+.-]*://))(?P<user>[^:@/;\s]*):(?:(?!://)[^;\s])*@"
+)
+"""The password of every URL of a list: after ``scheme://`` or after the ``;`` that starts a
+scheme-less alternate (kombu takes ``amqp://u:p@h1;u:p2@h2``). Greedy up to the last ``@``
+before the next URL: a password with an unescaped ``@`` is masked whole, never half."""
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:password|passwd|pass)=)[^&;\s]*", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked: a broker URL, a failover list of
+    them, or a message that quotes them. Never raises, whatever the text (a URL that cannot be
+    parsed is masked all the same: the rule is textual, not a parse)."""
+    masked = _USERINFO_PASSWORD.sub(lambda m: f"{m.group('lead')}{m.group('user')}:{MASK}@", text)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('key')}{MASK}", masked)
 
 
 def broker_address(url: str) -> str:
-    """``host:port`` a connection to ``url`` tries first (kombu's defaults filled in), for logs;
-    never the password."""
-    conn = Connection(url)
+    """``host:port`` a connection to ``url`` (the first URL of a failover list) tries first,
+    kombu's defaults filled in, for logs; never the password."""
+    return connection_address(Connection(split_broker_urls(url)[0]))
+
+
+def connection_address(conn: Connection) -> str:
+    """``host:port`` ``conn`` tries (its current URL of a failover list), for logs."""
     host = conn.hostname or "localhost"
     port = conn.port or _default_port(conn)
     return f"{host}:{port}" if port else host
+
+
+def broker_connection(url: str, transport_options: dict[str, Any], **kwargs: Any) -> Connection:
+    """A kombu ``Connection`` to ``url`` (one URL or a failover list: kombu tries them in turn,
+    and for ``sentinel://`` asks the sentinels for ``master_name``'s address at every connection,
+    so a failover is followed), with the user's transport options less the exporter's own.
+    ``kwargs`` go to ``Connection`` (timeouts, heartbeat). Every part of the exporter that
+    connects (the intake, the queue poller, the controller's options) goes through here."""
+    options = {k: v for k, v in transport_options.items() if k not in EXPORTER_ONLY_OPTIONS}
+    return Connection(url, transport_options=options, **kwargs)
+
+
+def connection_attempts(conn: Connection) -> int:
+    """How many retries ``Connection.ensure_connection`` needs to try every URL of ``conn``'s
+    failover list once (at least one retry, as a single URL always had: kombu waits
+    ``interval_start`` before it)."""
+    return max(1, len(conn.alt) - 1)
 
 
 def _default_port(conn: Connection) -> int | None:
@@ -179,7 +256,7 @@ OPTION_TYPES: dict[str, tuple[Callable[[str], Any], Any]] = {
     "frame_max": (_whole, int),
     "client_properties": (_object, dict),
     "socket_settings": (_object, dict),
-    # the exporter's own (exporter.intake.FAST_PATH_OPTION)
+    # the exporter's own (FAST_PATH_OPTION above)
     "exporter_fast_path": (_boolean, bool),
     # text, whatever it looks like: listed so that a KEY:=JSON value must be a string too
     **{

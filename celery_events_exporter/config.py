@@ -13,7 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from celery_events_exporter.broker_options import parse_broker_url, parse_transport_option
+from celery_events_exporter.broker_options import (
+    check_broker,
+    parse_broker_url,
+    parse_transport_option,
+)
 from celery_events_exporter.intake.backlog import DEFAULT_BUDGET_BYTES
 from celery_events_exporter.intake.event_queue import (
     DEFAULT_EVENT_EXCHANGE,
@@ -99,7 +103,9 @@ class Config:
         parse=parse_broker_url,
         metavar="URL",
         help="Celery broker URL (redis://, rediss://, sentinel://, amqp://, ...), as the workers "
-        "use it; several separated by ';' for failover.",
+        "use it; several separated by ';' for failover, each tried in turn (Sentinel: the "
+        "sentinels' URLs, with --broker-transport-option master_name=NAME). Passwords are "
+        "masked wherever a URL is shown.",
     )
     broker_transport_options: dict[str, Any] = setting_factory(
         dict,
@@ -430,6 +436,7 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        check_broker(self.broker_url, self.broker_transport_options)
         if not self.default_secret_key_patterns and not self.secret_key_patterns:
             raise ValueError(
                 "--no-default-secret-key-patterns needs at least one --secret-key-pattern"

@@ -25,10 +25,14 @@ from typing import Any
 from celery import Celery
 from kombu import Connection
 
-from celery_events_exporter.intake import FAST_PATH_OPTION
+from celery_events_exporter.broker_errors import ERROR_REASONS, error_reason
+from celery_events_exporter.broker_options import (
+    EXPORTER_ONLY_OPTIONS,
+    broker_connection,
+    mask_url,
+)
 from celery_events_exporter.intake.status import BrokerStatus
 from celery_events_exporter.logging import get_logger
-from celery_events_exporter.queues.poller import ERROR_REASONS, error_reason
 from celery_events_exporter.state import State
 
 log = get_logger(__name__)
@@ -58,8 +62,8 @@ def control_transport_options(broker_url: str, transport_options: dict[str, Any]
     """The transport options of the controller's connection: the user's, with every socket
     operation bounded by ``CONTROL_TIMEOUT`` (or the user's shorter value), and without the
     exporter's own options (py-amqp would be handed them as connection arguments)."""
-    options = {k: v for k, v in transport_options.items() if k != FAST_PATH_OPTION}
-    driver = Connection(broker_url, transport_options=options).transport.driver_type
+    options = {k: v for k, v in transport_options.items() if k not in EXPORTER_ONLY_OPTIONS}
+    driver = broker_connection(broker_url, options).transport.driver_type
     for name in BOUNDED_OPTIONS.get(driver, ()):
         given = options.get(name)  # a number if given (exporter.broker_options checks)
         if isinstance(given, int | float) and 0 < given < CONTROL_TIMEOUT:
@@ -339,7 +343,8 @@ class Controller:
         errors = dict(self.status.broadcast_errors)
         errors[reason] = errors.get(reason, 0) + 1
         self.status.broadcast_errors = errors
-        log.warning(message, reason=reason, error=f"{type(exc).__name__}: {exc}", **fields)
+        error = mask_url(f"{type(exc).__name__}: {exc}")  # a transport's message may quote a URL
+        log.warning(message, reason=reason, error=error, **fields)
 
     def _note_silent(self, answered: set[str], heard: set[str]) -> None:
         if not self.silent_workers.update(answered, heard):

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import redis
+
 from testkit.ports import free_port
 
 AMQP_USER = "guest"
@@ -42,21 +44,37 @@ class RedisServer:
     ``unlimited_pubsub_buffer`` lifts it.
     """
 
-    def __init__(self, folder: Path, *, unlimited_pubsub_buffer: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        unlimited_pubsub_buffer: bool = False,
+        password: str | None = None,
+        replica_of: int | None = None,
+    ) -> None:
         self.folder = folder
         self.port = free_port()
         self.unlimited_pubsub_buffer = unlimited_pubsub_buffer
+        self.password = password
+        """``requirepass`` and ``masterauth``: clients and replicas alike need it."""
+        self.replica_of = replica_of
+        """The port of the master on 127.0.0.1 this server replicates, if any."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         args = [tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(self.folder)]  # fmt: skip
         if self.unlimited_pubsub_buffer:
             args += ["--client-output-buffer-limit", "pubsub 0 0 0"]
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self.answers():
@@ -69,11 +87,11 @@ class RedisServer:
             time.sleep(0.05)
 
     def answers(self) -> bool:
-        """True if the server answers PING within a second."""
+        """True if the server answers PING within a second (NOAUTH from one with a password)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
@@ -92,6 +110,88 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)  # a frozen server must be able to die
+            self.proc.kill()
+            self.proc.wait()
+
+
+class RedisSentinel:
+    """A Redis Sentinel of our own (``redis-server CONFIG --sentinel``) on a free port, watching
+    the master on 127.0.0.1:``master_port`` as ``master_name``. It fails a master over after
+    ``down_after_ms`` of silence (``quorum`` sentinels agreeing). ``password`` protects the
+    sentinel itself (clients pass it in kombu's ``sentinel_kwargs``; the sentinels of one test
+    share it to talk to each other); ``auth_pass`` is the master's."""
+
+    def __init__(
+        self,
+        folder: Path,
+        master_port: int,
+        *,
+        master_name: str = "mymaster",
+        quorum: int = 1,
+        password: str | None = None,
+        auth_pass: str | None = None,
+        down_after_ms: int = 1000,
+    ) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.master_name = master_name
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {folder}",
+            f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}",
+            f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+            f"sentinel failover-timeout {master_name} 10000",
+            f"sentinel parallel-syncs {master_name} 1",
+        ]
+        if auth_pass:
+            lines.append(f"sentinel auth-pass {master_name} {auth_pass}")
+        if password:
+            lines += [f"requirepass {password}", f"sentinel sentinel-pass {password}"]
+        self.password = password
+        self.config = folder / f"sentinel-{self.port}.conf"
+        self.config.write_text("\n".join(lines) + "\n")  # the sentinel rewrites it as it learns
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, master_password: str | None = None) -> str:
+        """``sentinel://`` for kombu; ``master_password`` is the master's (kombu hands the URL's
+        password to the master, the sentinel's goes in ``sentinel_kwargs``)."""
+        auth = f":{master_password}@" if master_password else ""
+        return f"sentinel://{auth}127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            [tool("redis-server"), str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.client() as client:
+                    client.ping()
+                return
+            except (OSError, redis.RedisError):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"sentinel on port {self.port} exited") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"sentinel on port {self.port} did not answer") from None
+                time.sleep(0.05)
+
+    def client(self) -> redis.Redis:
+        """A redis-py client of the sentinel itself (``SENTINEL ...`` commands)."""
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2
+        )
+
+    def master_port(self) -> int | None:
+        """The port the sentinel names for its master now."""
+        with self.client() as client:
+            address = client.sentinel_get_master_addr_by_name(self.master_name)
+        return int(address[1]) if address else None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
 

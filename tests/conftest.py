@@ -140,6 +140,11 @@ class Metrics:
     def get(self, name: str, **labels: str) -> float | None:
         return self.samples.get(name, {}).get(frozenset(labels.items()))
 
+    def total(self, name: str, **match: str) -> float | None:
+        """The sum of the series of ``name`` whose labels include ``match``; None if none."""
+        found = self.series(name, **match)
+        return sum(found.values()) if found else None
+
     def series(self, name: str, **match: str) -> dict[Labels, float]:
         """Series of ``name`` whose labels include ``match``."""
         wanted = set(match.items())

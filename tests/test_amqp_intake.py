@@ -21,16 +21,17 @@ from amqp.serialization import dumps
 from celery_events_exporter.intake import make_reader
 from celery_events_exporter.intake.amqp import (
     HEARTBEAT_FRAME,
-    AmqpReader,
+    AmqpPath,
     FrameError,
     FrameParser,
     ServerClosed,
     connection_close_frame,
     method_frame,
 )
-from celery_events_exporter.intake.kombu_reader import BrokerReader
+from celery_events_exporter.intake.kombu_reader import KombuPath
 from celery_events_exporter.intake.message import RawMessage
-from celery_events_exporter.intake.redis import RedisPubSubReader
+from celery_events_exporter.intake.reader import Subscription
+from celery_events_exporter.intake.redis import RedisPubSubPath
 from celery_events_exporter.intake.status import BrokerStatus
 from tests.conftest import Processes, client, require_tool, wait_until
 
@@ -195,26 +196,26 @@ def test_our_close_frame_is_what_py_amqp_writes() -> None:
 @pytest.mark.parametrize(
     ("url", "options", "reader"),
     [
-        ("amqp://guest:guest@h:5672//", {}, AmqpReader),
-        ("pyamqp://guest:guest@h:5672/v", {}, AmqpReader),
-        ("amqps://guest:guest@h:5671//", {}, BrokerReader),
-        ("amqp://guest:guest@h:5672//", {"exporter_fast_path": False}, BrokerReader),
-        ("redis://h:6379/0", {}, RedisPubSubReader),
-        ("redis://h:6379/0", {"exporter_fast_path": False}, BrokerReader),
-        ("filesystem://", {}, BrokerReader),
+        ("amqp://guest:guest@h:5672//", {}, AmqpPath),
+        ("pyamqp://guest:guest@h:5672/v", {}, AmqpPath),
+        ("amqps://guest:guest@h:5671//", {}, KombuPath),
+        ("amqp://guest:guest@h:5672//", {"exporter_fast_path": False}, KombuPath),
+        ("redis://h:6379/0", {}, RedisPubSubPath),
+        ("redis://h:6379/0", {"exporter_fast_path": False}, KombuPath),
+        ("filesystem://", {}, KombuPath),
     ],
 )
 def test_make_reader_chooses_the_path(url: str, options: dict[str, Any], reader: type) -> None:
     chosen = make_reader(url, options, queue.SimpleQueue(), BrokerStatus())
-    assert type(chosen) is reader
-    assert "exporter_fast_path" not in chosen.transport_options
+    assert type(chosen.path) is reader
+    assert "exporter_fast_path" not in chosen.path.subscription.transport_options
 
 
 # -- the reader loop on a socket pair ---------------------------------------------------------
 
 
-def _reader(outbox: queue.SimpleQueue[RawMessage]) -> AmqpReader:
-    return AmqpReader("amqp://guest:guest@127.0.0.1:1//", {}, outbox, BrokerStatus())
+def _reader(outbox: queue.SimpleQueue[RawMessage]) -> AmqpPath:
+    return AmqpPath(Subscription("amqp://guest:guest@127.0.0.1:1//", {}, outbox))
 
 
 def test_reader_sends_heartbeats_and_gives_up_on_a_silent_server() -> None:
@@ -314,7 +315,7 @@ def test_connection_closed_by_rabbitmq_is_recovered(amqp_url: str, processes: Pr
     )
     wait_until(
         lambda: (
-            (exporter.metrics().get("celery_exporter_broker_connection_errors_total") or 0) >= 1
+            (exporter.metrics().total("celery_exporter_broker_connection_errors_total") or 0) >= 1
         ),
         what="the closed connection to be reported",
     )

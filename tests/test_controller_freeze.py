@@ -23,10 +23,10 @@ import redis.exceptions
 
 from celery_events_exporter import control
 from celery_events_exporter.app import build_state
+from celery_events_exporter.broker_errors import error_reason
 from celery_events_exporter.config import Config
 from celery_events_exporter.control import CONTROL_TIMEOUT, Controller
 from celery_events_exporter.intake.status import BrokerStatus
-from celery_events_exporter.queues.poller import error_reason
 from testkit.brokers import RabbitNode
 from tests.conftest import ExporterProcess, PrivateRedis, Processes, client, wait_until
 
@@ -84,6 +84,7 @@ def test_broadcasts_through_a_frozen_broker_fail_in_seconds_and_resume(
         "timeout": 0.0,
         "connection": 0.0,
         "auth": 0.0,
+        "tls": 0.0,
         "other": 0.0,
     }
 
@@ -171,7 +172,13 @@ def test_every_kind_of_broadcast_fails_at_the_timeout_during_a_freeze(
         on_active_queues=lambda replies: None,
     )
     controller.broadcast(wake_up=True)  # the broker answers: nothing fails
-    assert status.broadcast_errors == {"timeout": 0, "connection": 0, "auth": 0, "other": 0}
+    assert status.broadcast_errors == {
+        "timeout": 0,
+        "connection": 0,
+        "auth": 0,
+        "tls": 0,
+        "other": 0,
+    }
 
     durations: dict[str, float] = {}
     # A connection established before the freeze, as a broadcast's is when the freeze comes
@@ -198,7 +205,13 @@ def test_every_kind_of_broadcast_fails_at_the_timeout_during_a_freeze(
     finally:
         broker.thaw()
     print("during the freeze: " + ", ".join(f"{k} {v:.2f} s" for k, v in durations.items()))
-    assert status.broadcast_errors == {"timeout": 2, "connection": 0, "auth": 0, "other": 0}
+    assert status.broadcast_errors == {
+        "timeout": 2,
+        "connection": 0,
+        "auth": 0,
+        "tls": 0,
+        "other": 0,
+    }
     for what, took in durations.items():
         # One timeout, then the connection is dropped without waiting for the broker.
         assert CONTROL_TIMEOUT - 0.1 < took < CONTROL_TIMEOUT + 1.5, what

@@ -16,10 +16,10 @@ from celery_events_exporter.config import Config
 from celery_events_exporter.decoder import Decoder
 from celery_events_exporter.events.decode import b64decode, open_envelope
 from celery_events_exporter.intake.backlog import IntakeBacklog
-from celery_events_exporter.intake.kombu_reader import BrokerReader, BufferedRecv, is_redis_broker
+from celery_events_exporter.intake.kombu_reader import BufferedRecv
 from celery_events_exporter.intake.message import RawMessage
+from celery_events_exporter.intake.reader import intake_connection, is_redis_broker
 from celery_events_exporter.intake.redis import is_redis_url, subscribe_topics
-from celery_events_exporter.intake.status import BrokerStatus
 
 
 def _channel(url: str, **options: object) -> Any:
@@ -154,8 +154,7 @@ def test_buffered_recv_serves_exact_sizes_from_one_read() -> None:
 def test_redis_readers_get_socket_timeouts_the_user_may_override(url: str, redis: bool) -> None:
     """kombu's path on Redis times its connections out (a frozen server would hold them for
     good); a timeout given as a transport option wins; other brokers get nothing added."""
-    status = BrokerStatus()
-    reader = BrokerReader(url, {"socket_timeout": 1.5}, IntakeBacklog(1 << 20), status)
     assert is_redis_broker(url) is redis
     added = {"socket_connect_timeout": 5.0} if redis else {}
-    assert reader.connection().transport_options == {"socket_timeout": 1.5, **added}
+    connection = intake_connection(url, {"socket_timeout": 1.5})
+    assert connection.transport_options == {"socket_timeout": 1.5, **added}

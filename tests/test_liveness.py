@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from celery_events_exporter.intake.liveness import PING_AFTER, PING_TIMEOUT, PingWatch
+from celery_events_exporter.intake.liveness import PING_AFTER, PING_TIMEOUT, Liveness, PingWatch
 
 
 class FakeServer:
@@ -104,3 +104,35 @@ def test_a_connection_not_subscribed_yet_is_not_pinged() -> None:
     clock.now += 0.5
     w.check(0)
     assert server.sent == 1
+
+
+def test_a_server_that_speaks_up_on_its_own_is_dead_after_both_delays() -> None:
+    """AMQP's rule (``ask=None``): heartbeats come unasked, so a connection silent for
+    ``quiet_after + answer_within`` seconds (two heartbeat intervals) is dead, to the check."""
+    rule = Liveness(quiet_after=4.0, answer_within=4.0, ask=None, dead="silent", now=100.0)
+    rule.check(107.9)
+    rule.answered(107.9)  # a frame: the count starts again
+    rule.check(115.9)  # exactly 8 s: still alive
+    with pytest.raises(ConnectionError, match="silent"):
+        rule.check(116.0)
+
+
+def test_a_question_is_put_once_and_its_answer_clears_it() -> None:
+    asked: list[float] = []
+    clock = Clock()
+
+    def ask() -> bool:
+        asked.append(clock.now)
+        return True
+
+    rule = Liveness(quiet_after=2.0, answer_within=3.0, ask=ask, dead="gone", now=clock.now)
+    for step in range(1, 11):  # 5 s of silence, checked every 0.5 s
+        clock.now = 100.0 + step * 0.5
+        rule.check(clock.now)
+    assert asked == [102.5]
+    rule.answered(105.0)
+    clock.now = 107.5
+    rule.check(clock.now)  # quiet again for 2.5 s: asked again
+    assert asked == [102.5, 107.5]
+    with pytest.raises(ConnectionError, match="gone"):
+        rule.check(110.6)

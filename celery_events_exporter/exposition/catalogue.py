@@ -244,7 +244,10 @@ EXPORTER_BROKER_CONNECTED = MetricSpec(
 EXPORTER_BROKER_CONNECTION_ERRORS = MetricSpec(
     "celery_exporter_broker_connection_errors",
     Kind.COUNTER,
-    "Failed broker connection attempts and lost connections.",
+    "Failed broker connection attempts and lost connections, by reason (timeout, connection, "
+    "auth, tls, other); tls: the server does not speak TLS where the URL asks for it "
+    "(rediss://, amqps://), or the handshake failed. The log has each error.",
+    ("reason",),
 )
 EXPORTER_BROKER_CONNECTIONS_LOST = MetricSpec(
     "celery_exporter_broker_connections_lost",
@@ -266,7 +269,7 @@ EXPORTER_BROADCAST_ERRORS = MetricSpec(
     Kind.COUNTER,
     "Control broadcasts to the workers (enable_events, inspect, at each --broadcast-interval, "
     "each (re)connection and each new worker's greeting) that failed, by reason (timeout, "
-    "connection, auth, other): a broker that does not answer fails one within 3 s per call. "
+    "connection, auth, tls, other): a broker that does not answer fails one within 3 s per call. "
     "The next broadcast tries again; the log has each error.",
     ("reason",),
 )
@@ -348,8 +351,8 @@ EXPORTER_QUEUE_POLL_DURATION = MetricSpec(
 EXPORTER_QUEUE_POLL_ERRORS = MetricSpec(
     "celery_exporter_queue_poll_errors",
     Kind.COUNTER,
-    "Failed polls of the queue depths by reason (timeout, connection, auth, other), and queues "
-    "the broker refused to describe (queue_refused).",
+    "Failed polls of the queue depths by reason (timeout, connection, auth, tls, other), and "
+    "queues the broker refused to describe (queue_refused).",
     ("reason",),
 )
 EXPORTER_QUEUE_READINGS_AGE = MetricSpec(

@@ -186,7 +186,10 @@ class EventsCollector:
     ) -> SmallFamilies:
         families: SmallFamilies = [
             (m.EXPORTER_BROKER_CONNECTED, {(): 1.0 if self.broker.connected else 0.0}),
-            (m.EXPORTER_BROKER_CONNECTION_ERRORS, {(): self.broker.connection_errors}),
+            (
+                m.EXPORTER_BROKER_CONNECTION_ERRORS,
+                {(r,): n for r, n in self.broker.connection_errors.items()},
+            ),
             (m.EXPORTER_BROKER_CONNECTIONS_LOST, {(): self.broker.connections_lost}),
             (m.EXPORTER_SILENT_WORKERS, {(): self.broker.silent_workers}),
             (

@@ -13,7 +13,8 @@ thread.
 It also does what py-amqp did for the connection: sends a heartbeat frame every half interval
 (the only thing this client ever writes), treats silence longer than two intervals as a dead
 connection, and turns ``connection.close``, ``channel.close`` and ``basic.cancel`` from the server
-into ``ConnectionError`` so that ``BrokerReader.run`` reconnects.
+into ``ConnectionError`` so that the reader's lifecycle (``celery_events_exporter.intake.reader``)
+reconnects. Silence is judged by the one rule of ``celery_events_exporter.intake.liveness``.
 
 Plain TCP only: TLS (``amqps://``, ``ssl`` options) stays on kombu's path (``make_reader``).
 """
@@ -31,8 +32,9 @@ from typing import Any
 from kombu import Connection
 
 from celery_events_exporter.intake import compat
-from celery_events_exporter.intake.kombu_reader import BrokerReader
+from celery_events_exporter.intake.liveness import Liveness
 from celery_events_exporter.intake.message import RawMessage
+from celery_events_exporter.intake.reader import Connected, Subscription
 from celery_events_exporter.logging import get_logger
 
 log = get_logger(__name__)
@@ -250,37 +252,32 @@ def is_plain_amqp_url(connection: Connection) -> bool:
     return connection.transport_cls in AMQP_TRANSPORTS and not connection.ssl
 
 
-class AmqpReader(BrokerReader):
-    """Same interface and reconnection loop as ``BrokerReader``; only ``_consume`` differs."""
+class AmqpPath:
+    """py-amqp for the handshake and the declaration, ``FrameParser`` for the deliveries."""
 
-    def _consume(self, stop: threading.Event) -> None:
-        conn = self.connection()
-        try:
-            conn.ensure_connection(max_retries=1)
-            channel: Any = conn.channel()
-            self.event_queue(conn)(channel).declare()
-            channel.basic_consume(self.queue_name, no_ack=True, callback=_never_called)
-            amqp_connection: Any = conn.connection
-            transport = amqp_connection.transport
-            if not compat.is_py_amqp_tcp_transport(transport):
-                raise RuntimeError(f"unexpected py-amqp transport {type(transport).__name__}")
-            parser = FrameParser(self.outbox.put, channel.channel_id)
-            # py-amqp reads frames by exact size, so it holds nothing past consume-ok; if it
-            # ever did, those bytes come first.
-            leftover = compat.py_amqp_read_buffer(transport)
-            if leftover:
-                parser.feed(leftover, time.time())
-            self.status.connected = True
-            self.status.connected_event.set()
-            log.info(
-                "broker connected",
-                broker=self.safe_url(),
-                queue=self.queue_name,
-                heartbeat=amqp_connection.heartbeat,
-            )
-            self._read(stop, transport.sock, float(amqp_connection.heartbeat or 0), parser)
-        finally:
-            _close(conn)
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+
+    def consume(self, conn: Connection, stop: threading.Event, connected: Connected) -> None:
+        channel: Any = conn.channel()
+        self.subscription.event_queue(conn)(channel).declare()
+        queue_name = self.subscription.queue_name
+        channel.basic_consume(queue_name, no_ack=True, callback=_never_called)
+        amqp_connection: Any = conn.connection
+        transport = amqp_connection.transport
+        if not compat.is_py_amqp_tcp_transport(transport):
+            raise RuntimeError(f"unexpected py-amqp transport {type(transport).__name__}")
+        parser = FrameParser(self.subscription.outbox.put, channel.channel_id)
+        # py-amqp reads frames by exact size, so it holds nothing past consume-ok; if it
+        # ever did, those bytes come first.
+        leftover = compat.py_amqp_read_buffer(transport)
+        if leftover:
+            parser.feed(leftover, time.time())
+        connected(queue=queue_name, heartbeat=amqp_connection.heartbeat)
+        self._read(stop, transport.sock, float(amqp_connection.heartbeat or 0), parser)
+
+    def close(self, conn: Connection) -> None:
+        _close(conn)
 
     def _read(
         self, stop: threading.Event, sock: socket.socket, heartbeat: float, parser: FrameParser
@@ -288,7 +285,16 @@ class AmqpReader(BrokerReader):
         sock.settimeout(min(1.0, heartbeat / 4) if heartbeat else 1.0)
         receive = parser.receive
         monotonic = time.monotonic
-        last_received = last_sent = monotonic()
+        last_sent = monotonic()
+        # The server sends heartbeats on its own: silence for two intervals is a dead
+        # connection (py-amqp's rule), nothing to ask.
+        liveness = Liveness(
+            quiet_after=heartbeat,
+            answer_within=heartbeat,
+            ask=None,
+            dead=f"no frame from the server for {2 * heartbeat:.0f} s",
+            now=last_sent,
+        )
         while not stop.is_set():
             if heartbeat and monotonic() - last_sent >= heartbeat / 2:
                 sock.sendall(HEARTBEAT_FRAME)
@@ -296,10 +302,8 @@ class AmqpReader(BrokerReader):
             try:
                 received = receive(sock)
             except TimeoutError:
-                if heartbeat and monotonic() - last_received > 2 * heartbeat:
-                    raise ConnectionError(
-                        f"no frame from the server for {2 * heartbeat:.0f} s"
-                    ) from None
+                if heartbeat:
+                    liveness.check(monotonic())
                 continue
             except ServerClosed as closed:
                 if closed.reply is not None:
@@ -308,7 +312,7 @@ class AmqpReader(BrokerReader):
                 raise
             if not received:
                 raise ConnectionError("connection closed by the server")
-            last_received = monotonic()
+            liveness.answered(monotonic())
         with contextlib.suppress(OSError):  # going away anyway
             sock.sendall(connection_close_frame())
 

@@ -1,10 +1,11 @@
-"""Read Celery's event exchange through kombu, for any broker kombu speaks (Redis, AMQP...).
+"""kombu's intake path: read Celery's event exchange through kombu, for any broker kombu speaks
+(Redis, AMQP over TLS, filesystem...). An ``IntakePath`` for the reader's lifecycle
+(``celery_events_exporter.intake.reader``).
 
 The queue is declared exactly as Celery 5.7's own ``EventReceiver`` declares it, from the app's
 event settings (``celery_events_exporter.intake.event_queue``), so broker policies written for
-Flower or
-``celery events`` apply unchanged. Messages are not decoded here: their raw bodies go to the
-intake backlog. On Redis the reader checks its pub/sub connection itself, by the rule of
+Flower or ``celery events`` apply unchanged. Messages are not decoded here: their raw bodies go
+to the intake backlog. On Redis the path checks its pub/sub connection itself, by the rule of
 ``celery_events_exporter.intake.liveness``, as the Redis fast path does.
 """
 
@@ -18,34 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kombu import Connection, Consumer, Queue
+from kombu import Connection, Consumer
 from kombu.message import Message
-from kombu.utils.url import maybe_sanitize_url
 
-from celery_events_exporter.broker_options import broker_address
 from celery_events_exporter.intake import compat
-from celery_events_exporter.intake.backlog import Outbox
-from celery_events_exporter.intake.backoff import Backoff
-from celery_events_exporter.intake.event_queue import (
-    DEFAULT_EVENT_SETTINGS,
-    EventSettings,
-    event_queue,
-    event_queue_name,
-)
-from celery_events_exporter.intake.liveness import (
-    CHECK_EVERY,
-    PING_TIMEOUT,
-    SOCKET_TIMEOUT,
-    PingWatch,
-)
+from celery_events_exporter.intake.liveness import CHECK_EVERY, PING_TIMEOUT, PingWatch
 from celery_events_exporter.intake.message import INVALID_ENVELOPE, RawMessage
-from celery_events_exporter.intake.status import BrokerStatus
-from celery_events_exporter.logging import get_logger
-
-log = get_logger(__name__)
-
-RejectHook = Callable[[str, str], None]
-"""(reason, detail) -> None: counts input rejected (``State.reject``)."""
+from celery_events_exporter.intake.reader import Connected, Subscription
 
 UNDELIVERABLE = (KeyError, TypeError, ValueError, AttributeError)
 """What kombu raises from its delivery of a malformed message; its connection and channel
@@ -57,108 +37,39 @@ taken for broken and made again."""
 
 DRAIN_TIMEOUT = 0.5
 """Seconds one drain waits for a message: a quiet connection's heartbeat is checked this often."""
-CONNECT_TIMEOUT = 5.0
-AMQP_HEARTBEAT = 4.0
-"""Seconds between AMQP heartbeats asked of the broker: a connection silent for two of them is
-dead, so a frozen RabbitMQ is noticed within ~8 s (py-amqp's and the fast path's rule)."""
 HEARTBEAT_TICK = 0.5
 """Seconds between heartbeat checks on kombu's path. py-amqp notes what it received at each check
 and fails the connection at the first check more than two intervals after the check that saw the
 last frame: at one check a second a frozen RabbitMQ took 10 s to notice, at two 8.5-9 s."""
-REDIS_TIMEOUTS = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT}
-"""Transport options every Redis reader gets unless the user sets them: redis-py waits forever
-by default, so a frozen server would hold a connection attempt, or the close of a connection
-given up on, until it thawed."""
 
 
-def is_redis_broker(broker_url: str) -> bool:
-    """True if kombu reaches ``broker_url`` through its Redis transport (sentinel included)."""
-    return bool(Connection(broker_url).transport.driver_type == "redis")
+class KombuPath:
+    """kombu's ``Consumer`` on the event queue; for every broker without a fast path."""
 
-
-class BrokerReader:
-    def __init__(
-        self,
-        broker_url: str,
-        transport_options: dict[str, Any],
-        outbox: Outbox,
-        status: BrokerStatus,
-        events: EventSettings = DEFAULT_EVENT_SETTINGS,
-        on_reject: RejectHook | None = None,
-    ) -> None:
-        self.broker_url = broker_url
-        self.transport_options = transport_options
-        self.outbox = outbox
-        self.status = status
-        self.events = events
-        self.on_reject = on_reject
-        """Told of each message the reader itself could not hand on (the state's ``reject``)."""
-        self.queue_name = event_queue_name(events)
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
         self._received = 0
         self._undeliverable_in_a_row = 0
 
-    def connection(self) -> Connection:
-        options = self.transport_options
-        if is_redis_broker(self.broker_url):
-            options = {**REDIS_TIMEOUTS, **options}
-        return Connection(
-            self.broker_url,
-            transport_options=options,
-            heartbeat=AMQP_HEARTBEAT,
-            connect_timeout=CONNECT_TIMEOUT,
+    def close(self, conn: Connection) -> None:
+        conn.release()
+
+    def consume(self, conn: Connection, stop: threading.Event, connected: Connected) -> None:
+        buffer_amqp_reads(conn)
+        channel = conn.channel()
+        consumer = Consumer(
+            channel,
+            queues=[self.subscription.event_queue(conn)],
+            on_message=self._on_message,
+            no_ack=True,
+            accept=["application/json"],
         )
-
-    def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set, reconnecting with capped, jittered exponential backoff
-        that starts over after every successful connection."""
-        backoff = Backoff()
-        while not stop.is_set():
-            try:
-                self._consume(stop)
-            except Exception as exc:
-                # Whatever the transport raises (socket errors, redis/amqp connection errors,
-                # channel errors), the answer is the same: report it, wait, reconnect.
-                self.status.connection_errors += 1
-                was_connected = self.status.connected
-                self.status.connected = False
-                if was_connected:
-                    self.status.connections_lost += 1
-                    backoff.reset()
-                delay = backoff.next()
-                log.warning(
-                    "broker connection lost" if was_connected else "broker unreachable",
-                    broker=self.safe_url(),
-                    address=broker_address(self.broker_url),
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in_seconds=round(delay, 2),
-                )
-                stop.wait(delay)
-        self.status.connected = False
-
-    def event_queue(self, conn: Connection) -> Queue:
-        """The event queue, declared as Celery 5.7's own EventReceiver declares it."""
-        return event_queue(conn, self.queue_name, self.events)
-
-    def _consume(self, stop: threading.Event) -> None:
-        with self.connection() as conn:
-            conn.ensure_connection(max_retries=1)
-            buffer_amqp_reads(conn)
-            channel = conn.channel()
-            consumer = Consumer(
-                channel,
-                queues=[self.event_queue(conn)],
-                on_message=self._on_message,
-                no_ack=True,
-                accept=["application/json"],
-            )
-            with consumer:
-                self.status.connected = True
-                self.status.connected_event.set()
-                log.info("broker connected", broker=self.safe_url(), queue=self.queue_name)
-                if conn.transport.driver_type == "redis":
-                    self._drain_redis(stop, conn, channel)
-                else:
-                    self._drain(stop, conn)
+        with consumer:
+            connected(queue=self.subscription.queue_name)
+            if conn.transport.driver_type == "redis":
+                self._drain_redis(stop, conn, channel)
+            else:
+                self._drain(stop, conn)
 
     def _drain(self, stop: threading.Event, conn: Connection) -> None:
         """AMQP and the rest: a dead or frozen broker is the transport's to notice (py-amqp
@@ -215,17 +126,13 @@ class BrokerReader:
             self._undeliverable_in_a_row += 1
             if self._undeliverable_in_a_row > MAX_UNDELIVERABLE_IN_A_ROW:
                 raise
-            if self.on_reject is not None:
-                self.on_reject(INVALID_ENVELOPE, f"{type(exc).__name__}: {exc}")
+            if self.subscription.on_reject is not None:
+                self.subscription.on_reject(INVALID_ENVELOPE, f"{type(exc).__name__}: {exc}")
 
     def _on_message(self, message: Message) -> None:
         self._received += 1
         self._undeliverable_in_a_row = 0
-        self.outbox.put(RawMessage(time.time(), message.content_type, message.body))
-
-    def safe_url(self) -> str:
-        """The broker URL with its password masked, for logs."""
-        return str(maybe_sanitize_url(self.broker_url))
+        self.subscription.outbox.put(RawMessage(time.time(), message.content_type, message.body))
 
 
 def bound_blocking_reads(sock: socket.socket, seconds: float) -> None:

@@ -1,11 +1,14 @@
-"""Telling a quiet Redis connection from a frozen one.
+"""Telling a quiet broker connection from a dead or frozen one: one rule for every intake path.
 
 A subscriber's connection may rightly stay silent for minutes (no worker sends events), and a
 frozen server (a stopped process, a swapped-out host, a cut network) keeps it just as silent:
 the kernel still holds the TCP connection open, so neither a read nor TCP keepalive notices.
-Only a question tells them apart: after ``PING_AFTER`` seconds without a sign of life the reader
-PINGs the server on that very connection, and a server that gives no sign of life within
-``PING_TIMEOUT`` seconds of the PING is taken for gone. Both Redis intake paths follow this rule.
+``Liveness`` holds the rule: after ``quiet_after`` seconds without a sign of life the server is
+asked (Redis: a PING on that very connection), and a server that gives no sign of life within
+``answer_within`` seconds of the question is taken for gone. A protocol whose server speaks up
+on its own (AMQP's heartbeats) asks nothing: the question counts as asked when the quiet spell
+passed ``quiet_after``. The Redis fast path and kombu's path on Redis PING after ``PING_AFTER``
+and wait ``PING_TIMEOUT``; the AMQP fast path gives the server two heartbeat intervals.
 """
 
 from __future__ import annotations
@@ -30,13 +33,60 @@ whose kernel still accepts the TCP connection, fails after this instead of hangi
 
 
 def frozen_message(ping_timeout: float = PING_TIMEOUT) -> str:
-    """The reason a reader gives when a PING went unanswered."""
+    """The reason a Redis reader gives when a PING went unanswered."""
     return f"no answer to PING within {ping_timeout:.0f} s: the server is frozen or unreachable"
 
 
+class Liveness:
+    """The rule above. The reader calls ``life(now)`` for every sign of life that does not
+    answer the question (a message that may be queued ahead of the PONG), ``answered(now)``
+    for one that does (the PONG; on the fast paths, any byte), and ``check(now)`` whenever it
+    looks at the clock; ``check`` raises ``ConnectionError(dead)`` once the server is gone.
+
+    ``ask()`` puts the question (False: nothing could be asked yet, e.g. not subscribed); None
+    when the server speaks up on its own.
+    """
+
+    def __init__(
+        self,
+        *,
+        quiet_after: float,
+        answer_within: float,
+        ask: Callable[[], bool] | None,
+        dead: str,
+        now: float,
+    ) -> None:
+        self.quiet_after = quiet_after
+        self.answer_within = answer_within
+        self._ask = ask
+        self.dead = dead
+        self._last_life = now
+        self._asked_at: float | None = None
+
+    def life(self, now: float) -> None:
+        self._last_life = now
+
+    def answered(self, now: float) -> None:
+        self._last_life = now
+        self._asked_at = None
+
+    def check(self, now: float) -> None:
+        if self._asked_at is None:
+            if now - self._last_life <= self.quiet_after:
+                return
+            if self._ask is None:
+                self._asked_at = self._last_life + self.quiet_after
+            elif self._ask():
+                self._asked_at = now
+            else:
+                return
+        if now - max(self._asked_at, self._last_life) > self.answer_within:
+            raise ConnectionError(self.dead)
+
+
 class PingWatch:
-    """The rule above for a reader that cannot see the connection's bytes (kombu's path): the
-    reader calls ``check(received)`` after every wait for data, with the number of messages
+    """``Liveness`` for a reader that cannot see the connection's bytes (kombu's path on Redis):
+    the reader calls ``check(received)`` after every wait for data, with the number of messages
     received so far; ``ping()`` sends a PING (False if the connection is not subscribed yet),
     ``unanswered()`` is the number of PINGs whose answer has not been read yet.
 
@@ -54,14 +104,24 @@ class PingWatch:
         ping_timeout: float = PING_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._ping = ping
         self._unanswered = unanswered
-        self.ping_after = ping_after
-        self.ping_timeout = ping_timeout
         self._clock = clock
-        self._last_life = clock()
         self._received = 0
-        self._pinged_at: float | None = None
+        self._pinged = False
+        self._liveness = Liveness(
+            quiet_after=ping_after,
+            answer_within=ping_timeout,
+            ask=self._ping_with(ping),
+            dead=frozen_message(ping_timeout),
+            now=clock(),
+        )
+
+    def _ping_with(self, ping: Callable[[], bool]) -> Callable[[], bool]:
+        def ask() -> bool:
+            self._pinged = ping()
+            return self._pinged
+
+        return ask
 
     def check(self, received: int) -> None:
         """Ping a connection quiet for ``ping_after`` s; raise if the server gave no sign of life
@@ -69,12 +129,8 @@ class PingWatch:
         now = self._clock()
         if received != self._received:
             self._received = received
-            self._last_life = now
-        if self._pinged_at is not None and self._unanswered() == 0:
-            self._pinged_at = None
-            self._last_life = now
-        if self._pinged_at is None:
-            if now - self._last_life > self.ping_after and self._ping():
-                self._pinged_at = now
-        elif now - max(self._pinged_at, self._last_life) > self.ping_timeout:
-            raise ConnectionError(frozen_message(self.ping_timeout))
+            self._liveness.life(now)
+        if self._pinged and self._unanswered() == 0:
+            self._pinged = False
+            self._liveness.answered(now)
+        self._liveness.check(now)

@@ -10,8 +10,10 @@ What is subscribed is what kombu itself would subscribe: the topics come from ko
 ``Channel`` for this URL and these transport options (``fanout_prefix``, ``fanout_patterns``,
 ``global_keyprefix``, the database number, sentinel's legacy topic), and the connection comes
 from that channel's redis-py pool (password, TLS, sentinel, socket options), so the fast path
-sees exactly the events kombu would deliver. A quiet connection is PINGed
-(``celery_events_exporter.intake.liveness``).
+sees exactly the events kombu would deliver. Through Sentinel, that pool asks the sentinels for
+the master's address at every connection, so the reader follows a failover when it reconnects. A
+quiet connection is PINGed (``celery_events_exporter.intake.liveness``). An ``IntakePath`` for
+``celery_events_exporter.intake.reader``.
 """
 
 from __future__ import annotations
@@ -19,24 +21,24 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
 from kombu import Connection
 
+from celery_events_exporter.broker_options import is_sentinel
 from celery_events_exporter.intake import compat
 from celery_events_exporter.intake.event_queue import DEFAULT_EVENT_EXCHANGE
-from celery_events_exporter.intake.kombu_reader import BrokerReader
 from celery_events_exporter.intake.liveness import (
     CHECK_EVERY,
     PING_AFTER,
     PING_TIMEOUT,
+    Liveness,
     frozen_message,
 )
 from celery_events_exporter.intake.message import RawMessage
-from celery_events_exporter.logging import get_logger
-
-log = get_logger(__name__)
+from celery_events_exporter.intake.reader import Connected, Subscription
 
 READ_SIZE = 4 << 20
 """Bytes taken per socket read: while the ingest thread holds the GIL the reader waits for it,
@@ -59,18 +61,26 @@ BUSY_WITHIN = 1.0
 """A close that follows data by less than this many seconds came while the stream was busy."""
 
 
-def closed_by_server(quiet_for: float) -> str:
+def closed_by_server(quiet_for: float, *, sentinel: bool = False) -> str:
     """What the exporter knows when Redis closes a subscriber's connection: amid a busy stream
     the likely cause is Redis' ``client-output-buffer-limit pubsub`` (the exporter read too
     slowly, everything Redis held for it is lost); after a quiet spell, a restart, a
-    ``CLIENT KILL`` or the server's ``timeout``."""
+    ``CLIENT KILL`` or the server's ``timeout``. Through Sentinel, a failover is as likely:
+    Sentinel kills the clients of a master it demotes (the master is asked for again)."""
     if quiet_for < BUSY_WITHIN:
-        return (
+        text = (
             "connection closed by the server amid a busy stream: Redis' client-output-buffer-limit "
             "for pubsub was probably exceeded (the exporter read too slowly, or was paused); the "
             "events Redis held for it are lost"
         )
-    return f"connection closed by the server after {quiet_for:.1f} s without data"
+    else:
+        text = f"connection closed by the server after {quiet_for:.1f} s without data"
+    if sentinel:
+        text += (
+            "; or a Sentinel failover demoted or stopped this server (the master is asked for "
+            "again)"
+        )
+    return text
 
 
 def is_redis_url(connection: Connection) -> bool:
@@ -79,29 +89,55 @@ def is_redis_url(connection: Connection) -> bool:
     )
 
 
-class RedisPubSubReader(BrokerReader):
-    """Same interface and reconnection loop as ``BrokerReader``; only ``_consume`` differs."""
+PING = b"*1\r\n$4\r\nPING\r\n"
 
-    def _consume(self, stop: threading.Event) -> None:
-        with self.connection() as conn:
-            conn.ensure_connection(max_retries=1)
-            channel: Any = conn.default_channel
-            topics = subscribe_topics(channel, self.events.exchange)
-            redis_connection = channel.pool.make_connection()
-            try:
-                redis_connection.connect()
-                redis_connection.send_command("PSUBSCRIBE", *topics)
-                self._read(stop, compat.redis_socket(redis_connection), topics)
-            finally:
-                redis_connection.disconnect()
 
-    def _read(self, stop: threading.Event, sock: socket.socket, topics: list[str]) -> None:
+def _ping(sock: socket.socket) -> bool:
+    sock.sendall(PING)  # its answer is read with the messages: any byte answers it
+    return True
+
+
+class RedisPubSubPath:
+    """PSUBSCRIBE on a connection of kombu's channel's pool, read with hiredis."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        self._sentinel = is_sentinel(subscription.broker_url)
+
+    def consume(self, conn: Connection, stop: threading.Event, connected: Connected) -> None:
+        channel: Any = conn.default_channel
+        topics = subscribe_topics(channel, self.subscription.events.exchange)
+        redis_connection = channel.pool.make_connection()
+        try:
+            redis_connection.connect()
+            redis_connection.send_command("PSUBSCRIBE", *topics)
+            sock = compat.redis_socket(redis_connection)
+            self._read(stop, sock, topics, lambda: connected(topics=topics))
+        finally:
+            redis_connection.disconnect()
+
+    def close(self, conn: Connection) -> None:
+        conn.release()
+
+    def _read(
+        self,
+        stop: threading.Event,
+        sock: socket.socket,
+        topics: list[str],
+        subscribed_all: Callable[[], None],
+    ) -> None:
         reader = hiredis.Reader()
-        outbox_put = self.outbox.put
+        outbox_put = self.subscription.outbox.put
         subscribed = 0
         monotonic = time.monotonic
         last_data = monotonic()
-        pinged_at: float | None = None
+        liveness = Liveness(
+            quiet_after=PING_AFTER,
+            answer_within=PING_TIMEOUT,
+            ask=lambda: _ping(sock),
+            dead=frozen_message(),
+            now=last_data,
+        )
         sock.settimeout(CHECK_EVERY)
         # Read into one reused buffer: a fresh multi-megabyte bytes object per read costs page
         # faults and a shrinking copy; hiredis copies what it is fed.
@@ -111,19 +147,14 @@ class RedisPubSubReader(BrokerReader):
             try:
                 size = sock.recv_into(chunk_view)
             except TimeoutError:
-                now = monotonic()
-                if pinged_at is not None:
-                    if now - pinged_at > PING_TIMEOUT:
-                        raise ConnectionError(frozen_message()) from None
-                elif now - last_data > PING_AFTER:
-                    sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                    pinged_at = now
+                liveness.check(monotonic())
                 continue
             if not size:
-                raise ConnectionError(closed_by_server(monotonic() - last_data))
+                quiet_for = monotonic() - last_data
+                raise ConnectionError(closed_by_server(quiet_for, sentinel=self._sentinel))
             received_at = time.time()
             last_data = monotonic()
-            pinged_at = None
+            liveness.answered(last_data)
             for offset in range(0, size, FEED_SIZE):
                 # hiredis takes any buffer ("s*"); its stub only lists str and bytes.
                 reader.feed(chunk, offset, min(FEED_SIZE, size - offset))  # type: ignore[arg-type]
@@ -134,9 +165,7 @@ class RedisPubSubReader(BrokerReader):
                     elif isinstance(reply, list) and reply[0] == b"psubscribe":
                         subscribed += 1
                         if subscribed == len(topics):
-                            self.status.connected = True
-                            self.status.connected_event.set()
-                            log.info("broker connected", broker=self.safe_url(), topics=topics)
+                            subscribed_all()
                     elif isinstance(reply, hiredis.ReplyError):
                         raise ConnectionError(f"redis answered: {reply}")
                     # anything else is a PONG

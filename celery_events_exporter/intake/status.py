@@ -12,7 +12,9 @@ class BrokerStatus:
     """What the reader thread reports about its connection; read by the collector."""
 
     connected: bool = False
-    connection_errors: int = 0
+    connection_errors: dict[str, int] = field(default_factory=dict)
+    """Failed connection attempts and lost connections by reason
+    (``celery_events_exporter.broker_errors``; replaced whole by the reader)."""
     connections_lost: int = 0
     """Established connections that ended other than by our stop: each is a gap in which events
     were lost (pub/sub keeps nothing for an absent subscriber; the exclusive event queue goes

@@ -16,8 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 from amqp.exceptions import NotFound
-from kombu import Connection
 
+from celery_events_exporter.broker_options import broker_connection
 from celery_events_exporter.queues.management import ManagementApi
 from celery_events_exporter.queues.reading import QueueReading
 from celery_events_exporter.queues.registry import is_task_queue
@@ -35,7 +35,7 @@ class AmqpQueues:
         management: ManagementApi | None = None,
     ) -> None:
         options = {**transport_options, "read_timeout": timeout, "write_timeout": timeout}
-        self.connection = Connection(broker_url, connect_timeout=timeout, transport_options=options)
+        self.connection = broker_connection(broker_url, options, connect_timeout=timeout)
         self.connection.connect()
         self._channel: Any = None
         self.management = management

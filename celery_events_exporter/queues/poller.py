@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from celery_events_exporter.broker_errors import ERROR_REASONS as ERROR_REASONS
+from celery_events_exporter.broker_errors import error_reason as error_reason
 from celery_events_exporter.logging import get_logger, sparse
 from celery_events_exporter.queues.reading import QueueReader, QueueReading
 from celery_events_exporter.queues.registry import QueueRegistry
@@ -21,34 +23,6 @@ log = get_logger(__name__)
 
 ReadingsListener = Callable[[Mapping[str, QueueReading], float], None]
 """(readings, wall-clock time the poll started) -> None, called on the poller thread."""
-
-
-ERROR_REASONS = ("timeout", "connection", "auth", "other")
-"""Every value ``error_reason`` gives."""
-MAX_CAUSES = 5
-"""How deep ``error_reason`` follows an exception's ``__cause__``."""
-
-
-def error_reason(exc: BaseException) -> str:
-    """The reason label of a failed broker call: a poll (``celery_exporter_queue_poll_errors``)
-    or a broadcast (``celery_exporter_broadcast_errors``). kombu re-raises a transport's errors
-    as its own ``OperationalError`` (from the original): the causes are looked at too."""
-    chain = [exc]
-    while chain[-1].__cause__ is not None and len(chain) < MAX_CAUSES:
-        chain.append(chain[-1].__cause__)
-    names = [type(error).__name__ for error in chain]
-    if any(isinstance(error, TimeoutError) for error in chain) or any(
-        "Timeout" in name for name in names
-    ):
-        return "timeout"
-    if any("Auth" in name or "AccessRefused" in name or "Permission" in name for name in names):
-        return "auth"
-    if any(
-        isinstance(error, (ConnectionError, OSError, EOFError)) or "Connection" in name
-        for error, name in zip(chain, names, strict=True)
-    ):
-        return "connection"
-    return "other"
 
 
 @dataclass

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from kombu import Connection
 
+from celery_events_exporter.broker_options import broker_connection
 from celery_events_exporter.queues.reading import QueueReading
 
 PRIORITY_STEPS = (0, 3, 6, 9)
@@ -109,7 +109,7 @@ class RedisQueues:
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
         }
-        self.connection = Connection(broker_url, transport_options=options)
+        self.connection = broker_connection(broker_url, options)
         channel: Any = self.connection.default_channel  # pings the server: fails fast
         self.layout = RedisLayout.of(channel)
         self.client = redis.Redis(connection_pool=channel.pool)

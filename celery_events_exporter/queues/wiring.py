@@ -6,8 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kombu import Connection
-
+from celery_events_exporter.broker_options import EXPORTER_ONLY_OPTIONS, broker_connection
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.queues.collector import OnlineWorkers, QueuesCollector
 from celery_events_exporter.queues.management import ManagementApi, read_credentials
@@ -17,9 +16,6 @@ from celery_events_exporter.queues.registry import QueueRegistry
 from celery_events_exporter.queues.tracking import OrphanCounter, OrphanObserver, TaskTracking
 
 log = get_logger(__name__)
-
-EXPORTER_ONLY_OPTIONS = frozenset({"exporter_fast_path"})
-"""Transport options the exporter reads itself; kombu's AMQP transport would pass them on."""
 
 MAX_TIMEOUT = 5.0
 """Seconds a broker may take to answer one poll's command before the poll fails."""
@@ -41,7 +37,7 @@ def reader_factory(
 ) -> Callable[[], QueueReader] | None:
     """A function that opens a queue reader for the broker, or None for brokers without one."""
     options = {k: v for k, v in transport_options.items() if k not in EXPORTER_ONLY_OPTIONS}
-    connection = Connection(broker_url, transport_options=options)
+    connection = broker_connection(broker_url, options)
     driver = connection.transport.driver_type
     if driver == "redis":
         from celery_events_exporter.queues.redis import RedisQueues

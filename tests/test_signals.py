@@ -1,0 +1,52 @@
+"""Signals to the real process: SIGHUP (logrotate's habit, a closed terminal) is logged and
+ignored, counting goes on; SIGTERM then stops it cleanly."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from tests.conftest import ExporterProcess, Processes, client, wait_until
+
+WORKER = "hangup@signals"
+
+
+def succeeded(exporter: ExporterProcess) -> float | None:
+    return exporter.metrics("celery_task_succeeded").get(
+        "celery_task_succeeded_total", task="tests.add", worker=WORKER
+    )
+
+
+def send_tasks(broker_url: str, count: int) -> None:
+    with client(broker_url) as app:
+        for i in range(count):
+            app.send_task("tests.add", (i, i))
+
+
+def test_sighup_is_logged_and_ignored_and_counting_goes_on(
+    redis_url: str, processes: Processes
+) -> None:
+    exporter = processes.exporter(redis_url)
+    processes.worker(redis_url, WORKER)
+    send_tasks(redis_url, 2)
+    wait_until(lambda: succeeded(exporter) == 2.0, what="2 successes before SIGHUP")
+
+    for _ in range(2):  # logrotate sends one every rotation
+        exporter.proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: exporter.log().count("SIGHUP ignored") == 2, timeout=10, what="two log lines"
+    )
+    time.sleep(0.5)
+    assert exporter.proc.poll() is None  # still running
+    assert exporter.metrics().get("celery_exporter_broker_connected") == 1.0
+
+    send_tasks(redis_url, 3)
+    wait_until(lambda: succeeded(exporter) == 5.0, what="3 more successes after SIGHUP")
+    time.sleep(0.5)
+    assert succeeded(exporter) == 5.0
+
+    assert exporter.stop(signal.SIGTERM) == 0
+    log = exporter.log()
+    assert "exporter stopped" in log
+    assert '"signal": "SIGTERM"' in log
+    assert "SIGHUP" not in log.split("shutting down")[1]  # SIGTERM, not the SIGHUPs, stopped it
