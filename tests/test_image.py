@@ -168,7 +168,8 @@ def test_the_layout_is_a_function_of_the_root_alone(image: Image, tmp_path: Path
 @pytest.fixture
 def container_root(bundle: Path) -> Iterator[Path]:
     """The unpacked root with what a container runtime gives every container: /proc (the
-    process metrics read it), /dev/null and /dev/urandom. The mounts are made by the process
+    process metrics read it), /dev/null and /dev/urandom, and the root read-only, as the
+    Kubernetes manifests run it (readOnlyRootFilesystem). The mounts are made by the process
     itself in a mount namespace of its own (see ``_chroot_command``), so they go with it even
     if the test is killed; this checks that none is left on the machine."""
     root = bundle / "rootfs"
@@ -194,6 +195,7 @@ def _chroot_command(root: Path, config: dict[str, Any], args: list[str]) -> list
     process = config["process"]
     user = f"{process['user']['uid']}:{process['user']['gid']}"
     script = (
+        'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && '
         'mount -t proc proc "$0/proc" && mount --bind /dev/null "$0/dev/null" && '
         'mount --bind /dev/urandom "$0/dev/urandom" && '
         'user=$1 && shift && exec chroot --userspec="$user" "$0" "$@"'
@@ -238,6 +240,12 @@ def test_the_entrypoint_counts_a_real_worker_as_its_own_user(
     assert re.search(rf"^Uid:\s+{UID}\s+{UID}\s+{UID}\s+{UID}$", status, re.M), status
     assert re.search(rf"^Gid:\s+{UID}\s+{UID}\s+{UID}\s+{UID}$", status, re.M), status
     assert Path(f"/proc/{proc.pid}/root").resolve() == container_root.resolve()
+    # What the exporter sees as / is read-only (the last mount on / is the one in effect).
+    root_mounts = [
+        line.split() for line in Path(f"/proc/{proc.pid}/mounts").read_text().splitlines()
+    ]
+    options = [fields[3] for fields in root_mounts if fields[1] == "/"][-1]
+    assert options.split(",")[0] == "ro", root_mounts
 
     processes.worker(redis_url, WORKER)
     with client(redis_url) as app:
