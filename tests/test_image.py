@@ -227,7 +227,11 @@ def test_the_entrypoint_counts_a_real_worker_as_its_own_user(
     with log_path.open("wb") as log:
         # Only the image's environment (as a runtime sets it), none of the test's.
         environment = dict(item.split("=", 1) for item in config["process"]["env"])
-        proc = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        # A process group of its own, as Processes.spawn makes: the fixture's killpg stops it
+        # when the test fails before its SIGTERM.
+        proc = subprocess.Popen(
+            command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     processes.started.append(proc)
     url = f"http://127.0.0.1:{port}"
 
