@@ -4,7 +4,7 @@
 PY ?= .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: venv lint types unit integration test generate check-generated bench
+.PHONY: venv lint types unit integration test generate check-generated bench image
 
 venv:
 	test -x $(PY) || python3 -m venv .venv
@@ -40,3 +40,7 @@ check-generated:
 
 bench:
 	$(PY) -m bench.run
+
+# The production image as an OCI layout in dist/oci (root: debootstrap and chroot; no Docker).
+image:
+	scripts/build-image

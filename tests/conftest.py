@@ -10,6 +10,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ from testkit.brokers import RabbitNode, RedisServer, rabbitmq_vhost
 from testkit.ports import free_port as free_port  # re-exported: tests import it from here
 
 REPO = Path(__file__).resolve().parents[1]
+VERSION: str = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+    "version"
+]
+PUBLISHED_IMAGE = "ghcr.io/celery-events-exporter/celery-events-exporter"
+"""Where the release workflow pushes scripts/build-image's image, tagged with VERSION."""
 T = TypeVar("T")
 
 

@@ -153,6 +153,36 @@ def test_the_helper_writes_a_config_for_a_password_from_the_environment(tmp_path
     assert "NO_SUCH_VARIABLE_SET is empty or unset" in unset.stderr
 
 
+def test_the_helper_then_becomes_the_command_without_the_password(tmp_path: Path) -> None:
+    """What the compose stack's exporter runs (its image has no shell): write, then exec."""
+    config_path = tmp_path / "web.yml"
+    probe = (
+        "import os, sys; "
+        "print(os.getpid(), sorted(k for k in os.environ if 'PASS' in k), sys.argv[1:])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery_events_exporter.web.webconfig", "write", "--username", USER,
+         "--password-env", "EXPORTER_PASSWORD", "--cost", "4", "--output", str(config_path),
+         "--exec", sys.executable, "-c", probe, "--web.config.file", str(config_path)],
+        env={"EXPORTER_PASSWORD": PASSWORD, "OTHER_PASSWORD_NAME": "kept"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    # The same process (exec, not a child), without the password's variable, with the arguments.
+    assert out == f"{proc.pid} ['OTHER_PASSWORD_NAME'] ['--web.config.file', '{config_path}']\n"
+    config = webconfig.load(config_path)
+    assert config.basic_auth is not None and config.basic_auth.check(USER, PASSWORD)
+    nothing = subprocess.run(
+        [sys.executable, "-m", "celery_events_exporter.web.webconfig", "write", "--username", USER,
+         "--password-env", "EXPORTER_PASSWORD", "--cost", "4", "--output", str(config_path),
+         "--exec"],
+        env={"EXPORTER_PASSWORD": PASSWORD}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert nothing.returncode == 2
+    assert "--exec needs a command" in nothing.stderr
+
+
 # -- a real exporter ------------------------------------------------------------------------------
 
 

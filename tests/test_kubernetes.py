@@ -28,7 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import REPO, Metrics, require_tool, wait_until
+from tests.conftest import PUBLISHED_IMAGE, REPO, VERSION, Metrics, require_tool, wait_until
 from tests.netns import Namespace, open_namespace
 
 # Every test here runs tools: kubectl, node, tsc, a real exporter in a network namespace.
@@ -273,7 +273,7 @@ def test_the_deployment_is_locked_down_and_probed() -> None:
     container = _container(objects)
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
+    assert pod["securityContext"]["runAsUser"] == 10001  # the image's user
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
@@ -287,7 +287,10 @@ def test_the_deployment_is_locked_down_and_probed() -> None:
     assert (port["name"], port["containerPort"]) == ("http", 19808)
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert "10001" in (REPO / "Dockerfile").read_text()
+    assert "\nUID_GID=10001:10001\n" in (REPO / "scripts" / "build-image").read_text()
+    # The published image of this version; its PATH has the console script (test_image.py).
+    assert container["image"] == f"{PUBLISHED_IMAGE}:{VERSION}"
+    assert container["command"] == ["celery-events-exporter"]
 
 
 def _rules_job() -> set[str]:

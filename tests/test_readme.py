@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import PUBLISHED_IMAGE, REPO, VERSION
 
 
 def test_readme_tables_match_the_code() -> None:
@@ -23,3 +23,14 @@ def test_first_screen_gives_the_install_and_test_commands() -> None:
     assert ".venv/bin/pip install . && .venv/bin/celery-events-exporter" in first_screen
     assert "\nscripts/test\n" in first_screen
     assert "scripts/test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_first_screen_says_how_to_pull_and_run_the_release() -> None:
+    first_screen = "\n".join((REPO / "README.md").read_text().splitlines()[:20])
+    # The image the release workflow pushes, of this version; the package PyPI gets.
+    assert f"\ndocker run --rm --network host {PUBLISHED_IMAGE}:{VERSION} --broker-url " in (
+        first_screen
+    )
+    assert "\npipx install celery-events-exporter && celery-events-exporter --broker-url " in (
+        first_screen
+    )

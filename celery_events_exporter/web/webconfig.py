@@ -15,9 +15,9 @@ Supported: ``basic_auth_users``; ``tls_server_config`` with ``cert_file``, ``key
 silent no-op: a config that asks for a safeguard must not run without it.
 
 Also a small command line (``python -m celery_events_exporter.web.webconfig``) to hash a password,
-write a web
-config for one user from a password in the environment (what the compose stack does), and check
-a file.
+write a web config for one user from a password in the environment and then, with ``--exec``,
+become the exporter without that variable (what the compose stack does: the image has no
+shell), and check a file.
 """
 
 from __future__ import annotations
@@ -314,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="also write the password itself here, for a scraper's basic_auth.password_file",
     )
+    write.add_argument(
+        "--exec",
+        dest="command_line",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND",
+        help="then replace this process with COMMAND (every argument that follows), its "
+        "environment without the password's variable",
+    )
     check = commands.add_parser("check", help="validate a web config file")
     check.add_argument("file", type=Path)
     args = parser.parse_args(argv)
@@ -349,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     _write_private(args.output, config_text)
     if args.password_file is not None:
         _write_private(args.password_file, password, mode=0o644)
+    if args.command_line is not None:
+        if not args.command_line:
+            parser.error("--exec needs a command")
+        del os.environ[args.password_env]
+        os.execvp(args.command_line[0], args.command_line)
     return 0
 
 
