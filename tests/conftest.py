@@ -29,6 +29,9 @@ from testkit.ports import free_port as free_port  # re-exported: tests import it
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
+# pytest's own fixture for running pytest on a test file (tests/test_pytest_config.py).
+pytest_plugins = ["pytester"]
+
 
 def wait_until(
     predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, what: str = ""
