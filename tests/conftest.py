@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import random
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import redis
 import requests
 import yaml
 from celery import Celery
@@ -63,6 +65,35 @@ def require_tool(name: str, install: str = "scripts/test installs it") -> str:
     if path is None:
         pytest.fail(f"{name} is not installed; {install}", pytrace=False)
     return path
+
+
+def _tcp_ports(pid: int) -> set[int]:
+    """The local ports of process ``pid``'s TCP sockets (its fds matched to /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def redis_subscriptions(url: str, pid: int) -> int:
+    """Channels and patterns process ``pid`` is subscribed to on the Redis server of ``url``,
+    as the server counts them (CLIENT LIST's ``sub`` and ``psub`` of its connections)."""
+    ports = _tcp_ports(pid)
+    with redis.Redis.from_url(url) as client:
+        return sum(
+            int(entry["sub"]) + int(entry["psub"])
+            for entry in client.client_list()
+            if int(entry["addr"].rsplit(":", 1)[1]) in ports
+        )
 
 
 # -- layers ------------------------------------------------------------------------------------
@@ -261,8 +292,14 @@ class Processes:
                 lambda: exporter.metrics().get("celery_exporter_broker_connected") == 1.0,
                 what="exporter connected to the broker",
             )
-            # kombu subscribes on its first drain; give it a moment before events are sent.
-            time.sleep(0.5)
+            if broker_url.startswith("redis://"):
+                # Redis keeps nothing for a subscriber that is not there yet, and kombu's path
+                # subscribes on its first drain, after it says connected: wait for Redis itself
+                # to hold the exporter's subscription.
+                wait_until(
+                    lambda: redis_subscriptions(broker_url, proc.pid) > 0,
+                    what="the exporter's subscription on Redis",
+                )
         return exporter
 
     def worker(
