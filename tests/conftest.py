@@ -84,10 +84,11 @@ def _tcp_ports(pid: int) -> set[int]:
     return ports
 
 
-def redis_subscriptions(url: str, pid: int) -> int:
-    """Channels and patterns process ``pid`` is subscribed to on the Redis server of ``url``,
-    as the server counts them (CLIENT LIST's ``sub`` and ``psub`` of its connections)."""
-    ports = _tcp_ports(pid)
+def redis_subscriptions(url: str, *pids: int) -> int:
+    """Channels and patterns the processes ``pids`` are subscribed to on the Redis server
+    reached at ``url``, as the server counts them (CLIENT LIST's ``sub`` and ``psub`` of their
+    connections)."""
+    ports = set().union(*map(_tcp_ports, pids))
     with redis.Redis.from_url(url) as client:
         return sum(
             int(entry["sub"]) + int(entry["psub"])
@@ -264,6 +265,11 @@ class Processes:
     ) -> ExporterProcess:
         port = free_port()
         command = require_tool("celery-events-exporter")
+        await_subscription = wait_connected and broker_url.startswith("redis://")
+        # An exporter behind one of this process's proxies (testkit.proxy) reaches Redis through
+        # the proxy's connections, which are this process's own: count those too, from what
+        # they held before the exporter started.
+        before = redis_subscriptions(broker_url, os.getpid()) if await_subscription else 0
         proc, log_path = self.spawn(
             [
                 command,
@@ -292,12 +298,12 @@ class Processes:
                 lambda: exporter.metrics().get("celery_exporter_broker_connected") == 1.0,
                 what="exporter connected to the broker",
             )
-            if broker_url.startswith("redis://"):
+            if await_subscription:
                 # Redis keeps nothing for a subscriber that is not there yet, and kombu's path
                 # subscribes on its first drain, after it says connected: wait for Redis itself
                 # to hold the exporter's subscription.
                 wait_until(
-                    lambda: redis_subscriptions(broker_url, proc.pid) > 0,
+                    lambda: redis_subscriptions(broker_url, proc.pid, os.getpid()) > before,
                     what="the exporter's subscription on Redis",
                 )
         return exporter
