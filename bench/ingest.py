@@ -18,14 +18,15 @@ from celery_events_exporter.intake.backlog import IntakeBacklog
 from celery_events_exporter.intake.message import RawMessage
 from celery_events_exporter.tasks.store import RecentTasks
 
+from .fleet import Expected
 from .publisher import BrokerPublisher, make_fleet, prepare_burst
 
 BROKER_URL = "redis://127.0.0.1:6379/15"
 """Only kombu's serialization runs: nothing is published."""
 
 
-def envelopes(tasks: int, workers: int, names: int) -> tuple[list[RawMessage], int]:
-    """The burst's messages as the Redis fast path queues them, and how many task events."""
+def envelopes(tasks: int, workers: int, names: int) -> tuple[list[RawMessage], Expected]:
+    """The burst's messages as the Redis fast path queues them, and what the fleet emitted."""
     fleet = make_fleet(BROKER_URL, workers, names)
     publisher = BrokerPublisher(BROKER_URL)
     try:
@@ -34,12 +35,16 @@ def envelopes(tasks: int, workers: int, names: int) -> tuple[list[RawMessage], i
         publisher.close()
     now = time.time()
     messages = [RawMessage(now, None, item.payload, enveloped=True) for item in prepared]
-    return messages, fleet.expected.task_events
+    return messages, fleet.expected
 
 
-def time_handle(messages: list[RawMessage], store_size: int, repeat: int) -> float:
-    """Least seconds to handle every message once, a fresh state (and store) each time."""
+def time_handle(
+    messages: list[RawMessage], store_size: int, repeat: int
+) -> tuple[float, dict[str, int]]:
+    """Least seconds to handle every message once, a fresh state (and store) each time, and
+    the events the last state counted, by type (a timing of events lost says nothing)."""
     runs = []
+    counted: dict[str, int] = {}
     for _ in range(repeat):
         state = build_state(Config(), RecentTasks(store_size) if store_size else None)
         decoder = Decoder(state, IntakeBacklog())
@@ -48,7 +53,8 @@ def time_handle(messages: list[RawMessage], store_size: int, repeat: int) -> flo
         for first in range(0, len(messages), size):  # as the ingest thread takes them
             handle(messages[first : first + size])
         runs.append(time.perf_counter() - start)
-    return min(runs)  # the least disturbed run: other processes share the cores
+        counted = state.snapshot(time.time()).events_by_type
+    return min(runs), counted  # the least disturbed run: other processes share the cores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,12 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", type=int, default=Config().max_recent_tasks)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
-    messages, task_events = envelopes(args.tasks, args.workers, args.names)
-    with_store = time_handle(messages, args.store, args.repeat)
-    without = time_handle(messages, 0, args.repeat)
+    messages, expected = envelopes(args.tasks, args.workers, args.names)
+    task_events = expected.task_events
+    with_store, counted_with = time_handle(messages, args.store, args.repeat)
+    without, counted_without = time_handle(messages, 0, args.repeat)
+    for counted in (counted_with, counted_without):
+        if counted != dict(expected.events_by_type):
+            print(f"counted {counted}, the fleet emitted {dict(expected.events_by_type)}")
+            return 1
     per_event = 1e6 / task_events
     print(
-        f"{task_events} task events in {len(messages)} messages: "
+        f"{task_events} task events in {len(messages)} messages, each counted: "
         f"{with_store * per_event:.2f} µs/event with the store ({args.store}), "
         f"{without * per_event:.2f} µs/event without; "
         f"{task_events / with_store / 1000:.0f} k events/s with the store"

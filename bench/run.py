@@ -270,6 +270,46 @@ def overload(tasks: int, budget: str | None) -> Row:
     return row
 
 
+def purge(workers: int) -> Row:
+    """A fleet of ``workers`` workers, two tasks each, stops cleanly; the exporter purges them a
+    second after their goodbyes while it is scraped every 0.2 s. ``render_ms`` is the slowest
+    scrape until every worker was gone: the purge must not hold a scrape for long."""
+    scenario = f"purge-{workers}-workers"
+    with _broker("redis", True) as url:
+        fleet = make_fleet(url, workers, 2)
+        publisher = BrokerPublisher(url)
+        exporter = Exporter(
+            url, LOGS / f"{scenario}.log",
+            "--purge-stopped-worker-after", "1", "--max-workers", str(2 * workers),
+        )  # fmt: skip
+        try:
+            publisher.send(prepare_burst(fleet, 2 * workers))
+            row = Row(scenario, "redis", "exporter", fleet.expected.task_events)
+            exporter.wait_quiet()
+            text, _ = exporter.scrape()
+            by_type, counted, row.series = parse_counts(text)
+            row.lost, row.notes = _lost(fleet.expected, by_type, counted)
+            fleet.worker_event("worker-offline")
+            publisher.send(fleet.take())
+            timings: list[float] = []
+            deadline = time.monotonic() + 120
+            while "\ncelery_worker_online{" in text:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{workers} workers not purged in 120 s")
+                time.sleep(0.2)
+                text, seconds = exporter.scrape()
+                timings.append(seconds)
+            row.render_ms = max(timings) * 1000
+            row.notes.append(
+                f"{len(timings)} scrapes until all {workers} workers were purged, the slowest "
+                f"{row.render_ms:.0f} ms"
+            )
+        finally:
+            exporter.stop()
+            publisher.close()
+    return row
+
+
 def parse_size(text: str) -> int:
     """``32MiB`` -> bytes."""
     units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
@@ -336,6 +376,10 @@ def _overload(scale: float, round_: int) -> Iterator[Row]:
         yield overload(int(300_000 * scale), budget)
 
 
+def _purge(scale: float, round_: int) -> Iterator[Row]:
+    yield purge(max(100, int(5000 * scale)))
+
+
 SCENARIOS: dict[str, Scenario] = {
     "redis-throughput": _throughput("redis"),
     "amqp-throughput": _throughput("amqp"),
@@ -344,6 +388,7 @@ SCENARIOS: dict[str, Scenario] = {
     "render-50k-series": _series_50k,
     "1m-tasks": _million,
     "overload": _overload,
+    "purge": _purge,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import random
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import redis
 import requests
 import yaml
 from celery import Celery
@@ -34,6 +36,9 @@ VERSION: str = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8
 PUBLISHED_IMAGE = "ghcr.io/celery-events-exporter/celery-events-exporter"
 """Where the release workflow pushes scripts/build-image's image, tagged with VERSION."""
 T = TypeVar("T")
+
+# pytest's own fixture for running pytest on a test file (tests/test_pytest_config.py).
+pytest_plugins = ["pytester"]
 
 
 def wait_until(
@@ -66,6 +71,36 @@ def require_tool(name: str, install: str = "scripts/test installs it") -> str:
     if path is None:
         pytest.fail(f"{name} is not installed; {install}", pytrace=False)
     return path
+
+
+def _tcp_ports(pid: int) -> set[int]:
+    """The local ports of process ``pid``'s TCP sockets (its fds matched to /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def redis_subscriptions(url: str, *pids: int) -> int:
+    """Channels and patterns the processes ``pids`` are subscribed to on the Redis server
+    reached at ``url``, as the server counts them (CLIENT LIST's ``sub`` and ``psub`` of their
+    connections)."""
+    ports = set().union(*map(_tcp_ports, pids))
+    with redis.Redis.from_url(url) as client:
+        return sum(
+            int(entry["sub"]) + int(entry["psub"])
+            for entry in client.client_list()
+            if int(entry["addr"].rsplit(":", 1)[1]) in ports
+        )
 
 
 # -- layers ------------------------------------------------------------------------------------
@@ -241,6 +276,11 @@ class Processes:
     ) -> ExporterProcess:
         port = free_port()
         command = require_tool("celery-events-exporter")
+        await_subscription = wait_connected and broker_url.startswith("redis://")
+        # An exporter behind one of this process's proxies (testkit.proxy) reaches Redis through
+        # the proxy's connections, which are this process's own: count those too, from what
+        # they held before the exporter started.
+        before = redis_subscriptions(broker_url, os.getpid()) if await_subscription else 0
         proc, log_path = self.spawn(
             [
                 command,
@@ -269,8 +309,14 @@ class Processes:
                 lambda: exporter.metrics().get("celery_exporter_broker_connected") == 1.0,
                 what="exporter connected to the broker",
             )
-            # kombu subscribes on its first drain; give it a moment before events are sent.
-            time.sleep(0.5)
+            if await_subscription:
+                # Redis keeps nothing for a subscriber that is not there yet, and kombu's path
+                # subscribes on its first drain, after it says connected: wait for Redis itself
+                # to hold the exporter's subscription.
+                wait_until(
+                    lambda: redis_subscriptions(broker_url, proc.pid, os.getpid()) > before,
+                    what="the exporter's subscription on Redis",
+                )
         return exporter
 
     def worker(

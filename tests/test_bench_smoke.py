@@ -9,7 +9,7 @@ import requests
 from bench.consumers import parse_counts
 from bench.ingest import main as ingest_main
 from bench.publisher import BrokerPublisher, make_fleet, prepare_burst
-from bench.run import Row, ratios
+from bench.run import Row, purge, ratios
 from tests.conftest import Processes, wait_until
 
 pytestmark = pytest.mark.integration
@@ -63,5 +63,14 @@ def test_ratios_pair_the_consumers_of_each_round() -> None:
 
 
 def test_ingest_bench_counts_the_fleets_events(capsys: pytest.CaptureFixture[str]) -> None:
+    """The bench times the state's counting only if it counted every event the fleet sent, by
+    type (it exits 1 otherwise)."""
     assert ingest_main(["--tasks", "200", "--workers", "2", "--names", "2", "--repeat", "1"]) == 0
-    assert capsys.readouterr().out.startswith("600 task events in ")
+    assert capsys.readouterr().out.startswith("600 task events in 30 messages, each counted: ")
+
+
+def test_purge_scenario_counts_the_fleet_then_sees_it_purged() -> None:
+    row = purge(50)
+    assert (row.scenario, row.task_events, row.lost) == ("purge-50-workers", 300, 0)
+    assert row.render_ms is not None and row.render_ms > 0
+    assert " scrapes until all 50 workers were purged, the slowest " in row.notes[-1]

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+import requests
 from celery.events.event import get_exchange
 from kombu import Connection, Producer
 
@@ -167,7 +168,7 @@ def test_names_of_a_purged_deploy_give_their_places_to_the_next_deploys(
     assert metrics.get(OVERFLOW, label="task", reason="cap") == 0
 
 
-def test_a_scrape_during_the_purge_of_thousands_of_workers_answers_quickly(
+def test_scrapes_during_the_purge_of_thousands_of_workers_are_answered_and_exact(
     redis_url: str, processes: Processes, publish: Any
 ) -> None:
     fleet, alive = 5000, 10
@@ -201,16 +202,22 @@ def test_a_scrape_during_the_purge_of_thousands_of_workers_answers_quickly(
     prefetched = metrics.by_label("celery_worker_prefetched_tasks", "worker")
     assert prefetched == {**dict.fromkeys(gone, prefetch), **dict.fromkeys(staying, 0.0)}
 
-    # The fleet stops cleanly: purged a second after its goodbyes, while scrapes are timed.
+    # The fleet stops cleanly: purged a second after its goodbyes, while it is scraped (how long
+    # those scrapes take is the benchmark's: python -m bench.run --only purge).
     goodbyes = [{"type": "worker-offline", "hostname": host} for host in gone]
     in_batches(publish, goodbyes)
-    timings: list[float] = []
+
+    answers: list[int | str] = []  # every scrape's status, or what it raised
 
     def purged() -> Metrics | None:
-        start = time.monotonic()
-        response = exporter.get("/metrics")
-        timings.append(time.monotonic() - start)
-        response.raise_for_status()
+        try:
+            response = exporter.get("/metrics")
+        except requests.RequestException as exc:
+            answers.append(repr(exc))
+            return None
+        answers.append(response.status_code)
+        if response.status_code != 200:
+            return None
         online = Metrics.parse(response.text, "celery_worker_online")
         return (
             Metrics.parse(response.text)
@@ -219,8 +226,7 @@ def test_a_scrape_during_the_purge_of_thousands_of_workers_answers_quickly(
         )
 
     after = wait_until(purged, timeout=60, interval=0.2, what="the fleet purged")
-    print(f"scrapes until {fleet} workers were purged: " + " ".join(f"{t:.3f}" for t in timings))
-    assert max(timings) < 2.0, timings
+    assert set(answers) == {200}, answers
 
     # Exactly the staying workers' series are left.
     assert after is not None

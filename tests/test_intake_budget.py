@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import signal
 import time
-from pathlib import Path
 
 import orjson
 import pytest
@@ -98,13 +97,6 @@ def _publish(client: redis.Redis, messages: int, per_round: int = 64) -> int:
     return delivered
 
 
-def _rss_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
-
 def _accounted(exporter: ExporterProcess) -> tuple[float, float]:
     metrics = exporter.metrics()
     counted = metrics.get("celery_exporter_events_total", type="worker-heartbeat") or 0.0
@@ -113,17 +105,16 @@ def _accounted(exporter: ExporterProcess) -> tuple[float, float]:
     return counted, dropped
 
 
-def test_a_burst_past_the_budget_is_shed_counted_and_memory_stays_bounded(
+def test_a_burst_past_the_budget_is_shed_and_every_event_is_counted_or_dropped(
     private_redis: PrivateRedis, processes: Processes
 ) -> None:
     """8 000 messages (~60 MB, 192 000 events) against a 1 MiB budget, on Redis' default
-    output-buffer limit: every event is either counted or in a counted drop, Redis never cuts
-    the exporter off, and its memory grows by far less than the burst."""
+    output-buffer limit: every event is either counted or in a counted drop, and Redis never
+    cuts the exporter off. (That the budget bounds the exporter's memory is measured by the
+    benchmark: python -m bench.run --only overload.)"""
     private_redis.start()
     budget = 1 << 20
     exporter = processes.exporter(private_redis.url, "--max-intake-backlog-bytes", str(budget))
-    pid = exporter.proc.pid
-    rss_before = _rss_kib(pid, "VmRSS")
     messages = 8000
     with redis.Redis(port=private_redis.port) as client:
         delivered = _publish(client, messages)
@@ -137,11 +128,6 @@ def test_a_burst_past_the_budget_is_shed_counted_and_memory_stays_bounded(
     wait_until(settled, timeout=90, what="every event counted or dropped")
     counted, dropped = _accounted(exporter)
     metrics = exporter.metrics()
-    peak_growth_mib = (_rss_kib(pid, "VmHWM") - rss_before) / 1024
-    print(
-        f"counted {counted:.0f} events, dropped {dropped:.0f} messages; RSS before "
-        f"{rss_before / 1024:.1f} MiB, peak growth {peak_growth_mib:.1f} MiB"
-    )
     assert dropped > 0  # the burst outran the decoder: shed, not queued
     assert counted > 0
     assert counted + dropped * EVENTS_PER_MESSAGE == sent_events
@@ -150,8 +136,6 @@ def test_a_burst_past_the_budget_is_shed_counted_and_memory_stays_bounded(
     assert metrics.get("celery_exporter_broker_connected") == 1.0
     assert metrics.series("celery_exporter_events_rejected_total") == {}
     assert metrics.get("celery_exporter_intake_backlog_bytes") == 0.0
-    # The burst is ~60 MB on the wire (~45 MB of bodies): the backlog held at most 1 MiB of it.
-    assert peak_growth_mib < 40
     assert "intake backlog over its byte budget: dropping messages" in exporter.log()
 
 
