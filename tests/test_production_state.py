@@ -80,11 +80,23 @@ def test_ended_names_are_bounded() -> None:
 def test_names_learnt_from_the_workers_name_later_events() -> None:
     state = make_state(max_tracked_tasks=2)
     state.learn_names({"u0": "old", "u1": "a", "u2": "b"})
-    feed(state, task("succeeded", "u1", runtime=0.5), task("succeeded", "u0", runtime=0.5))
+    feed(state, task("succeeded", "u1", runtime=0.5), task("succeeded", "u2", runtime=0.5))
     metrics = render(state)
-    # Bounded like every tracked task: u0 was the oldest.
+    # Bounded like every tracked task: learnt names fill the room there is, u2 found none.
     assert metrics.by_label("celery_task_succeeded_total", "task") == {"a": 1.0, "unknown": 1.0}
     assert metrics.get("celery_exporter_tracked_tasks") == 1.0
+
+
+def test_learnt_names_never_displace_names_events_gave() -> None:
+    # Any broker client can answer inspect active: a flood of uuids must not push the tasks
+    # events named out of the tracking (their later events carry no name).
+    state = make_state(max_tracked_tasks=3)
+    feed(state, task("received", "r1", name="real"), task("received", "r2", name="real"))
+    state.learn_names({f"forged{i}": "forged" for i in range(1000)} | {"r1": "forged"})
+    feed(state, task("succeeded", "r1", runtime=0.5), task("succeeded", "r2", runtime=0.5))
+    metrics = render(state)
+    assert metrics.by_label("celery_task_succeeded_total", "task") == {"real": 2.0}
+    assert metrics.get("celery_exporter_tracked_tasks") == 1.0  # one forged name got the room
 
 
 def test_uncounted_tasks_are_what_the_heartbeats_accepted_less_what_was_seen_starting() -> None:

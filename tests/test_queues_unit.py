@@ -347,14 +347,6 @@ def test_worker_queues_are_bounded_the_longest_silent_forgotten_first(
     assert registry.worker_queues() == {"a": frozenset({"q"}), "c": frozenset({"r"})}
 
 
-def test_a_worker_online_event_asks_for_a_broadcast() -> None:
-    tracker = tracking()
-    tracker([{"type": "worker-heartbeat", "hostname": "w1"}], 1.0)
-    assert not tracker.worker_joined.is_set()
-    tracker([{"type": "worker-online", "hostname": "w1"}], 1.0)
-    assert tracker.worker_joined.is_set()
-
-
 def test_a_failing_listener_is_counted_and_the_poller_goes_on() -> None:
     def broken(readings: Any, at: float) -> None:
         raise KeyError("bug")

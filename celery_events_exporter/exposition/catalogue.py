@@ -270,6 +270,18 @@ EXPORTER_BROADCAST_ERRORS = MetricSpec(
     "The next broadcast tries again; the log has each error.",
     ("reason",),
 )
+EXPORTER_CONTROL_REPLIES_DROPPED = MetricSpec(
+    "celery_exporter_control_replies_dropped",
+    Kind.COUNTER,
+    "Inspect replies (or entries of one) left out, by reason: unknown_worker (from a hostname "
+    "the exporter never heard on the event exchange, or did not ask), duplicate (two replies "
+    "for one hostname to one request: neither is believed), mismatch (a stats reply whose pid "
+    "or pool size disagrees with the heartbeats), too_many (past the caps on replies per "
+    "request and entries per worker), malformed, late (for a request no longer collecting). "
+    "Any broker client can answer an inspect request; the log has each kind's first "
+    "occurrences.",
+    ("reason",),
+)
 EXPORTER_EVENTS = MetricSpec(
     "celery_exporter_events",
     Kind.COUNTER,
@@ -436,6 +448,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_BROKER_CONNECTIONS_LOST,
     EXPORTER_SILENT_WORKERS,
     EXPORTER_BROADCAST_ERRORS,
+    EXPORTER_CONTROL_REPLIES_DROPPED,
     EXPORTER_EVENTS,
     EXPORTER_EVENTS_REJECTED,
     EXPORTER_INTAKE_BACKLOG,
