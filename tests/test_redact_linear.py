@@ -31,7 +31,7 @@ _REFERENCE_SITE = re.compile(
 
 
 def reference_sites(text: str) -> str:
-    """What the old scanner masked, before the by-shape pass."""
+    """What the old scanner masked, before its by-shape pass."""
     out: list[str] = []
     emitted = search_from = 0
     while True:
@@ -51,16 +51,6 @@ def reference_sites(text: str) -> str:
         emitted = search_from = end
     out.append(text[emitted:])
     return "".join(out)
-
-
-def sites_only(text: str) -> str:
-    """The new scanner's sites, without the by-shape pass (compared separately)."""
-    original = redact._mask_values
-    redact._mask_values = lambda masked: masked  # type: ignore[assignment]
-    try:
-        return REDACTOR.mask_text(text)
-    finally:
-        redact._mask_values = original  # type: ignore[assignment]
 
 
 ALPHABET = st.sampled_from(
@@ -96,7 +86,9 @@ ALPHABET = st.sampled_from(
 @example("'a\\'token' = 3, \"b\": 4, --pwd x, '--token', 'y'")
 @example("x-pwd=1 --pwd=2 pwd : 3")
 def test_the_linear_scanner_masks_what_the_quadratic_one_did(text: str) -> None:
-    assert sites_only(text) == reference_sites(text)
+    # The alphabet makes no URL, JWT or Authorization value: the by-shape pass, whose patterns
+    # changed (see security.md), does the same to both.
+    assert REDACTOR.mask_text(text) == redact._mask_values(reference_sites(text))
 
 
 ADVERSARIAL = {
