@@ -393,6 +393,18 @@ EXPORTER_HTTP_CONNECTIONS_REFUSED = MetricSpec(
     Kind.COUNTER,
     "HTTP connections answered 503 at once because 1024 were open already.",
 )
+EXPORTER_API_REQUESTS_REFUSED = MetricSpec(
+    "celery_exporter_api_requests_refused",
+    Kind.COUNTER,
+    "/api/* requests answered 503 (Retry-After: 1) because no API worker came free within 5 s: "
+    "the API serves 2 requests at a time, so that scrapes keep the CPU (docs/limits.md).",
+)
+EXPORTER_API_REQUESTS_ABANDONED = MetricSpec(
+    "celery_exporter_api_requests_abandoned",
+    Kind.COUNTER,
+    "/api/* requests whose client went away before the answer was ready: their work was "
+    "dropped at the next checkpoint.",
+)
 EXPORTER_HTTP_ERRORS = MetricSpec(
     "celery_exporter_http_errors",
     Kind.COUNTER,
@@ -468,6 +480,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_HTTP_CONNECTIONS,
     EXPORTER_HTTP_CONNECTIONS_REFUSED,
     EXPORTER_HTTP_ERRORS,
+    EXPORTER_API_REQUESTS_REFUSED,
+    EXPORTER_API_REQUESTS_ABANDONED,
     EXPORTER_API_ROWS_SKIPPED,
     EXPORTER_BUILD_INFO,
 )
