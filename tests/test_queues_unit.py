@@ -17,7 +17,7 @@ from celery_events_exporter.queues import tracking as tracking_module
 from celery_events_exporter.queues.management import parse_management_url, read_credentials
 from celery_events_exporter.queues.poller import QueuePoller, error_reason
 from celery_events_exporter.queues.reading import QueueReading
-from celery_events_exporter.queues.redis import RedisLayout, oldest_task_id
+from celery_events_exporter.queues.redis import RedisLayout
 from celery_events_exporter.queues.registry import QueueRegistry, consumed_queues, is_task_queue
 from celery_events_exporter.queues.tracking import TaskTracking
 from celery_events_exporter.state.labels import cut
@@ -59,12 +59,6 @@ def test_bound_queues_from_binding_members() -> None:
         b"a\x06\x16b\x06\x16",
     ]
     assert layout.bound_queues(members) == ["jobs", "other"]
-
-
-def test_oldest_task_id_from_an_envelope() -> None:
-    assert oldest_task_id(b'{"body": "", "headers": {"id": "abc"}}') == "abc"
-    for message in (None, b"", b"not json", b"[]", b'{"headers": {"id": 3}}', b'{"body": 1}'):
-        assert oldest_task_id(message) is None
 
 
 def test_celerys_own_queues_are_not_task_queues() -> None:

@@ -383,6 +383,12 @@ EXPORTER_QUEUES_DROPPED = MetricSpec(
     "Distinct queue names not watched because --max-queues was reached (or the name is over "
     "1024 characters).",
 )
+EXPORTER_QUEUES_EVICTED = MetricSpec(
+    "celery_exporter_queues_evicted",
+    Kind.COUNTER,
+    "Watched queues that gave their place under --max-queues to another name after 3 polls in "
+    "a row empty, without consumers, and consumed by no worker (docs/limits.md).",
+)
 EXPORTER_HTTP_CONNECTIONS = MetricSpec(
     "celery_exporter_http_connections",
     Kind.GAUGE,
@@ -477,6 +483,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_QUEUE_READINGS_AGE,
     EXPORTER_QUEUES_WATCHED,
     EXPORTER_QUEUES_DROPPED,
+    EXPORTER_QUEUES_EVICTED,
     EXPORTER_HTTP_CONNECTIONS,
     EXPORTER_HTTP_CONNECTIONS_REFUSED,
     EXPORTER_HTTP_ERRORS,
