@@ -222,3 +222,28 @@ def test_names_learnt_from_the_workers_name_rows_in_the_tasks_view() -> None:
     assert {r.uuid: r.name for r in store.records()} == {
         "in-flight": "tests.sleep", "reserved": "tests.add",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("worker_label", [True, False])
+def test_a_worker_without_heartbeats_is_purged_after_its_last_event_and_the_delay(
+    worker_label: bool,
+) -> None:
+    state = make_state(purge_offline_worker_after=60.0, max_workers=1, worker_label=worker_label)
+    feed(state, task("received", "u1", host="quiet@h", name="t"), at=T0)
+    feed(state, task("succeeded", "u1", host="quiet@h", runtime=0.1), at=T0 + 30)
+    assert state.purge_offline_workers(T0 + 89) == []  # 59 s after its last event
+    # The cap is full: a worker heard now is past it.
+    feed(state, heartbeat("beating@h", freq=2.0), at=T0 + 89)
+    assert state.online_workers(T0 + 89) == set()
+    assert state.purge_offline_workers(T0 + 91) == ["quiet@h"]
+    assert state.worker_task_counts() == {}
+    feed(state, heartbeat("beating@h", freq=2.0), at=T0 + 92)
+    assert state.online_workers(T0 + 92) == {"beating@h"}
+
+
+def test_a_heartbeat_makes_the_liveness_rule_apply_not_the_last_event() -> None:
+    state = make_state(purge_offline_worker_after=60.0)
+    feed(state, heartbeat("w1@h", freq=2.0), at=T0)
+    feed(state, task("received", "u1", name="t"), at=T0 + 100)
+    # Offline since T0 + 4: purged past T0 + 64 although a task event came later.
+    assert state.purge_offline_workers(T0 + 101) == ["w1@h"]

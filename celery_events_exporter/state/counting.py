@@ -120,8 +120,9 @@ class Counts:
         self.exception_classes: set[str] = set()
         """The exception classes admitted under ``max_exception_classes``."""
         self.last_event: dict[str, float] = {}
-        """worker label value -> when its last task event was received: what a purge goes by
-        for a worker that sends no heartbeats (``celery worker --without-heartbeat``)."""
+        """worker label value -> when its last task event was received (with the worker label,
+        per message: the worker of the message's last task event): what a purge goes by for a
+        worker that sends no heartbeats (``celery worker --without-heartbeat``)."""
         self._custom_event_types = 0
 
     def count(self, events: Sequence[Any], received_at: float) -> int:
@@ -138,7 +139,7 @@ class Counts:
         caps = self.caps
         queue_wait, wait_bounds = self.queue_wait, settings.queue_wait_buckets
         runtimes, run_bounds = self.runtime, settings.runtime_buckets
-        last_event = self.last_event
+        key: TaskKey | None = None
         task_events = 0
         for event in events:
             try:
@@ -208,8 +209,6 @@ class Counts:
                     except KeyError:  # the pair's first event: its other series start at 0
                         self.seed(key)
                         counts[key] = 1
-                if worker_label:
-                    last_event[key[1]] = received_at
 
                 # The one observation a task event may make: queue wait or runtime.
                 histograms: dict[TaskKey, Histogram] | None = None
@@ -257,6 +256,9 @@ class Counts:
                 self.reject(rejection.reason, str(rejection))
             except Exception as exc:  # a bug or an input we did not foresee: count it, go on
                 self.reject(INVALID_FIELD, f"{type(exc).__name__}: {exc}")
+        if key is not None and worker_label:
+            # Once per message, not per event: a worker's messages carry its own events only.
+            self.last_event[key[1]] = received_at
         return task_events
 
     def _end(self, uuid: str, name: str) -> None:
