@@ -166,7 +166,6 @@ def run(config: Config) -> int:
             if queues.poller is None
             else lambda replies: queues.registry.set_worker_queues(consumed_queues(replies))
         ),
-        worker_joined=queues.tracking.worker_joined,
     )
 
     runtime = CollectorRegistry(auto_describe=False)  # process_*, python_*: the usual extras

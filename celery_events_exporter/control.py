@@ -8,6 +8,14 @@ its registered tasks' series are created at 0, and the names of the tasks it run
 reserved are learnt (their later events carry none). The names are asked of every worker at
 each (re)connection too: an exporter restarted with tasks in flight names their ends.
 
+Any client of the broker can answer an inspect request (the request, with its ticket, goes to
+a fanout exchange), so replies are screened before they count (``Replies``): only workers the
+exporter heard from itself (events), each answering once per request, within a bounded number
+of replies, entries and seconds; a ``stats`` reply only from the process the heartbeats came from
+(their ``pid``) and never below the heartbeats' ``active``; names learnt from replies never
+displace a name that events gave. What is left out is counted
+(``celery_exporter_control_replies_dropped``) and logged.
+
 All go over the broker's control exchange, on a connection of their own: kombu connections are
 not shared across threads. Every broker operation on it is bounded (``CONTROL_TIMEOUT``): a broker
 that stops answering fails the broadcast within seconds, with a log line and a count, and the
@@ -90,6 +98,84 @@ class BoundedConnection(Connection):  # type: ignore[misc]  # kombu is untyped h
 MAX_TASK_NAME = 200
 """Longest task name taken from an inspect reply (Celery's names are module paths)."""
 
+MAX_REPLIES = 2_000
+"""Replies collected for one request at most; the rest are dropped (``too_many``)."""
+COLLECT_WINDOW = 3.0
+"""Seconds one request collects replies at most: kombu waits ``INSPECT_TIMEOUT`` for each next
+reply, so replies dribbled in forever would hold the controller forever."""
+MAX_TASKS_PER_WORKER = 1_000
+"""Entries (active, reserved or scheduled tasks) taken from one worker's reply; a worker holds
+its concurrency times its prefetch multiplier, and the ETA tasks it waits on."""
+MAX_QUEUES_PER_WORKER = 100
+"""Queues taken from one worker's ``active_queues`` reply."""
+
+DROP_REASONS = ("unknown_worker", "duplicate", "mismatch", "too_many", "malformed", "late")
+"""Why a reply, or part of one, was left out: from a worker the exporter never heard from
+(or did not ask); one of two replies for one hostname; a ``stats`` reply that disagrees with the
+heartbeats; past a count cap; not the shape of a Celery worker's reply; for a request no longer
+collecting (its window over, or every worker asked had answered)."""
+
+
+class CollectionOver(Exception):
+    """Raised by ``Replies`` from kombu's reply callback to end a collection early."""
+
+
+class Replies:
+    """The replies to one request, as kombu hands them over (its ``callback``): at most
+    ``MAX_REPLIES`` for at most ``COLLECT_WINDOW`` seconds, ending as soon as every worker asked
+    (``destination``) answered. ``by_host`` keeps each hostname's reply, or None once a second
+    reply for it came (neither is believed)."""
+
+    def __init__(self, destination: list[str] | None, drop: Callable[[str, int], None]) -> None:
+        self.destination = None if destination is None else set(destination)
+        self.by_host: dict[str, Any] = {}
+        self._drop = drop
+        self._deadline = time.monotonic() + COLLECT_WINDOW
+        self._count = 0
+
+    def __call__(self, body: Any) -> None:
+        self._count += 1
+        if self._count > MAX_REPLIES or time.monotonic() > self._deadline:
+            self._drop("too_many", 1)
+            raise CollectionOver
+        if not isinstance(body, dict) or len(body) != 1:
+            self._drop("malformed", 1)
+            return
+        ((hostname, value),) = body.items()
+        if not isinstance(hostname, str) or not hostname:
+            self._drop("malformed", 1)
+            return
+        if self.destination is not None and hostname not in self.destination:
+            self._drop("unknown_worker", 1)
+            return
+        if hostname in self.by_host:
+            if self.by_host[hostname] is not None:
+                self._drop("duplicate", 2)  # the one kept so far and this one
+                self.by_host[hostname] = None
+            else:
+                self._drop("duplicate", 1)
+            return
+        self.by_host[hostname] = value
+        if self.destination is not None and self.destination <= self.by_host.keys():
+            raise CollectionOver  # all asked answered: no need to wait out the timeout
+
+    def answered(self) -> set[str]:
+        """Every hostname that answered (twice included)."""
+        return set(self.by_host)
+
+    def from_known(self, known: set[str], label: Callable[[str], str]) -> dict[str, Any]:
+        """{hostname: reply} of the hostnames that answered once and that the exporter heard
+        from (``known``, hostnames as ``label`` gives them); the rest are counted dropped."""
+        found: dict[str, Any] = {}
+        for hostname, value in self.by_host.items():
+            if value is None:
+                continue
+            if label(hostname) not in known:
+                self._drop("unknown_worker", 1)
+                continue
+            found[hostname] = value
+        return found
+
 
 def registered_tasks(replies: Any) -> dict[str, list[str]]:
     """{worker hostname: task names} from ``inspect().registered()``'s replies. Celery lists a
@@ -106,6 +192,21 @@ def registered_tasks(replies: Any) -> dict[str, list[str]]:
             for name in names
             if isinstance(name, str) and name and len(name) <= MAX_TASK_NAME
         ]
+    return found
+
+
+def capped(replies: dict[str, Any], limit: int, drop: Callable[[str, int], None]) -> dict[str, Any]:
+    """``replies`` with each worker's list cut to ``limit`` entries; what is cut is dropped
+    (``too_many``), and a reply that is no list is dropped (``malformed``)."""
+    found: dict[str, Any] = {}
+    for hostname, entries in replies.items():
+        if not isinstance(entries, list):
+            drop("malformed", 1)
+            continue
+        if len(entries) > limit:
+            drop("too_many", len(entries) - limit)
+            entries = entries[:limit]
+        found[hostname] = entries
     return found
 
 
@@ -149,6 +250,27 @@ def pool_sizes(replies: Any) -> dict[str, int]:
         size = pool.get("max-concurrency") if isinstance(pool, dict) else None
         if isinstance(hostname, str) and type(size) is int and size > 0:
             sizes[hostname] = size
+    return sizes
+
+
+def agreeing_stats(
+    replies: dict[str, Any],
+    heartbeats: dict[str, tuple[int | None, int | None]],
+    label: Callable[[str], str],
+    drop: Callable[[str, int], None],
+) -> dict[str, int]:
+    """Pool sizes from ``stats`` replies that agree with what the heartbeats said
+    ({hostname: (pid, active)}): the reply's ``pid`` is the heartbeats' (the worker's main
+    process answers both), and the pool is no smaller than the tasks the heartbeats saw
+    active. Any other is dropped (``mismatch``): the heartbeats win."""
+    sizes: dict[str, int] = {}
+    for hostname, size in pool_sizes(replies).items():
+        pid, active = heartbeats.get(label(hostname), (None, None))
+        stats = replies[hostname]
+        if (pid is not None and stats.get("pid") != pid) or (active is not None and size < active):
+            drop("mismatch", 1)
+            continue
+        sizes[hostname] = size
     return sizes
 
 
@@ -196,7 +318,6 @@ class Controller:
         interval: float,
         on_active_queues: Callable[[Any], None] | None = None,
         event_exchange: str = "celeryev",
-        worker_joined: threading.Event | None = None,
         on_task_names: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
@@ -212,6 +333,8 @@ class Controller:
         self.status = status
         # Every reason at 0 from the start, so that increase() sees the first failure.
         status.broadcast_errors = dict.fromkeys(ERROR_REASONS, 0)
+        status.replies_dropped = dict.fromkeys(DROP_REASONS, 0)
+        self._drops_logged: dict[str, int] = {}
         self.state = state
         self.enable_events = enable_events
         self.inspect_workers = inspect_workers
@@ -220,9 +343,6 @@ class Controller:
         """Given each ``inspect active_queues`` reply: the queue poller watches those queues."""
         self.event_exchange = event_exchange
         self.silent_workers = SilentWorkers()
-        self.worker_joined = worker_joined
-        """Set when a worker-online event arrives: broadcast at once, so that a new worker gets
-        enable_events and its consumed queues are known without waiting for the interval."""
         self.on_task_names = on_task_names
         """Given {uuid: name} of tasks in flight: the recent-task store names their rows."""
 
@@ -239,11 +359,8 @@ class Controller:
                 new = self.state.new_workers()
                 if new:  # first: the greeting is the quickest way to their task events
                     self.greet(new, stop)
-            joined = self.worker_joined is not None and self.worker_joined.is_set()
-            if not reconnected and not joined and time.monotonic() < due:
+            if not reconnected and time.monotonic() < due:
                 continue
-            if joined and self.worker_joined is not None:
-                self.worker_joined.clear()
             due = time.monotonic() + self.interval
             if not self.status.connected:
                 continue
@@ -265,7 +382,8 @@ class Controller:
 
     def greet(self, hosts: list[str], stop: threading.Event) -> None:
         """Switch task events on in workers just heard of, create their registered tasks'
-        series at 0 and learn the names of the tasks they hold; each step only to them."""
+        series at 0, learn the names of the tasks they hold, their pool size and the queues
+        they consume; each step only to them."""
         try:
             with self._connection() as conn:
                 if self.enable_events:
@@ -275,43 +393,110 @@ class Controller:
                     answered = sorted(
                         host for reply in replies or [] if isinstance(reply, dict) for host in reply
                     )
+                    self._drop_late()
                     log.info(
                         "task events switched on in new workers",
                         workers=",".join(hosts[:10]),
                         answered=",".join(answered[:10]),
                     )
-                if not self.inspect_workers or stop.is_set():
-                    return
-                inspector = self.app.control.inspect(
-                    destination=hosts, timeout=INSPECT_TIMEOUT, connection=conn
-                )
-                registered = registered_tasks(inspector.registered())
-                for hostname, names in registered.items():
-                    left_out = self.state.seed_tasks(hostname, names)
-                    if left_out:
-                        log.warning(
-                            "more registered tasks than --max-registered-tasks: the rest get "
-                            "their series at their first event",
-                            worker=hostname[:200],
-                            left_out=left_out,
-                        )
-                if not stop.is_set():
-                    self._learn_names(inspector)
+                if self.inspect_workers and not stop.is_set():
+                    registered = registered_tasks(self._ask(conn, "registered", hosts))
+                    limit = self.state.settings.max_registered_tasks
+                    for hostname, names in registered.items():
+                        left_out = self.state.seed_tasks(hostname, names)
+                        if left_out:
+                            log.warning(
+                                "more registered tasks than --max-registered-tasks: the rest "
+                                "get their series at their first event",
+                                worker=hostname[:200],
+                                left_out=left_out,
+                                max_registered_tasks=limit,
+                            )
+                    if not stop.is_set():
+                        self._learn_names(conn, hosts)
+                    if not stop.is_set():
+                        self._learn_concurrency(conn, hosts)
+                if self.on_active_queues is not None and not stop.is_set():
+                    self._learn_queues(conn, hosts)
         except Exception as exc:
             self._failed("greeting new workers failed", exc, workers=",".join(hosts[:10]))
 
-    def _learn_names(self, inspector: Any) -> None:
+    def _ask(self, conn: Any, command: str, destination: list[str] | None, **arguments: Any) -> Any:
+        """{hostname: reply} to ``command`` from the workers the exporter heard from, each
+        answering once (``Replies``); ``destination`` None asks every worker."""
+        replies = self._collect(conn, command, destination, **arguments)
+        return replies.from_known(self.state.known_workers(), self.state.worker_label)
+
+    def _collect(
+        self, conn: Any, command: str, destination: list[str] | None, **arguments: Any
+    ) -> Replies:
+        replies = Replies(destination, self._drop)
+        try:
+            self.app.control.broadcast(
+                command,
+                arguments=arguments,
+                destination=destination,
+                reply=True,
+                timeout=INSPECT_TIMEOUT,
+                limit=MAX_REPLIES + 1,  # the callback ends the collection first
+                callback=replies,
+                connection=conn,
+            )
+        except CollectionOver:
+            pass
+        finally:
+            self._drop_late()
+        return replies
+
+    def _drop_late(self) -> None:
+        """Forget the replies kombu set aside for another ticket (a request no longer
+        collecting): they would wait there for a collection that never comes."""
+        unclaimed = self.app.control.mailbox.unclaimed
+        late = sum(len(bodies) for bodies in unclaimed.values())
+        unclaimed.clear()
+        if late:
+            self._drop("late", late)
+
+    def _learn_names(self, conn: Any, destination: list[str] | None) -> None:
         # safe: the arguments as reprs, never unpickled objects (they are not kept anyway).
         # Tasks with an ETA or countdown wait in the worker's timer, in neither active nor
         # reserved until they are due: only scheduled names them.
         names = task_names(
-            inspector.active(safe=True), inspector.reserved(safe=True), inspector.scheduled()
+            *(
+                capped(
+                    self._ask(conn, command, destination, **arguments),
+                    MAX_TASKS_PER_WORKER,
+                    self._drop,
+                )
+                for command, arguments in (
+                    ("active", {"safe": True}),
+                    ("reserved", {"safe": True}),
+                    ("scheduled", {"safe": None}),
+                )
+            )
         )
         if not names:
             return
         self.state.learn_names(names)
         if self.on_task_names is not None:
             self.on_task_names(names)
+
+    def _learn_concurrency(self, conn: Any, destination: list[str] | None) -> set[str]:
+        """Ask the workers' pool sizes; returns every hostname that answered."""
+        replies = self._collect(conn, "stats", destination)
+        state = self.state
+        screened = replies.from_known(state.known_workers(), state.worker_label)
+        state.set_concurrency(
+            agreeing_stats(screened, state.heartbeat_identities(), state.worker_label, self._drop)
+        )
+        return replies.answered()
+
+    def _learn_queues(self, conn: Any, destination: list[str] | None) -> None:
+        assert self.on_active_queues is not None
+        replies = capped(
+            self._ask(conn, "active_queues", destination), MAX_QUEUES_PER_WORKER, self._drop
+        )
+        self.on_active_queues(replies)
 
     def broadcast(self, *, wake_up: bool) -> None:
         try:
@@ -321,20 +506,34 @@ class Controller:
                 if wake_up:
                     self.app.control.broadcast("heartbeat", connection=conn)
                 if self.inspect_workers:
-                    inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
                     if wake_up:
                         # First: an exporter (re)started with tasks in flight needs their names
                         # before their ends arrive.
-                        self._learn_names(inspector)
-                    replies = inspector.stats()
-                    self.state.set_concurrency(pool_sizes(replies))
-                    answered = {h for h in replies or {} if isinstance(h, str)}
+                        self._learn_names(conn, None)
+                    answered = self._learn_concurrency(conn, None)
                     self._note_silent(answered, self.state.heard_workers())
                 if self.on_active_queues is not None:
-                    inspector = self.app.control.inspect(timeout=INSPECT_TIMEOUT, connection=conn)
-                    self.on_active_queues(inspector.active_queues())
+                    self._learn_queues(conn, None)
         except Exception as exc:
             self._failed("broadcast to workers failed", exc)
+
+    def _drop(self, reason: str, count: int) -> None:
+        """Count replies (or entries of one) left out, and log it now and then: the 1st, 2nd,
+        4th, 8th... time for each reason."""
+        dropped = dict(self.status.replies_dropped)
+        total = dropped.get(reason, 0) + count
+        dropped[reason] = total
+        self.status.replies_dropped = dropped
+        logged = self._drops_logged.get(reason, 0) + 1
+        self._drops_logged[reason] = logged
+        if logged & (logged - 1) == 0:
+            log.warning(
+                "inspect replies left out: only workers heard on the event exchange may answer, "
+                "once each, within the caps, agreeing with their heartbeats",
+                reason=reason,
+                dropped=total,
+                occurrences=logged,
+            )
 
     def _failed(self, message: str, exc: Exception, **fields: str) -> None:
         """Log a failed broadcast or greeting and count it; the controller carries on (the next

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from celery_events_exporter.control import control_transport_options, pool_sizes
+from celery_events_exporter import control
+from celery_events_exporter.control import (
+    CollectionOver,
+    Replies,
+    agreeing_stats,
+    capped,
+    control_transport_options,
+    pool_sizes,
+)
 
 
 def test_pool_sizes_from_inspect_stats() -> None:
@@ -64,3 +73,72 @@ def test_the_controllers_broker_calls_are_bounded(
     url: str, given: dict[str, Any], expected: dict[str, Any]
 ) -> None:
     assert control_transport_options(url, given) == expected
+
+
+def _drops() -> tuple[dict[str, int], Callable[[str, int], None]]:
+    counted: dict[str, int] = {}
+
+    def drop(reason: str, count: int) -> None:
+        counted[reason] = counted.get(reason, 0) + count
+
+    return counted, drop
+
+
+def test_a_hostname_answering_twice_is_believed_neither_time() -> None:
+    counted, drop = _drops()
+    replies = Replies(None, drop)
+    replies({"a@h": {"pool": {"max-concurrency": 4}}})
+    replies({"b@h": {"pool": {"max-concurrency": 2}}})
+    replies({"a@h": {"pool": {"max-concurrency": 1}}})
+    replies({"a@h": {"pool": {"max-concurrency": 1}}})
+    replies(["not", "a", "reply"])
+    assert replies.from_known({"a@h", "b@h"}, str) == {"b@h": {"pool": {"max-concurrency": 2}}}
+    assert replies.answered() == {"a@h", "b@h"}
+    assert counted == {"duplicate": 3, "malformed": 1}
+
+
+def test_replies_only_from_workers_heard_and_asked() -> None:
+    counted, drop = _drops()
+    replies = Replies(["a@h", "b@h"], drop)
+    replies({"c@h": []})  # not asked
+    replies({"a@h": ["x"]})
+    with pytest.raises(CollectionOver):  # every worker asked answered: no need to wait
+        replies({"b@h": ["y"]})
+    assert replies.from_known({"a@h"}, str) == {"a@h": ["x"]}  # b@h never heard of
+    assert counted == {"unknown_worker": 2}
+
+
+def test_a_collection_ends_past_its_reply_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control, "MAX_REPLIES", 3)
+    counted, drop = _drops()
+    replies = Replies(None, drop)
+    for i in range(3):
+        replies({f"w{i}@h": []})
+    with pytest.raises(CollectionOver):
+        replies({"w3@h": []})
+    assert counted == {"too_many": 1}
+    assert len(replies.by_host) == 3
+
+
+def test_entries_past_the_per_worker_cap_are_cut_and_counted() -> None:
+    counted, drop = _drops()
+    assert capped({"a@h": list(range(10)), "b@h": [1], "c@h": "x"}, 4, drop) == {
+        "a@h": [0, 1, 2, 3],
+        "b@h": [1],
+    }
+    assert counted == {"too_many": 6, "malformed": 1}
+
+
+def test_stats_must_agree_with_the_heartbeats() -> None:
+    counted, drop = _drops()
+    heartbeats = {"a@h": (100, 2), "b@h": (200, 5), "c@h": (None, None)}
+    replies = {
+        "a@h": {"pid": 100, "pool": {"max-concurrency": 4}},  # agrees
+        "b@h": {"pid": 999, "pool": {"max-concurrency": 8}},  # another process
+        "c@h": {"pool": {"max-concurrency": 3}},  # no pid in its heartbeats: nothing to check
+    }
+    assert agreeing_stats(replies, heartbeats, str, drop) == {"a@h": 4, "c@h": 3}
+    # Smaller than what the heartbeats saw active at once: not the pool that ran them.
+    small = {"b@h": {"pid": 200, "pool": {"max-concurrency": 1}}}
+    assert agreeing_stats(small, heartbeats, str, drop) == {}
+    assert counted == {"mismatch": 2}

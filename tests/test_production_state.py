@@ -80,11 +80,23 @@ def test_ended_names_are_bounded() -> None:
 def test_names_learnt_from_the_workers_name_later_events() -> None:
     state = make_state(max_tracked_tasks=2)
     state.learn_names({"u0": "old", "u1": "a", "u2": "b"})
-    feed(state, task("succeeded", "u1", runtime=0.5), task("succeeded", "u0", runtime=0.5))
+    feed(state, task("succeeded", "u1", runtime=0.5), task("succeeded", "u2", runtime=0.5))
     metrics = render(state)
-    # Bounded like every tracked task: u0 was the oldest.
+    # Bounded like every tracked task: learnt names fill the room there is, u2 found none.
     assert metrics.by_label("celery_task_succeeded_total", "task") == {"a": 1.0, "unknown": 1.0}
     assert metrics.get("celery_exporter_tracked_tasks") == 1.0
+
+
+def test_learnt_names_never_displace_names_events_gave() -> None:
+    # Any broker client can answer inspect active: a flood of uuids must not push the tasks
+    # events named out of the tracking (their later events carry no name).
+    state = make_state(max_tracked_tasks=3)
+    feed(state, task("received", "r1", name="real"), task("received", "r2", name="real"))
+    state.learn_names({f"forged{i}": "forged" for i in range(1000)} | {"r1": "forged"})
+    feed(state, task("succeeded", "r1", runtime=0.5), task("succeeded", "r2", runtime=0.5))
+    metrics = render(state)
+    assert metrics.by_label("celery_task_succeeded_total", "task") == {"real": 2.0}
+    assert metrics.get("celery_exporter_tracked_tasks") == 1.0  # one forged name got the room
 
 
 def test_uncounted_tasks_are_what_the_heartbeats_accepted_less_what_was_seen_starting() -> None:
@@ -210,3 +222,28 @@ def test_names_learnt_from_the_workers_name_rows_in_the_tasks_view() -> None:
     assert {r.uuid: r.name for r in store.records()} == {
         "in-flight": "tests.sleep", "reserved": "tests.add",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("worker_label", [True, False])
+def test_a_worker_without_heartbeats_is_purged_after_its_last_event_and_the_delay(
+    worker_label: bool,
+) -> None:
+    state = make_state(purge_offline_worker_after=60.0, max_workers=1, worker_label=worker_label)
+    feed(state, task("received", "u1", host="quiet@h", name="t"), at=T0)
+    feed(state, task("succeeded", "u1", host="quiet@h", runtime=0.1), at=T0 + 30)
+    assert state.purge_offline_workers(T0 + 89) == []  # 59 s after its last event
+    # The cap is full: a worker heard now is past it.
+    feed(state, heartbeat("beating@h", freq=2.0), at=T0 + 89)
+    assert state.online_workers(T0 + 89) == set()
+    assert state.purge_offline_workers(T0 + 91) == ["quiet@h"]
+    assert state.worker_task_counts() == {}
+    feed(state, heartbeat("beating@h", freq=2.0), at=T0 + 92)
+    assert state.online_workers(T0 + 92) == {"beating@h"}
+
+
+def test_a_heartbeat_makes_the_liveness_rule_apply_not_the_last_event() -> None:
+    state = make_state(purge_offline_worker_after=60.0)
+    feed(state, heartbeat("w1@h", freq=2.0), at=T0)
+    feed(state, task("received", "u1", name="t"), at=T0 + 100)
+    # Offline since T0 + 4: purged past T0 + 64 although a task event came later.
+    assert state.purge_offline_workers(T0 + 101) == ["w1@h"]

@@ -17,7 +17,7 @@ from celery_events_exporter.queues import tracking as tracking_module
 from celery_events_exporter.queues.management import parse_management_url, read_credentials
 from celery_events_exporter.queues.poller import QueuePoller, error_reason
 from celery_events_exporter.queues.reading import QueueReading
-from celery_events_exporter.queues.redis import RedisLayout, oldest_task_id
+from celery_events_exporter.queues.redis import RedisLayout
 from celery_events_exporter.queues.registry import QueueRegistry, consumed_queues, is_task_queue
 from celery_events_exporter.queues.tracking import TaskTracking
 from celery_events_exporter.state.labels import cut
@@ -59,12 +59,6 @@ def test_bound_queues_from_binding_members() -> None:
         b"a\x06\x16b\x06\x16",
     ]
     assert layout.bound_queues(members) == ["jobs", "other"]
-
-
-def test_oldest_task_id_from_an_envelope() -> None:
-    assert oldest_task_id(b'{"body": "", "headers": {"id": "abc"}}') == "abc"
-    for message in (None, b"", b"not json", b"[]", b'{"headers": {"id": 3}}', b'{"body": 1}'):
-        assert oldest_task_id(message) is None
 
 
 def test_celerys_own_queues_are_not_task_queues() -> None:
@@ -345,14 +339,6 @@ def test_worker_queues_are_bounded_the_longest_silent_forgotten_first(
     registry.set_worker_queues({"a": ["q"], "b": ["q"]})
     registry.set_worker_queues({"a": ["q"], "c": ["r"]})  # b has been silent longest
     assert registry.worker_queues() == {"a": frozenset({"q"}), "c": frozenset({"r"})}
-
-
-def test_a_worker_online_event_asks_for_a_broadcast() -> None:
-    tracker = tracking()
-    tracker([{"type": "worker-heartbeat", "hostname": "w1"}], 1.0)
-    assert not tracker.worker_joined.is_set()
-    tracker([{"type": "worker-online", "hostname": "w1"}], 1.0)
-    assert tracker.worker_joined.is_set()
 
 
 def test_a_failing_listener_is_counted_and_the_poller_goes_on() -> None:

@@ -273,6 +273,18 @@ EXPORTER_BROADCAST_ERRORS = MetricSpec(
     "The next broadcast tries again; the log has each error.",
     ("reason",),
 )
+EXPORTER_CONTROL_REPLIES_DROPPED = MetricSpec(
+    "celery_exporter_control_replies_dropped",
+    Kind.COUNTER,
+    "Inspect replies (or entries of one) left out, by reason: unknown_worker (from a hostname "
+    "the exporter never heard on the event exchange, or did not ask), duplicate (two replies "
+    "for one hostname to one request: neither is believed), mismatch (a stats reply whose pid "
+    "or pool size disagrees with the heartbeats), too_many (past the caps on replies per "
+    "request and entries per worker), malformed, late (for a request no longer collecting). "
+    "Any broker client can answer an inspect request; the log has each kind's first "
+    "occurrences.",
+    ("reason",),
+)
 EXPORTER_EVENTS = MetricSpec(
     "celery_exporter_events",
     Kind.COUNTER,
@@ -374,6 +386,12 @@ EXPORTER_QUEUES_DROPPED = MetricSpec(
     "Distinct queue names not watched because --max-queues was reached (or the name is over "
     "1024 characters).",
 )
+EXPORTER_QUEUES_EVICTED = MetricSpec(
+    "celery_exporter_queues_evicted",
+    Kind.COUNTER,
+    "Watched queues that gave their place under --max-queues to another name after 3 polls in "
+    "a row empty, without consumers, and consumed by no worker (docs/limits.md).",
+)
 EXPORTER_HTTP_CONNECTIONS = MetricSpec(
     "celery_exporter_http_connections",
     Kind.GAUGE,
@@ -383,6 +401,18 @@ EXPORTER_HTTP_CONNECTIONS_REFUSED = MetricSpec(
     "celery_exporter_http_connections_refused",
     Kind.COUNTER,
     "HTTP connections answered 503 at once because 1024 were open already.",
+)
+EXPORTER_API_REQUESTS_REFUSED = MetricSpec(
+    "celery_exporter_api_requests_refused",
+    Kind.COUNTER,
+    "/api/* requests answered 503 (Retry-After: 1) because no API worker came free within 5 s: "
+    "the API serves 2 requests at a time, so that scrapes keep the CPU (docs/limits.md).",
+)
+EXPORTER_API_REQUESTS_ABANDONED = MetricSpec(
+    "celery_exporter_api_requests_abandoned",
+    Kind.COUNTER,
+    "/api/* requests whose client went away before the answer was ready: their work was "
+    "dropped at the next checkpoint.",
 )
 EXPORTER_HTTP_ERRORS = MetricSpec(
     "celery_exporter_http_errors",
@@ -439,6 +469,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_BROKER_CONNECTIONS_LOST,
     EXPORTER_SILENT_WORKERS,
     EXPORTER_BROADCAST_ERRORS,
+    EXPORTER_CONTROL_REPLIES_DROPPED,
     EXPORTER_EVENTS,
     EXPORTER_EVENTS_REJECTED,
     EXPORTER_INTAKE_BACKLOG,
@@ -455,9 +486,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_QUEUE_READINGS_AGE,
     EXPORTER_QUEUES_WATCHED,
     EXPORTER_QUEUES_DROPPED,
+    EXPORTER_QUEUES_EVICTED,
     EXPORTER_HTTP_CONNECTIONS,
     EXPORTER_HTTP_CONNECTIONS_REFUSED,
     EXPORTER_HTTP_ERRORS,
+    EXPORTER_API_REQUESTS_REFUSED,
+    EXPORTER_API_REQUESTS_ABANDONED,
     EXPORTER_API_ROWS_SKIPPED,
     EXPORTER_BUILD_INFO,
 )

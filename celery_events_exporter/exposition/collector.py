@@ -196,6 +196,10 @@ class EventsCollector:
                 m.EXPORTER_BROADCAST_ERRORS,
                 {(r,): n for r, n in self.broker.broadcast_errors.items()},
             ),
+            (
+                m.EXPORTER_CONTROL_REPLIES_DROPPED,
+                {(r,): n for r, n in self.broker.replies_dropped.items()},
+            ),
             (m.EXPORTER_EVENTS, {(t,): count for t, count in sorted(events.items())}),
             (m.EXPORTER_EVENTS_REJECTED, {(r,): count for r, count in sorted(rejected.items())}),
             (m.EXPORTER_INTAKE_BACKLOG, {(): self.decoder.backlog}),

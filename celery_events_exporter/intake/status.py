@@ -24,6 +24,9 @@ class BrokerStatus:
     silent_workers: int = 0
     """Workers that answer the controller's inspect broadcasts while none of their events reach
     the reader: connected, yet nothing arrives (set by the controller)."""
+    replies_dropped: dict[str, int] = field(default_factory=dict)
+    """Inspect replies (or entries of one) the controller left out, by reason (replaced whole
+    by the controller thread)."""
     broadcast_errors: dict[str, int] = field(default_factory=dict)
     """The controller's failed broadcasts and greetings by reason (replaced whole by the
     controller, so a scrape never sees it half-updated)."""

@@ -107,6 +107,9 @@ class QueuesCollector(Collector):
         dropped = _family(m.EXPORTER_QUEUES_DROPPED)
         dropped.add_metric([], self.registry.dropped)
         yield dropped
+        evicted = _family(m.EXPORTER_QUEUES_EVICTED)
+        evicted.add_metric([], self.registry.evicted)
+        yield evicted
 
     def _worker_consumers(self, online: set[str]) -> dict[str, int]:
         """{queue: online workers consuming it}, for brokers that do not count consumers."""

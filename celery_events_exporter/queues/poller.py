@@ -89,6 +89,7 @@ class QueuePoller:
                 self._count_error(reason, detail)
             self.status.readings = readings
             self.status.read_at = started_at
+            self.registry.note_readings(readings)
             if self.listener is not None:
                 try:
                     self.listener(readings, started_at)

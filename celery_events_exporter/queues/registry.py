@@ -2,8 +2,11 @@
 workers (their ``inspect active_queues`` replies), bound in the broker (kombu's Redis bindings).
 
 Queue names come from the outside (any client may send a task to any queue name), so the set is
-capped: names past ``limit`` are refused and counted, never watched. Names from the command line
-are always watched, cap or not: the operator asked for them.
+capped: names past ``limit`` are refused and counted. Names from the command line are always
+watched, cap or not: the operator asked for them. A watched queue that no worker consumes and
+that held nothing for ``IDLE_POLLS`` polls in a row gives its place to a name refused earlier or
+seen now (``QueueRegistry.note_readings``): 10 000 crafted names in task-sent events cannot keep
+a real queue seen later from being watched.
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from celery_events_exporter.logging import get_logger
+from celery_events_exporter.queues.reading import QueueReading
+
+log = get_logger(__name__)
 
 MAX_QUEUE_NAME_LENGTH = 1024
 """Longer names are refused (and counted as dropped): no real queue is named like that, and label
@@ -23,6 +31,10 @@ EVENT_QUEUE_PREFIX = "celeryev."
 MAX_WORKERS = 10_000
 """Workers whose consumed queues are remembered; the longest silent are forgotten first (pods
 come and go, and each leaves a hostname behind)."""
+
+IDLE_POLLS = 3
+"""Polls in a row a watched queue must be empty (no message ready or unacknowledged, no
+consumer) and consumed by no worker before a new name may take its place."""
 
 CONTROL_QUEUE_SUFFIX = ".pidbox"
 """Celery's remote-control queues (``celery@host.celery.pidbox``, ``*.reply.celery.pidbox``)."""
@@ -69,9 +81,17 @@ class QueueRegistry:
         self.limit = limit
         self._lock = threading.Lock()
         self._discovered: dict[str, None] = {}
-        self._refused: set[str] = set()
+        self._refused: dict[str, None] = {}
+        """The latest names refused at the cap (at most ``limit``), oldest first: they take the
+        places of idle queues at the next polls, the newest first."""
+        self._too_long: set[str] = set()
+        """Names refused for their length (at most ``limit``), counted once each."""
         self.dropped = 0
         """Distinct queue names refused at the cap (or for their length), since the start."""
+        self.evicted = 0
+        """Watched queues that gave their place, idle, to another name, since the start."""
+        self._idle: dict[str, int] = {}
+        """Discovered queue -> polls in a row it held nothing (absent: not polled yet)."""
         self._worker_queues: dict[str, frozenset[str]] = {}
 
     def add(self, names: Iterable[str]) -> None:
@@ -82,19 +102,64 @@ class QueueRegistry:
                     continue
                 if not is_task_queue(name):
                     continue
-                if name in self._refused:
+                if name in self._refused or name in self._too_long:
                     continue
-                if (
-                    len(self._discovered) + len(self.named) >= self.limit
-                    or len(name) > MAX_QUEUE_NAME_LENGTH
-                ):
+                if len(name) > MAX_QUEUE_NAME_LENGTH:
+                    if len(self._too_long) < self.limit:
+                        self._too_long.add(name)
+                    self.dropped += 1
+                    continue
+                if len(self._discovered) + len(self.named) >= self.limit:
+                    if self._evict_one():
+                        self._discovered[name] = None
+                        continue
                     # Remember refused names (bounded too) so that one name sent a million
-                    # times counts once: the counter says how many queues go unwatched.
-                    if len(self._refused) < self.limit:
-                        self._refused.add(name)
+                    # times counts once: the counter says how many queues go unwatched. The
+                    # newest are kept: they take the places of idle queues first (a flood of
+                    # names must not keep out a queue seen after it).
+                    self._refused[name] = None
+                    if len(self._refused) > self.limit:
+                        del self._refused[next(iter(self._refused))]
                     self.dropped += 1
                     continue
                 self._discovered[name] = None
+
+    def note_readings(self, readings: Mapping[str, QueueReading]) -> None:
+        """Count, after a poll, the polls in a row each watched queue held nothing; then give
+        the places of idle ones to names refused earlier, oldest first."""
+        with self._lock:
+            for name in self._discovered:
+                reading = readings.get(name)
+                if reading is None:
+                    continue
+                busy = reading.length or reading.unacked or reading.consumers
+                self._idle[name] = 0 if busy else self._idle.get(name, 0) + 1
+            while self._refused and self._evict_one():
+                name = next(reversed(self._refused))
+                del self._refused[name]
+                self._discovered[name] = None
+
+    def _evict_one(self) -> bool:
+        """Forget the watched queue idle longest, if one has been idle for ``IDLE_POLLS`` and
+        no worker consumes it; call with the lock held."""
+        consumed: set[str] = set().union(*self._worker_queues.values())
+        victim, longest = None, IDLE_POLLS - 1
+        for name, idle in self._idle.items():
+            if idle > longest and name not in consumed and name in self._discovered:
+                victim, longest = name, idle
+        if victim is None:
+            return False
+        del self._discovered[victim]
+        del self._idle[victim]
+        self.evicted += 1
+        if self.evicted & (self.evicted - 1) == 0:  # the 1st, 2nd, 4th, 8th... time
+            log.info(
+                "an idle queue gave its place under --max-queues to another",
+                queue=victim[:200],
+                idle_polls=longest,
+                evicted_total=self.evicted,
+            )
+        return True
 
     def set_worker_queues(self, replies: Mapping[str, Iterable[str]]) -> None:
         """Record which queues each worker consumes (``inspect active_queues``) and watch them."""

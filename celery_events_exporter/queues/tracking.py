@@ -31,7 +31,6 @@ from celery_events_exporter.events.vocabulary import (
     TASK_STARTED,
     TASK_STATE_EVENTS,
     WORKER_OFFLINE,
-    WORKER_ONLINE,
 )
 from celery_events_exporter.queues.reading import QueueReading
 from celery_events_exporter.queues.registry import QueueRegistry
@@ -95,8 +94,6 @@ class TaskTracking:
         at the sweep, in one pass over the tasks for all of them (a pass per goodbye, with a
         fleet stopping, stalled the ingest thread), or before the first task of their next
         start, whichever comes first."""
-        self.worker_joined = threading.Event()
-        """Set at every worker-online event; the controller broadcasts to the workers then."""
 
     # -- the ingest side (the state's hook) --------------------------------------------------
 
@@ -123,8 +120,6 @@ class TaskTracking:
                 if type(uuid) is not str:
                     if event_type == WORKER_OFFLINE:
                         self._goodbye(event.get("hostname"))
-                    elif event_type == WORKER_ONLINE:
-                        self.worker_joined.set()
                     continue
                 if len(uuid) > MAX_UUID_LENGTH:  # as the state keys it
                     uuid = uuid[:MAX_UUID_LENGTH]

@@ -119,6 +119,10 @@ class Counts:
         purge takes it to 0, the name gives its place under the cap back."""
         self.exception_classes: set[str] = set()
         """The exception classes admitted under ``max_exception_classes``."""
+        self.last_event: dict[str, float] = {}
+        """worker label value -> when its last task event was received (with the worker label,
+        per message: the worker of the message's last task event): what a purge goes by for a
+        worker that sends no heartbeats (``celery worker --without-heartbeat``)."""
         self._custom_event_types = 0
 
     def count(self, events: Sequence[Any], received_at: float) -> int:
@@ -135,6 +139,7 @@ class Counts:
         caps = self.caps
         queue_wait, wait_bounds = self.queue_wait, settings.queue_wait_buckets
         runtimes, run_bounds = self.runtime, settings.runtime_buckets
+        key: TaskKey | None = None
         task_events = 0
         for event in events:
             try:
@@ -191,7 +196,7 @@ class Counts:
                     key = (name, hostname)
                 else:
                     key = (name, "")
-                    self._count_unlabelled(hostname, event_type)
+                    self._count_unlabelled(hostname, event_type, received_at)
                 try:
                     counts[key] += 1
                 except KeyError:
@@ -251,6 +256,9 @@ class Counts:
                 self.reject(rejection.reason, str(rejection))
             except Exception as exc:  # a bug or an input we did not foresee: count it, go on
                 self.reject(INVALID_FIELD, f"{type(exc).__name__}: {exc}")
+        if key is not None and worker_label:
+            # Once per message, not per event: a worker's messages carry its own events only.
+            self.last_event[key[1]] = received_at
         return task_events
 
     def _end(self, uuid: str, name: str) -> None:
@@ -287,11 +295,13 @@ class Counts:
         """Remember the names of tasks in flight ({uuid: name}, from inspect active/reserved):
         their later events carry none."""
         tracked = self.tracked
+        room = self.settings.max_tracked_tasks - len(tracked)
         for uuid, name in names.items():
-            if uuid not in tracked:
+            if room <= 0:  # never at the cost of a task its events named: no eviction
+                break
+            if uuid not in tracked and uuid not in self.ended:
                 tracked[uuid] = (self.caps.cut(TASK, name), None)
-        while len(tracked) > self.settings.max_tracked_tasks:
-            del tracked[next(iter(tracked))]
+                room -= 1
 
     def started_count(self, hostname: str) -> int:
         """task-started events counted from a worker (its label value) so far, through the
@@ -353,7 +363,8 @@ class Counts:
                 found = self.workers[host] = WorkerState(host)
         return found
 
-    def _count_unlabelled(self, hostname: str, event_type: str) -> None:
+    def _count_unlabelled(self, hostname: str, event_type: str, received_at: float) -> None:
+        host = hostname
         counts = self.unlabelled.get(hostname)
         if counts is None:
             host = self.caps.label(WORKER, hostname)
@@ -361,6 +372,7 @@ class Counts:
             if counts is None:
                 counts = self.unlabelled[host] = {}
         counts[event_type] = counts.get(event_type, 0) + 1
+        self.last_event[host] = received_at
 
     def _count_sent(self, event: dict[str, Any], uuid: str) -> None:
         name = event.get("name")
@@ -432,6 +444,7 @@ class Counts:
         proportional to the worker's own series)."""
         self.workers.pop(host, None)
         self.unlabelled.pop(host, None)
+        self.last_event.pop(host, None)
         self.caps.release(WORKER, host)
         names = self.series_names.pop(host, None)
         if not names:

@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 
 from celery_events_exporter.logging import get_logger
-from celery_events_exporter.state import workers
+from celery_events_exporter.state import labels, workers
 from celery_events_exporter.state.counting import Counts, RejectHook
+from celery_events_exporter.state.labels import WORKER
 from celery_events_exporter.state.settings import StateSettings
 from celery_events_exporter.state.snapshot import Snapshot, WorkerRow, WorkerView
 
@@ -110,13 +111,38 @@ class State:
             self.counts.reject(reason, detail)
 
     def set_concurrency(self, sizes: Mapping[str, int]) -> None:
-        """Record workers' pool sizes ({hostname: max-concurrency}, from inspect stats). A
-        worker not heard of yet is remembered too: its heartbeat will make it online."""
+        """Record workers' pool sizes ({hostname: max-concurrency}, from inspect stats) of the
+        workers whose heartbeats were heard; any other hostname is left out (an inspect reply
+        makes no worker known)."""
         with self._lock:
+            known = self.counts.workers
             for hostname, concurrency in sizes.items():
-                worker = self.counts.worker_state(hostname)
-                if worker is not None:  # past the worker cap: not exported
+                worker = known.get(hostname)
+                if worker is not None and worker.last_heartbeat > 0:
                     worker.concurrency = concurrency
+
+    def heartbeat_identities(self) -> dict[str, tuple[int | None, int | None]]:
+        """{hostname: (pid, active)} as the heartbeats of each worker heard from said them:
+        what an inspect ``stats`` reply must agree with."""
+        with self._lock:
+            return {
+                host: (w.pid, w.active)
+                for host, w in self.counts.workers.items()
+                if w.last_heartbeat > 0
+            }
+
+    def known_workers(self) -> set[str]:
+        """The hostnames (as labelled) the exporter heard from itself: a heartbeat, or a task
+        event counted under the worker's own label."""
+        with self._lock:
+            counts = self.counts
+            known = {host for host, w in counts.workers.items() if w.last_heartbeat > 0}
+            known.update(host for host in counts.last_event if host in counts.caps.admitted[WORKER])
+            return known
+
+    def worker_label(self, hostname: str) -> str:
+        """``hostname`` as the state labels it (cut to the label length cap, uncounted)."""
+        return labels.cut(hostname, self.settings.max_label_length)
 
     def new_workers(self) -> list[str]:
         """Workers heard of for the first time, or (re)started, since the last call: the
@@ -192,12 +218,26 @@ class State:
         """Forget workers long gone, at most ``PURGE_SLICE`` task names' series at a time (the
         next call goes on), so that a scrape waits for a bounded purge whatever went away."""
         settings = self.settings
+        counts = self.counts
         gone = workers.long_gone(
-            self.counts.workers,
+            counts.workers,
             now,
             settings.worker_timeout,
             settings.purge_offline_worker_after,
             settings.purge_stopped_worker_after,
+            counts.last_event,
+        )
+        gone.extend(
+            host
+            for host in workers.silent_gone(
+                counts.caps.admitted[WORKER],
+                counts.workers,
+                counts.last_event,
+                now,
+                settings.purge_offline_worker_after,
+            )
+            if host not in counts.workers  # a record's own rule came first
+            or counts.workers[host].last_heartbeat == 0.0
         )
         budget = PURGE_SLICE
         purged: list[str] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,9 @@ class WorkerState:
     restarted: processed went down), and ``started_base`` the task-started events counted from
     it by then: what the worker accepted since, less what was seen starting, is uncounted."""
     started_base: int = 0
+    pid: int | None = None
+    """The process id its worker-online and heartbeats carry: an inspect ``stats`` reply that
+    names another process is not this worker's."""
 
 
 def apply_worker_event(
@@ -80,6 +83,9 @@ def apply_worker_event(
     if loadavg is not None:
         state.loadavg = loadavg
     state.software = software
+    pid = event.get("pid")
+    if type(pid) is int and pid > 0:
+        state.pid = pid
     return greet
 
 
@@ -152,15 +158,18 @@ def long_gone(
     worker_timeout: float,
     delay: float,
     stopped_delay: float = 0.0,
+    last_event: dict[str, float] | None = None,
 ) -> list[str]:
     """Workers offline for longer than ``delay``, or stopped cleanly (worker-offline) for
-    longer than ``stopped_delay``; a delay of 0 purges nothing of its kind."""
+    longer than ``stopped_delay``; a delay of 0 purges nothing of its kind. A record never
+    given a heartbeat but named in ``last_event`` (it sends task events) is ``silent_gone``'s."""
     if delay <= 0 and stopped_delay <= 0:
         return []
     return [
         host
         for host, state in workers.items()
         if not is_online(state, now, worker_timeout)
+        and (state.last_heartbeat > 0 or last_event is None or host not in last_event)
         and (
             (delay > 0 and now - (state.last_heartbeat + timeout(state, worker_timeout)) > delay)
             or (
@@ -170,6 +179,29 @@ def long_gone(
             )
         )
     ]
+
+
+def silent_gone(
+    admitted: Iterable[str],
+    workers: dict[str, WorkerState],
+    last_event: dict[str, float],
+    now: float,
+    delay: float,
+) -> list[str]:
+    """Worker label values admitted with no heartbeat ever heard from them (task events from a
+    ``celery worker --without-heartbeat``, series created for them) whose last task event is
+    more than ``delay`` old (or which sent none): no heartbeat will ever make them go offline,
+    so their last event stands for their last heartbeat. A delay of 0 purges none."""
+    if delay <= 0:
+        return []
+    gone = []
+    for host in admitted:
+        record = workers.get(host)
+        if record is not None and record.last_heartbeat > 0:
+            continue  # Celery's liveness rule applies (long_gone)
+        if now - last_event.get(host, 0.0) > delay:
+            gone.append(host)
+    return gone
 
 
 def heartbeat_software(event: dict[str, Any], hostname: str) -> tuple[str, str, str]:

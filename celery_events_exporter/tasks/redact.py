@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import re
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -64,22 +65,88 @@ MAX_DEPTH = 64
 MAX_KEY_LENGTH = 64
 """Longest first item of a two-item list that is read as a key (a longer one is a sentence)."""
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^\s:/@'\"]*:)[^\s@/'\"]+@")
+# Every pattern here runs in time linear in the text, whatever the text: a match attempt may
+# only scan what no other attempt scans (a lookbehind keeps a run of word characters to one
+# attempt, at its start), or a bounded stretch (a URL's scheme); possessive quantifiers never
+# give back. Quoted keys are found by ``_QuotedKeys``, not by a search: an attempt at every
+# quote of ``'\'\'\'...`` scanned to the end of the text (quadratic: 60 ms a 4 kB field).
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]{0,31}+://[^\s:/@'\"]*+:)[^\s@/'\"]++@")
 # Credentials recognised by their shape, under any key or none: an HTTP Authorization value and
 # a JSON Web Token.
 _CREDENTIAL_VALUE = re.compile(
-    r"(?P<head>\b(?:Bearer|Basic|Token|Digest)\s+)[A-Za-z0-9._~+/=-]{8,}"
-    r"|\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"
+    r"(?P<head>\b(?:Bearer|Basic|Token|Digest)\s++)[A-Za-z0-9._~+/=-]{8,}+"
+    r"|(?<![\w-])eyJ[\w-]{4,}+\.[\w-]{4,}+\.[\w-]*+"
 )
 # Where a secret may follow its name in text:
-# - key: a key, quoted or bare, then ':' (a dict) or '=' (a keyword argument, --flag=value);
+# - key: a key, quoted (``_QuotedKeys``) or bare, then ':' (a dict) or '=' (a keyword argument,
+#   --flag=value); a bare key is tried once per run of word characters and dashes, from its first
+#   word boundary (every later start would end where it ends);
 # - flag: a quoted --flag item of a list, then ',' (the value is the next item);
 # - word: a bare --flag then blanks (a command line).
 _SECRET_SITE = re.compile(
-    r"""(?P<key>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\b[A-Za-z_][\w-]*)\s*(?P<sep>:|=)\s*"""
-    r"""|(?P<flag>(?P<quote>['"])--?[A-Za-z][\w-]*(?P=quote))\s*,\s*"""
-    r"""|(?<![\w-])(?P<word>--?[A-Za-z][\w-]*)[ \t]+"""
+    r"""(?<![\w-])(?>[\w-]*?\b(?=[A-Za-z_]))(?P<key>[A-Za-z_][\w-]*+)\s*+(?P<sep>:|=)\s*+"""
+    r"""|(?P<flag>(?P<quote>['"])--?[A-Za-z][\w-]*+(?P=quote))\s*+,\s*+"""
+    r"""|(?<![\w-])(?P<word>--?[A-Za-z][\w-]*+)[ \t]++"""
 )
+_QUOTED = {quote: re.compile(rf"{quote}(?:[^{quote}\\]|\\.)*+{quote}") for quote in ("'", '"')}
+"""A quoted string from its opening quote, escapes honoured."""
+_KEY_SEPARATOR = re.compile(r"\s*+(?P<sep>:|=)\s*+")
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where a secret may follow its name: the name (``group`` says which kind), where the
+    separator starts (keys) and where the value starts."""
+
+    start: int
+    group: str
+    name: str
+    sep: int
+    end: int
+
+
+class _QuotedKeys:
+    """Quoted keys (``'name': value``, ``"name"=value``) in one pass over the text.
+
+    A search tries a quoted key at every quote; from an escaped quote inside a string it reads
+    on in step with the string it is in, to the same closing quote: every quote of a string
+    shares its end and what follows it. So the strings are read once, each from the previous
+    one's closing quote, and a key found at the first quote at or after any position."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.keyed: dict[str, list[tuple[int, int, int, int]]] = {}
+        """quote -> (first quote, closing quote, separator start, value start) of each string
+        followed by a separator, in order."""
+        for quote, pattern in _QUOTED.items():
+            keyed: list[tuple[int, int, int, int]] = []
+            start = text.find(quote)
+            while start != -1:
+                string = pattern.match(text, start)
+                if string is None:  # unclosed: so is every later string of this quote
+                    break
+                close = string.end() - 1
+                separator = _KEY_SEPARATOR.match(text, close + 1)
+                if separator is not None:
+                    keyed.append((start, close, separator.start("sep"), separator.end()))
+                start = close
+            self.keyed[quote] = keyed
+
+    def at_or_after(self, position: int) -> _Site | None:
+        best: _Site | None = None
+        for quote, keyed in self.keyed.items():
+            index = bisect_right(keyed, position, key=lambda item: item[1])
+            while index < len(keyed):
+                first, close, sep, end = keyed[index]
+                start = first if position <= first else self.text.find(quote, position, close)
+                if start != -1:
+                    if best is None or start < best.start:
+                        best = _Site(start, "key", self.text[start : close + 1], sep, end)
+                    break
+                index += 1
+        return best
+
+
 _CLOSERS = {"(": ")", "[": "]", "{": "}"}
 _BARE_TOKEN_ENDS = frozenset(",;&)]}>'\"\\ \t\r\n")
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -132,17 +199,26 @@ class Redactor:
         emitted = 0
         search_from = 0
         is_secret = self.is_secret_key
+        quoted = _QuotedKeys(text) if "'" in text or '"' in text else None
+        # The next site of each kind, kept while it lies ahead: searched again only once the
+        # search has moved past it, so that no stretch of the text is searched twice.
+        bare: _Site | None = _site(text, 0)
+        key: _Site | None = None if quoted is None else quoted.at_or_after(0)
         while True:
-            match = _SECRET_SITE.search(text, search_from)
-            if match is None:
+            if bare is not None and bare.start < search_from:
+                bare = _site(text, search_from)
+            if key is not None and key.start < search_from:
+                assert quoted is not None
+                key = quoted.at_or_after(search_from)
+            site = key if key is not None and (bare is None or key.start <= bare.start) else bare
+            if site is None:
                 break
-            group = "key" if match["key"] else "flag" if match["flag"] else "word"
-            if not is_secret(match[group]):
+            if not is_secret(site.name):
                 # Not a secret: look on past its name, into its value too (a string value may
                 # itself hold "password=...").
-                search_from = match.start("sep") + 1 if group == "key" else match.end(group)
+                search_from = site.sep + 1 if site.group == "key" else site.sep
                 continue
-            start = match.end()
+            start = site.end
             end = _value_end(text, start)
             out.append(text[emitted:start])
             if end > start:
@@ -200,6 +276,17 @@ class Redactor:
                     items[index + 1] = MASK
             return items if isinstance(value, list) else tuple(items)
         return value
+
+
+def _site(text: str, position: int) -> _Site | None:
+    """The first unquoted key, quoted --flag item or bare --flag at or after ``position``
+    (``sep`` is where the search goes on from when its name is not secret)."""
+    match = _SECRET_SITE.search(text, position)
+    if match is None:
+        return None
+    group = "key" if match["key"] else "flag" if match["flag"] else "word"
+    sep = match.start("sep") if group == "key" else match.end(group)
+    return _Site(match.start(group), group, match[group], sep, match.end())
 
 
 def _mask_values(text: str) -> str:

@@ -193,6 +193,11 @@ def iso(timestamp: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+CHECKPOINT_ROWS = 32
+"""Rows an answer is built by between two checkpoints: a few milliseconds of work, even with
+payloads masked."""
+
+
 class Api:
     def __init__(
         self,
@@ -212,7 +217,12 @@ class Api:
         self.expose_payloads = expose_payloads
         self.clock = clock
 
-    def tasks(self, query_string: str) -> tuple[bytes, dict[str, str]]:
+    def tasks(
+        self, query_string: str, checkpoint: Callable[[], None] | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """The recent tasks the query asks for, as JSON, and the answer's headers;
+        ``checkpoint`` is called every ``CHECKPOINT_ROWS`` rows (it may wait for a scrape, or
+        raise to abandon the work)."""
         query = parse_task_query(query_string)
         headers = {"X-Task-Payloads": PAYLOADS_SHOWN if self.expose_payloads else PAYLOADS_HIDDEN}
         if self.store is None:
@@ -228,6 +238,8 @@ class Api:
         size = 2
         skipped = 0
         for index, record in enumerate(rows):
+            if checkpoint is not None and index % CHECKPOINT_ROWS == 0:
+                checkpoint()
             try:
                 part = orjson.dumps(self._task_row(record))
             except Exception as exc:  # crafted input we did not foresee: skip the row, not all

@@ -37,6 +37,7 @@ from celery_events_exporter.exposition.page import MetricsPage
 from celery_events_exporter.logging import get_logger, sparse
 from celery_events_exporter.parsers import ListenAddress
 from celery_events_exporter.web.api import JSON, Api, ApiError
+from celery_events_exporter.web.priority import RETRY_AFTER, Abandoned, ApiGate, client_gone
 from celery_events_exporter.web.stats import WebStats, path_label
 from celery_events_exporter.web.webconfig import WebConfig
 
@@ -102,6 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
     api: ClassVar[Api | None]
     web_config: ClassVar[WebConfig | None]
     stats: ClassVar[WebStats]
+    gate: ClassVar[ApiGate]
     _responded = False
     telemetry_path: ClassVar[str]
     landing_page: ClassVar[bytes]
@@ -172,20 +174,40 @@ class _Handler(BaseHTTPRequestHandler):
     def _api(self, path: str, query: str) -> None:
         api = type(self).api
         assert api is not None
+        gate = type(self).gate
+        if not gate.admit():
+            self._send(
+                503,
+                b'{"error": "the API is busy; scrapes come first: retry later"}',
+                JSON,
+                {"Retry-After": str(RETRY_AFTER)},
+            )
+            return
+        connection = self.connection
         try:
             if path == "/api/tasks":
-                body, headers = api.tasks(query)
+                body, headers = api.tasks(
+                    query, checkpoint=lambda: gate.checkpoint(partial(client_gone, connection))
+                )
             else:
+                gate.checkpoint(partial(client_gone, connection))
                 body, headers = api.workers(query), {}
         except ApiError as exc:
             body = f'{{"error": {_json_string(str(exc))}}}'.encode()
             self._send(400, body, JSON)
             return
+        except Abandoned:
+            log.debug("api client went away: its answer was dropped", path=path)
+            self.close_connection = True
+            return
+        finally:
+            gate.release()
         headers["Cache-Control"] = "no-store"
         self._send(200, body, JSON, headers)
 
     def _metrics(self) -> None:
-        body, content_type = type(self).page.render(self.headers.get("Accept", ""))
+        with type(self).gate.scraping():
+            body, content_type = type(self).page.render(self.headers.get("Accept", ""))
         headers = {}
         if "gzip" in self.headers.get("Accept-Encoding", ""):
             body = gzip_compress(body)
@@ -327,6 +349,7 @@ def serve(
             "api": api,
             "web_config": web_config,
             "stats": stats,
+            "gate": ApiGate(stats),
             "telemetry_path": telemetry_path,
             "landing_page": landing_page(telemetry_path),
         },

@@ -26,6 +26,10 @@ class WebStats:
         """Requests answered 500 (or dropped mid-answer), by path."""
         self.skipped_rows: dict[str, int] = {}
         """Rows left out of an API answer because they could not be served, by endpoint."""
+        self.api_requests_refused = 0
+        """API requests answered 503 because every API worker was busy."""
+        self.api_requests_abandoned = 0
+        """API requests whose client went away before their answer was ready."""
 
     def connection_opened(self, limit: int) -> bool:
         """Count a connection in; False (and counted as refused) when ``limit`` are open."""
@@ -48,6 +52,14 @@ class WebStats:
         with self._lock:
             self.skipped_rows[endpoint] = self.skipped_rows.get(endpoint, 0) + rows
 
+    def api_refused(self) -> None:
+        with self._lock:
+            self.api_requests_refused += 1
+
+    def api_abandoned(self) -> None:
+        with self._lock:
+            self.api_requests_abandoned += 1
+
     def snapshot(self) -> tuple[int, int, dict[str, int], dict[str, int]]:
         """(open connections, refused connections, errors by path, skipped rows by endpoint)."""
         with self._lock:
@@ -57,6 +69,11 @@ class WebStats:
                 dict(self.errors),
                 dict(self.skipped_rows),
             )
+
+    def api_snapshot(self) -> tuple[int, int]:
+        """(API requests refused for lack of a worker, API requests abandoned by their client)."""
+        with self._lock:
+            return self.api_requests_refused, self.api_requests_abandoned
 
 
 # Paths counted by name in the error metric; anything else counts as "other" (a client picks the
@@ -94,3 +111,11 @@ class WebCollector(Collector):
         for endpoint in ("/api/tasks", "/api/workers"):
             counter.add_metric([endpoint], skipped.get(endpoint, 0))
         yield counter
+        refused_api, abandoned = self.stats.api_snapshot()
+        for spec, count in (
+            (m.EXPORTER_API_REQUESTS_REFUSED, refused_api),
+            (m.EXPORTER_API_REQUESTS_ABANDONED, abandoned),
+        ):
+            counter = CounterMetricFamily(spec.name, spec.help)
+            counter.add_metric([], count)
+            yield counter

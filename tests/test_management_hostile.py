@@ -1,0 +1,131 @@
+"""A hostile or misconfigured RabbitMQ management endpoint (issue 20), against the real exporter
+on a real RabbitMQ: real HTTP servers of the test answer a 302 to another host (which records
+any Authorization header it gets) and a 300 MB body. The credentials never leave for the other
+host, the body is not read past its cap, and the failures are counted."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from testkit.ports import free_port
+from tests.conftest import ExporterProcess, Processes, wait_until
+
+PASSWORD = "mgmt-s3cret"
+HUGE = 300 * 1024 * 1024
+
+
+class Endpoint:
+    """The management URL's server: ``mode`` says what it answers."""
+
+    def __init__(self, other: str) -> None:
+        self.mode = "redirect"
+        self.other = other
+        self.requests = 0
+        self.bytes_sent = 0
+
+
+def serve(host: str, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, free_port()), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[Endpoint, list[str | None], str]]:
+    """(the endpoint, the Authorization headers the other host got, the endpoint's URL)."""
+    received: list[str | None] = []
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            received.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args: object) -> None: ...
+
+    other = serve("127.0.0.2", Other)  # another host: a second loopback address
+    endpoint = Endpoint(f"http://127.0.0.2:{other.server_address[1]}")
+
+    class Management(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            endpoint.requests += 1
+            if endpoint.mode == "redirect":
+                self.send_response(302)
+                self.send_header("Location", endpoint.other + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(HUGE))
+            self.end_headers()
+            chunk = b"[" + b" " * (1024 * 1024 - 1)
+            try:
+                for _ in range(HUGE // len(chunk)):
+                    self.wfile.write(chunk)
+                    endpoint.bytes_sent += len(chunk)
+                    chunk = b" " * len(chunk)
+            except OSError:
+                return  # the exporter hung up: what it should do
+
+        def log_message(self, *args: object) -> None: ...
+
+    management = serve("127.0.0.1", Management)
+    yield endpoint, received, f"http://127.0.0.1:{management.server_address[1]}"
+    management.shutdown()
+    other.shutdown()
+
+
+def management_errors(exporter: ExporterProcess) -> float:
+    metrics = exporter.metrics("celery_exporter_queue_poll_errors")
+    return metrics.get("celery_exporter_queue_poll_errors_total", reason="management") or 0.0
+
+
+def peak_rss_bytes(exporter: ExporterProcess) -> int:
+    for line in Path(f"/proc/{exporter.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_credentials_never_follow_a_redirect_and_a_huge_body_is_not_read(
+    amqp_url: str,
+    processes: Processes,
+    tmp_path: Path,
+    servers: tuple[Endpoint, list[str | None], str],
+) -> None:
+    endpoint, received, url = servers
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"monitor:{PASSWORD}\n")
+    exporter = processes.exporter(
+        amqp_url,
+        "--queue", "work",
+        "--rabbitmq-management-url", url,
+        "--rabbitmq-management-credentials-file", str(credentials),
+        "--queue-poll-interval", "0.5",
+    )  # fmt: skip
+    wait_until(lambda: management_errors(exporter) >= 3, what="three refused redirects")
+    assert endpoint.requests >= 3
+    assert received == []  # the other host never heard from the exporter, credentials or not
+    assert "not followed" in exporter.log()
+    assert PASSWORD not in exporter.log()
+    # The readings without the management API stand.
+    assert exporter.metrics().get("celery_queue_length", queue="work") == 0.0
+
+    endpoint.mode = "huge"
+    errors = management_errors(exporter)
+    wait_until(lambda: management_errors(exporter) >= errors + 3, what="three huge answers cut")
+    assert "over 16 MiB" in exporter.log()
+    # Each answer was dropped at the cap: the server got to send a few MiB more at most (the
+    # sockets' buffers), never its 300 MB.
+    assert endpoint.bytes_sent < 3 * 64 * 1024 * 1024
+    assert peak_rss_bytes(exporter) < 200 * 1024 * 1024
+    assert exporter.proc.poll() is None

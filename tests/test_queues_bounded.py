@@ -1,0 +1,107 @@
+"""A queue poller nobody can blind or make expensive (issue 20), against the real exporter and
+a real Redis: 30 queues whose oldest message is 8 MB cost a poll kilobytes, not 240 MB (Redis'
+own count of the bytes it sent); queue names from crafted task-sent events that stay empty give
+their places to a real queue seen later."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+import redis
+from celery.events.event import get_exchange
+from kombu import Connection, Producer
+
+from tests.conftest import PrivateRedis, Processes, client, wait_until
+
+QUEUES = 30
+MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def net_output_bytes(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_net_output_bytes"])
+
+
+def test_a_poll_reads_a_bounded_number_of_bytes_whatever_the_messages(
+    private_redis: PrivateRedis, processes: Processes
+) -> None:
+    private_redis.start()
+    names = [f"big{i}" for i in range(QUEUES)]
+    exporter = processes.exporter(
+        private_redis.url,
+        *(arg for name in names for arg in ("--queue", name)),
+        "--queue-poll-interval",
+        "0.5",
+    )
+    with client(private_redis.url) as app:
+        for name in names:
+            app.send_task("tests.add", args=("x" * MESSAGE_BYTES, 1), queue=name)
+
+    def aged() -> bool:
+        ages = exporter.metrics().by_label("celery_queue_oldest_task_age_seconds", "queue")
+        return set(ages) == set(names)
+
+    # The oldest task's id is read (its age comes from its task-sent event): the peek works.
+    wait_until(aged, what="the age of every queue's oldest task")
+    server = redis.Redis.from_url(private_redis.url)
+    before = net_output_bytes(server)
+    time.sleep(5.0)
+    after = net_output_bytes(server)
+    lengths = exporter.metrics().by_label("celery_queue_length", "queue")
+    print(
+        "DEBUG",
+        lengths,
+        exporter.metrics().samples.get("celery_exporter_queue_poll_errors_total"),
+        exporter.metrics().samples.get("celery_queue_oldest_task_age_seconds"),
+    )
+    assert {lengths[name] for name in names} == {1.0}
+    # ~10 polls in 5 s, each 30 queues x 4 priority lists: lengths and ids, a few kB; plus the
+    # scrapes' and the event stream's traffic. One LINDEX of the 30 messages was 240 MB.
+    assert after - before < 2 * 1024 * 1024, f"{after - before} bytes out of Redis in 5 s"
+
+
+def test_crafted_queue_names_give_their_places_to_a_queue_that_holds_work(
+    redis_url: str, processes: Processes
+) -> None:
+    exporter = processes.exporter(
+        redis_url, "--max-queues", "5", "--queue-poll-interval", "0.3", "--broadcast-interval", "60"
+    )
+    # 200 queue names no task is in: task-sent events only, as any broker client can publish.
+    with Connection(redis_url) as conn:
+        producer = Producer(conn.default_channel, exchange=get_exchange(conn))
+        events = [
+            {
+                "type": "task-sent",
+                "uuid": str(uuid.uuid4()),
+                "hostname": "crafter@nowhere",
+                "timestamp": time.time(),
+                "name": "tests.add",
+                "queue": f"crafted{i}",
+            }
+            for i in range(200)
+        ]
+        producer.publish(
+            orjson.dumps(events),
+            routing_key="task.multi",
+            content_type="application/json",
+            content_encoding="utf-8",
+        )
+    wait_until(
+        lambda: exporter.metrics().get("celery_exporter_queues_dropped_total") == 195.0,
+        what="five crafted queues watched, 195 refused",
+    )
+    # A real queue, seen later, holding a task.
+    with client(redis_url) as app:
+        app.send_task("tests.add", args=(1, 1), queue="real")
+    wait_until(
+        lambda: exporter.metrics().get("celery_queue_length", queue="real") == 1.0,
+        timeout=30,
+        what="the real queue watched",
+    )
+    # It holds work: it keeps its place while the crafted names churn through the others.
+    time.sleep(3.0)
+    metrics = exporter.metrics()
+    assert metrics.get("celery_queue_length", queue="real") == 1.0
+    assert metrics.get("celery_exporter_queues_watched") == 5.0
+    assert (metrics.get("celery_exporter_queues_evicted_total") or 0) >= 1.0
