@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -35,10 +36,19 @@ class Decoder:
     """Messages counted per acquisition of the state lock: amortises locking without making a
     scrape wait long."""
 
-    def __init__(self, state: State, inbox: IntakeBacklog) -> None:
+    TICK = 1.0
+    """Seconds between the state's ticks (purging workers long gone, finding orphaned tasks),
+    taken between batches or when no message came for a while: the state changes with time on
+    this thread, never in a scrape."""
+
+    def __init__(
+        self, state: State, inbox: IntakeBacklog, clock: Callable[[], float] = time.time
+    ) -> None:
         self.state = state
         self.inbox = inbox
+        self.clock = clock
         self._in_hand: float | None = None
+        self._ticked = 0.0
 
     @property
     def backlog(self) -> int:
@@ -66,6 +76,7 @@ class Decoder:
             try:
                 first = inbox.get(timeout=0.25)
             except queue.Empty:
+                self.tick()
                 continue
             self._in_hand = first.received_at
             batch = [first]
@@ -76,6 +87,14 @@ class Decoder:
                 pass
             self.handle_batch(batch)
             self._in_hand = None
+            self.tick()
+
+    def tick(self) -> None:
+        """The state's tick, at most once per ``TICK`` seconds."""
+        now = self.clock()
+        if now - self._ticked >= self.TICK or now < self._ticked:
+            self._ticked = now
+            self.state.tick(now)
 
     def drain(self) -> None:
         """Count whatever is waiting; used at shutdown and by tests of pure logic."""

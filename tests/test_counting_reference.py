@@ -1,5 +1,5 @@
-"""The fast counting loop (exporter.state.counting, through State) and the plain one
-(exporter.state.reference) agree on every table, whatever events arrive: valid lifecycles,
+"""The fast counting loop (celery_events_exporter.state.counting, through State) and the plain
+one (tests/reference_counts.py) agree on every table, whatever events arrive: valid lifecycles,
 retries, events out of order, unknown names, custom types past their cap, malformed events and
 items that are not events at all, NaN, infinities and integers beyond any float. Events go
 through JSON and back through the decoder's parser first: the state sees only what that reads."""
@@ -16,7 +16,7 @@ from celery_events_exporter.events import vocabulary
 from celery_events_exporter.events.body import loads
 from celery_events_exporter.events.vocabulary import MAX_CUSTOM_EVENT_TYPES
 from celery_events_exporter.state import State, StateSettings
-from celery_events_exporter.state.reference import ReferenceCounts
+from tests.reference_counts import ReferenceCounts
 
 scalars = (
     st.none()
@@ -139,7 +139,7 @@ def tables(counts: Any) -> dict[str, Any]:
         "workers": {host: vars(worker) for host, worker in counts.workers.items()},
         "events_by_type": counts.events_by_type,
         "rejected": counts.rejected,
-        "tracked": list(counts.tracked.items()),
+        "tracked": [(uuid, (entry[0], entry[1])) for uuid, entry in counts.tracked.items()],
         "unlabelled": counts.unlabelled,
         "ended": counts.ended,
         "greetings": list(counts.greetings),
@@ -165,11 +165,8 @@ def test_the_fast_loop_counts_what_the_reference_counts(
 ) -> None:
     fast_rejections: list[tuple[str, str]] = []
     observed: list[int] = []
-    state = State(
-        config,
-        on_reject=lambda reason, detail: fast_rejections.append((reason, detail)),
-        task_observer=lambda body, at, task_events: observed.append(task_events),
-    )
+    state = State(config, on_reject=lambda reason, detail: fast_rejections.append((reason, detail)))
+    state.subscribe(lambda changes: observed.append(len(changes)))
     plain_rejections: list[tuple[str, str]] = []
     reference = ReferenceCounts(
         config, on_reject=lambda reason, detail: plain_rejections.append((reason, detail))

@@ -90,7 +90,7 @@ def test_long_names_hostnames_and_exception_classes_are_cut() -> None:
     short_host = "worker@" + "h" * 22 + CUT_MARK
     short_name = "tasks." + "n" * 23 + CUT_MARK
     # The tracked name is the cut one: bounded bytes whatever the event carried.
-    assert [name for name, _ in state.counts.tracked.values()] == [short_name]
+    assert [entry[0] for entry in state.counts.tracked.values()] == [short_name]
     feed(state, task("failed", "u1", host=host, exception="E" * 100 + "('boom')"))
     metrics = render(state)
     assert metrics.get("celery_worker_online", worker=short_host) == 1

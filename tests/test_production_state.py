@@ -165,10 +165,8 @@ def test_active_reserved_and_scheduled_replies_give_uuid_to_name() -> None:
 
 def _store_fed(**store_options: Any) -> tuple[State, RecentTasks]:
     store = RecentTasks(100, **store_options)
-    state = State(
-        StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS),
-        task_observer=store.keep,
-    )
+    state = State(StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS))
+    state.subscribe(store.take)
     return state, store
 
 

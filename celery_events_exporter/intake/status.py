@@ -25,3 +25,7 @@ class BrokerStatus:
     broadcast_errors: dict[str, int] = field(default_factory=dict)
     """The controller's failed broadcasts and greetings by reason (replaced whole by the
     controller, so a scrape never sees it half-updated)."""
+
+    def is_connected(self) -> bool:
+        """Whether the reader holds a connection now: the exporter's readiness."""
+        return self.connected

@@ -96,6 +96,10 @@ class QueueRegistry:
                     continue
                 self._discovered[name] = None
 
+    def take_replies(self, replies: Any) -> None:
+        """The workers' ``inspect active_queues`` replies, as the controller hands them over."""
+        self.set_worker_queues(consumed_queues(replies))
+
     def set_worker_queues(self, replies: Mapping[str, Iterable[str]]) -> None:
         """Record which queues each worker consumes (``inspect active_queues``) and watch them."""
         names: list[str] = []

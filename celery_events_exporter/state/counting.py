@@ -12,6 +12,7 @@ to the same results.
 from __future__ import annotations
 
 import math
+import threading
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,8 @@ from celery_events_exporter.events.vocabulary import (
     TASK_STATE_EVENTS,
     TASK_SUCCEEDED,
     WORKER_EVENTS,
+    WORKER_OFFLINE,
+    WORKER_ONLINE,
 )
 from celery_events_exporter.state.histogram import Histogram
 from celery_events_exporter.state.labels import (
@@ -42,7 +45,18 @@ from celery_events_exporter.state.labels import (
     TASK,
     WORKER,
     LabelCaps,
+    cut,
     fits,
+)
+from celery_events_exporter.state.ledger import (
+    NAME,
+    STATE,
+    Entry,
+    Ledger,
+    new_entry,
+)
+from celery_events_exporter.state.ledger import (
+    WORKER as ENTRY_WORKER,
 )
 from celery_events_exporter.state.settings import StateSettings
 from celery_events_exporter.state.snapshot import TaskKey
@@ -53,6 +67,9 @@ UNKNOWN_TASK = "unknown"
 was received, or the task is not registered on the worker)."""
 
 __all__ = ["OTHER", "UNKNOWN_TASK", "Counts", "RejectHook"]
+
+RawChange = tuple[str, str, float, Any, str, str | None]
+"""A task change as the loop files it: ``TaskChange``'s fields, made into one when read."""
 
 RejectHook = Callable[[str, str], None]
 """(reason, detail) -> None: told of every rejected event (the exporter logs them)."""
@@ -88,10 +105,13 @@ class Counts:
         self.workers: dict[str, WorkerState] = {}
         self.events_by_type: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
-        self.tracked: dict[str, tuple[str, float | None]] = {}
-        """uuid -> (task name, worker's received timestamp) of tasks received and not finished,
-        insertion-ordered so that the oldest is evicted first; a tuple, not an object: one is
-        made for every task."""
+        self.ledger = Ledger(settings.max_tracked_tasks)
+        """The tasks received (or sent) and not finished, oldest first (``ledger.py``)."""
+        self.changes: list[RawChange] | None = None
+        """The task changes of the batch being counted, for the state's subscribers; None when
+        there are none (nothing is filed then)."""
+        self.worker_joined = threading.Event()
+        """Set at every worker-online event; the controller broadcasts to the workers then."""
         self.unlabelled: dict[str, dict[str, int]] = {}
         """hostname -> {task event type: count}, kept only when the worker label is off (with it
         on, ``task_counts`` already holds them)."""
@@ -123,11 +143,15 @@ class Counts:
 
     def count(self, events: Sequence[Any], received_at: float) -> int:
         """Count decoded events (a ``task.multi`` list, or one event) received at
-        ``received_at``; returns how many were task events (the recent-task store wants their
-        message). Never raises on bad input: it is counted in ``rejected``."""
+        ``received_at`` and write their tasks' ledger entries; returns how many were task
+        events. Each task event counted is also appended to ``changes`` (when it is a list: the
+        state's subscribers want them). Never raises on bad input: it is counted in
+        ``rejected``."""
         by_type = self.events_by_type
         task_counts = self.task_counts
-        tracked_tasks = self.tracked
+        ledger = self.ledger
+        tracked_tasks = ledger.tasks
+        changes = self.changes
         settings = self.settings
         worker_label = settings.worker_label
         max_tracked = settings.max_tracked_tasks
@@ -146,18 +170,9 @@ class Counts:
                 counts = task_counts.get(event_type)
                 if counts is None:  # not a task state: worker events, task-sent, custom
                     if event_type in _WORKER_EVENTS:
-                        if apply_worker_event(
-                            self.worker_state,
-                            event,
-                            event_type,
-                            hostname,
-                            received_at,
-                            self.started_count,
-                        ) and fits(hostname, max_length):
-                            # A longer hostname is no worker's to send a broadcast to.
-                            self.greetings.append(hostname)
+                        self._worker_event(event, event_type, hostname, received_at)
                     elif event_type == TASK_SENT:
-                        self._count_sent(event, uuid)
+                        self._count_sent(event, uuid, received_at)
                         task_events += 1
                     continue
 
@@ -169,24 +184,47 @@ class Counts:
                     elif len(name) > max_length or not name.isascii():
                         name = caps.cut(TASK, name)  # before it is tracked: bounded bytes
                     timestamp = event.get("timestamp")
+                    host = hostname
+                    if len(host) > max_length or not host.isascii():
+                        host = cut(host, max_length)  # as the worker records are
+                    if ledger.departed and host in ledger.departed:
+                        ledger.back(host)  # started again since its goodbye
                     # A retry is received again: move it to the young end.
                     if tracked is not None:
                         del tracked_tasks[uuid]
-                    tracked_tasks[uuid] = (
+                        if tracked[4] is not None:
+                            ledger.unwait(uuid, tracked)
+                        attempt = tracked[6] + 1
+                    else:
+                        attempt = 1
+                    tracked_tasks[uuid] = [
                         name,
                         timestamp if isinstance(timestamp, (int, float)) else None,
-                    )
+                        host,
+                        TASK_RECEIVED,
+                        None,
+                        None if tracked is None else tracked[5],
+                        attempt,
+                    ]
                     if len(tracked_tasks) > max_tracked:
-                        del tracked_tasks[next(iter(tracked_tasks))]
-                elif (
-                    name is None
-                    or (type(name) is not str and not isinstance(name, str))
-                    or not name
-                ):
-                    name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
-                elif len(name) > max_length or not name.isascii():
-                    name = caps.cut(TASK, name)
+                        ledger.evict()
+                else:
+                    if (
+                        name is None
+                        or (type(name) is not str and not isinstance(name, str))
+                        or not name
+                    ):
+                        name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+                    elif len(name) > max_length or not name.isascii():
+                        name = caps.cut(TASK, name)
+                    if tracked is not None:
+                        if tracked[4] is not None:  # news from a worker: it no longer waits
+                            ledger.unwait(uuid, tracked)
+                        tracked[3] = event_type
+                    if event_type == TASK_STARTED and (tracked is None or tracked[2] is None):
+                        tracked = self._started_unseen(uuid, name, hostname, tracked)
 
+                ledger_name = name
                 if worker_label:
                     key = (name, hostname)
                 else:
@@ -244,6 +282,17 @@ class Counts:
                         histogram = histograms[key] = Histogram.empty(bounds)
                     histogram.counts[bisect_left(bounds, value)] += 1
                     histogram.total += value
+                if changes is not None:
+                    changes.append(
+                        (
+                            uuid,
+                            event_type,
+                            received_at,
+                            event,
+                            ledger_name,
+                            None if tracked is None else tracked[2],
+                        )
+                    )
                 task_events += 1
             except Rejected as rejection:
                 if rejection.event_type is not None:  # it arrived, unusable as it is
@@ -253,10 +302,42 @@ class Counts:
                 self.reject(INVALID_FIELD, f"{type(exc).__name__}: {exc}")
         return task_events
 
+    def _started_unseen(self, uuid: str, name: str, hostname: str, tracked: Entry | None) -> Entry:
+        """A task-started whose task-received the ledger missed (or a task only sent so far):
+        the worker that started it is known from here."""
+        host = cut(hostname, self.settings.max_label_length)
+        ledger = self.ledger
+        if ledger.departed and host in ledger.departed:
+            ledger.back(host)
+        if tracked is None:
+            tracked = ledger.tasks[uuid] = new_entry(name, TASK_STARTED)
+            if len(ledger.tasks) > self.settings.max_tracked_tasks:
+                ledger.evict()
+        tracked[2] = host
+        return tracked
+
+    def _worker_event(
+        self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
+    ) -> None:
+        if apply_worker_event(
+            self.worker_state, event, event_type, hostname, received_at, self.started_count
+        ) and fits(hostname, self.settings.max_label_length):
+            # A longer hostname is no worker's to send a broadcast to.
+            self.greetings.append(hostname)
+        if event_type == WORKER_OFFLINE:
+            self.ledger.goodbye(cut(hostname, self.settings.max_label_length))
+        elif event_type == WORKER_ONLINE:
+            self.worker_joined.set()
+
+    @property
+    def tracked(self) -> dict[str, Entry]:
+        """The ledger's entries: uuid -> entry (``ledger.py``), oldest first."""
+        return self.ledger.tasks
+
     def _end(self, uuid: str, name: str) -> None:
         """Stop tracking a task that failed, was rejected or revoked; keep its name a while:
         a task that raised Reject fails first, then is rejected."""
-        del self.tracked[uuid]
+        del self.ledger.tasks[uuid]
         ended = self.ended
         ended[uuid] = name
         if len(ended) > MAX_ENDED_NAMES:
@@ -286,12 +367,11 @@ class Counts:
     def learn_names(self, names: Mapping[str, str]) -> None:
         """Remember the names of tasks in flight ({uuid: name}, from inspect active/reserved):
         their later events carry none."""
-        tracked = self.tracked
+        tracked = self.ledger.tasks
         for uuid, name in names.items():
             if uuid not in tracked:
-                tracked[uuid] = (self.caps.cut(TASK, name), None)
-        while len(tracked) > self.settings.max_tracked_tasks:
-            del tracked[next(iter(tracked))]
+                tracked[uuid] = new_entry(self.caps.cut(TASK, name), None)
+        self.ledger.evict()
 
     def started_count(self, hostname: str) -> int:
         """task-started events counted from a worker (its label value) so far, through the
@@ -362,7 +442,7 @@ class Counts:
                 counts = self.unlabelled[host] = {}
         counts[event_type] = counts.get(event_type, 0) + 1
 
-    def _count_sent(self, event: dict[str, Any], uuid: str) -> None:
+    def _count_sent(self, event: dict[str, Any], uuid: str, received_at: float) -> None:
         name = event.get("name")
         queue = event.get("queue")
         key = (
@@ -380,13 +460,35 @@ class Counts:
             queue = caps.label(QUEUE, key[1]) if key[1] else ""
             key = (OTHER if label is None else label, queue)
             sent[key] = sent.get(key, 0) + 1
+        if not uuid:
+            return
         # Named from here (as cut, not folded, like a received task): a task revoked or expired
         # before a worker received it sends no task-received, only its task-revoked.
-        tracked = self.tracked
-        if name != UNKNOWN_TASK and uuid and uuid not in tracked:
-            tracked[uuid] = (name, None)
-            if len(tracked) > self.settings.max_tracked_tasks:
-                del tracked[next(iter(tracked))]
+        ledger = self.ledger
+        entry = ledger.tasks.get(uuid)
+        if entry is None:
+            if name == UNKNOWN_TASK:
+                name = self.ended.get(uuid, UNKNOWN_TASK)
+            entry = ledger.tasks[uuid] = new_entry(name, TASK_SENT)
+        elif entry[STATE] != TASK_SENT:  # a worker has it already (events out of order)
+            self._change(uuid, TASK_SENT, received_at, event, entry)
+            return
+        queue = event.get("queue")
+        if type(queue) is str and queue and fits(queue, self.settings.max_label_length):
+            ledger.wait(uuid, entry, queue, received_at)
+        if len(ledger.tasks) > self.settings.max_tracked_tasks:
+            ledger.evict()
+        self._change(uuid, TASK_SENT, received_at, event, entry)
+
+    def _change(
+        self, uuid: str, event_type: str, at: float, event: dict[str, Any], entry: Entry | None
+    ) -> None:
+        """File a task change for the state's subscribers, if any."""
+        if self.changes is not None:
+            if entry is None:
+                self.changes.append((uuid, event_type, at, event, UNKNOWN_TASK, None))
+            else:
+                self.changes.append((uuid, event_type, at, event, entry[NAME], entry[ENTRY_WORKER]))
 
     def _count_exception(self, task: str, exception: Any) -> None:
         cls = exception_class(exception)

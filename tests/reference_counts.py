@@ -1,12 +1,12 @@
 """The counting of ``celery_events_exporter.state.counting``, written plainly: one small function
-per kind of
-event, no speed tricks. It is the specification the fast loop is held to: a property test feeds
-both any sequence of events and compares every table (tests/test_counting_reference.py).
+per kind of event, no speed tricks. It is the specification the fast loop is held to: a property
+test feeds both any sequence of events and compares every table (tests/test_counting_reference.py).
+It lives with the tests: the exporter never runs it.
 
 Shared with the fast loop, on purpose: the validation (``celery_events_exporter.events.validate``),
-the
-vocabulary, and the worker updates (``celery_events_exporter.state.workers``), which are not part
-of the loop.
+the vocabulary, and the worker updates (``celery_events_exporter.state.workers``), which are not
+part of the loop. Of the task ledger it models the membership and order of the entries and the
+two fields the counting reads (name, received timestamp); the views are tested on their own.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class ReferenceCounts:
         }
 
     def count(self, events: Sequence[Any], received_at: float) -> int:
-        """Count each event in turn; returns how many were task events."""
+        """Count each event in turn; returns how many task changes the state hands its
+        subscribers: task events, but a task-sent without uuid."""
         task_events = 0
         for event in events:
             try:
@@ -93,12 +94,14 @@ class ReferenceCounts:
             return False
         if event_type == v.TASK_SENT:
             self._count_sent(event, uuid)
-            return True
+            return bool(uuid)
         if event_type not in v.TASK_STATE_EVENTS:
             return False  # a custom event: counted by type only
         name = self._task_name(uuid, event)
         if event_type == v.TASK_RECEIVED:
             self._track(uuid, name, event)
+        elif event_type == v.TASK_STARTED and uuid not in self.tracked:
+            self._remember(uuid, name)  # its worker is known from here: it may be orphaned
         name = self.caps.label(TASK, name)
         if self.settings.worker_label:
             key = (name, self.caps.label(WORKER, hostname))
@@ -181,10 +184,14 @@ class ReferenceCounts:
         label = self.caps.admit(TASK, name)
         queue = self.caps.label(QUEUE, queue) if queue else ""
         self._add(self.sent, (OTHER if label is None else label, queue))
-        if name != UNKNOWN_TASK and uuid and uuid not in self.tracked:
-            self.tracked[uuid] = (name, None)
-            if len(self.tracked) > self.settings.max_tracked_tasks:
-                del self.tracked[next(iter(self.tracked))]
+        if uuid and uuid not in self.tracked:
+            self._remember(uuid, self.ended.get(uuid, name) if name == UNKNOWN_TASK else name)
+
+    def _remember(self, uuid: str, name: str) -> None:
+        """A task first heard of by an event that is not its task-received."""
+        self.tracked[uuid] = (name, None)
+        if len(self.tracked) > self.settings.max_tracked_tasks:
+            del self.tracked[next(iter(self.tracked))]
 
     def _seed(self, key: TaskKey) -> None:
         """A pair's first event: every state counter and histogram of it exists from 0."""
