@@ -30,15 +30,15 @@ except ImportError:
     import celery_events_exporter as package
 
 
-def _ingest_path() -> tuple[Any, Any]:
+def _ingest_path(with_store: bool = True) -> tuple[Any, Any]:
     """(a state wired as the app wires it, with the recent-task store; a decoder over it)."""
     app: Any = __import__(f"{package.__name__}.app", fromlist=["app"])
     config_module: Any = __import__(f"{package.__name__}.config", fromlist=["config"])
     decoder_module: Any = __import__(f"{package.__name__}.decoder", fromlist=["decoder"])
     backlog: Any = __import__(f"{package.__name__}.intake.backlog", fromlist=["backlog"])
     config = config_module.Config()
-    store = app.build_store(config)
-    if hasattr(app, "build_queues"):  # before the ledger: the queue tracking fed by the state
+    store = app.build_store(config) if with_store else None
+    if not hasattr(app, "wire"):  # before the ledger: the queue tracking fed by the state
         holder: dict[str, Any] = {}
         queues = app.build_queues(
             config,
@@ -49,6 +49,8 @@ def _ingest_path() -> tuple[Any, Any]:
         state = holder["state"] = app.build_state(config, store, queues.tracking)
     else:
         state = app.build_state(config, store)
+    if hasattr(app, "settle"):  # what run does once the stages are built
+        app.settle()
     return state, decoder_module.Decoder(state, backlog.IntakeBacklog())
 
 
@@ -71,6 +73,13 @@ def read(path: str, mode: str) -> None:
         for content_type, body in raw
     ]
     state, decoder = _ingest_path()
+    if mode == "decode":  # the messages opened and decoded, nothing counted
+        state.apply_batch = lambda decoded: sum(1 for _ in decoded)
+        for first in range(0, len(messages), decoder.BATCH):
+            decoder.handle_batch(messages[first : first + decoder.BATCH])
+    if mode == "nostore":  # decoded and counted, nobody subscribed to the task changes
+        state, decoder = _ingest_path(with_store=False)
+        mode = "all"
     if mode == "all":
         size = decoder.BATCH
         for first in range(0, len(messages), size):
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write")
     parser.add_argument("--read")
-    parser.add_argument("--mode", choices=("none", "all"), default="all")
+    parser.add_argument("--mode", choices=("none", "decode", "nostore", "all"), default="all")
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=20)
     parser.add_argument("--names", type=int, default=10)

@@ -68,8 +68,10 @@ was received, or the task is not registered on the worker)."""
 
 __all__ = ["OTHER", "UNKNOWN_TASK", "Counts", "RejectHook"]
 
-RawChange = tuple[str, str, float, Any, str, str | None]
-"""A task change as the loop files it: ``TaskChange``'s fields, made into one when read."""
+ChangeLog = list[Any]
+"""The task changes of a batch as the loop files them, flat: each message's ``received_at``,
+then (event, name as the ledger knows it, worker as the ledger knows it) for each of its task
+events; ``feed.ChangeBatch`` makes ``TaskChange`` objects of them when read."""
 
 RejectHook = Callable[[str, str], None]
 """(reason, detail) -> None: told of every rejected event (the exporter logs them)."""
@@ -107,7 +109,7 @@ class Counts:
         self.rejected: dict[str, int] = {}
         self.ledger = Ledger(settings.max_tracked_tasks)
         """The tasks received (or sent) and not finished, oldest first (``ledger.py``)."""
-        self.changes: list[RawChange] | None = None
+        self.changes: ChangeLog | None = None
         """The task changes of the batch being counted, for the state's subscribers; None when
         there are none (nothing is filed then)."""
         self.worker_joined = threading.Event()
@@ -282,17 +284,10 @@ class Counts:
                         histogram = histograms[key] = Histogram.empty(bounds)
                     histogram.counts[bisect_left(bounds, value)] += 1
                     histogram.total += value
-                if changes is not None:
-                    changes.append(
-                        (
-                            uuid,
-                            event_type,
-                            received_at,
-                            event,
-                            ledger_name,
-                            None if tracked is None else tracked[2],
-                        )
-                    )
+                if changes is not None:  # flat: no object made per change (feed.py)
+                    changes.append(event)
+                    changes.append(ledger_name)
+                    changes.append(None if tracked is None else tracked[2])
                 task_events += 1
             except Rejected as rejection:
                 if rejection.event_type is not None:  # it arrived, unusable as it is
@@ -471,24 +466,26 @@ class Counts:
                 name = self.ended.get(uuid, UNKNOWN_TASK)
             entry = ledger.tasks[uuid] = new_entry(name, TASK_SENT)
         elif entry[STATE] != TASK_SENT:  # a worker has it already (events out of order)
-            self._change(uuid, TASK_SENT, received_at, event, entry)
+            self._change(event, entry)
             return
         queue = event.get("queue")
         if type(queue) is str and queue and fits(queue, self.settings.max_label_length):
             ledger.wait(uuid, entry, queue, received_at)
         if len(ledger.tasks) > self.settings.max_tracked_tasks:
             ledger.evict()
-        self._change(uuid, TASK_SENT, received_at, event, entry)
+        self._change(event, entry)
 
-    def _change(
-        self, uuid: str, event_type: str, at: float, event: dict[str, Any], entry: Entry | None
-    ) -> None:
-        """File a task change for the state's subscribers, if any."""
-        if self.changes is not None:
+    def _change(self, event: dict[str, Any], entry: Entry | None) -> None:
+        """File a task change for the state's subscribers, if any (see ``changes``)."""
+        changes = self.changes
+        if changes is not None:
+            changes.append(event)
             if entry is None:
-                self.changes.append((uuid, event_type, at, event, UNKNOWN_TASK, None))
+                changes.append(UNKNOWN_TASK)
+                changes.append(None)
             else:
-                self.changes.append((uuid, event_type, at, event, entry[NAME], entry[ENTRY_WORKER]))
+                changes.append(entry[NAME])
+                changes.append(entry[ENTRY_WORKER])
 
     def _count_exception(self, task: str, exception: Any) -> None:
         cls = exception_class(exception)

@@ -1,40 +1,60 @@
 """The task changes of one applied batch, as the state hands them to its subscribers.
 
-The counting loop files each change as a tuple (``counting.RawChange``); a ``TaskChange`` is
-made only when a subscriber reads it. The recent-task store keeps batches unread until someone
-asks for the Tasks view, so on a busy fleet most changes are never made into objects: an object
-per task event cost the ingest thread as much as counting the event (bench/README.md).
+The counting loop files the changes flat, in one list per batch (``counting.ChangeLog``): each
+message's ``received_at``, then three items per task event (the event, the name and the worker
+as the ledger knows them). A ``TaskChange`` is made only when a subscriber reads it. The
+recent-task store keeps batches unread until someone asks for the Tasks view, so on a busy
+fleet most changes are never made into objects: an object per change, kept until a read, cost
+the ingest thread a tenth of its work, most of it in the garbage collector (bench/README.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import overload
+from typing import Any, overload
 
+from celery_events_exporter.events.validate import MAX_UUID_LENGTH
 from celery_events_exporter.state.changes import TaskChange
-from celery_events_exporter.state.counting import UNKNOWN_TASK, RawChange
+from celery_events_exporter.state.counting import UNKNOWN_TASK, ChangeLog
 
 
-def _made(raw: RawChange) -> TaskChange:
-    uuid, event_type, timestamp, event, name, worker = raw
-    return TaskChange(
-        uuid, event_type, timestamp, event, None if name == UNKNOWN_TASK else name, worker
-    )
+def _changes(log: ChangeLog) -> Iterator[TaskChange]:
+    at = 0.0
+    index, end = 0, len(log)
+    while index < end:
+        item = log[index]
+        if not isinstance(item, dict):  # the next message's received_at
+            at = float(item)
+            index += 1
+            continue
+        event: dict[str, Any] = item
+        name, worker = log[index + 1], log[index + 2]
+        index += 3
+        uuid = event["uuid"]  # validated: a non-empty string, cut as the ledger keys it
+        yield TaskChange(
+            uuid if len(uuid) <= MAX_UUID_LENGTH else uuid[:MAX_UUID_LENGTH],
+            event["type"],
+            at,
+            event,
+            None if name == UNKNOWN_TASK else name,
+            worker,
+        )
 
 
 class ChangeBatch(Sequence[TaskChange]):
-    """A batch's task changes in the order they were applied. ``timestamp`` is when the
-    exporter received the event (its clock); ``size`` is the bytes of JSON the changes came
-    from, for a subscriber's memory bound."""
+    """A batch's task changes in the order they were applied. A change's ``timestamp`` is when
+    the exporter received its event (its own clock; the worker's is in the event); ``size`` is
+    the bytes of JSON the changes came in, for a subscriber's memory bound."""
 
-    __slots__ = ("_raw", "size")
+    __slots__ = ("_count", "_log", "size")
 
-    def __init__(self, raw: list[RawChange], size: int) -> None:
-        self._raw = raw
+    def __init__(self, log: ChangeLog, count: int, size: int) -> None:
+        self._log = log
+        self._count = count
         self.size = size
 
     def __len__(self) -> int:
-        return len(self._raw)
+        return self._count
 
     @overload
     def __getitem__(self, index: int) -> TaskChange: ...
@@ -43,9 +63,7 @@ class ChangeBatch(Sequence[TaskChange]):
     def __getitem__(self, index: slice) -> Sequence[TaskChange]: ...
 
     def __getitem__(self, index: int | slice) -> TaskChange | Sequence[TaskChange]:
-        if isinstance(index, slice):
-            return [_made(raw) for raw in self._raw[index]]
-        return _made(self._raw[index])
+        return list(_changes(self._log))[index]
 
     def __iter__(self) -> Iterator[TaskChange]:
-        return map(_made, self._raw)
+        return _changes(self._log)

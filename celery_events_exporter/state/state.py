@@ -13,7 +13,7 @@ from celery_events_exporter.events.vocabulary import TASK_ORPHANED
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.state import workers
 from celery_events_exporter.state.changes import TaskChangeSink
-from celery_events_exporter.state.counting import Counts, RawChange, RejectHook
+from celery_events_exporter.state.counting import ChangeLog, Counts, RejectHook
 from celery_events_exporter.state.feed import ChangeBatch
 from celery_events_exporter.state.ledger import NAME, WORKER
 from celery_events_exporter.state.settings import StateSettings
@@ -74,14 +74,21 @@ class State:
         message is counted and the rest go on. ``messages`` may be a generator that decodes
         them one by one: it runs under the lock, and may call ``reject``."""
         counts = self.counts
-        size = 0
+        size = filed = 0
         with self._lock:
             changes = counts.changes
             for events, received_at, body in messages:
                 try:
-                    filed = 0 if changes is None else len(changes)
+                    if changes is None:
+                        counts.count(events, received_at)
+                        continue
+                    before = len(changes)
+                    changes.append(received_at)
                     counts.count(events, received_at)
-                    if changes is not None and len(changes) > filed:
+                    if len(changes) == before + 1:  # no task event in it
+                        changes.pop()
+                    else:
+                        filed += 1
                         size += len(body) if body is not None else _encoded_size(events)
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
@@ -90,7 +97,7 @@ class State:
             if changes:
                 counts.changes = []
         if changes:
-            self._publish(ChangeBatch(changes, size))
+            self._publish(ChangeBatch(changes, (len(changes) - filed) // 3, size))
 
     def _publish(self, batch: ChangeBatch) -> None:
         for sink in self._sinks:
@@ -128,23 +135,16 @@ class State:
                 self.counts.count_orphaned([(entry[NAME], entry[WORKER]) for _, entry in lost])
             subscribed = bool(self._sinks)
         if lost and subscribed:
-            changes: list[RawChange] = [
-                (
-                    uuid,
-                    TASK_ORPHANED,
-                    now,
-                    {
-                        "type": TASK_ORPHANED,
-                        "uuid": uuid,
-                        "hostname": entry[WORKER],
-                        "timestamp": now,
-                    },
-                    entry[NAME],
-                    entry[WORKER],
-                )
-                for uuid, entry in lost
-            ]
-            self._publish(ChangeBatch(changes, ORPHAN_CHANGE_SIZE * len(changes)))
+            changes: ChangeLog = [now]
+            for uuid, entry in lost:
+                event = {
+                    "type": TASK_ORPHANED,
+                    "uuid": uuid,
+                    "hostname": entry[WORKER],
+                    "timestamp": now,
+                }
+                changes += (event, entry[NAME], entry[WORKER])
+            self._publish(ChangeBatch(changes, len(lost), ORPHAN_CHANGE_SIZE * len(lost)))
 
     def queues_read(self, readings: Mapping[str, Any], started_at: float) -> None:
         """The queue poller's readings (queue -> ``QueueReading``), taken from ``started_at``:
