@@ -19,7 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery_events_exporter.events.exceptions import exception_class
-from celery_events_exporter.events.validate import INVALID_FIELD, Rejected, is_number, validate
+from celery_events_exporter.events.validate import (
+    INVALID_FIELD,
+    MAX_UUID_LENGTH,
+    Rejected,
+    is_number,
+    validate,
+)
 from celery_events_exporter.events.vocabulary import (
     KNOWN_EVENT_TYPES,
     MAX_CUSTOM_EVENT_TYPE_LENGTH,
@@ -27,6 +33,7 @@ from celery_events_exporter.events.vocabulary import (
     TASK_FAILED,
     TASK_RECEIVED,
     TASK_REJECTED,
+    TASK_RETRIED,
     TASK_REVOKED,
     TASK_SENT,
     TASK_STARTED,
@@ -73,6 +80,9 @@ ChangeLog = list[Any]
 then (event, name as the ledger knows it, worker as the ledger knows it) for each of its task
 events; ``feed.ChangeBatch`` makes ``TaskChange`` objects of them when read."""
 
+Handler = Callable[[dict[str, Any], str, str, str, float], None]
+"""(event, its type, hostname, uuid, received_at) -> None: counts one validated event."""
+
 RejectHook = Callable[[str, str], None]
 """(reason, detail) -> None: told of every rejected event (the exporter logs them)."""
 
@@ -114,6 +124,17 @@ class Counts:
         there are none (nothing is filed then)."""
         self.worker_joined = threading.Event()
         """Set at every worker-online event; the controller broadcasts to the workers then."""
+        self._handlers: dict[str, Handler] = {
+            TASK_RECEIVED: self._received,
+            TASK_STARTED: self._started,
+            TASK_SUCCEEDED: self._succeeded,
+            TASK_SENT: self._sent,
+            **dict.fromkeys(
+                (TASK_FAILED, TASK_RETRIED, TASK_REJECTED, TASK_REVOKED), self._other_task_event
+            ),
+            **dict.fromkeys(WORKER_EVENTS, self._worker_event),
+        }
+        """Event type -> what counts it; a type not here is counted by type only."""
         self.unlabelled: dict[str, dict[str, int]] = {}
         """hostname -> {task event type: count}, kept only when the worker label is off (with it
         on, ``task_counts`` already holds them)."""
@@ -143,159 +164,256 @@ class Counts:
         """The exception classes admitted under ``max_exception_classes``."""
         self._custom_event_types = 0
 
-    def count(self, events: Sequence[Any], received_at: float) -> int:
+    def count(self, events: Sequence[Any], received_at: float) -> None:
         """Count decoded events (a ``task.multi`` list, or one event) received at
-        ``received_at`` and write their tasks' ledger entries; returns how many were task
-        events. Each task event counted is also appended to ``changes`` (when it is a list: the
-        state's subscribers want them). Never raises on bad input: it is counted in
-        ``rejected``."""
+        ``received_at`` and write their tasks' ledger entries; each task event counted is also
+        filed in ``changes`` (when it is a list: the state's subscribers want them). Never
+        raises on bad input: it is counted in ``rejected``.
+
+        One function per event type (``_handlers``), called with the event's validated type,
+        hostname and uuid."""
         by_type = self.events_by_type
-        task_counts = self.task_counts
-        ledger = self.ledger
-        tracked_tasks = ledger.tasks
-        changes = self.changes
-        settings = self.settings
-        worker_label = settings.worker_label
-        max_tracked = settings.max_tracked_tasks
-        max_length = settings.max_label_length
-        caps = self.caps
-        queue_wait, wait_bounds = self.queue_wait, settings.queue_wait_buckets
-        runtimes, run_bounds = self.runtime, settings.runtime_buckets
-        task_events = 0
+        handlers = self._handlers
         for event in events:
             try:
-                event_type, hostname, uuid = validate(event)
+                # The common case, a complete event whose fields ``validate`` would return as
+                # they are, without the call; anything else gets the check itself.
+                if type(event) is dict:
+                    try:
+                        event_type = event["type"]
+                        hostname = event["hostname"]
+                        uuid = event["uuid"]
+                    except KeyError:
+                        event_type, hostname, uuid = validate(event)
+                    else:
+                        if (
+                            type(event_type) is not str
+                            or type(hostname) is not str
+                            or type(uuid) is not str
+                            or not event_type
+                            or not hostname
+                            or not uuid
+                            or len(uuid) > MAX_UUID_LENGTH
+                        ):
+                            event_type, hostname, uuid = validate(event)
+                else:
+                    event_type, hostname, uuid = validate(event)
                 try:
                     by_type[event_type] += 1
                 except KeyError:  # the first of its type
                     self._count_new_event_type(event_type)
-                counts = task_counts.get(event_type)
-                if counts is None:  # not a task state: worker events, task-sent, custom
-                    if event_type in _WORKER_EVENTS:
-                        self._worker_event(event, event_type, hostname, received_at)
-                    elif event_type == TASK_SENT:
-                        self._count_sent(event, uuid, received_at)
-                        task_events += 1
-                    continue
-
-                name = event.get("name")
-                tracked = tracked_tasks.get(uuid)
-                if event_type == TASK_RECEIVED:
-                    if (type(name) is not str and not isinstance(name, str)) or not name:
-                        name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
-                    elif len(name) > max_length or not name.isascii():
-                        name = caps.cut(TASK, name)  # before it is tracked: bounded bytes
-                    timestamp = event.get("timestamp")
-                    host = hostname
-                    if len(host) > max_length or not host.isascii():
-                        host = cut(host, max_length)  # as the worker records are
-                    if ledger.departed and host in ledger.departed:
-                        ledger.back(host)  # started again since its goodbye
-                    # A retry is received again: move it to the young end.
-                    if tracked is not None:
-                        del tracked_tasks[uuid]
-                        if tracked[4] is not None:
-                            ledger.unwait(uuid, tracked)
-                        attempt = tracked[6] + 1
-                    else:
-                        attempt = 1
-                    tracked_tasks[uuid] = [
-                        name,
-                        timestamp if isinstance(timestamp, (int, float)) else None,
-                        host,
-                        TASK_RECEIVED,
-                        None,
-                        None if tracked is None else tracked[5],
-                        attempt,
-                    ]
-                    if len(tracked_tasks) > max_tracked:
-                        ledger.evict()
-                else:
-                    if (
-                        name is None
-                        or (type(name) is not str and not isinstance(name, str))
-                        or not name
-                    ):
-                        name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
-                    elif len(name) > max_length or not name.isascii():
-                        name = caps.cut(TASK, name)
-                    if tracked is not None:
-                        if tracked[4] is not None:  # news from a worker: it no longer waits
-                            ledger.unwait(uuid, tracked)
-                        tracked[3] = event_type
-                    if event_type == TASK_STARTED and (tracked is None or tracked[2] is None):
-                        tracked = self._started_unseen(uuid, name, hostname, tracked)
-
-                ledger_name = name
-                if worker_label:
-                    key = (name, hostname)
-                else:
-                    key = (name, "")
-                    self._count_unlabelled(hostname, event_type)
-                try:
-                    counts[key] += 1
-                except KeyError:
-                    # A new series, or values past a cap or too long (which never make a key of
-                    # their own, so they come here every time): the labels' one check.
-                    key = self._series_key(name, hostname)
-                    name = key[0]
-                    try:
-                        counts[key] += 1
-                    except KeyError:  # the pair's first event: its other series start at 0
-                        self.seed(key)
-                        counts[key] = 1
-
-                # The one observation a task event may make: queue wait or runtime.
-                histograms: dict[TaskKey, Histogram] | None = None
-                if event_type == TASK_STARTED:
-                    started = event.get("timestamp")
-                    if (
-                        tracked is not None
-                        and tracked[1] is not None
-                        and (
-                            (type(started) is float and -_INF < started < _INF)
-                            or is_number(started)
-                        )
-                    ):
-                        value = float(started) - tracked[1]
-                        if not value > 0.0:  # NaN too, as a received timestamp may be
-                            value = 0.0
-                        histograms, bounds = queue_wait, wait_bounds
-                elif event_type == TASK_SUCCEEDED:
-                    runtime = event.get("runtime")
-                    if type(runtime) is float and 0 <= runtime < _INF:
-                        value = runtime
-                        histograms, bounds = runtimes, run_bounds
-                    elif is_number(runtime) and runtime >= 0:
-                        value = float(runtime)
-                        histograms, bounds = runtimes, run_bounds
-                    if tracked is not None:
-                        del tracked_tasks[uuid]
-                elif event_type == TASK_FAILED:
-                    self._count_exception(name, event.get("exception"))
-                    if tracked is not None:
-                        self._end(uuid, name)
-                elif event_type in (TASK_REJECTED, TASK_REVOKED) and tracked:
-                    self._end(uuid, name)
-                if histograms is not None:
-                    try:
-                        histogram = histograms[key]
-                    except KeyError:
-                        histogram = histograms[key] = Histogram.empty(bounds)
-                    histogram.counts[bisect_left(bounds, value)] += 1
-                    histogram.total += value
-                if changes is not None:  # flat: no object made per change (feed.py)
-                    changes.append(event)
-                    changes.append(ledger_name)
-                    changes.append(None if tracked is None else tracked[2])
-                task_events += 1
+                handler = handlers.get(event_type)
+                if handler is not None:  # else a custom event: counted by type only
+                    handler(event, event_type, hostname, uuid, received_at)
             except Rejected as rejection:
                 if rejection.event_type is not None:  # it arrived, unusable as it is
                     self._count_new_event_type(rejection.event_type)
                 self.reject(rejection.reason, str(rejection))
             except Exception as exc:  # a bug or an input we did not foresee: count it, go on
                 self.reject(INVALID_FIELD, f"{type(exc).__name__}: {exc}")
-        return task_events
+
+    # The task events, the frequent ones first. Each resolves the task's name (the event's, cut
+    # to the label-length cap, else the ledger's), updates the ledger entry, counts the
+    # (name, worker) series and files the change; the series count is written out in the three
+    # that every task sends (a call per event costs more than the counting it would share).
+
+    def _received(
+        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+    ) -> None:
+        max_length = self.settings.max_label_length
+        ledger = self.ledger
+        tasks = ledger.tasks
+        tracked = tasks.get(uuid)
+        name = event.get("name")
+        if (type(name) is not str and not isinstance(name, str)) or not name:
+            name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+        elif len(name) > max_length or not name.isascii():
+            name = self.caps.cut(TASK, name)  # before it is tracked: bounded bytes
+        timestamp = event.get("timestamp")
+        host = hostname
+        if len(host) > max_length or not host.isascii():
+            host = cut(host, max_length)  # as the worker records are
+        if ledger.departed and host in ledger.departed:
+            ledger.back(host)  # started again since its goodbye
+        # A retry is received again: move it to the young end.
+        if tracked is not None:
+            del tasks[uuid]
+            if tracked[4] is not None:
+                ledger.unwait(uuid, tracked)
+            attempt = tracked[6] + 1
+            sent_at = tracked[5]
+        else:
+            attempt = 1
+            sent_at = None
+        tasks[uuid] = [
+            name,
+            timestamp if isinstance(timestamp, (int, float)) else None,
+            host,
+            TASK_RECEIVED,
+            None,
+            sent_at,
+            attempt,
+        ]
+        if len(tasks) > self.settings.max_tracked_tasks:
+            ledger.evict()
+
+        counts = self.task_counts[TASK_RECEIVED]
+        if self.settings.worker_label:
+            key = (name, hostname)
+        else:
+            key = (name, "")
+            self._count_unlabelled(hostname, event_type)
+        try:
+            counts[key] += 1
+        except KeyError:
+            self._new_series(counts, name, hostname)
+        changes = self.changes
+        if changes is not None:  # flat: no object made per change (feed.py)
+            changes.append(event)
+            changes.append(name)
+            changes.append(host)
+
+    def _started(
+        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+    ) -> None:
+        tracked = self.ledger.tasks.get(uuid)
+        name = event.get("name")
+        if name is None or (type(name) is not str and not isinstance(name, str)) or not name:
+            name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+        elif len(name) > self.settings.max_label_length or not name.isascii():
+            name = self.caps.cut(TASK, name)
+        if tracked is not None:
+            if tracked[4] is not None:  # news from a worker: it no longer waits
+                self.ledger.unwait(uuid, tracked)
+            tracked[3] = TASK_STARTED
+        if tracked is None or tracked[2] is None:
+            tracked = self._started_unseen(uuid, name, hostname, tracked)
+
+        counts = self.task_counts[TASK_STARTED]
+        if self.settings.worker_label:
+            key = (name, hostname)
+        else:
+            key = (name, "")
+            self._count_unlabelled(hostname, event_type)
+        try:
+            counts[key] += 1
+        except KeyError:
+            key = self._new_series(counts, name, hostname)
+        received = tracked[1]
+        if received is not None:  # queue wait: received to started, on the worker's clock
+            started = event.get("timestamp")
+            if (type(started) is float and -_INF < started < _INF) or is_number(started):
+                value = float(started) - received
+                if not value > 0.0:  # NaN too, as a received timestamp may be
+                    value = 0.0
+                self._observe(self.queue_wait, key, value, self.settings.queue_wait_buckets)
+        changes = self.changes
+        if changes is not None:
+            changes.append(event)
+            changes.append(name)
+            changes.append(tracked[2])
+
+    def _succeeded(
+        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+    ) -> None:
+        tasks = self.ledger.tasks
+        tracked = tasks.get(uuid)
+        name = event.get("name")
+        if name is None or (type(name) is not str and not isinstance(name, str)) or not name:
+            name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+        elif len(name) > self.settings.max_label_length or not name.isascii():
+            name = self.caps.cut(TASK, name)
+        if tracked is not None and tracked[4] is not None:
+            self.ledger.unwait(uuid, tracked)
+
+        counts = self.task_counts[TASK_SUCCEEDED]
+        if self.settings.worker_label:
+            key = (name, hostname)
+        else:
+            key = (name, "")
+            self._count_unlabelled(hostname, event_type)
+        try:
+            counts[key] += 1
+        except KeyError:
+            key = self._new_series(counts, name, hostname)
+        runtime = event.get("runtime")
+        if type(runtime) is float and 0 <= runtime < _INF:
+            self._observe(self.runtime, key, runtime, self.settings.runtime_buckets)
+        elif is_number(runtime) and runtime >= 0:
+            self._observe(self.runtime, key, float(runtime), self.settings.runtime_buckets)
+        if tracked is not None:
+            del tasks[uuid]
+        changes = self.changes
+        if changes is not None:
+            changes.append(event)
+            changes.append(name)
+            changes.append(None if tracked is None else tracked[2])
+
+    def _other_task_event(
+        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+    ) -> None:
+        """task-failed, task-retried, task-rejected, task-revoked: rarer, one function."""
+        tracked = self.ledger.tasks.get(uuid)
+        name = event.get("name")
+        if name is None or (type(name) is not str and not isinstance(name, str)) or not name:
+            name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+        elif len(name) > self.settings.max_label_length or not name.isascii():
+            name = self.caps.cut(TASK, name)
+        if tracked is not None:
+            if tracked[4] is not None:
+                self.ledger.unwait(uuid, tracked)
+            tracked[3] = event_type
+        ledger_name = name
+
+        counts = self.task_counts[event_type]
+        if self.settings.worker_label:
+            key = (name, hostname)
+        else:
+            key = (name, "")
+            self._count_unlabelled(hostname, event_type)
+        try:
+            counts[key] += 1
+        except KeyError:
+            key = self._new_series(counts, name, hostname)
+            name = key[0]
+        if event_type == TASK_FAILED:
+            self._count_exception(name, event.get("exception"))
+            if tracked is not None:
+                self._end(uuid, name)
+        elif event_type != TASK_RETRIED and tracked:
+            self._end(uuid, name)
+        changes = self.changes
+        if changes is not None:
+            changes.append(event)
+            changes.append(ledger_name)
+            changes.append(None if tracked is None else tracked[2])
+
+    def _sent(
+        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+    ) -> None:
+        self._count_sent(event, uuid, at)
+
+    def _new_series(self, counts: dict[TaskKey, int], name: str, hostname: str) -> TaskKey:
+        """Count a series not met yet: a new one, or values past a cap or too long (which never
+        make a key of their own, so they come here every time): the labels' one check."""
+        key = self._series_key(name, hostname)
+        try:
+            counts[key] += 1
+        except KeyError:  # the pair's first event: its other series start at 0
+            self.seed(key)
+            counts[key] = 1
+        return key
+
+    @staticmethod
+    def _observe(
+        histograms: dict[TaskKey, Histogram], key: TaskKey, value: float, bounds: tuple[float, ...]
+    ) -> None:
+        try:
+            histogram = histograms[key]
+        except KeyError:
+            histogram = histograms[key] = Histogram.empty(bounds)
+        histogram.counts[bisect_left(bounds, value)] += 1
+        histogram.total += value
 
     def _started_unseen(self, uuid: str, name: str, hostname: str, tracked: Entry | None) -> Entry:
         """A task-started whose task-received the ledger missed (or a task only sent so far):
@@ -312,7 +430,7 @@ class Counts:
         return tracked
 
     def _worker_event(
-        self, event: dict[str, Any], event_type: str, hostname: str, received_at: float
+        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, received_at: float
     ) -> None:
         if apply_worker_event(
             self.worker_state, event, event_type, hostname, received_at, self.started_count
