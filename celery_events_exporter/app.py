@@ -19,16 +19,17 @@ from prometheus_client.registry import Collector
 from celery_events_exporter import __version__, signals
 from celery_events_exporter.config import Config
 from celery_events_exporter.control import Controller
-from celery_events_exporter.decoder import Decoder, RejectionLog
+from celery_events_exporter.decoder import Decoder, DecoderCollector, RejectionLog
 from celery_events_exporter.exposition.collector import EventsCollector
 from celery_events_exporter.exposition.page import MetricsPage
 from celery_events_exporter.intake import make_reader
 from celery_events_exporter.intake.backlog import IntakeBacklog
-from celery_events_exporter.intake.status import BrokerStatus
+from celery_events_exporter.intake.status import BrokerStatus, BrokerStatusCollector
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.parsers import ListenAddress
 from celery_events_exporter.queues import wiring as queue_wiring
 from celery_events_exporter.state import State, StateSettings
+from celery_events_exporter.tasks.collector import RecentTasksCollector
 from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
 from celery_events_exporter.tasks.store import RecentTasks
 from celery_events_exporter.web import webconfig
@@ -155,8 +156,15 @@ def wire(config: Config) -> Exporter:
     ProcessCollector(registry=runtime)
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
-    extras: list[Collector] = [queues.collector, WebCollector(web_stats), runtime]
-    page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=store), extras)
+    extras: list[Collector] = [
+        BrokerStatusCollector(status),
+        DecoderCollector(decoder),
+        *([] if store is None else [RecentTasksCollector(store)]),
+        queues.collector,
+        WebCollector(web_stats),
+        runtime,
+    ]
+    page = MetricsPage(EventsCollector(state), extras)
 
     server = serve(
         config.listen,

@@ -14,13 +14,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from celery_events_exporter.events.body import loads
 from celery_events_exporter.events.decode import JSON_CONTENT_TYPES, open_envelope
+from celery_events_exporter.exposition import catalogue as m
+from celery_events_exporter.exposition.families import family
 from celery_events_exporter.intake.backlog import IntakeBacklog
 from celery_events_exporter.intake.message import INVALID_ENVELOPE, RawMessage
 from celery_events_exporter.logging import get_logger
@@ -150,6 +154,24 @@ class Decoder:
             return None
         # Prefork workers batch task events in a list (routing key task.multi).
         return (payload if type(payload) is list else (payload,)), message.received_at, body
+
+
+class DecoderCollector(Collector):
+    """The intake backlog's and the decoder's self-metrics, read at scrape time."""
+
+    def __init__(self, decoder: Decoder, clock: Callable[[], float] = time.time) -> None:
+        self.decoder = decoder
+        self.clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # else the registry would collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        decoder = self.decoder
+        yield family(m.EXPORTER_INTAKE_BACKLOG, {(): decoder.backlog})
+        yield family(m.EXPORTER_INTAKE_BACKLOG_BYTES, {(): decoder.backlog_bytes})
+        yield family(m.EXPORTER_EVENTS_DROPPED, {(r,): n for r, n in decoder.dropped.items()})
+        yield family(m.EXPORTER_INTAKE_LAG, {(): decoder.lag(self.clock())})
 
 
 class RejectionLog:

@@ -12,7 +12,6 @@ from celery_events_exporter.exposition.collector import EventsCollector
 from celery_events_exporter.exposition.writer import Format
 from celery_events_exporter.intake.backlog import IntakeBacklog
 from celery_events_exporter.intake.message import RawMessage
-from celery_events_exporter.intake.status import BrokerStatus
 from celery_events_exporter.state import MAX_CUSTOM_EVENT_TYPES, State, StateSettings
 from tests.conftest import Metrics
 
@@ -45,7 +44,7 @@ def render(state: State, now: float = T0) -> Metrics:
     """A scrape at ``now``, after the ingest thread's tick (which purges and sweeps)."""
     decoder = Decoder(state, IntakeBacklog(), clock=lambda: now)
     decoder.tick()
-    collector = EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now)
+    collector = EventsCollector(state, clock=lambda: now)
     return Metrics.parse(b"".join(collector.render(Format.TEXT)).decode())
 
 

@@ -76,12 +76,14 @@ was received, or the task is not registered on the worker)."""
 __all__ = ["OTHER", "UNKNOWN_TASK", "Counts", "RejectHook"]
 
 ChangeLog = list[Any]
-"""The task changes of a batch as the loop files them, flat: each message's ``received_at``,
-then (event, name as the ledger knows it, worker as the ledger knows it) for each of its task
-events; ``feed.ChangeBatch`` makes ``TaskChange`` objects of them when read."""
+"""The task changes of a batch as the loop files them, flat: for each message, a tuple
+(received_at, its JSON body or, when there is none, its events), then (the event's position in
+the message, the task's name as the ledger knows it, its worker as the ledger knows it) for each
+of its task events; ``feed.ChangeBatch`` makes ``TaskChange`` objects of them when read."""
 
-Handler = Callable[[dict[str, Any], str, str, str, float], None]
-"""(event, its type, hostname, uuid, received_at) -> None: counts one validated event."""
+Handler = Callable[[dict[str, Any], int, str, str, str, float], None]
+"""(event, its position in its message, its type, hostname, uuid, received_at) -> None: counts
+one validated event."""
 
 RejectHook = Callable[[str, str], None]
 """(reason, detail) -> None: told of every rejected event (the exporter logs them)."""
@@ -174,7 +176,7 @@ class Counts:
         hostname and uuid."""
         by_type = self.events_by_type
         handlers = self._handlers
-        for event in events:
+        for index, event in enumerate(events):
             try:
                 # The common case, a complete event whose fields ``validate`` would return as
                 # they are, without the call; anything else gets the check itself.
@@ -204,7 +206,7 @@ class Counts:
                     self._count_new_event_type(event_type)
                 handler = handlers.get(event_type)
                 if handler is not None:  # else a custom event: counted by type only
-                    handler(event, event_type, hostname, uuid, received_at)
+                    handler(event, index, event_type, hostname, uuid, received_at)
             except Rejected as rejection:
                 if rejection.event_type is not None:  # it arrived, unusable as it is
                     self._count_new_event_type(rejection.event_type)
@@ -218,7 +220,13 @@ class Counts:
     # that every task sends (a call per event costs more than the counting it would share).
 
     def _received(
-        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
     ) -> None:
         max_length = self.settings.max_label_length
         ledger = self.ledger
@@ -269,12 +277,18 @@ class Counts:
             self._new_series(counts, name, hostname)
         changes = self.changes
         if changes is not None:  # flat: no object made per change (feed.py)
-            changes.append(event)
+            changes.append(index)
             changes.append(name)
             changes.append(host)
 
     def _started(
-        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
     ) -> None:
         tracked = self.ledger.tasks.get(uuid)
         name = event.get("name")
@@ -309,12 +323,18 @@ class Counts:
                 self._observe(self.queue_wait, key, value, self.settings.queue_wait_buckets)
         changes = self.changes
         if changes is not None:
-            changes.append(event)
+            changes.append(index)
             changes.append(name)
             changes.append(tracked[2])
 
     def _succeeded(
-        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
     ) -> None:
         tasks = self.ledger.tasks
         tracked = tasks.get(uuid)
@@ -345,12 +365,18 @@ class Counts:
             del tasks[uuid]
         changes = self.changes
         if changes is not None:
-            changes.append(event)
+            changes.append(index)
             changes.append(name)
             changes.append(None if tracked is None else tracked[2])
 
     def _other_task_event(
-        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
     ) -> None:
         """task-failed, task-retried, task-rejected, task-revoked: rarer, one function."""
         tracked = self.ledger.tasks.get(uuid)
@@ -384,14 +410,20 @@ class Counts:
             self._end(uuid, name)
         changes = self.changes
         if changes is not None:
-            changes.append(event)
+            changes.append(index)
             changes.append(ledger_name)
             changes.append(None if tracked is None else tracked[2])
 
     def _sent(
-        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, at: float
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
     ) -> None:
-        self._count_sent(event, uuid, at)
+        self._count_sent(event, index, uuid, at)
 
     def _new_series(self, counts: dict[TaskKey, int], name: str, hostname: str) -> TaskKey:
         """Count a series not met yet: a new one, or values past a cap or too long (which never
@@ -430,7 +462,13 @@ class Counts:
         return tracked
 
     def _worker_event(
-        self, event: dict[str, Any], event_type: str, hostname: str, uuid: str, received_at: float
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        received_at: float,
     ) -> None:
         if apply_worker_event(
             self.worker_state, event, event_type, hostname, received_at, self.started_count
@@ -555,7 +593,7 @@ class Counts:
                 counts = self.unlabelled[host] = {}
         counts[event_type] = counts.get(event_type, 0) + 1
 
-    def _count_sent(self, event: dict[str, Any], uuid: str, received_at: float) -> None:
+    def _count_sent(self, event: dict[str, Any], index: int, uuid: str, received_at: float) -> None:
         name = event.get("name")
         queue = event.get("queue")
         key = (
@@ -584,20 +622,20 @@ class Counts:
                 name = self.ended.get(uuid, UNKNOWN_TASK)
             entry = ledger.tasks[uuid] = new_entry(name, TASK_SENT)
         elif entry[STATE] != TASK_SENT:  # a worker has it already (events out of order)
-            self._change(event, entry)
+            self._change(index, entry)
             return
         queue = event.get("queue")
         if type(queue) is str and queue and fits(queue, self.settings.max_label_length):
             ledger.wait(uuid, entry, queue, received_at)
         if len(ledger.tasks) > self.settings.max_tracked_tasks:
             ledger.evict()
-        self._change(event, entry)
+        self._change(index, entry)
 
-    def _change(self, event: dict[str, Any], entry: Entry | None) -> None:
+    def _change(self, index: int, entry: Entry | None) -> None:
         """File a task change for the state's subscribers, if any (see ``changes``)."""
         changes = self.changes
         if changes is not None:
-            changes.append(event)
+            changes.append(index)
             if entry is None:
                 changes.append(UNKNOWN_TASK)
                 changes.append(None)

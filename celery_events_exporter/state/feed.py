@@ -1,11 +1,13 @@
 """The task changes of one applied batch, as the state hands them to its subscribers.
 
 The counting loop files the changes flat, in one list per batch (``counting.ChangeLog``): each
-message's ``received_at``, then three items per task event (the event, the name and the worker
-as the ledger knows them). A ``TaskChange`` is made only when a subscriber reads it. The
-recent-task store keeps batches unread until someone asks for the Tasks view, so on a busy
-fleet most changes are never made into objects: an object per change, kept until a read, cost
-the ingest thread a tenth of its work, most of it in the garbage collector (bench/README.md).
+message's ``received_at`` and JSON body, then three items per task event (its position in the
+message, the name and the worker as the ledger knows them). A ``TaskChange`` is made only when a
+subscriber reads it, its event decoded again from the body then. The recent-task store keeps
+batches unread until someone asks for the Tasks view, so on a busy fleet most changes are never
+made into objects: an object per change kept until a read cost the ingest thread a tenth of its
+work (most of it in the garbage collector), and the decoded events kept three times the memory
+of their JSON (bench/README.md).
 """
 
 from __future__ import annotations
@@ -13,21 +15,30 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
+from celery_events_exporter.events.body import loads
 from celery_events_exporter.events.validate import MAX_UUID_LENGTH
 from celery_events_exporter.state.changes import TaskChange
 from celery_events_exporter.state.counting import UNKNOWN_TASK, ChangeLog
 
 
 def _changes(log: ChangeLog) -> Iterator[TaskChange]:
-    at = 0.0
+    at, events = 0.0, None
+    source: Any = None
     index, end = 0, len(log)
     while index < end:
         item = log[index]
-        if not isinstance(item, dict):  # the next message's received_at
-            at = float(item)
+        if type(item) is tuple:  # the next message: (received_at, its body or its events)
+            at, source = item
+            events = None
             index += 1
             continue
-        event: dict[str, Any] = item
+        if events is None:  # decoded again, as the decoder did: only when read
+            if isinstance(source, (bytes, str)):
+                decoded = loads(source)
+                events = decoded if type(decoded) is list else (decoded,)
+            else:
+                events = source
+        event: dict[str, Any] = events[item]
         name, worker = log[index + 1], log[index + 2]
         index += 3
         uuid = event["uuid"]  # validated: a non-empty string, cut as the ledger keys it

@@ -83,7 +83,7 @@ class State:
                         counts.count(events, received_at)
                         continue
                     before = len(changes)
-                    changes.append(received_at)
+                    changes.append((received_at, events if body is None else body))
                     counts.count(events, received_at)
                     if len(changes) == before + 1:  # no task event in it
                         changes.pop()
@@ -135,15 +135,13 @@ class State:
                 self.counts.count_orphaned([(entry[NAME], entry[WORKER]) for _, entry in lost])
             subscribed = bool(self._sinks)
         if lost and subscribed:
-            changes: ChangeLog = [now]
-            for uuid, entry in lost:
-                event = {
-                    "type": TASK_ORPHANED,
-                    "uuid": uuid,
-                    "hostname": entry[WORKER],
-                    "timestamp": now,
-                }
-                changes += (event, entry[NAME], entry[WORKER])
+            made = [
+                {"type": TASK_ORPHANED, "uuid": uuid, "hostname": entry[WORKER], "timestamp": now}
+                for uuid, entry in lost
+            ]
+            changes: ChangeLog = [(now, made)]
+            for index, (_, entry) in enumerate(lost):
+                changes += (index, entry[NAME], entry[WORKER])
             self._publish(ChangeBatch(changes, len(lost), ORPHAN_CHANGE_SIZE * len(lost)))
 
     def queues_read(self, readings: Mapping[str, Any], started_at: float) -> None:
