@@ -112,7 +112,7 @@ orphan = st.tuples(
     st.lists(st.tuples(plausible_names | st.text(max_size=30), plausible_hosts), max_size=3),
     st.just(0.0),
 )
-"""Count tasks orphaned, as the queue tracking's sweep finds them: (name, hostname) pairs."""
+"""Count tasks orphaned, as the ledger's sweep finds them: (name, hostname) pairs."""
 operations = st.lists(weighted((6, message), (2, purge), (1, orphan)), max_size=25)
 state_settings = st.builds(
     StateSettings,

@@ -1,12 +1,12 @@
 """Counting events: the tables the event stream fills, and the loop that fills them.
 
 ``Counts`` is not thread-safe: ``State`` holds its lock around every call. ``count`` runs for
-every event the exporter receives, so the task-state path is written out in its loop (no call
-and no attribute chain per event, the common cases first); what is rare or not about a task
-state (worker events, task-sent, exceptions, new event types) is a method or function of its
-own. ``celery_events_exporter.state.reference`` says the same thing plainly, and a property test
-holds the two
-to the same results.
+every event the exporter receives: it takes the common event's fields as they are and calls one
+function per event type (``_handlers``), which counts the event and writes its task's ledger
+entry (``ledger.py``) and files its change for the state's subscribers. The three events every
+task sends write their series count out (a call per event costs more than what it would
+share). ``tests/reference_counts.py`` says the same thing plainly, and a property test holds
+the two to the same results.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class Counts:
         """The admitted label values and the overflow counts."""
         self.orphaned: dict[TaskKey, int] = {}
         """(task, worker) -> tasks the worker had started when it vanished without a goodbye
-        (found by the queue tracking, counted through ``count_orphaned``)."""
+        (found by the ledger's sweep, counted through ``count_orphaned``)."""
         self.series_names: dict[str, set[str]] = {}
         """hostname -> the task names it has series under (with the worker label): what
         ``forget_worker`` deletes, without a scan of every series."""

@@ -181,7 +181,7 @@ class State:
 
     def count_orphaned(self, tasks: Sequence[tuple[str, str]]) -> None:
         """Count tasks a worker had started when it vanished without a goodbye, each (task
-        name, worker hostname) as the queue tracking found them: labelled, capped and purged
+        name, worker hostname) as the ledger's sweep finds them: labelled, capped and purged
         as the worker's other task series are."""
         with self._lock:
             self.counts.count_orphaned(tasks)
