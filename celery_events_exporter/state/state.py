@@ -84,12 +84,14 @@ class State:
                         continue
                     before = len(changes)
                     changes.append((received_at, events if body is None else body))
-                    counts.count(events, received_at)
-                    if len(changes) == before + 1:  # no task event in it
-                        changes.pop()
-                    else:
-                        filed += 1
-                        size += len(body) if body is not None else _encoded_size(events)
+                    try:
+                        counts.count(events, received_at)
+                    finally:
+                        if len(changes) == before + 1:  # no task event in it
+                            changes.pop()
+                        else:
+                            filed += 1
+                            size += len(body) if body is not None else _encoded_size(events)
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
                     log.exception("message could not be handled", error=error)
