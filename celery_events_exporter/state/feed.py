@@ -20,8 +20,11 @@ from celery_events_exporter.events.validate import MAX_UUID_LENGTH
 from celery_events_exporter.state.changes import TaskChange
 from celery_events_exporter.state.counting import UNKNOWN_TASK, ChangeLog
 
+ChangeFields = tuple[str, str, float, Any, str | None, str | None]
+"""A ``TaskChange``'s fields, in its order, without the object."""
 
-def _changes(log: ChangeLog) -> Iterator[TaskChange]:
+
+def _fields(log: ChangeLog) -> Iterator[ChangeFields]:
     at, events = 0.0, None
     source: Any = None
     index, end = 0, len(log)
@@ -42,7 +45,7 @@ def _changes(log: ChangeLog) -> Iterator[TaskChange]:
         name, worker = log[index + 1], log[index + 2]
         index += 3
         uuid = event["uuid"]  # validated: a non-empty string, cut as the ledger keys it
-        yield TaskChange(
+        yield (
             uuid if len(uuid) <= MAX_UUID_LENGTH else uuid[:MAX_UUID_LENGTH],
             event["type"],
             at,
@@ -50,6 +53,11 @@ def _changes(log: ChangeLog) -> Iterator[TaskChange]:
             None if name == UNKNOWN_TASK else name,
             worker,
         )
+
+
+def _changes(log: ChangeLog) -> Iterator[TaskChange]:
+    for fields in _fields(log):
+        yield TaskChange(*fields)
 
 
 class ChangeBatch(Sequence[TaskChange]):
@@ -78,3 +86,9 @@ class ChangeBatch(Sequence[TaskChange]):
 
     def __iter__(self) -> Iterator[TaskChange]:
         return _changes(self._log)
+
+    def fields(self) -> Iterator[ChangeFields]:
+        """The changes' fields without the objects, for a subscriber in this package that reads
+        every change of every batch it keeps (the recent-task store's merge): a frozen
+        dataclass costs six ``object.__setattr__`` calls to make."""
+        return _fields(self._log)

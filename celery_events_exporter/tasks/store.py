@@ -38,6 +38,7 @@ from celery_events_exporter.events.vocabulary import (
     TASK_STATES,
 )
 from celery_events_exporter.state.changes import TaskChange
+from celery_events_exporter.state.feed import ChangeBatch
 from celery_events_exporter.tasks import bounds
 
 # What the API and the dashboards import from here; the vocabulary is events.vocabulary's.
@@ -293,8 +294,12 @@ class RecentTasks:
             self._merged = self._kept
         observe = self._observe
         for changes, _ in new:
-            for change in changes:
-                observe(change)
+            if isinstance(changes, ChangeBatch):
+                for uuid, event_type, at, event, _name, worker in changes.fields():
+                    observe(uuid, event_type, at, event, worker)
+            else:
+                for change in changes:
+                    observe(change.uuid, change.type, change.timestamp, change.event, change.worker)
         if self.forget_pending_after > 0:
             self._forget_stale_pending(self.clock() - self.forget_pending_after)
 
@@ -313,15 +318,20 @@ class RecentTasks:
             del tasks[uuid]
         self.evicted += len(stale)
 
-    def _observe(self, change: TaskChange) -> None:
-        """Merge one task change into its task's record."""
-        event_type, uuid, received_at = change.type, change.uuid, change.timestamp
+    def _observe(
+        self,
+        uuid: str,
+        event_type: str,
+        received_at: float,
+        event: Mapping[str, Any],
+        worker: str | None,
+    ) -> None:
+        """Merge one task change (its fields) into its task's record."""
         if event_type not in _KINDS:
             return
-        event = change.event
         hostname = event.get("hostname")
         if type(hostname) is not str:  # the state validated it: only a made-up event may lack it
-            hostname = change.worker or ""
+            hostname = worker or ""
         if len(uuid) > bounds.ID_BYTES // 4:
             uuid = bounds.cut(uuid, bounds.ID_BYTES)  # a crafted 5 kB uuid must not be a key
         tasks = self._tasks
