@@ -25,12 +25,9 @@ from prometheus_client.process_collector import ProcessCollector
 
 from celery_events_exporter.app import build_state
 from celery_events_exporter.config import Config
-from celery_events_exporter.decoder import Decoder
 from celery_events_exporter.exposition import negotiation
 from celery_events_exporter.exposition.collector import EventsCollector
 from celery_events_exporter.exposition.page import MetricsPage
-from celery_events_exporter.intake.backlog import IntakeBacklog
-from celery_events_exporter.intake.status import BrokerStatus
 from celery_events_exporter.state import State
 from tests.exposition_oracle import page_registry, reference
 
@@ -67,8 +64,7 @@ def _run_task(state: State, pair: Pair, uuid: str, now: float) -> None:
 
 def _page(state: State, now: float, with_runtime: bool) -> tuple[EventsCollector, MetricsPage]:
     # A fixed clock: the workers stay online however long prometheus-client takes.
-    decoder = Decoder(state, IntakeBacklog())
-    events = EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now)
+    events = EventsCollector(state, clock=lambda: now)
     if not with_runtime:
         return events, MetricsPage(events, [])
     runtime = CollectorRegistry(auto_describe=False)

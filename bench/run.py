@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import threading
@@ -59,6 +60,11 @@ class Row:
     """RabbitMQ: the most messages seen waiting in the consumer's queue (sampled every 0.1 s)."""
     messages: int | None = None
     """RabbitMQ: messages published."""
+    slowest_scrape_s: float | None = None
+    """The slowest ``/metrics`` (as Prometheus asks for it) of those made while the burst was
+    counted (``scrape_during``)."""
+    tasks_lost: int | None = None
+    """Tasks whose task-received the consumer did not count."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -89,8 +95,10 @@ def measure(
     names: int,
     unlimited: bool = True,
     watch_lag: bool = False,
+    scrape_during: bool = False,
 ) -> Row:
-    """Publish ``tasks`` tasks as one burst to a fresh consumer and measure it."""
+    """Publish ``tasks`` tasks as one burst to a fresh consumer and measure it; with
+    ``scrape_during``, ``/metrics`` is read in a loop while the exporter counts."""
     with _broker(kind, unlimited) as url:
         fleet = make_fleet(url, workers, names)
         publisher = BrokerPublisher(url)
@@ -118,6 +126,9 @@ def measure(
                             lag_samples.append(value)
 
                 threading.Thread(target=watch, daemon=True).start()
+            scrapes: list[float] = []
+            if isinstance(proc, Exporter) and scrape_during:
+                scrape_loop(proc, expected, scrapes, stop_watch)
             start = time.time()
             publisher.transmit(prepared)
             published = time.time()
@@ -143,6 +154,14 @@ def measure(
                 by_type, counted_tasks, row.series = parse_counts(text)
                 row.lost, notes = _lost(expected, by_type, counted_tasks)
                 row.notes += notes
+                received = expected.events_by_type.get("task-received", 0)
+                row.tasks_lost = max(0, received - int(by_type.get("task-received", 0)))
+                if scrapes:
+                    row.slowest_scrape_s = max(scrapes)
+                    row.notes.append(
+                        f"{len(scrapes)} scrapes while counting, slowest "
+                        f"{row.slowest_scrape_s:.3f} s"
+                    )
                 renders = [_scrape_as_prometheus(proc.url) for _ in range(3)]
                 row.render_ms = statistics.median(renders) * 1000
                 if lag_samples:
@@ -164,6 +183,38 @@ def measure(
     if row.lost:
         row.rate = 0.0  # a consumer that lost events has no meaningful rate
     return row
+
+
+SCRAPE_PAUSE = 0.1
+"""Seconds between two scrapes of the loop (the end of a run is found by the exporter going
+idle, which back-to-back scrapes would never let it be)."""
+
+
+def scrape_loop(
+    exporter: Exporter, expected: Expected, timings: list[float], stop: threading.Event
+) -> None:
+    """Time ``/metrics`` as Prometheus asks for it, in a loop, from now until the exporter has
+    counted every task-succeeded of the burst or its count stops moving (events lost)."""
+    pattern = re.compile(r'^celery_exporter_events_total\{type="task-succeeded"\} (\S+)$', re.M)
+    target = expected.events_by_type.get("task-succeeded", 0)
+
+    def loop() -> None:
+        last, still = -1.0, 0
+        while not stop.wait(SCRAPE_PAUSE):
+            started = time.perf_counter()
+            try:
+                text = _scrape_text_as_prometheus(exporter.url)
+            except requests.RequestException:
+                continue
+            timings.append(time.perf_counter() - started)
+            match = pattern.search(text)
+            counted = float(match.group(1)) if match else 0.0
+            still = still + 1 if counted == last and counted > 0 else 0
+            if counted >= target or still >= 5:
+                return
+            last = counted
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def watch_queue(url: str, row: Row, stop: threading.Event) -> None:
@@ -322,13 +373,18 @@ def parse_size(text: str) -> int:
 def _scrape_as_prometheus(url: str) -> float:
     """Seconds for one /metrics request as Prometheus 2.x makes it: OpenMetrics, gzipped."""
     start = time.perf_counter()
+    _scrape_text_as_prometheus(url)
+    return time.perf_counter() - start
+
+
+def _scrape_text_as_prometheus(url: str) -> str:
     response = requests.get(
         f"{url}/metrics",
         headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"},
         timeout=120,
     )
     response.raise_for_status()
-    return time.perf_counter() - start
+    return response.text
 
 
 Scenario = Callable[[float, int], Iterator[Row]]
@@ -354,6 +410,19 @@ def _burst(scale: float, round_: int) -> Iterator[Row]:
     for consumer in _pair(round_):
         yield measure("redis-burst-default-limits", "redis", consumer, tasks, 8, 10,
                       unlimited=False, watch_lag=consumer == "exporter")  # fmt: skip
+
+
+BURST_1M_TASKS = 327_868
+"""Tasks of issue 17's burst: with their worker events, 1 M events from 4 workers x 10 names."""
+
+
+def _burst_1m(scale: float, round_: int) -> Iterator[Row]:
+    """Issue 17's burst: 1 M events published as fast as the publisher can to a Redis without a
+    pub/sub buffer limit, the exporter at default settings and the bare receiver in turn, the
+    exporter scraped in a loop while it counts."""
+    for consumer in _pair(round_):
+        yield measure("redis-burst-1m", "redis", consumer, int(BURST_1M_TASKS * scale), 4, 10,
+                      scrape_during=consumer == "exporter")  # fmt: skip
 
 
 def _cardinality(scale: float, round_: int) -> Iterator[Row]:
@@ -384,6 +453,7 @@ SCENARIOS: dict[str, Scenario] = {
     "redis-throughput": _throughput("redis"),
     "amqp-throughput": _throughput("amqp"),
     "redis-burst": _burst,
+    "redis-burst-1m": _burst_1m,
     "high-cardinality": _cardinality,
     "render-50k-series": _series_50k,
     "1m-tasks": _million,
@@ -441,6 +511,31 @@ def ratios(rows: list[Row]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def burst_summary(rows: list[Row]) -> str:
+    """Issue 17's targets over the rounds of ``redis-burst-1m``: per consumer, the median rate
+    and CPU per 100 k events, and the worst tasks lost, peak RSS and slowest scrape."""
+    lines = [
+        "| consumer | rounds | task events/s (median) | CPU s/100k ev (median) | tasks lost (max) "
+        "| events lost (max) | peak RSS MB (max) | slowest scrape s (max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for consumer in ("bare", "exporter"):
+        found = [r for r in rows if r.scenario == "redis-burst-1m" and r.consumer == consumer]
+        if not found:
+            continue
+        rates = [r.seconds and r.task_events / r.seconds for r in found]
+        scrapes = [r.slowest_scrape_s for r in found if r.slowest_scrape_s is not None]
+        tasks_lost = [r.tasks_lost for r in found if r.tasks_lost is not None]
+        lines.append(
+            f"| {consumer} | {len(found)} | {statistics.median(rates) / 1000:.1f} k "
+            f"| {statistics.median(r.cpu_per_100k for r in found):.2f} "
+            f"| {max(tasks_lost) if tasks_lost else ''} | {max(r.lost for r in found)} "
+            f"| {max(r.peak_rss_mb for r in found):.0f} "
+            f"| {f'{max(scrapes):.3f}' if scrapes else ''} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="celery-events-exporter benchmark")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
@@ -470,10 +565,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(asdict(row)), flush=True)
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
     print(table(rows))
-    summary = ratios(rows)
-    if summary:
-        print()
-        print(summary)
+    for summary in (ratios(rows), burst_summary(rows)):
+        if summary:
+            print()
+            print(summary)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     return 0

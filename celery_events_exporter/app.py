@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
+import gc
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
+from http.server import ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client.core import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
@@ -15,22 +16,20 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from celery_events_exporter import __version__
+from celery_events_exporter import __version__, signals
 from celery_events_exporter.config import Config
 from celery_events_exporter.control import Controller
-from celery_events_exporter.decoder import Decoder, RejectionLog
+from celery_events_exporter.decoder import Decoder, DecoderCollector, RejectionLog
 from celery_events_exporter.exposition.collector import EventsCollector
 from celery_events_exporter.exposition.page import MetricsPage
 from celery_events_exporter.intake import make_reader
 from celery_events_exporter.intake.backlog import IntakeBacklog
-from celery_events_exporter.intake.status import BrokerStatus
+from celery_events_exporter.intake.status import BrokerStatus, BrokerStatusCollector
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.parsers import ListenAddress
 from celery_events_exporter.queues import wiring as queue_wiring
-from celery_events_exporter.queues.collector import OnlineWorkers
-from celery_events_exporter.queues.registry import consumed_queues
-from celery_events_exporter.queues.tracking import OrphanCounter
-from celery_events_exporter.state import State, StateSettings, TaskTracker
+from celery_events_exporter.state import State, StateSettings
+from celery_events_exporter.tasks.collector import RecentTasksCollector
 from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
 from celery_events_exporter.tasks.store import RecentTasks
 from celery_events_exporter.web import webconfig
@@ -54,19 +53,12 @@ def state_settings(config: Config) -> StateSettings:
     return StateSettings(**{name: getattr(config, name) for name in names})
 
 
-def build_state(
-    config: Config,
-    recent_tasks: RecentTasks | None = None,
-    task_tracker: TaskTracker | None = None,
-) -> State:
-    """The state, feeding ``recent_tasks`` the messages that carried task events and
-    ``task_tracker`` every message's events (each if any)."""
-    return State(
-        state_settings(config),
-        on_reject=RejectionLog(),
-        task_observer=None if recent_tasks is None else recent_tasks.keep,
-        task_tracker=task_tracker,
-    )
+def build_state(config: Config, recent_tasks: RecentTasks | None = None) -> State:
+    """The state, handing ``recent_tasks`` (if any) its task changes."""
+    state = State(state_settings(config), on_reject=RejectionLog())
+    if recent_tasks is not None:
+        state.subscribe(recent_tasks.take)
+    return state
 
 
 def build_store(config: Config) -> RecentTasks | None:
@@ -95,25 +87,16 @@ def build_api(config: Config, state: State, store: RecentTasks | None, stats: We
     )
 
 
-def build_queues(
-    config: Config,
-    store: RecentTasks | None,
-    online_workers: OnlineWorkers,
-    count_orphaned: OrphanCounter,
-) -> queue_wiring.Queues:
-    """The queue tracking (to be fed by the state) and the queue-depth poller (unless turned
-    off); orphaned tasks are counted by the state and go to the recent-task store."""
+def build_queues(config: Config, state: State) -> queue_wiring.Queues:
+    """The queue-depth poller (unless turned off) and the queue families, which read the
+    state's task ledger (and correct its waiting tasks with what the broker says)."""
     return queue_wiring.build(
         config.broker_url,
         config.broker_transport_options,
         named=config.queues,
         interval=config.queue_poll_interval,
         limit=config.max_queues,
-        max_tracked_tasks=config.max_tracked_tasks,
-        max_label_length=config.max_label_length,
-        online_workers=online_workers,
-        count_orphaned=count_orphaned,
-        on_orphaned=store.keep if store is not None else None,
+        ledger=state,
         management=(
             queue_wiring.ManagementSettings(
                 config.rabbitmq_management_url, config.rabbitmq_management_credentials_file
@@ -124,20 +107,24 @@ def build_queues(
     )
 
 
-def run(config: Config) -> int:
-    """Run until SIGTERM or SIGINT, then stop the threads; returns the process exit code."""
-    stop = threading.Event()
+@dataclasses.dataclass
+class Exporter:
+    """The stages, built and connected, not running yet."""
+
+    threads: list[tuple[str, Callable[[threading.Event], None]]]
+    """(name, the function a thread runs until the stop event is set)."""
+    server: ThreadingHTTPServer
+    started: dict[str, Any]
+    """What the start-up log line says."""
+
+
+def wire(config: Config) -> Exporter:
+    """Build every stage and connect them: reader -> backlog -> decoder -> state -> (store,
+    collectors) -> HTTP; the controller and the queue poller beside them."""
     inbox = IntakeBacklog(config.max_intake_backlog_bytes)
     store = build_store(config)
-    # The queue tracking is fed by the state; it asks the state which workers are online and
-    # has it count the orphaned tasks it finds.
-    queues = build_queues(
-        config,
-        store,
-        online_workers=lambda now: state.online_workers(now),
-        count_orphaned=lambda tasks: state.count_orphaned(tasks),
-    )
-    state = build_state(config, store, queues.tracking)
+    state = build_state(config, store)
+    queues = build_queues(config, state)
     web_stats = WebStats()
     api = build_api(config, state, store, web_stats)
     web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
@@ -160,63 +147,86 @@ def run(config: Config) -> int:
         inspect_workers=config.inspect_workers,
         interval=config.broadcast_interval,
         event_exchange=config.event_exchange,
-        on_task_names=None if api.store is None else api.store.learn_names,
-        on_active_queues=(
-            None
-            if queues.poller is None
-            else lambda replies: queues.registry.set_worker_queues(consumed_queues(replies))
-        ),
+        on_task_names=None if store is None else store.learn_names,
+        on_active_queues=None if queues.poller is None else queues.registry.take_replies,
     )
 
     runtime = CollectorRegistry(auto_describe=False)  # process_*, python_*: the usual extras
     ProcessCollector(registry=runtime)
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
-    extras: list[Collector] = [queues.collector, WebCollector(web_stats), runtime]
-    page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=store), extras)
+    extras: list[Collector] = [
+        BrokerStatusCollector(status),
+        DecoderCollector(decoder),
+        *([] if store is None else [RecentTasksCollector(store)]),
+        queues.collector,
+        WebCollector(web_stats),
+        runtime,
+    ]
+    page = MetricsPage(EventsCollector(state), extras)
 
     server = serve(
         config.listen,
         page,
-        is_ready=lambda: status.connected,
+        is_ready=status.is_connected,
         api=api,
         web_config=web_config,
         stats=web_stats,
         telemetry_path=config.telemetry_path,
     )
-    log.info(
-        "exporter started",
-        version=__version__,
-        listen=str(ListenAddress(config.listen.host, server.server_address[1])),
-        telemetry_path=config.telemetry_path,
-        broker=reader.safe_url(),
-        event_exchange=config.event_exchange,
-        worker_label=config.worker_label,
-        enable_events=config.enable_events,
-        tls=web_config is not None and web_config.tls is not None,
-        basic_auth=web_config is not None and web_config.basic_auth is not None,
-        recent_tasks=config.max_recent_tasks,
-        task_payloads="exposed" if config.expose_task_payloads else "hidden",
-        queue_poll_interval=config.queue_poll_interval if queues.poller is not None else None,
-    )
+    threads: list[tuple[str, Callable[[threading.Event], None]]] = [
+        ("ingest", decoder.run),
+        ("broker-reader", reader.run),
+        ("controller", controller.run),
+    ]
+    if queues.poller is not None:
+        threads.append(("queue-poller", queues.poller.run))
+    started = {
+        "version": __version__,
+        "listen": str(ListenAddress(config.listen.host, server.server_address[1])),
+        "telemetry_path": config.telemetry_path,
+        "broker": reader.safe_url(),
+        "event_exchange": config.event_exchange,
+        "worker_label": config.worker_label,
+        "enable_events": config.enable_events,
+        "tls": web_config is not None and web_config.tls is not None,
+        "basic_auth": web_config is not None and web_config.basic_auth is not None,
+        "recent_tasks": config.max_recent_tasks,
+        "task_payloads": "exposed" if config.expose_task_payloads else "hidden",
+        "queue_poll_interval": (config.queue_poll_interval if queues.poller is not None else None),
+    }
+    return Exporter(threads, server, started)
 
+
+def settle() -> None:
+    """Move what start-up built (modules, classes, functions, the stages) to the garbage
+    collector's permanent generation: it lives as long as the process, and a full collection,
+    which the ingest thread's allocations set off now and then, no longer walks it."""
+    gc.collect()
+    gc.freeze()
+
+
+def run(config: Config) -> int:
+    """Run until SIGTERM or SIGINT (SIGHUP is ignored: ``signals.py``), then stop the
+    threads; returns the process exit code."""
+    exporter = wire(config)
+    settle()
+    log.info("exporter started", **exporter.started)
+    stop = threading.Event()
+    signals.install(stop)
+    return supervise(exporter, stop)
+
+
+def supervise(exporter: Exporter, stop: threading.Event) -> int:
+    """Start the stages' threads and watch them until ``stop`` is set; a thread that dies ends
+    the process (exit code 1) so that a supervisor restarts it. Then stop the HTTP server and
+    give the threads ``SHUTDOWN_GRACE`` to wind down."""
     threads = [
         threading.Thread(target=target, args=(stop,), name=name, daemon=True)
-        for name, target in (
-            ("ingest", decoder.run),
-            ("broker-reader", reader.run),
-            ("controller", controller.run),
-            *([("queue-poller", queues.poller.run)] if queues.poller is not None else []),
-        )
+        for name, target in exporter.threads
     ]
     for thread in threads:
         thread.start()
-
-    def shut_down(signum: int) -> None:
-        log.info("shutting down", signal=signal.Signals(signum).name)
-        stop.set()
-
-    _on_signals(shut_down)
     exit_code = 0
     while not stop.wait(1.0):
         dead = [thread.name for thread in threads if not thread.is_alive()]
@@ -225,8 +235,8 @@ def run(config: Config) -> int:
             exit_code = 1
             stop.set()
     deadline = time.monotonic() + SHUTDOWN_GRACE
-    server.shutdown()  # meanwhile the threads wind down
-    server.server_close()
+    exporter.server.shutdown()  # meanwhile the threads wind down
+    exporter.server.server_close()
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
     left = [thread.name for thread in threads if thread.is_alive()]
@@ -234,18 +244,3 @@ def run(config: Config) -> int:
         log.debug("threads still in a broker call are left behind", threads=left)
     log.info("exporter stopped")
     return exit_code
-
-
-def _on_signals(handler: Callable[[int], None]) -> None:
-    def _handle(signum: int, frame: FrameType | None) -> None:
-        handler(signum)
-
-    signal.signal(signal.SIGTERM, _handle)
-    signal.signal(signal.SIGINT, _handle)
-    signal.signal(signal.SIGHUP, _hang_up)
-
-
-def _hang_up(signum: int, frame: FrameType | None) -> None:
-    """SIGHUP, which logrotate and terminals send, used to end the process (Python's default):
-    the exporter logs to stderr and reads no file it could reload, so there is nothing to do."""
-    log.info("SIGHUP ignored: logs go to stderr, nothing to reopen or reload")

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from celery_events_exporter.events.body import loads
 from celery_events_exporter.events.decode import JSON_CONTENT_TYPES, open_envelope
+from celery_events_exporter.exposition import catalogue as m
+from celery_events_exporter.exposition.families import family
 from celery_events_exporter.intake.backlog import IntakeBacklog
 from celery_events_exporter.intake.message import INVALID_ENVELOPE, RawMessage
 from celery_events_exporter.logging import get_logger, sparse
@@ -35,10 +40,19 @@ class Decoder:
     """Messages counted per acquisition of the state lock: amortises locking without making a
     scrape wait long."""
 
-    def __init__(self, state: State, inbox: IntakeBacklog) -> None:
+    TICK = 1.0
+    """Seconds between the state's ticks (purging workers long gone, finding orphaned tasks),
+    taken between batches or when no message came for a while: the state changes with time on
+    this thread, never in a scrape."""
+
+    def __init__(
+        self, state: State, inbox: IntakeBacklog, clock: Callable[[], float] = time.time
+    ) -> None:
         self.state = state
         self.inbox = inbox
+        self.clock = clock
         self._in_hand: float | None = None
+        self._ticked = 0.0
 
     @property
     def backlog(self) -> int:
@@ -66,6 +80,7 @@ class Decoder:
             try:
                 first = inbox.get(timeout=0.25)
             except queue.Empty:
+                self.tick()
                 continue
             self._in_hand = first.received_at
             batch = [first]
@@ -76,6 +91,14 @@ class Decoder:
                 pass
             self.handle_batch(batch)
             self._in_hand = None
+            self.tick()
+
+    def tick(self) -> None:
+        """The state's tick, at most once per ``TICK`` seconds."""
+        now = self.clock()
+        if now - self._ticked >= self.TICK or now < self._ticked:
+            self._ticked = now
+            self.state.tick(now)
 
     def drain(self) -> None:
         """Count whatever is waiting; used at shutdown and by tests of pure logic."""
@@ -131,6 +154,24 @@ class Decoder:
             return None
         # Prefork workers batch task events in a list (routing key task.multi).
         return (payload if type(payload) is list else (payload,)), message.received_at, body
+
+
+class DecoderCollector(Collector):
+    """The intake backlog's and the decoder's self-metrics, read at scrape time."""
+
+    def __init__(self, decoder: Decoder, clock: Callable[[], float] = time.time) -> None:
+        self.decoder = decoder
+        self.clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # else the registry would collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        decoder = self.decoder
+        yield family(m.EXPORTER_INTAKE_BACKLOG, {(): decoder.backlog})
+        yield family(m.EXPORTER_INTAKE_BACKLOG_BYTES, {(): decoder.backlog_bytes})
+        yield family(m.EXPORTER_EVENTS_DROPPED, {(r,): n for r, n in decoder.dropped.items()})
+        yield family(m.EXPORTER_INTAKE_LAG, {(): decoder.lag(self.clock())})
 
 
 class RejectionLog:

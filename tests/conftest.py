@@ -26,6 +26,7 @@ from celery import Celery
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
+from celery_events_exporter.broker_options import split_broker_urls
 from testkit.brokers import RabbitNode, RedisServer, rabbitmq_vhost
 from testkit.ports import free_port as free_port  # re-exported: tests import it from here
 
@@ -93,8 +94,20 @@ def _tcp_ports(pid: int) -> set[int]:
 def redis_subscriptions(url: str, *pids: int) -> int:
     """Channels and patterns the processes ``pids`` are subscribed to on the Redis server
     reached at ``url``, as the server counts them (CLIENT LIST's ``sub`` and ``psub`` of their
-    connections)."""
+    connections). A failover list is asked at its first server that answers, as the exporter
+    goes down the list."""
     ports = set().union(*map(_tcp_ports, pids))
+    *first, last = split_broker_urls(url)
+    for candidate in first:
+        with redis.Redis.from_url(candidate) as client:
+            try:
+                client.ping()
+            except (redis.ConnectionError, redis.AuthenticationError):
+                continue
+        url = candidate
+        break
+    else:
+        url = last
     with redis.Redis.from_url(url) as client:
         return sum(
             int(entry["sub"]) + int(entry["psub"])

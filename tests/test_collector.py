@@ -13,11 +13,8 @@ from hypothesis import strategies as st
 
 from celery_events_exporter.app import build_state
 from celery_events_exporter.config import Config
-from celery_events_exporter.decoder import Decoder
 from celery_events_exporter.exposition.collector import EventsCollector
 from celery_events_exporter.exposition.writer import Format
-from celery_events_exporter.intake.backlog import IntakeBacklog
-from celery_events_exporter.intake.status import BrokerStatus
 from celery_events_exporter.state import Histogram, State
 from tests.exposition_oracle import Families, families, reference
 
@@ -68,9 +65,7 @@ def sample_state(worker_label: bool = True) -> State:
 
 def collector_for(state: State) -> EventsCollector:
     """A collector of ``state`` with a fixed clock, a second after the events."""
-    return EventsCollector(
-        state, BrokerStatus(), Decoder(state, IntakeBacklog()), clock=lambda: T0 + 1
-    )
+    return EventsCollector(state, clock=lambda: T0 + 1)
 
 
 def _assert_same(collector: EventsCollector, fmt: Format) -> None:

@@ -1,5 +1,5 @@
-"""The fast counting loop (exporter.state.counting, through State) and the plain one
-(exporter.state.reference) agree on every table, whatever events arrive: valid lifecycles,
+"""The fast counting loop (celery_events_exporter.state.counting, through State) and the plain
+one (tests/reference_counts.py) agree on every table, whatever events arrive: valid lifecycles,
 retries, events out of order, unknown names, custom types past their cap, malformed events and
 items that are not events at all, NaN, infinities and integers beyond any float. Events go
 through JSON and back through the decoder's parser first: the state sees only what that reads."""
@@ -16,7 +16,7 @@ from celery_events_exporter.events import vocabulary
 from celery_events_exporter.events.body import loads
 from celery_events_exporter.events.vocabulary import MAX_CUSTOM_EVENT_TYPES
 from celery_events_exporter.state import State, StateSettings
-from celery_events_exporter.state.reference import ReferenceCounts
+from tests.reference_counts import ReferenceCounts
 
 scalars = (
     st.none()
@@ -112,8 +112,14 @@ orphan = st.tuples(
     st.lists(st.tuples(plausible_names | st.text(max_size=30), plausible_hosts), max_size=3),
     st.just(0.0),
 )
-"""Count tasks orphaned, as the queue tracking's sweep finds them: (name, hostname) pairs."""
-operations = st.lists(weighted((6, message), (2, purge), (1, orphan)), max_size=25)
+"""Count tasks orphaned, as the ledger's sweep finds them: (name, hostname) pairs."""
+learn = st.tuples(
+    st.just("learn"),
+    st.dictionaries(st.sampled_from(["u1", "u2", "u5", "u6"]), plausible_names, max_size=3),
+    st.just(0.0),
+)
+"""Names of tasks in flight, as the workers' inspect active/reserved replies give them."""
+operations = st.lists(weighted((6, message), (2, purge), (1, orphan), (1, learn)), max_size=25)
 state_settings = st.builds(
     StateSettings,
     runtime_buckets=st.just((0.1, 1.0, 10.0)),
@@ -139,7 +145,7 @@ def tables(counts: Any) -> dict[str, Any]:
         "workers": {host: vars(worker) for host, worker in counts.workers.items()},
         "events_by_type": counts.events_by_type,
         "rejected": counts.rejected,
-        "tracked": list(counts.tracked.items()),
+        "tracked": [(uuid, (entry[0], entry[1])) for uuid, entry in counts.tracked.items()],
         "unlabelled": counts.unlabelled,
         "ended": counts.ended,
         "greetings": list(counts.greetings),
@@ -147,6 +153,7 @@ def tables(counts: Any) -> dict[str, Any]:
         "admitted": counts.caps.admitted,
         "orphaned": counts.orphaned,
         "exception_classes": counts.exception_classes,
+        "last_event": counts.last_event,
     }
 
 
@@ -165,11 +172,8 @@ def test_the_fast_loop_counts_what_the_reference_counts(
 ) -> None:
     fast_rejections: list[tuple[str, str]] = []
     observed: list[int] = []
-    state = State(
-        config,
-        on_reject=lambda reason, detail: fast_rejections.append((reason, detail)),
-        task_observer=lambda body, at, task_events: observed.append(task_events),
-    )
+    state = State(config, on_reject=lambda reason, detail: fast_rejections.append((reason, detail)))
+    state.subscribe(lambda changes: observed.append(len(changes)))
     plain_rejections: list[tuple[str, str]] = []
     reference = ReferenceCounts(
         config, on_reject=lambda reason, detail: plain_rejections.append((reason, detail))
@@ -184,6 +188,9 @@ def test_the_fast_loop_counts_what_the_reference_counts(
         elif op == "orphan":
             state.count_orphaned(what)
             reference.count_orphaned(what)
+        elif op == "learn":
+            state.learn_names(what)
+            reference.learn_names(what)
         else:  # the fast purge finds the worker's series through its index, the plain one looks
             hosts = known_hosts(reference)
             assert known_hosts(state.counts) == hosts

@@ -90,7 +90,7 @@ def test_long_names_hostnames_and_exception_classes_are_cut() -> None:
     short_host = "worker@" + "h" * 22 + CUT_MARK
     short_name = "tasks." + "n" * 23 + CUT_MARK
     # The tracked name is the cut one: bounded bytes whatever the event carried.
-    assert [name for name, _ in state.counts.tracked.values()] == [short_name]
+    assert [entry[0] for entry in state.counts.tracked.values()] == [short_name]
     feed(state, task("failed", "u1", host=host, exception="E" * 100 + "('boom')"))
     metrics = render(state)
     assert metrics.get("celery_worker_online", worker=short_host) == 1
@@ -127,7 +127,7 @@ def test_orphaned_tasks_are_labelled_capped_and_purged_like_the_workers_other_se
     short_host = "worker@" + "h" * 22 + CUT_MARK
     feed(state, heartbeat(host, freq=2.0, active=2), heartbeat("w2@h", freq=2.0, active=1))
     feed(state, task("received", "u1", host=host, name="tests.sleep"))
-    # As the queue tracking's sweep hands them over: names and hostnames cut already, or not.
+    # As the ledger's sweep hands them over: names and hostnames cut already, or not.
     state.count_orphaned([("tests.sleep", short_host), ("tests.other", host), ("t" * 50, "w2@h")])
     metrics = render(state)
     orphaned = "celery_task_orphaned_total"

@@ -82,6 +82,8 @@ def test_build_gives_a_wheel_and_an_sdist_without_warnings(built: tuple[Path, st
     assert "celery_events_exporter/cli.py" in names
     # Only the exporter is distributed: no tests, demo, bench or dashboards' generator.
     assert {name.split("/", 1)[0] for name in names} == {"celery_events_exporter", info}
+    # The plain reference counting is the tests' specification, not the exporter's code.
+    assert "celery_events_exporter/state/reference.py" not in names
     with tarfile.open(dist / f"{DIST_NAME}-{VERSION}.tar.gz") as sdist:
         members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
     assert {"PKG-INFO", "pyproject.toml", "README.md", "celery_events_exporter/cli.py"} <= members

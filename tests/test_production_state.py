@@ -99,6 +99,17 @@ def test_learnt_names_never_displace_names_events_gave() -> None:
     assert metrics.get("celery_exporter_tracked_tasks") == 1.0  # one forged name got the room
 
 
+def test_a_learnt_name_never_brings_back_a_task_that_ended() -> None:
+    # A reply taken before the task failed arrives after: the task is over, its name stays
+    # the one its events gave (for Celery's task-rejected that follows a Reject's failure).
+    state = make_state()
+    feed(state, task("received", "u1", name="real"), task("failed", "u1", exception="E()"))
+    state.learn_names({"u1": "late"})
+    assert state.counts.tracked == {}
+    feed(state, task("rejected", "u1"))
+    assert render(state).by_label("celery_task_rejected_total", "task") == {"real": 1.0}
+
+
 def test_uncounted_tasks_are_what_the_heartbeats_accepted_less_what_was_seen_starting() -> None:
     state = make_state()
     # Known to the exporter with 5 tasks behind it: those were before its time, not uncounted.
@@ -177,10 +188,8 @@ def test_active_reserved_and_scheduled_replies_give_uuid_to_name() -> None:
 
 def _store_fed(**store_options: Any) -> tuple[State, RecentTasks]:
     store = RecentTasks(100, **store_options)
-    state = State(
-        StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS),
-        task_observer=store.keep,
-    )
+    state = State(StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS))
+    state.subscribe(store.take)
     return state, store
 
 

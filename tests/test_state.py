@@ -12,7 +12,6 @@ from celery_events_exporter.exposition.collector import EventsCollector
 from celery_events_exporter.exposition.writer import Format
 from celery_events_exporter.intake.backlog import IntakeBacklog
 from celery_events_exporter.intake.message import RawMessage
-from celery_events_exporter.intake.status import BrokerStatus
 from celery_events_exporter.state import MAX_CUSTOM_EVENT_TYPES, State, StateSettings
 from tests.conftest import Metrics
 
@@ -42,8 +41,10 @@ def heartbeat(host: str = "w1@h", **fields: Any) -> dict[str, Any]:
 
 
 def render(state: State, now: float = T0) -> Metrics:
-    decoder = Decoder(state, IntakeBacklog())
-    collector = EventsCollector(state, BrokerStatus(), decoder, clock=lambda: now)
+    """A scrape at ``now``, after the ingest thread's tick (which purges and sweeps)."""
+    decoder = Decoder(state, IntakeBacklog(), clock=lambda: now)
+    decoder.tick()
+    collector = EventsCollector(state, clock=lambda: now)
     return Metrics.parse(b"".join(collector.render(Format.TEXT)).decode())
 
 
@@ -236,5 +237,6 @@ def test_a_purge_forgets_a_bounded_slice_of_workers_per_scrape(
     assert len(state.counts.workers) == 7
     assert len(state.counts.task_counts["task-received"]) == 7
     assert len(state.purge_offline_workers(later)) == 5
-    assert state.snapshot(later).workers == []  # the scrape's own purge takes the last two
+    state.tick(later)  # the ingest thread's tick takes the last two
+    assert state.snapshot(later).workers == []
     assert state.snapshot(later).task_counts["task-received"] == {}

@@ -21,7 +21,7 @@ import pytest
 from celery_events_exporter.config import DEFAULT_QUEUE_WAIT_BUCKETS, DEFAULT_RUNTIME_BUCKETS
 from celery_events_exporter.events.exceptions import MAX_EXCEPTION_CLASS_LENGTH, exception_class
 from celery_events_exporter.exposition.catalogue import EXPORTER_RECENT_TASK_EVENTS_DROPPED
-from celery_events_exporter.state import State, StateSettings, WorkerState
+from celery_events_exporter.state import State, StateSettings, TaskChange, WorkerState
 from celery_events_exporter.tasks import bounds
 from celery_events_exporter.tasks.redact import (
     DEFAULT_SECRET_KEY_PATTERNS,
@@ -66,7 +66,9 @@ T0 = 1_732_010_550.472
 def fed(max_tasks: int = 100) -> tuple[State, RecentTasks]:
     store = RecentTasks(max_tasks)
     settings = StateSettings(DEFAULT_RUNTIME_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS)
-    return State(settings, task_observer=store.keep), store
+    state = State(settings)
+    state.subscribe(store.take)
+    return state, store
 
 
 def feed(state: State, *events: dict[str, Any], received_at: float = T0 + 100) -> None:
@@ -811,7 +813,7 @@ def test_an_orphaned_task_reads_lost_even_behind_a_worker_clock_ahead() -> None:
     feed(state, *lifecycle()[:3])
     # The exporter's verdict, stamped with its own clock, earlier than the worker's started.
     verdict = {"type": "task-orphaned", "uuid": UUID, "hostname": WORKER, "timestamp": T0 - 60}
-    store.keep(orjson.dumps([verdict]), T0, 1)
+    store.take([TaskChange(UUID, "task-orphaned", T0, verdict, None, WORKER)])
     record = store.get(UUID)
     assert record is not None
     assert (record.state, record.orphaned, record.worker) == ("LOST", T0 - 60, WORKER)

@@ -1,8 +1,9 @@
 """The one check of a decoded event: is it something the exporter can count or file?
 
-The state's counting calls ``validate`` for every event on the ingest thread; the recent-task
-store calls it again when it merges the messages it kept (at read time), so both agree on which
-events exist. A failed check raises ``Rejected``, whose ``reason`` becomes the label of
+The state's counting applies it to every event on the ingest thread (an event whose type,
+hostname and uuid are plain, non-empty strings, the uuid short, is taken as ``validate`` would
+return it; any other goes through ``validate``); what the state hands its subscribers has passed
+it. A failed check raises ``Rejected``, whose ``reason`` becomes the label of
 ``celery_exporter_events_rejected_total``.
 """
 
@@ -22,8 +23,8 @@ INVALID_FIELD = "invalid_field"
 _NEEDS_UUID = frozenset(TASK_STATE_EVENTS)
 
 MAX_UUID_LENGTH = 128
-"""Characters of a task uuid kept (Celery's are 36): the state and the queue tracking key up to
-100 000 tasks each by it, so a longer, crafted one is cut rather than kept whole (two uuids
+"""Characters of a task uuid kept (Celery's are 36): the state's task ledger keys up to
+100 000 tasks by it, so a longer, crafted one is cut rather than kept whole (two uuids
 alike in their first 128 characters are then one task)."""
 
 

@@ -18,7 +18,7 @@ TASK_REJECTED = "task-rejected"
 TASK_REVOKED = "task-revoked"
 
 TASK_ORPHANED = "task-orphaned"
-"""Made by the exporter itself (exporter.queues.tracking) for the recent-task store when a task
+"""Made by the exporter itself (the state's ledger sweep) for its subscribers when a task
 started on a worker that vanished without a goodbye; never sent by Celery."""
 
 WORKER_ONLINE = "worker-online"

@@ -12,14 +12,11 @@ import celery
 import kombu
 
 from celery_events_exporter import __version__
-from celery_events_exporter.decoder import Decoder
 from celery_events_exporter.exposition import catalogue as m
 from celery_events_exporter.exposition import writer as exposition
 from celery_events_exporter.exposition.catalogue import WORKER, MetricSpec
 from celery_events_exporter.exposition.writer import LabelKey, SeriesCache
-from celery_events_exporter.intake.status import BrokerStatus
 from celery_events_exporter.state import Snapshot, State, TaskKey, WorkerView
-from celery_events_exporter.tasks.store import RecentTasks
 
 Values = Callable[[TaskKey], LabelKey]
 SmallFamilies = list[tuple[MetricSpec, dict[LabelKey, float]]]
@@ -29,23 +26,15 @@ K = TypeVar("K")
 
 
 class EventsCollector:
-    """Writes the event families for ``/metrics``
-    (``celery_events_exporter.exposition.page.MetricsPage``),
-    keeping each family's written series between scrapes (``writer.SeriesCache``)."""
+    """Writes the state's families for ``/metrics``
+    (``celery_events_exporter.exposition.page.MetricsPage``), keeping each family's written
+    series between scrapes (``writer.SeriesCache``). The other stages' self-metrics are their
+    own collectors' (the decoder's, the broker status', the recent-task store's, the queues',
+    the web server's)."""
 
-    def __init__(
-        self,
-        state: State,
-        broker: BrokerStatus,
-        decoder: Decoder,
-        clock: Callable[[], float] = time.time,
-        recent_tasks: RecentTasks | None = None,
-    ) -> None:
+    def __init__(self, state: State, clock: Callable[[], float] = time.time) -> None:
         self.state = state
-        self.broker = broker
-        self.decoder = decoder
         self.clock = clock
-        self.recent_tasks = recent_tasks
         self._dropped = frozenset() if state.settings.worker_label else frozenset({WORKER})
         self._task_series: dict[str, SeriesCache[TaskKey]] = {}
         self._small_series: dict[str, SeriesCache[LabelKey]] = {}
@@ -112,7 +101,7 @@ class EventsCollector:
         """The worker and self-monitoring families: a few series each, per worker at most."""
         return [
             *self._workers(snap.workers, per_worker),
-            *self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks, now),
+            *self._self_metrics(snap.events_by_type, snap.rejected, snap.tracked_tasks),
             (m.EXPORTER_LABEL_OVERFLOW, {key: n for key, n in sorted(snap.label_overflow.items())}),
         ]
 
@@ -181,41 +170,17 @@ class EventsCollector:
                 tasks[(hostname, state)] = counts.get(event_type, 0)
         return list(families.items())
 
+    @staticmethod
     def _self_metrics(
-        self, events: dict[str, int], rejected: dict[str, int], tracked: int, now: float
+        events: dict[str, int], rejected: dict[str, int], tracked: int
     ) -> SmallFamilies:
-        families: SmallFamilies = [
-            (m.EXPORTER_BROKER_CONNECTED, {(): 1.0 if self.broker.connected else 0.0}),
-            (
-                m.EXPORTER_BROKER_CONNECTION_ERRORS,
-                {(r,): n for r, n in self.broker.connection_errors.items()},
-            ),
-            (m.EXPORTER_BROKER_CONNECTIONS_LOST, {(): self.broker.connections_lost}),
-            (m.EXPORTER_SILENT_WORKERS, {(): self.broker.silent_workers}),
-            (
-                m.EXPORTER_BROADCAST_ERRORS,
-                {(r,): n for r, n in self.broker.broadcast_errors.items()},
-            ),
-            (
-                m.EXPORTER_CONTROL_REPLIES_DROPPED,
-                {(r,): n for r, n in self.broker.replies_dropped.items()},
-            ),
+        versions = (__version__, celery.__version__, kombu.__version__, platform.python_version())
+        return [
             (m.EXPORTER_EVENTS, {(t,): count for t, count in sorted(events.items())}),
             (m.EXPORTER_EVENTS_REJECTED, {(r,): count for r, count in sorted(rejected.items())}),
-            (m.EXPORTER_INTAKE_BACKLOG, {(): self.decoder.backlog}),
-            (m.EXPORTER_INTAKE_BACKLOG_BYTES, {(): self.decoder.backlog_bytes}),
-            (m.EXPORTER_EVENTS_DROPPED, {(r,): n for r, n in self.decoder.dropped.items()}),
-            (m.EXPORTER_INTAKE_LAG, {(): self.decoder.lag(now)}),
             (m.EXPORTER_TRACKED_TASKS, {(): tracked}),
+            (m.EXPORTER_BUILD_INFO, {versions: 1.0}),
         ]
-        if self.recent_tasks is not None:
-            families.append((m.EXPORTER_RECENT_TASKS, {(): self.recent_tasks.count()}))
-            families.append((m.EXPORTER_RECENT_TASKS_EVICTED, {(): self.recent_tasks.evicted}))
-            dropped = self.recent_tasks.dropped
-            families.append((m.EXPORTER_RECENT_TASK_EVENTS_DROPPED, {(): dropped}))
-        versions = (__version__, celery.__version__, kombu.__version__, platform.python_version())
-        families.append((m.EXPORTER_BUILD_INFO, {versions: 1.0}))
-        return families
 
 
 def _cache(caches: dict[str, SeriesCache[K]], spec: MetricSpec) -> SeriesCache[K]:

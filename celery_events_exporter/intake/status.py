@@ -4,7 +4,14 @@ controller."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from celery_events_exporter.exposition import catalogue as m
+from celery_events_exporter.exposition.families import family
 
 
 @dataclass
@@ -30,3 +37,31 @@ class BrokerStatus:
     broadcast_errors: dict[str, int] = field(default_factory=dict)
     """The controller's failed broadcasts and greetings by reason (replaced whole by the
     controller, so a scrape never sees it half-updated)."""
+
+    def is_connected(self) -> bool:
+        """Whether the reader holds a connection now: the exporter's readiness."""
+        return self.connected
+
+
+class BrokerStatusCollector(Collector):
+    """The broker connection's self-metrics (the reader's and the controller's reports)."""
+
+    def __init__(self, status: BrokerStatus) -> None:
+        self.status = status
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # else the registry would collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.status
+        yield family(m.EXPORTER_BROKER_CONNECTED, {(): 1.0 if status.connected else 0.0})
+        connection_errors = status.connection_errors
+        yield family(
+            m.EXPORTER_BROKER_CONNECTION_ERRORS, {(r,): n for r, n in connection_errors.items()}
+        )
+        yield family(m.EXPORTER_BROKER_CONNECTIONS_LOST, {(): status.connections_lost})
+        yield family(m.EXPORTER_SILENT_WORKERS, {(): status.silent_workers})
+        errors = status.broadcast_errors
+        yield family(m.EXPORTER_BROADCAST_ERRORS, {(r,): n for r, n in errors.items()})
+        dropped = status.replies_dropped
+        yield family(m.EXPORTER_CONTROL_REPLIES_DROPPED, {(r,): n for r, n in dropped.items()})

@@ -4,7 +4,8 @@ broker."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -12,11 +13,21 @@ from prometheus_client.registry import Collector
 from celery_events_exporter.exposition import catalogue as m
 from celery_events_exporter.exposition.catalogue import Kind, MetricSpec
 from celery_events_exporter.queues.poller import QueuePoller
+from celery_events_exporter.queues.reading import QueueReading
 from celery_events_exporter.queues.registry import QueueRegistry
-from celery_events_exporter.queues.tracking import TaskTracking, TrackingSnapshot
+from celery_events_exporter.state.snapshot import QueueViews
 
-OnlineWorkers = Callable[[float], set[str]]
-"""now -> hostnames of the workers online then (from the state's liveness rule)."""
+
+class TaskLedger(Protocol):
+    """What the queue families read of the state's task ledger (``State``)."""
+
+    def queue_views(self, queues: Iterable[str] | None = None) -> QueueViews: ...
+
+    def waiting_queues(self) -> list[str]: ...
+
+    def online_workers(self, now: float) -> set[str]: ...
+
+    def queues_read(self, readings: Mapping[str, QueueReading], started_at: float) -> None: ...
 
 
 def _family(
@@ -29,21 +40,20 @@ def _family(
 
 
 class QueuesCollector(Collector):
-    """The polled families (when a poller runs) and the tracked ones; the sweep that finds
-    orphaned tasks (the state counts them) runs at each scrape, before they are read."""
+    """The polled families (when a poller runs) and the task ledger's (the oldest waiting task
+    per watched queue, prefetched tasks per worker), read from the state: a scrape changes
+    nothing there."""
 
     def __init__(
         self,
         poller: QueuePoller | None,
         registry: QueueRegistry,
-        tracking: TaskTracking,
-        online_workers: OnlineWorkers,
+        ledger: TaskLedger,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.poller = poller
         self.registry = registry
-        self.tracking = tracking
-        self.online_workers = online_workers
+        self.ledger = ledger
         self.clock = clock
 
     def describe(self) -> Iterable[Metric]:
@@ -51,20 +61,21 @@ class QueuesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
-        online = self.online_workers(now)
-        self.tracking.sweep(now, online)
-        tracked = self.tracking.snapshot()
-        yield from self._tracked(tracked, now)
+        # The queues tasks were sent to are watched (within the registry's bound) as soon as
+        # their age is shown, polled or not.
+        self.registry.add(self.ledger.waiting_queues())
+        views = self.ledger.queue_views(self.registry.names())
+        yield from self._tracked(views, now)
         if self.poller is not None:
-            yield from self._polled(self.poller, online)
+            yield from self._polled(self.poller, self.ledger.online_workers(now))
 
-    def _tracked(self, tracked: TrackingSnapshot, now: float) -> Iterator[Metric]:
+    def _tracked(self, views: QueueViews, now: float) -> Iterator[Metric]:
         oldest = _family(m.QUEUE_OLDEST_TASK_AGE)
-        for queue, sent_at in sorted(tracked.oldest_sent.items()):
+        for queue, sent_at in sorted(views.oldest_waiting.items()):
             oldest.add_metric([queue], max(0.0, now - sent_at))
         yield oldest
         prefetched = _family(m.WORKER_PREFETCHED_TASKS)
-        for worker, count in sorted(tracked.prefetched.items()):
+        for worker, count in sorted(views.prefetched.items()):
             prefetched.add_metric([worker], count)
         yield prefetched
 

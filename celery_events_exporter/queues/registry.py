@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from celery_events_exporter.logging import get_logger
+from celery_events_exporter.logging import get_logger, sparse
 from celery_events_exporter.queues.reading import QueueReading
 
 log = get_logger(__name__)
@@ -152,7 +152,7 @@ class QueueRegistry:
         del self._discovered[victim]
         del self._idle[victim]
         self.evicted += 1
-        if self.evicted & (self.evicted - 1) == 0:  # the 1st, 2nd, 4th, 8th... time
+        if sparse(self.evicted):
             log.info(
                 "an idle queue gave its place under --max-queues to another",
                 queue=victim[:200],
@@ -160,6 +160,10 @@ class QueueRegistry:
                 evicted_total=self.evicted,
             )
         return True
+
+    def take_replies(self, replies: Any) -> None:
+        """The workers' ``inspect active_queues`` replies, as the controller hands them over."""
+        self.set_worker_queues(consumed_queues(replies))
 
     def set_worker_queues(self, replies: Mapping[str, Iterable[str]]) -> None:
         """Record which queues each worker consumes (``inspect active_queues``) and watch them."""

@@ -8,12 +8,11 @@ from typing import Any
 
 from celery_events_exporter.broker_options import EXPORTER_ONLY_OPTIONS, broker_connection
 from celery_events_exporter.logging import get_logger
-from celery_events_exporter.queues.collector import OnlineWorkers, QueuesCollector
+from celery_events_exporter.queues.collector import QueuesCollector, TaskLedger
 from celery_events_exporter.queues.management import ManagementApi, read_credentials
 from celery_events_exporter.queues.poller import QueuePoller
 from celery_events_exporter.queues.reading import QueueReader
 from celery_events_exporter.queues.registry import QueueRegistry
-from celery_events_exporter.queues.tracking import OrphanCounter, OrphanObserver, TaskTracking
 
 log = get_logger(__name__)
 
@@ -64,8 +63,6 @@ def reader_factory(
 @dataclass
 class Queues:
     registry: QueueRegistry
-    tracking: TaskTracking
-    """Feed it the state's events (``State.task_tracker``)."""
     poller: QueuePoller | None
     """None when polling is off or the broker has no queue reader; run it on a thread."""
     collector: QueuesCollector
@@ -78,22 +75,12 @@ def build(
     named: Iterable[str],
     interval: float,
     limit: int,
-    max_tracked_tasks: int,
-    max_label_length: int,
-    online_workers: OnlineWorkers,
-    count_orphaned: OrphanCounter | None = None,
-    on_orphaned: OrphanObserver | None = None,
+    ledger: TaskLedger,
     management: ManagementSettings | None = None,
 ) -> Queues:
-    """The registry, the task tracking, the poller (``interval`` 0: none) and their collector."""
+    """The registry, the poller (``interval`` 0: none) and their collector; the state's task
+    ledger is corrected by the poller's readings and read by the collector."""
     registry = QueueRegistry(named, limit)
-    tracking = TaskTracking(
-        registry,
-        max_tasks=max_tracked_tasks,
-        max_length=max_label_length,
-        count_orphaned=count_orphaned,
-        on_orphaned=on_orphaned,
-    )
     poller = None
     if interval > 0:
         timeout = min(MAX_TIMEOUT, interval)
@@ -101,6 +88,12 @@ def build(
         if open_reader is None:
             log.warning("queue depths are not read on this broker", broker=broker_url.split(":")[0])
         else:
-            poller = QueuePoller(open_reader, registry, interval, listener=tracking.queues_read)
-    collector = QueuesCollector(poller, registry, tracking, online_workers)
-    return Queues(registry, tracking, poller, collector)
+            poller = QueuePoller(
+                open_reader,
+                registry,
+                interval,
+                listener=ledger.queues_read,
+                sent_to=ledger.waiting_queues,
+            )
+    collector = QueuesCollector(poller, registry, ledger)
+    return Queues(registry, poller, collector)

@@ -1,12 +1,12 @@
 """Counting events: the tables the event stream fills, and the loop that fills them.
 
 ``Counts`` is not thread-safe: ``State`` holds its lock around every call. ``count`` runs for
-every event the exporter receives, so the task-state path is written out in its loop (no call
-and no attribute chain per event, the common cases first); what is rare or not about a task
-state (worker events, task-sent, exceptions, new event types) is a method or function of its
-own. ``celery_events_exporter.state.reference`` says the same thing plainly, and a property test
-holds the two
-to the same results.
+every event the exporter receives: it takes the common event's fields as they are and calls one
+function per event type (``_handlers``), which counts the event and writes its task's ledger
+entry (``ledger.py``) and files its change for the state's subscribers. The three events every
+task sends write their series count out (a call per event costs more than what it would
+share). ``tests/reference_counts.py`` says the same thing plainly, and a property test holds
+the two to the same results.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery_events_exporter.events.exceptions import exception_class
-from celery_events_exporter.events.validate import INVALID_FIELD, Rejected, is_number, validate
+from celery_events_exporter.events.validate import (
+    INVALID_FIELD,
+    MAX_UUID_LENGTH,
+    Rejected,
+    is_number,
+    validate,
+)
 from celery_events_exporter.events.vocabulary import (
     KNOWN_EVENT_TYPES,
     MAX_CUSTOM_EVENT_TYPE_LENGTH,
@@ -26,12 +32,14 @@ from celery_events_exporter.events.vocabulary import (
     TASK_FAILED,
     TASK_RECEIVED,
     TASK_REJECTED,
+    TASK_RETRIED,
     TASK_REVOKED,
     TASK_SENT,
     TASK_STARTED,
     TASK_STATE_EVENTS,
     TASK_SUCCEEDED,
     WORKER_EVENTS,
+    WORKER_OFFLINE,
 )
 from celery_events_exporter.state.histogram import Histogram
 from celery_events_exporter.state.labels import (
@@ -42,7 +50,18 @@ from celery_events_exporter.state.labels import (
     TASK,
     WORKER,
     LabelCaps,
+    cut,
     fits,
+)
+from celery_events_exporter.state.ledger import (
+    NAME,
+    STATE,
+    Entry,
+    Ledger,
+    new_entry,
+)
+from celery_events_exporter.state.ledger import (
+    WORKER as ENTRY_WORKER,
 )
 from celery_events_exporter.state.settings import StateSettings
 from celery_events_exporter.state.snapshot import TaskKey
@@ -53,6 +72,16 @@ UNKNOWN_TASK = "unknown"
 was received, or the task is not registered on the worker)."""
 
 __all__ = ["OTHER", "UNKNOWN_TASK", "Counts", "RejectHook"]
+
+ChangeLog = list[Any]
+"""The task changes of a batch as the loop files them, flat: for each message, a tuple
+(received_at, its JSON body or, when there is none, its events), then (the event's position in
+the message, the task's name as the ledger knows it, its worker as the ledger knows it) for each
+of its task events; ``feed.ChangeBatch`` makes ``TaskChange`` objects of them when read."""
+
+Handler = Callable[[dict[str, Any], int, str, str, str, float], None]
+"""(event, its position in its message, its type, hostname, uuid, received_at) -> None: counts
+one validated event."""
 
 RejectHook = Callable[[str, str], None]
 """(reason, detail) -> None: told of every rejected event (the exporter logs them)."""
@@ -88,10 +117,22 @@ class Counts:
         self.workers: dict[str, WorkerState] = {}
         self.events_by_type: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
-        self.tracked: dict[str, tuple[str, float | None]] = {}
-        """uuid -> (task name, worker's received timestamp) of tasks received and not finished,
-        insertion-ordered so that the oldest is evicted first; a tuple, not an object: one is
-        made for every task."""
+        self.ledger = Ledger(settings.max_tracked_tasks)
+        """The tasks received (or sent) and not finished, oldest first (``ledger.py``)."""
+        self.changes: ChangeLog | None = None
+        """The task changes of the batch being counted, for the state's subscribers; None when
+        there are none (nothing is filed then)."""
+        self._handlers: dict[str, Handler] = {
+            TASK_RECEIVED: self._received,
+            TASK_STARTED: self._started,
+            TASK_SUCCEEDED: self._succeeded,
+            TASK_SENT: self._sent,
+            **dict.fromkeys(
+                (TASK_FAILED, TASK_RETRIED, TASK_REJECTED, TASK_REVOKED), self._other_task_event
+            ),
+            **dict.fromkeys(WORKER_EVENTS, self._worker_event),
+        }
+        """Event type -> what counts it; a type not here is counted by type only."""
         self.unlabelled: dict[str, dict[str, int]] = {}
         """hostname -> {task event type: count}, kept only when the worker label is off (with it
         on, ``task_counts`` already holds them)."""
@@ -110,7 +151,7 @@ class Counts:
         """The admitted label values and the overflow counts."""
         self.orphaned: dict[TaskKey, int] = {}
         """(task, worker) -> tasks the worker had started when it vanished without a goodbye
-        (found by the queue tracking, counted through ``count_orphaned``)."""
+        (found by the ledger's sweep, counted through ``count_orphaned``)."""
         self.series_names: dict[str, set[str]] = {}
         """hostname -> the task names it has series under (with the worker label): what
         ``forget_worker`` deletes, without a scan of every series."""
@@ -123,148 +164,341 @@ class Counts:
         """worker label value -> when its last task event was received (with the worker label,
         per message: the worker of the message's last task event): what a purge goes by for a
         worker that sends no heartbeats (``celery worker --without-heartbeat``)."""
+        self._last_key: TaskKey | None = None
+        """The series key of the last task event counted in the message at hand: the task event
+        handlers leave it here, ``count`` writes ``last_event`` from it once per message."""
         self._custom_event_types = 0
 
-    def count(self, events: Sequence[Any], received_at: float) -> int:
+    def count(self, events: Sequence[Any], received_at: float) -> None:
         """Count decoded events (a ``task.multi`` list, or one event) received at
-        ``received_at``; returns how many were task events (the recent-task store wants their
-        message). Never raises on bad input: it is counted in ``rejected``."""
+        ``received_at`` and write their tasks' ledger entries; each task event counted is also
+        filed in ``changes`` (when it is a list: the state's subscribers want them), and the
+        worker of the message's last task event is noted in ``last_event``. Never raises on
+        bad input: it is counted in ``rejected``.
+
+        One function per event type (``_handlers``), called with the event's validated type,
+        hostname and uuid."""
         by_type = self.events_by_type
-        task_counts = self.task_counts
-        tracked_tasks = self.tracked
-        settings = self.settings
-        worker_label = settings.worker_label
-        max_tracked = settings.max_tracked_tasks
-        max_length = settings.max_label_length
-        caps = self.caps
-        queue_wait, wait_bounds = self.queue_wait, settings.queue_wait_buckets
-        runtimes, run_bounds = self.runtime, settings.runtime_buckets
-        key: TaskKey | None = None
-        task_events = 0
-        for event in events:
+        handlers = self._handlers
+        for index, event in enumerate(events):
             try:
-                event_type, hostname, uuid = validate(event)
+                # The common case, a complete event whose fields ``validate`` would return as
+                # they are, without the call; anything else gets the check itself.
+                if type(event) is dict:
+                    try:
+                        event_type = event["type"]
+                        hostname = event["hostname"]
+                        uuid = event["uuid"]
+                    except KeyError:
+                        event_type, hostname, uuid = validate(event)
+                    else:
+                        if (
+                            type(event_type) is not str
+                            or type(hostname) is not str
+                            or type(uuid) is not str
+                            or not event_type
+                            or not hostname
+                            or not uuid
+                            or len(uuid) > MAX_UUID_LENGTH
+                        ):
+                            event_type, hostname, uuid = validate(event)
+                else:
+                    event_type, hostname, uuid = validate(event)
                 try:
                     by_type[event_type] += 1
                 except KeyError:  # the first of its type
                     self._count_new_event_type(event_type)
-                counts = task_counts.get(event_type)
-                if counts is None:  # not a task state: worker events, task-sent, custom
-                    if event_type in _WORKER_EVENTS:
-                        if apply_worker_event(
-                            self.worker_state,
-                            event,
-                            event_type,
-                            hostname,
-                            received_at,
-                            self.started_count,
-                        ) and fits(hostname, max_length):
-                            # A longer hostname is no worker's to send a broadcast to.
-                            self.greetings.append(hostname)
-                    elif event_type == TASK_SENT:
-                        self._count_sent(event, uuid)
-                        task_events += 1
-                    continue
-
-                name = event.get("name")
-                tracked = tracked_tasks.get(uuid)
-                if event_type == TASK_RECEIVED:
-                    if (type(name) is not str and not isinstance(name, str)) or not name:
-                        name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
-                    elif not fits(name, max_length):
-                        name = caps.cut(TASK, name)  # before it is tracked: bounded bytes
-                    timestamp = event.get("timestamp")
-                    # A retry is received again: move it to the young end.
-                    if tracked is not None:
-                        del tracked_tasks[uuid]
-                    tracked_tasks[uuid] = (
-                        name,
-                        timestamp if isinstance(timestamp, (int, float)) else None,
-                    )
-                    if len(tracked_tasks) > max_tracked:
-                        del tracked_tasks[next(iter(tracked_tasks))]
-                elif (
-                    name is None
-                    or (type(name) is not str and not isinstance(name, str))
-                    or not name
-                ):
-                    name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
-                elif not fits(name, max_length):
-                    name = caps.cut(TASK, name)
-
-                if worker_label:
-                    key = (name, hostname)
-                else:
-                    key = (name, "")
-                    self._count_unlabelled(hostname, event_type, received_at)
-                try:
-                    counts[key] += 1
-                except KeyError:
-                    # A new series, or values past a cap or too long (which never make a key of
-                    # their own, so they come here every time): the labels' one check.
-                    key = self._series_key(name, hostname)
-                    name = key[0]
-                    try:
-                        counts[key] += 1
-                    except KeyError:  # the pair's first event: its other series start at 0
-                        self.seed(key)
-                        counts[key] = 1
-
-                # The one observation a task event may make: queue wait or runtime.
-                histograms: dict[TaskKey, Histogram] | None = None
-                if event_type == TASK_STARTED:
-                    started = event.get("timestamp")
-                    if (
-                        tracked is not None
-                        and tracked[1] is not None
-                        and (
-                            (type(started) is float and -_INF < started < _INF)
-                            or is_number(started)
-                        )
-                    ):
-                        value = float(started) - tracked[1]
-                        if not value > 0.0:  # NaN too, as a received timestamp may be
-                            value = 0.0
-                        histograms, bounds = queue_wait, wait_bounds
-                elif event_type == TASK_SUCCEEDED:
-                    runtime = event.get("runtime")
-                    if type(runtime) is float and 0 <= runtime < _INF:
-                        value = runtime
-                        histograms, bounds = runtimes, run_bounds
-                    elif is_number(runtime) and runtime >= 0:
-                        value = float(runtime)
-                        histograms, bounds = runtimes, run_bounds
-                    if tracked is not None:
-                        del tracked_tasks[uuid]
-                elif event_type == TASK_FAILED:
-                    self._count_exception(name, event.get("exception"))
-                    if tracked is not None:
-                        self._end(uuid, name)
-                elif event_type in (TASK_REJECTED, TASK_REVOKED) and tracked:
-                    self._end(uuid, name)
-                if histograms is not None:
-                    try:
-                        histogram = histograms[key]
-                    except KeyError:
-                        histogram = histograms[key] = Histogram.empty(bounds)
-                    histogram.counts[bisect_left(bounds, value)] += 1
-                    histogram.total += value
-                task_events += 1
+                handler = handlers.get(event_type)
+                if handler is not None:  # else a custom event: counted by type only
+                    handler(event, index, event_type, hostname, uuid, received_at)
             except Rejected as rejection:
                 if rejection.event_type is not None:  # it arrived, unusable as it is
                     self._count_new_event_type(rejection.event_type)
                 self.reject(rejection.reason, str(rejection))
             except Exception as exc:  # a bug or an input we did not foresee: count it, go on
                 self.reject(INVALID_FIELD, f"{type(exc).__name__}: {exc}")
-        if key is not None and worker_label:
-            # Once per message, not per event: a worker's messages carry its own events only.
-            self.last_event[key[1]] = received_at
-        return task_events
+        key = self._last_key
+        if key is not None:
+            self._last_key = None
+            if self.settings.worker_label:
+                # Once per message, not per event: a worker's messages carry its own events only.
+                self.last_event[key[1]] = received_at
+
+    # The task events, the frequent ones first. Each resolves the task's name (the event's, cut
+    # to the label-length cap, else the ledger's), updates the ledger entry, counts the
+    # (name, worker) series and files the change; the series count is written out in the three
+    # that every task sends (a call per event costs more than the counting it would share).
+
+    def _received(
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
+    ) -> None:
+        max_length = self.settings.max_label_length
+        ledger = self.ledger
+        tasks = ledger.tasks
+        tracked = tasks.get(uuid)
+        name = event.get("name")
+        if (type(name) is not str and not isinstance(name, str)) or not name:
+            name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+        elif not fits(name, max_length):
+            name = self.caps.cut(TASK, name)  # before it is tracked: bounded bytes
+        timestamp = event.get("timestamp")
+        host = cut(hostname, max_length)  # as the worker records are
+        if ledger.departed and host in ledger.departed:
+            ledger.back(host)  # started again since its goodbye
+        # A retry is received again: move it to the young end.
+        if tracked is not None:
+            del tasks[uuid]
+            if tracked[4] is not None:
+                ledger.unwait(uuid, tracked)
+            attempt = tracked[6] + 1
+            sent_at = tracked[5]
+        else:
+            attempt = 1
+            sent_at = None
+        tasks[uuid] = [
+            name,
+            timestamp if isinstance(timestamp, (int, float)) else None,
+            host,
+            TASK_RECEIVED,
+            None,
+            sent_at,
+            attempt,
+        ]
+        if len(tasks) > self.settings.max_tracked_tasks:
+            ledger.evict()
+
+        counts = self.task_counts[TASK_RECEIVED]
+        if self.settings.worker_label:
+            key = (name, hostname)
+        else:
+            key = (name, "")
+            self._count_unlabelled(hostname, event_type, at)
+        try:
+            counts[key] += 1
+        except KeyError:
+            key = self._new_series(counts, name, hostname)
+        self._last_key = key
+        changes = self.changes
+        if changes is not None:  # flat: no object made per change (feed.py)
+            changes.append(index)
+            changes.append(name)
+            changes.append(host)
+
+    def _started(
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
+    ) -> None:
+        tracked = self.ledger.tasks.get(uuid)
+        name = event.get("name")
+        if name is None or (type(name) is not str and not isinstance(name, str)) or not name:
+            name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+        elif not fits(name, self.settings.max_label_length):
+            name = self.caps.cut(TASK, name)
+        if tracked is not None:
+            if tracked[4] is not None:  # news from a worker: it no longer waits
+                self.ledger.unwait(uuid, tracked)
+            tracked[3] = TASK_STARTED
+        if tracked is None or tracked[2] is None:
+            tracked = self._started_unseen(uuid, name, hostname, tracked)
+
+        counts = self.task_counts[TASK_STARTED]
+        if self.settings.worker_label:
+            key = (name, hostname)
+        else:
+            key = (name, "")
+            self._count_unlabelled(hostname, event_type, at)
+        try:
+            counts[key] += 1
+        except KeyError:
+            key = self._new_series(counts, name, hostname)
+        self._last_key = key
+        received = tracked[1]
+        if received is not None:  # queue wait: received to started, on the worker's clock
+            started = event.get("timestamp")
+            if (type(started) is float and -_INF < started < _INF) or is_number(started):
+                value = float(started) - received
+                if not value > 0.0:  # NaN too, as a received timestamp may be
+                    value = 0.0
+                self._observe(self.queue_wait, key, value, self.settings.queue_wait_buckets)
+        changes = self.changes
+        if changes is not None:
+            changes.append(index)
+            changes.append(name)
+            changes.append(tracked[2])
+
+    def _succeeded(
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
+    ) -> None:
+        tasks = self.ledger.tasks
+        tracked = tasks.get(uuid)
+        name = event.get("name")
+        if name is None or (type(name) is not str and not isinstance(name, str)) or not name:
+            name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+        elif not fits(name, self.settings.max_label_length):
+            name = self.caps.cut(TASK, name)
+        if tracked is not None and tracked[4] is not None:
+            self.ledger.unwait(uuid, tracked)
+
+        counts = self.task_counts[TASK_SUCCEEDED]
+        if self.settings.worker_label:
+            key = (name, hostname)
+        else:
+            key = (name, "")
+            self._count_unlabelled(hostname, event_type, at)
+        try:
+            counts[key] += 1
+        except KeyError:
+            key = self._new_series(counts, name, hostname)
+        self._last_key = key
+        runtime = event.get("runtime")
+        if type(runtime) is float and 0 <= runtime < _INF:
+            self._observe(self.runtime, key, runtime, self.settings.runtime_buckets)
+        elif is_number(runtime) and runtime >= 0:
+            self._observe(self.runtime, key, float(runtime), self.settings.runtime_buckets)
+        if tracked is not None:
+            del tasks[uuid]
+        changes = self.changes
+        if changes is not None:
+            changes.append(index)
+            changes.append(name)
+            changes.append(None if tracked is None else tracked[2])
+
+    def _other_task_event(
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
+    ) -> None:
+        """task-failed, task-retried, task-rejected, task-revoked: rarer, one function."""
+        tracked = self.ledger.tasks.get(uuid)
+        name = event.get("name")
+        if name is None or (type(name) is not str and not isinstance(name, str)) or not name:
+            name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
+        elif not fits(name, self.settings.max_label_length):
+            name = self.caps.cut(TASK, name)
+        if tracked is not None:
+            if tracked[4] is not None:
+                self.ledger.unwait(uuid, tracked)
+            tracked[3] = event_type
+        ledger_name = name
+
+        counts = self.task_counts[event_type]
+        if self.settings.worker_label:
+            key = (name, hostname)
+        else:
+            key = (name, "")
+            self._count_unlabelled(hostname, event_type, at)
+        try:
+            counts[key] += 1
+        except KeyError:
+            key = self._new_series(counts, name, hostname)
+            name = key[0]
+        self._last_key = key
+        if event_type == TASK_FAILED:
+            self._count_exception(name, event.get("exception"))
+            if tracked is not None:
+                self._end(uuid, name)
+        elif event_type != TASK_RETRIED and tracked:
+            self._end(uuid, name)
+        changes = self.changes
+        if changes is not None:
+            changes.append(index)
+            changes.append(ledger_name)
+            changes.append(None if tracked is None else tracked[2])
+
+    def _sent(
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        at: float,
+    ) -> None:
+        self._count_sent(event, index, uuid, at)
+
+    def _new_series(self, counts: dict[TaskKey, int], name: str, hostname: str) -> TaskKey:
+        """Count a series not met yet: a new one, or values past a cap or too long (which never
+        make a key of their own, so they come here every time): the labels' one check."""
+        key = self._series_key(name, hostname)
+        try:
+            counts[key] += 1
+        except KeyError:  # the pair's first event: its other series start at 0
+            self.seed(key)
+            counts[key] = 1
+        return key
+
+    @staticmethod
+    def _observe(
+        histograms: dict[TaskKey, Histogram], key: TaskKey, value: float, bounds: tuple[float, ...]
+    ) -> None:
+        try:
+            histogram = histograms[key]
+        except KeyError:
+            histogram = histograms[key] = Histogram.empty(bounds)
+        histogram.counts[bisect_left(bounds, value)] += 1
+        histogram.total += value
+
+    def _started_unseen(self, uuid: str, name: str, hostname: str, tracked: Entry | None) -> Entry:
+        """A task-started whose task-received the ledger missed (or a task only sent so far):
+        the worker that started it is known from here."""
+        host = cut(hostname, self.settings.max_label_length)
+        ledger = self.ledger
+        if ledger.departed and host in ledger.departed:
+            ledger.back(host)
+        if tracked is None:
+            tracked = ledger.tasks[uuid] = new_entry(name, TASK_STARTED)
+            if len(ledger.tasks) > self.settings.max_tracked_tasks:
+                ledger.evict()
+        tracked[2] = host
+        return tracked
+
+    def _worker_event(
+        self,
+        event: dict[str, Any],
+        index: int,
+        event_type: str,
+        hostname: str,
+        uuid: str,
+        received_at: float,
+    ) -> None:
+        if apply_worker_event(
+            self.worker_state, event, event_type, hostname, received_at, self.started_count
+        ) and fits(hostname, self.settings.max_label_length):
+            # A longer hostname is no worker's to send a broadcast to.
+            self.greetings.append(hostname)
+        if event_type == WORKER_OFFLINE:
+            self.ledger.goodbye(cut(hostname, self.settings.max_label_length))
+
+    @property
+    def tracked(self) -> dict[str, Entry]:
+        """The ledger's entries: uuid -> entry (``ledger.py``), oldest first."""
+        return self.ledger.tasks
 
     def _end(self, uuid: str, name: str) -> None:
         """Stop tracking a task that failed, was rejected or revoked; keep its name a while:
         a task that raised Reject fails first, then is rejected."""
-        del self.tracked[uuid]
+        del self.ledger.tasks[uuid]
         ended = self.ended
         ended[uuid] = name
         if len(ended) > MAX_ENDED_NAMES:
@@ -293,14 +527,15 @@ class Counts:
 
     def learn_names(self, names: Mapping[str, str]) -> None:
         """Remember the names of tasks in flight ({uuid: name}, from inspect active/reserved):
-        their later events carry none."""
-        tracked = self.tracked
+        their later events carry none. Only in the ledger's free room: never at the cost of a
+        task its events named (no eviction), and not for a task that ended (``ended``)."""
+        tracked = self.ledger.tasks
         room = self.settings.max_tracked_tasks - len(tracked)
         for uuid, name in names.items():
-            if room <= 0:  # never at the cost of a task its events named: no eviction
+            if room <= 0:
                 break
             if uuid not in tracked and uuid not in self.ended:
-                tracked[uuid] = (self.caps.cut(TASK, name), None)
+                tracked[uuid] = new_entry(self.caps.cut(TASK, name), None)
                 room -= 1
 
     def started_count(self, hostname: str) -> int:
@@ -374,7 +609,7 @@ class Counts:
         counts[event_type] = counts.get(event_type, 0) + 1
         self.last_event[host] = received_at
 
-    def _count_sent(self, event: dict[str, Any], uuid: str) -> None:
+    def _count_sent(self, event: dict[str, Any], index: int, uuid: str, received_at: float) -> None:
         name = event.get("name")
         queue = event.get("queue")
         key = (
@@ -392,13 +627,37 @@ class Counts:
             queue = caps.label(QUEUE, key[1]) if key[1] else ""
             key = (OTHER if label is None else label, queue)
             sent[key] = sent.get(key, 0) + 1
+        if not uuid:
+            return
         # Named from here (as cut, not folded, like a received task): a task revoked or expired
         # before a worker received it sends no task-received, only its task-revoked.
-        tracked = self.tracked
-        if name != UNKNOWN_TASK and uuid and uuid not in tracked:
-            tracked[uuid] = (name, None)
-            if len(tracked) > self.settings.max_tracked_tasks:
-                del tracked[next(iter(tracked))]
+        ledger = self.ledger
+        entry = ledger.tasks.get(uuid)
+        if entry is None:
+            if name == UNKNOWN_TASK:
+                name = self.ended.get(uuid, UNKNOWN_TASK)
+            entry = ledger.tasks[uuid] = new_entry(name, TASK_SENT)
+        elif entry[STATE] != TASK_SENT:  # a worker has it already (events out of order)
+            self._change(index, entry)
+            return
+        queue = event.get("queue")
+        if type(queue) is str and queue and fits(queue, self.settings.max_label_length):
+            ledger.wait(uuid, entry, queue, received_at)
+        if len(ledger.tasks) > self.settings.max_tracked_tasks:
+            ledger.evict()
+        self._change(index, entry)
+
+    def _change(self, index: int, entry: Entry | None) -> None:
+        """File a task change for the state's subscribers, if any (see ``changes``)."""
+        changes = self.changes
+        if changes is not None:
+            changes.append(index)
+            if entry is None:
+                changes.append(UNKNOWN_TASK)
+                changes.append(None)
+            else:
+                changes.append(entry[NAME])
+                changes.append(entry[ENTRY_WORKER])
 
     def _count_exception(self, task: str, exception: Any) -> None:
         cls = exception_class(exception)

@@ -54,3 +54,13 @@ class WorkerRow:
     online: bool
     task_counts: dict[str, int] | None
     """Task events counted from the worker, by event type; None before its first one."""
+
+
+@dataclass(frozen=True)
+class QueueViews:
+    """The task ledger's views for the queue families."""
+
+    prefetched: dict[str, int]
+    """Online worker (as of the last sweep) -> tasks received and not started."""
+    oldest_waiting: dict[str, float]
+    """Queue -> when the exporter received the task-sent of its oldest waiting task."""

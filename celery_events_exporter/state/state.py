@@ -4,82 +4,104 @@ that only this class takes."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
+from celery_events_exporter.events.vocabulary import TASK_ORPHANED
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.state import labels, workers
-from celery_events_exporter.state.counting import Counts, RejectHook
-from celery_events_exporter.state.labels import WORKER
+from celery_events_exporter.state.changes import TaskChangeSink
+from celery_events_exporter.state.counting import ChangeLog, Counts, RejectHook
+from celery_events_exporter.state.feed import ChangeBatch
+from celery_events_exporter.state.ledger import NAME, WORKER
 from celery_events_exporter.state.settings import StateSettings
-from celery_events_exporter.state.snapshot import Snapshot, WorkerRow, WorkerView
+from celery_events_exporter.state.snapshot import QueueViews, Snapshot, WorkerRow, WorkerView
 
 log = get_logger(__name__)
 
-TaskObserver = Callable[[bytes | str, float, int], None]
-"""(the message's JSON body, received_at, task events counted from it) -> None: called once per
-message that carried task events, so that the recent-task store can keep the body and decode it
-when someone reads it: once per message, not per event, to keep the ingest thread's cost per
-event down (bench/README.md)."""
-
-TaskTracker = Callable[[Sequence[Any], float], None]
-"""(a message's decoded events, received_at) -> None: called with every message after it is
-counted; the queue tracking (exporter.queues.tracking) follows tasks from sent to their end."""
-
 DecodedMessage = tuple[Sequence[Any], float, bytes | str | None]
 """What one broker message carried: (its events, when it was received, the JSON they were
-decoded from, or None to have it re-encoded for the task observer)."""
+decoded from, or None: then its size for the subscribers' bounds is that of its JSON re-encoded)."""
 
 INTERNAL_ERROR = "internal_error"
 
+ORPHAN_CHANGE_SIZE = 120
+"""Bytes a made-up ``task-orphaned`` change counts for in the subscribers' bounds (its JSON)."""
+
 PURGE_SLICE = 20_000
-"""Workers plus their task names forgotten per purge (per scrape) at most; each task name is a
+"""Workers plus their task names forgotten per purge (per tick) at most; each task name is a
 few dict deletions (one per task family), so a slice takes some tens of milliseconds."""
 
 
 class State:
-    """What the event stream has told us: task counts, runtime histograms and worker liveness.
+    """What the event stream has told us: task counts, runtime histograms, worker liveness and
+    the task ledger (``ledger.py``).
 
     Writers hand it decoded events (``apply_batch``: one lock acquisition per batch of
-    messages); readers get copies (``snapshot``, ``workers_view``) and render them after the
-    lock is released. Under the lock, after a message is counted, ``task_tracker`` (the queue
-    tracking) is given its events and ``task_observer`` (the recent-task store's ``keep``) its
-    body if it carried task events.
+    messages); readers get copies (``snapshot``, ``workers_view``, ``queue_views``) and render
+    them after the lock is released; reading never changes anything. What changes with time
+    (forgetting workers long gone, finding tasks orphaned) is done by ``tick``, which the ingest
+    thread calls between batches. After each batch, outside the lock, every subscriber
+    (``subscribe``) is handed the batch's task changes.
     """
 
-    def __init__(
-        self,
-        settings: StateSettings,
-        *,
-        on_reject: RejectHook | None = None,
-        task_observer: TaskObserver | None = None,
-        task_tracker: TaskTracker | None = None,
-    ) -> None:
+    def __init__(self, settings: StateSettings, *, on_reject: RejectHook | None = None) -> None:
         self.settings = settings
         self.counts = Counts(settings, on_reject)
         """The tables; read them through ``snapshot`` (tests of the rendering aside)."""
-        self._task_observer = task_observer
-        self._task_tracker = task_tracker
+        self._sinks: list[TaskChangeSink] = []
         self._lock = threading.RLock()
         """Re-entrant: a batch's decoding, under the lock, may reject a message."""
+
+    def subscribe(self, sink: TaskChangeSink) -> None:
+        """Hand ``sink`` the task changes of every batch applied from now on (``changes.py``)."""
+        with self._lock:
+            self._sinks.append(sink)
+            self.counts.changes = []
 
     # -- the ingest side ---------------------------------------------------------------------
 
     def apply_batch(self, messages: Iterable[DecodedMessage]) -> None:
-        """Count the events of several messages, under one acquisition of the lock. Never
-        raises on bad input; an exception on one message is counted and the rest go on.
-        ``messages`` may be a generator that decodes them one by one: it runs under the lock,
-        and may call ``reject``."""
+        """Count the events of several messages, under one acquisition of the lock, then hand
+        the subscribers their task changes. Never raises on bad input; an exception on one
+        message is counted and the rest go on. ``messages`` may be a generator that decodes
+        them one by one: it runs under the lock, and may call ``reject``."""
+        counts = self.counts
+        size = filed = 0
         with self._lock:
+            changes = counts.changes
             for events, received_at, body in messages:
                 try:
-                    self._apply(events, received_at, body)
+                    if changes is None:
+                        counts.count(events, received_at)
+                        continue
+                    before = len(changes)
+                    changes.append((received_at, events if body is None else body))
+                    try:
+                        counts.count(events, received_at)
+                    finally:
+                        if len(changes) == before + 1:  # no task event in it
+                            changes.pop()
+                        else:
+                            filed += 1
+                            size += len(body) if body is not None else _encoded_size(events)
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
                     log.exception("message could not be handled", error=error)
-                    self.counts.reject(INTERNAL_ERROR, error)
+                    counts.reject(INTERNAL_ERROR, error)
+            if changes:
+                counts.changes = []
+        if changes:
+            self._publish(ChangeBatch(changes, (len(changes) - filed) // 3, size))
+
+    def _publish(self, batch: ChangeBatch) -> None:
+        for sink in self._sinks:
+            try:
+                sink(batch)
+            except Exception as exc:  # a subscriber's bug must not end the ingest thread
+                log.exception("a task-change subscriber failed", error=f"{type(exc).__name__}")
 
     def apply_many(
         self, events: Sequence[Any], received_at: float, body: bytes | str | None = None
@@ -91,19 +113,39 @@ class State:
         """Count one decoded event."""
         self.apply_batch((((event,), received_at, None),))
 
-    def _apply(self, events: Sequence[Any], received_at: float, body: bytes | str | None) -> None:
-        task_events = self.counts.count(events, received_at)
-        tracker = self._task_tracker
-        if tracker is not None:
-            tracker(events, received_at)
-        observer = self._task_observer
-        if observer is not None and task_events:
-            if body is None:
-                try:
-                    body = orjson.dumps(events)
-                except TypeError:  # not what JSON decodes to: the events were rejected
-                    return
-            observer(body, received_at, task_events)
+    def tick(self, now: float) -> None:
+        """What time does to the state, on the ingest thread between batches: forget workers
+        offline for longer than the purge delay (a bounded slice per call), then sweep the
+        ledger for tasks orphaned by workers gone without a goodbye."""
+        with self._lock:
+            self._purge(now)
+        self.sweep(now, self.online_workers(now))
+
+    def sweep(self, now: float, online: set[str]) -> None:
+        """Count the started tasks of workers online at the previous sweep and absent from
+        ``online`` (gone without a goodbye) as orphaned, and hand them to the subscribers as
+        ``task-orphaned`` changes; forget the tasks in flight of those workers and of the
+        workers that said goodbye."""
+        with self._lock:
+            lost = self.counts.ledger.sweep(online)
+            if lost:
+                self.counts.count_orphaned([(entry[NAME], entry[WORKER]) for _, entry in lost])
+            subscribed = bool(self._sinks)
+        if lost and subscribed:
+            made = [
+                {"type": TASK_ORPHANED, "uuid": uuid, "hostname": entry[WORKER], "timestamp": now}
+                for uuid, entry in lost
+            ]
+            changes: ChangeLog = [(now, made)]
+            for index, (_, entry) in enumerate(lost):
+                changes += (index, entry[NAME], entry[WORKER])
+            self._publish(ChangeBatch(changes, len(lost), ORPHAN_CHANGE_SIZE * len(lost)))
+
+    def queues_read(self, readings: Mapping[str, Any], started_at: float) -> None:
+        """The queue poller's readings (queue -> ``QueueReading``), taken from ``started_at``:
+        tasks the broker no longer holds stop waiting in the ledger."""
+        with self._lock:
+            self.counts.ledger.queues_read(readings, started_at)
 
     def reject(self, reason: str, detail: str = "") -> None:
         """Count input rejected before it became events (bad envelope, JSON...)."""
@@ -137,7 +179,9 @@ class State:
         with self._lock:
             counts = self.counts
             known = {host for host, w in counts.workers.items() if w.last_heartbeat > 0}
-            known.update(host for host in counts.last_event if host in counts.caps.admitted[WORKER])
+            known.update(
+                host for host in counts.last_event if host in counts.caps.admitted[labels.WORKER]
+            )
             return known
 
     def worker_label(self, hostname: str) -> str:
@@ -161,10 +205,15 @@ class State:
 
     def count_orphaned(self, tasks: Sequence[tuple[str, str]]) -> None:
         """Count tasks a worker had started when it vanished without a goodbye, each (task
-        name, worker hostname) as the queue tracking found them: labelled, capped and purged
+        name, worker hostname) as the ledger's sweep finds them: labelled, capped and purged
         as the worker's other task series are."""
         with self._lock:
             self.counts.count_orphaned(tasks)
+
+    def in_flight(self) -> int:
+        """Ledger entries that wait in a queue or that a worker holds."""
+        with self._lock:
+            return self.counts.ledger.in_flight()
 
     def learn_names(self, names: Mapping[str, str]) -> None:
         """Remember the names of tasks in flight ({uuid: name}, from the workers' inspect
@@ -175,10 +224,8 @@ class State:
     # -- the reading side --------------------------------------------------------------------
 
     def snapshot(self, now: float) -> Snapshot:
-        """Forget the workers offline for longer than the purge delay, then copy what a scrape
-        renders."""
+        """Copy what a scrape renders."""
         with self._lock:
-            self._purge(now)
             counts = self.counts
             worker_timeout = self.settings.worker_timeout
             return Snapshot(
@@ -210,13 +257,14 @@ class State:
 
     def purge_offline_workers(self, now: float) -> list[str]:
         """Forget workers offline for longer than the purge delay, with their task series;
-        returns their hostnames. ``snapshot`` does this too."""
+        returns their hostnames. ``tick`` does this too."""
         with self._lock:
             return self._purge(now)
 
     def _purge(self, now: float) -> list[str]:
         """Forget workers long gone, at most ``PURGE_SLICE`` task names' series at a time (the
-        next call goes on), so that a scrape waits for a bounded purge whatever went away."""
+        next call goes on), so that the ingest thread pauses for a bounded purge whatever went
+        away."""
         settings = self.settings
         counts = self.counts
         gone = workers.long_gone(
@@ -230,7 +278,7 @@ class State:
         gone.extend(
             host
             for host in workers.silent_gone(
-                counts.caps.admitted[WORKER],
+                counts.caps.admitted[labels.WORKER],
                 counts.workers,
                 counts.last_event,
                 now,
@@ -247,6 +295,18 @@ class State:
             budget -= 1 + self.counts.forget_worker(host)
             purged.append(host)
         return purged
+
+    def queue_views(self, queues: Iterable[str] | None = None) -> QueueViews:
+        """The ledger's views for the queue families: prefetched tasks per online worker and
+        the oldest waiting task's arrival per queue (only ``queues``, if given)."""
+        with self._lock:
+            ledger = self.counts.ledger
+            return QueueViews(ledger.prefetched(), ledger.oldest_waiting(queues))
+
+    def waiting_queues(self) -> list[str]:
+        """The queues that tasks were sent to and still wait in (for the queue poller)."""
+        with self._lock:
+            return self.counts.ledger.waiting_queues()
 
     def workers_view(self, now: float) -> list[WorkerRow]:
         """Every worker with its liveness and task counts, for the Workers view; copies."""
@@ -282,3 +342,11 @@ class State:
         """Task events counted per worker: hostname -> {event type: count}."""
         with self._lock:
             return self.counts.worker_task_counts()
+
+
+def _encoded_size(events: Sequence[Any]) -> int:
+    """The size of a message's JSON when only its events are at hand (tests, direct calls)."""
+    try:
+        return len(orjson.dumps(events))
+    except TypeError:  # not what JSON decodes to
+        return 0

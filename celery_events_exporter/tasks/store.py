@@ -1,9 +1,9 @@
 """The recent tasks of the Tasks view: one record per task uuid, bounded, oldest evicted first.
 
-Fed by ``State.task_observer``, so ``keep`` runs on the ingest thread under the state lock for
-every message that carried task events: it only files the message's JSON body. A read of the
-store decodes what was filed since the previous read and merges it into the records, so tasks
-that pass unread (most of them, on a busy fleet) cost the ingest thread nothing. Payloads are kept
+Fed by the state's task changes (``State.subscribe``), so ``take`` runs on the ingest thread,
+after the state's lock is released, once per applied batch: it only files the batch. A read of
+the store merges what was filed since the previous read into the records, so tasks that pass
+unread (most of them, on a busy fleet) cost the ingest thread nothing. Payloads are kept
 exactly as the events carry them (Celery's repr strings, cut to a fixed length when merged);
 parsing and masking wait until someone asks for them (celery_events_exporter/redact.py).
 
@@ -20,12 +20,10 @@ import itertools
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from celery_events_exporter.events.body import loads
-from celery_events_exporter.events.validate import Rejected, validate
 from celery_events_exporter.events.vocabulary import (
     FAILURE,
     LOST,
@@ -39,6 +37,8 @@ from celery_events_exporter.events.vocabulary import (
     TASK_RECEIVED,
     TASK_STATES,
 )
+from celery_events_exporter.state.changes import TaskChange
+from celery_events_exporter.state.feed import ChangeBatch
 from celery_events_exporter.tasks import bounds
 
 # What the API and the dashboards import from here; the vocabulary is events.vocabulary's.
@@ -138,6 +138,10 @@ WINDOW_EVENTS_PER_TASK = 6
 """Task events kept unmerged per task of ``max_tasks``: a task sends 3 to 4 (sent, received,
 started, then its end), so the window reaches back past the ``max_tasks`` most recent tasks."""
 
+CHANGE_SIZE = 300
+"""Bytes of JSON a task change counts for when its batch does not say (Celery's task events take
+about 300 each)."""
+
 WINDOW_BYTES_PER_TASK = 4096
 """Bytes of JSON kept unmerged per task of ``max_tasks``: Celery's task events take about 300
 each, so this binds only when payloads or tracebacks are large (a traceback is cut to
@@ -151,23 +155,23 @@ _RECEIVED_TEXT_FIELDS = (
 )
 """What task-received carries besides the payload, with the bytes kept of each."""
 
-Kept = tuple[bytes | str, float, int]
-"""A message kept for a later merge: (JSON body, received_at, task events in it)."""
+Kept = tuple[Sequence[TaskChange], int]
+"""A batch of task changes kept for a later merge, with the bytes of JSON they came from."""
 
 
 class RecentTasks:
     """Up to ``max_tasks`` task records; the oldest (by last task-received) is evicted first.
 
-    The ingest thread does not merge anything: ``keep`` files each message's JSON body, as read
-    from the broker, in a window of the last ``WINDOW_EVENTS_PER_TASK * max_tasks`` task events.
-    A read (``records``, ``get``) decodes what arrived since the previous read and merges it into
-    the records, in arrival order, which gives the records that merging on arrival gave. On a
-    busy fleet most tasks leave the window before anyone reads it and cost nothing but the
-    window's slot (what merging on arrival cost instead: bench/README.md).
+    The ingest thread does not merge anything: ``take`` files each batch of task changes the
+    state hands it, in a window of the last ``WINDOW_EVENTS_PER_TASK * max_tasks`` task events.
+    A read (``records``, ``get``) merges what arrived since the previous read into the records,
+    in arrival order, which gives the records that merging on arrival gave. On a busy fleet most
+    tasks leave the window before anyone reads it and cost nothing but the window's slot (what
+    merging on arrival cost instead: bench/README.md).
 
-    A window overrun (more task events, or bytes, between two reads than it holds) skips the oldest
-    messages: counted in ``dropped``; a task whose early events were skipped shows what its
-    later events carry.
+    A window overrun (more task events, or bytes of the JSON they came in, between two reads
+    than it holds) skips the oldest batches: counted in ``dropped``; a task whose early events
+    were skipped shows what its later events carry.
     """
 
     def __init__(
@@ -233,31 +237,36 @@ class RecentTasks:
     def pending(self) -> int:
         """Task events kept in the window and not merged yet."""
         with self._window_lock:
-            return sum(item[2] for item in self._unmerged())
+            return sum(len(item[0]) for item in self._unmerged())
 
     def _unmerged(self) -> Iterator[Kept]:
         """The window's messages not merged yet; call with ``_window_lock`` held."""
         merged_in_window = self._merged - (self._kept - len(self._window))
         return itertools.islice(self._window, max(0, merged_in_window), None)
 
-    def keep(self, body: bytes | str, received_at: float, task_events: int) -> None:
-        """``State.task_observer``: keep a message that carried ``task_events`` task events."""
+    def take(self, changes: Sequence[TaskChange]) -> None:
+        """The state's subscriber (``State.subscribe``): keep a batch of task changes. Its
+        ``size`` (``state.feed.ChangeBatch``) is the bytes of JSON the changes came in."""
+        if not changes:
+            return
+        task_events = len(changes)
+        size = getattr(changes, "size", CHANGE_SIZE * task_events)
         window = self._window
         with self._window_lock:
-            window.append((body, received_at, task_events))
+            window.append((changes, size))
             self._kept += 1
             self._window_task_events += task_events
-            self._window_bytes += len(body)
+            self._window_bytes += size
             while (
                 self._window_task_events > self.window_events
                 or self._window_bytes > self.window_bytes
             ) and len(window) > 1:
                 oldest = self._kept - len(window) + 1
-                old_body, _, dropped = window.popleft()
-                self._window_task_events -= dropped
-                self._window_bytes -= len(old_body)
+                old_changes, old_size = window.popleft()
+                self._window_task_events -= len(old_changes)
+                self._window_bytes -= old_size
                 if oldest > self._merged:
-                    self.dropped += dropped
+                    self.dropped += len(old_changes)
 
     @contextmanager
     def reading(self) -> Iterator[list[TaskRecord]]:
@@ -284,13 +293,13 @@ class RecentTasks:
             new = list(self._unmerged())
             self._merged = self._kept
         observe = self._observe
-        for body, received_at, _ in new:
-            try:
-                events = loads(body)
-            except ValueError:  # the state counted it as invalid already
-                continue
-            for event in events if type(events) is list else (events,):
-                observe(event, received_at)
+        for changes, _ in new:
+            if isinstance(changes, ChangeBatch):
+                for uuid, event_type, at, event, _name, worker in changes.fields():
+                    observe(uuid, event_type, at, event, worker)
+            else:
+                for change in changes:
+                    observe(change.uuid, change.type, change.timestamp, change.event, change.worker)
         if self.forget_pending_after > 0:
             self._forget_stale_pending(self.clock() - self.forget_pending_after)
 
@@ -309,14 +318,20 @@ class RecentTasks:
             del tasks[uuid]
         self.evicted += len(stale)
 
-    def _observe(self, event: Any, received_at: float) -> None:
-        """Merge one event into its task's record, the events the state rejected left out."""
-        try:
-            event_type, hostname, uuid = validate(event)
-        except Rejected:
+    def _observe(
+        self,
+        uuid: str,
+        event_type: str,
+        received_at: float,
+        event: Mapping[str, Any],
+        worker: str | None,
+    ) -> None:
+        """Merge one task change (its fields) into its task's record."""
+        if event_type not in _KINDS:
             return
-        if not uuid or event_type not in _KINDS:
-            return
+        hostname = event.get("hostname")
+        if type(hostname) is not str:  # the state validated it: only a made-up event may lack it
+            hostname = worker or ""
         if len(uuid) > bounds.ID_BYTES // 4:
             uuid = bounds.cut(uuid, bounds.ID_BYTES)  # a crafted 5 kB uuid must not be a key
         tasks = self._tasks
@@ -335,7 +350,7 @@ class RecentTasks:
     def _merge(
         self,
         record: TaskRecord,
-        event: dict[str, Any],
+        event: Mapping[str, Any],
         event_type: str,
         hostname: str,
         received_at: float,
@@ -416,7 +431,7 @@ class RecentTasks:
                     )
 
     @staticmethod
-    def _payload(record: TaskRecord, event: dict[str, Any]) -> None:
+    def _payload(record: TaskRecord, event: Mapping[str, Any]) -> None:
         """What task-sent and task-received carry: the call's arguments and retry count."""
         args = event.get("args")
         if args is not None:

@@ -1,18 +1,18 @@
 """The counting of ``celery_events_exporter.state.counting``, written plainly: one small function
-per kind of
-event, no speed tricks. It is the specification the fast loop is held to: a property test feeds
-both any sequence of events and compares every table (tests/test_counting_reference.py).
+per kind of event, no speed tricks. It is the specification the fast loop is held to: a property
+test feeds both any sequence of events and compares every table (tests/test_counting_reference.py).
+It lives with the tests: the exporter never runs it.
 
 Shared with the fast loop, on purpose: the validation (``celery_events_exporter.events.validate``),
-the
-vocabulary, and the worker updates (``celery_events_exporter.state.workers``), which are not part
-of the loop.
+the vocabulary, and the worker updates (``celery_events_exporter.state.workers``), which are not
+part of the loop. Of the task ledger it models the membership and order of the entries and the
+two fields the counting reads (name, received timestamp); the views are tested on their own.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery_events_exporter.events import vocabulary as v
@@ -53,6 +53,10 @@ class ReferenceCounts:
         )
         self.exception_classes: set[str] = set()
         self.custom_event_types: set[str] = set()
+        self.last_event: dict[str, float] = {}
+        """worker label -> when its last task event arrived: with the worker label, the worker
+        of a message's last task event counted, once per message; without it, every event's."""
+        self._last_worker: str | None = None
         self._task_handlers: dict[str, Callable[[dict[str, Any], TaskKey, str], None]] = {
             v.TASK_RECEIVED: lambda event, key, uuid: None,  # tracked before the key is made
             v.TASK_STARTED: self._started,
@@ -64,8 +68,10 @@ class ReferenceCounts:
         }
 
     def count(self, events: Sequence[Any], received_at: float) -> int:
-        """Count each event in turn; returns how many were task events."""
+        """Count each event in turn; returns how many task changes the state hands its
+        subscribers: task events, but a task-sent without uuid."""
         task_events = 0
+        self._last_worker = None
         for event in events:
             try:
                 if self._count_one(event, received_at):
@@ -74,6 +80,8 @@ class ReferenceCounts:
                 self._reject(rejection.reason, str(rejection))
             except Exception as exc:  # e.g. a number too large for a float: counted so far
                 self._reject(INVALID_FIELD, f"{type(exc).__name__}: {exc}")
+        if self._last_worker is not None and self.settings.worker_label:
+            self.last_event[self._last_worker] = received_at
         return task_events
 
     def _count_one(self, event: Any, received_at: float) -> bool:
@@ -93,21 +101,26 @@ class ReferenceCounts:
             return False
         if event_type == v.TASK_SENT:
             self._count_sent(event, uuid)
-            return True
+            return bool(uuid)
         if event_type not in v.TASK_STATE_EVENTS:
             return False  # a custom event: counted by type only
         name = self._task_name(uuid, event)
         if event_type == v.TASK_RECEIVED:
             self._track(uuid, name, event)
+        elif event_type == v.TASK_STARTED and uuid not in self.tracked:
+            self._remember(uuid, name)  # its worker is known from here: it may be orphaned
         name = self.caps.label(TASK, name)
         if self.settings.worker_label:
             key = (name, self.caps.label(WORKER, hostname))
         else:
             key = (name, "")
-            self._add(self.unlabelled.setdefault(self.caps.label(WORKER, hostname), {}), event_type)
+            host = self.caps.label(WORKER, hostname)
+            self._add(self.unlabelled.setdefault(host, {}), event_type)
+            self.last_event[host] = received_at
         if key not in self.task_counts[event_type]:
             self._seed(key)
         self._add(self.task_counts[event_type], key)
+        self._last_worker = key[1]
         self._task_handlers[event_type](event, key, uuid)
         return True
 
@@ -127,12 +140,22 @@ class ReferenceCounts:
             else:
                 self._add(self.orphaned, (label, ""))
 
+    def learn_names(self, names: Mapping[str, str]) -> None:
+        """Names of tasks in flight from the workers' inspect replies: remembered in free room
+        only (never evicting a task its events named), and never for a task that ended."""
+        for uuid, name in names.items():
+            if len(self.tracked) >= self.settings.max_tracked_tasks:
+                return
+            if uuid not in self.tracked and uuid not in self.ended:
+                self.tracked[uuid] = (self.caps.cut(TASK, name), None)
+
     def forget_worker(self, host: str) -> int:
         """Drop a worker, its series (found by looking at every one) and its place; then the
         places of the task names no series is left under, with their sent and exception
         series, and the queue and exception-class places no series uses any more."""
         self.workers.pop(host, None)
         self.unlabelled.pop(host, None)
+        self.last_event.pop(host, None)
         self.caps.release(WORKER, host)
         if not self.settings.worker_label:
             return 0
@@ -181,10 +204,14 @@ class ReferenceCounts:
         label = self.caps.admit(TASK, name)
         queue = self.caps.label(QUEUE, queue) if queue else ""
         self._add(self.sent, (OTHER if label is None else label, queue))
-        if name != UNKNOWN_TASK and uuid and uuid not in self.tracked:
-            self.tracked[uuid] = (name, None)
-            if len(self.tracked) > self.settings.max_tracked_tasks:
-                del self.tracked[next(iter(self.tracked))]
+        if uuid and uuid not in self.tracked:
+            self._remember(uuid, self.ended.get(uuid, name) if name == UNKNOWN_TASK else name)
+
+    def _remember(self, uuid: str, name: str) -> None:
+        """A task first heard of by an event that is not its task-received."""
+        self.tracked[uuid] = (name, None)
+        if len(self.tracked) > self.settings.max_tracked_tasks:
+            del self.tracked[next(iter(self.tracked))]
 
     def _seed(self, key: TaskKey) -> None:
         """A pair's first event: every state counter and histogram of it exists from 0."""
