@@ -244,6 +244,9 @@ class Processes:
                 *args,
             ],
             f"exporter-{port}.log",
+            # Each exporter its own data directory (the SQLite task history); --data-dir in
+            # ``args`` wins, for a test that restarts an exporter on the same history.
+            {"CELERY_EXPORTER_DATA_DIR": str(self.tmp_path / f"data-{port}")},
         )
         exporter = ExporterProcess(proc, port, log_path, auth, ca_file)
 
