@@ -198,7 +198,7 @@ def test_a_stalled_broker_keeps_the_last_values_and_never_delays_a_scrape(
 ) -> None:
     private_redis.start()
     exporter = processes.exporter(
-        private_redis, *MEMORY_STORE.url, "--queue", "waiting", *FAST_POLL
+        private_redis.url, *MEMORY_STORE, "--queue", "waiting", *FAST_POLL
     )
     with client(private_redis.url) as app:
         for i in range(3):
