@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,15 +45,15 @@ def _as_postgres(args: list[str]) -> list[str]:
 
 
 class PrivatePostgres:
-    """A PostgreSQL 15 cluster of our own in ``directory``, on a free port."""
+    """A PostgreSQL 15 cluster of our own in a new directory, on a free port. The directory is
+    not under pytest's (root-only) temporary tree: the ``postgres`` user must reach it."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.data = directory / "data"
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="cee-pg-"))
+        self.data = self.directory / "data"
         self.port = free_port()
-        directory.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            shutil.chown(directory, "postgres", "postgres")
+            shutil.chown(self.directory, "postgres", "postgres")
         subprocess.run(
             _as_postgres([str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
                           "postgres"]),
@@ -81,6 +82,11 @@ class PrivatePostgres:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    def remove(self) -> None:
+        """Stop the cluster and delete its files."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def stop(self) -> None:
         subprocess.run(

@@ -459,13 +459,13 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[postgres.PrivatePostgres]:
+def private_postgres() -> Iterator[postgres.PrivatePostgres]:
     """A PostgreSQL cluster of our own (not started), that a test may stop and start."""
-    cluster = postgres.PrivatePostgres(tmp_path / "pg")
+    cluster = postgres.PrivatePostgres()
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.remove()
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ TIME_COLUMNS: frozenset[str] = frozenset(
 # Columns that go with a key: the value of the side whose key is larger is kept.
 _WITH_SUCCESS = ("runtime", "result")
 _WITH_EXCEPTION = ("exception_type", "exception", "traceback")
-_WITH_PAYLOAD = ("args", "kwargs", "parent_id", "root_id", "eta", "expires")
+_WITH_PAYLOAD = ("args", "kwargs", "eta", "expires")
 _WITH_SENT = ("client", "queue", "exchange", "routing_key")
 
 
@@ -171,7 +171,9 @@ def from_change(change: TaskChange, redactor: Redactor | None) -> TaskRow | None
     elif change.type == TASK_ORPHANED:
         values["worker"] = hostname or _cut(change.worker, bounds.NAME_BYTES)
     if change.type in (TASK_SENT, TASK_RECEIVED):
-        values["parent_id"] = _cut(event.get("parent_id"), bounds.ID_BYTES)
+        parent = _cut(event.get("parent_id"), bounds.ID_BYTES)
+        # A retry is sent again with the task itself as its parent: not a parent.
+        values["parent_id"] = None if parent == values["uuid"] else parent
         values["root_id"] = _cut(event.get("root_id"), bounds.ID_BYTES)
         values["eta"] = parse_time(event.get("eta"))
         values["expires"] = parse_time(event.get("expires"))
@@ -266,6 +268,8 @@ def join(a: TaskRow, b: TaskRow) -> TaskRow:
         values[column] = _max(getattr(a, column), getattr(b, column))
     values["seen_at"] = _min(a.seen_at, b.seen_at)
     values["retries"] = _max(a.retries, b.retries)
+    values["parent_id"] = _max(a.parent_id, b.parent_id)
+    values["root_id"] = _max(a.root_id, b.root_id)
     values.update(_pick(a, b, lambda r: r.succeeded or -1.0, _WITH_SUCCESS))
     values.update(_pick(a, b, lambda r: r.exception_at or -1.0, ("exception_at", *_WITH_EXCEPTION)))
     values.update(_pick(a, b, _key_payload, _WITH_PAYLOAD))
