@@ -100,8 +100,8 @@ def history_bridge(sink: TaskChangeSink) -> Callable[[bytes | str, float, int], 
 def build_history(config: Config, redactor: Redactor) -> history_wiring.History | None:
     """The task history (None for memory://); payloads are written only when exposed."""
     return history_wiring.build(
-        config.tasks_store,
-        config.data_dir,
+        config.tasks_store or "",
+        config.data_dir or "",
         redactor if config.expose_task_payloads else None,
         Retention(
             default=config.tasks_retention,

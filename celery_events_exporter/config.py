@@ -351,25 +351,24 @@ class Config:
         help="Characters of args, kwargs, result, exception and traceback served per task; "
         "longer values are cut with an ellipsis (tracebacks keep their end).",
     )
-    tasks_store: str = setting(
-        "",
+    tasks_store: str | None = setting(
+        None,
         flag="--tasks.store",
         parse=parse_store_url,
         metavar="URL",
-        show_default=lambda _: f"sqlite:///{DEFAULT_FILE} (under --data-dir)",
-        help="Where the task history behind /api/tasks is kept: sqlite:///PATH (a file; a "
+        help=f"Where the task history behind /api/tasks is kept; without it the SQLite file "
+        f"{DEFAULT_FILE} under --data-dir. sqlite:///PATH (a file; a "
         "relative PATH is under --data-dir), postgresql://... (psycopg; credentials and TLS as "
         "libpq reads them: the URL, passfile=, PGPASSWORD, PGSSLMODE...; logged without its "
         "password) or memory:// (the last --max-recent-tasks tasks in memory, gone at a "
         "restart). docs/task-history.md.",
     )
-    """The history's database URL; empty is the SQLite file in the data directory."""
-    data_dir: str = setting(
-        "",
+    """The history's database URL; None is the SQLite file in the data directory."""
+    data_dir: str | None = setting(
+        None,
         flag="--data-dir",
         parse=_not_blank,
         metavar="DIR",
-        show_default=lambda _: "$STATE_DIRECTORY, else ~/.local/state/celery-events-exporter",
         help="Directory of the exporter's files (the SQLite task history). Without it: "
         "systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME/celery-events-exporter, else "
         "~/.local/state/celery-events-exporter.",
