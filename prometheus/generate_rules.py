@@ -369,6 +369,8 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
     lost_connections = q.counter(metrics.EXPORTER_BROKER_CONNECTIONS_LOST)
     uncounted = q.gauge(metrics.WORKER_UNCOUNTED_TASKS)
     drop_reason = q.require_label(metrics.EXPORTER_EVENTS_DROPPED, "reason")
+    history_dropped = q.counter(metrics.EXPORTER_TASK_HISTORY_DROPPED)
+    history_reason = q.require_label(metrics.EXPORTER_TASK_HISTORY_DROPPED, "reason")
     overflow = q.counter(metrics.EXPORTER_LABEL_OVERFLOW)
     overflow_by = ", ".join(
         q.require_label(metrics.EXPORTER_LABEL_OVERFLOW, label) for label in ("label", "reason")
@@ -529,6 +531,19 @@ def alert_rules(settings: Settings) -> list[AlertRule]:
             '{{ $value | printf "%.0f" }} broker messages (up to 24 events each) were dropped '
             f"unread for reason {{{{ $labels.reason }}}} in the last {s.dropped_window}: "
             "the event stream outran the exporter and they are missing from every Celery metric.",
+        ),
+        AlertRule(
+            "CeleryTaskHistoryDropping",
+            # The exporter exports each reason at 0 from its start: increase() sees the first.
+            f"sum by (job, instance, {history_reason}) "
+            f"(increase({history_dropped}[{s.dropped_window}])) > 0",
+            "0s",
+            "warning",
+            "Celery events exporter {{ $labels.instance }} drops task history "
+            "({{ $labels.reason }})",
+            '{{ $value | printf "%.0f" }} task events or rows never reached the task history '
+            f"database for reason {{{{ $labels.reason }}}} in the last {s.dropped_window}: "
+            "the database is down, slow or refusing; the metrics are unaffected.",
         ),
         AlertRule(
             "CeleryExporterLabelOverflow",

@@ -49,6 +49,7 @@ EXPECTED_ALERTS = {
     "CeleryEventsRejected",
     "CeleryExporterFallingBehind",
     "CeleryExporterDroppingEvents",
+    "CeleryTaskHistoryDropping",
     "CeleryExporterLabelOverflow",
     "CeleryWorkersSilent",
     "CeleryExporterConnectionLost",
