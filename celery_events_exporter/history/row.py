@@ -19,7 +19,7 @@ UNKNOWN: its worker may send no task events, and no event will ever say how it e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -149,6 +149,12 @@ def parse_time(value: Any) -> float | None:
 def from_change(change: TaskChange, redactor: Redactor | None) -> TaskRow | None:
     """The row one event makes; ``None`` for an event the history does not file. Payloads are
     masked with ``redactor`` here, before anything is stored; without one they are left out."""
+    values = event_values(change, redactor)
+    return None if values is None else TaskRow(**values)
+
+
+def event_values(change: TaskChange, redactor: Redactor | None) -> dict[str, Any] | None:
+    """``from_change``'s columns as a dict (only those the event sets)."""
     column = TIME_COLUMN.get(change.type)
     if column is None or not change.uuid:
         return None
@@ -200,7 +206,7 @@ def from_change(change: TaskChange, redactor: Redactor | None) -> TaskRow | None
                 traceback = event.get("traceback")
                 if type(traceback) is str and traceback:
                     values["traceback"] = redactor.truncate_tail(redactor.mask_text(traceback))
-    return TaskRow(**values)
+    return values
 
 
 def _max(a: Any, b: Any) -> Any:
@@ -219,30 +225,42 @@ def _min(a: Any, b: Any) -> Any:
     return a if a <= b else b
 
 
-def _key_payload(row: TaskRow) -> tuple[int, float]:
+_WORKER_COLUMNS = tuple(TIME_COLUMN[t] for t in (*_WORKER_EVENTS, TASK_ORPHANED))
+_EMPTY: dict[str, Any] = {}
+
+
+def _key_payload(row: dict[str, Any]) -> tuple[int, float]:
     """Arguments come from the latest task-received, else the latest task-sent."""
-    if row.received is not None:
-        return (1, row.received)
-    return (0, row.sent if row.sent is not None else -1.0)
+    received = row.get("received")
+    if received is not None:
+        return (1, received)
+    sent = row.get("sent")
+    return (0, sent if sent is not None else -1.0)
 
 
-def _key_worker(row: TaskRow) -> float:
+def _key_worker(row: dict[str, Any]) -> float:
     """The worker is the one of the latest worker event (an orphan verdict names it too)."""
-    times = [getattr(row, TIME_COLUMN[t]) for t in (*_WORKER_EVENTS, TASK_ORPHANED)]
-    return max((t for t in times if t is not None), default=-1.0)
+    best = -1.0
+    for column in _WORKER_COLUMNS:
+        moment = row.get(column)
+        if moment is not None and moment > best:
+            best = moment
+    return best
 
 
 def _pick(
-    a: TaskRow, b: TaskRow, key: Callable[[TaskRow], Any], columns: tuple[str, ...]
-) -> dict[str, Any]:
+    acc: dict[str, Any], ka: Any, b: dict[str, Any], kb: Any, columns: tuple[str, ...]
+) -> None:
     """``columns`` from the side whose key is larger; column by column the larger value when
     the keys are equal (two events of one instant)."""
-    ka, kb = key(a), key(b)
     if ka > kb:
-        return {c: getattr(a, c) for c in columns}
+        return
     if kb > ka:
-        return {c: getattr(b, c) for c in columns}
-    return {c: _max(getattr(a, c), getattr(b, c)) for c in columns}
+        for c in columns:
+            acc[c] = b.get(c)
+        return
+    for c in columns:
+        acc[c] = _max(acc.get(c), b.get(c))
 
 
 def _timeline(
@@ -260,23 +278,61 @@ def _entry_order(entry: TimelineEntry) -> tuple[float, str, str, int]:
     return (entry[0], entry[1], entry[2] or "", -1 if entry[3] is None else entry[3])
 
 
+def join_into(acc: dict[str, Any], b: dict[str, Any], *, timeline: bool = True) -> None:
+    """Join the columns ``b`` holds into ``acc``: the join of ``join``, on dicts (a missing
+    column is null), in place: the writer folds a task's events with it."""
+    get, bget = acc.get, b.get
+    _pick(acc, get("succeeded") or -1.0, b, bget("succeeded") or -1.0, _WITH_SUCCESS)
+    _pick(acc, get("exception_at") or -1.0, b, bget("exception_at") or -1.0, _EXCEPTION_GROUP)
+    _pick(acc, _key_payload(acc), b, _key_payload(b), _WITH_PAYLOAD)
+    _pick(acc, get("sent") or -1.0, b, bget("sent") or -1.0, _WITH_SENT)
+    _pick(acc, _key_worker(acc), b, _key_worker(b), ("worker",))
+    for column in _MAX_COLUMNS:
+        value = bget(column)
+        if value is not None:
+            mine = get(column)
+            if mine is None or value > mine:
+                acc[column] = value
+    seen = bget("seen_at")
+    if seen is not None:
+        mine = get("seen_at")
+        if mine is None or seen < mine:
+            acc["seen_at"] = seen
+    if timeline:
+        acc["events"] = _timeline(get("events", ()), bget("events", ()))
+
+
+_EXCEPTION_GROUP = ("exception_at", *_WITH_EXCEPTION)
+_MAX_COLUMNS = ("name", *TIME_COLUMN.values(), "retries", "parent_id", "root_id")
+
+
 def join(a: TaskRow, b: TaskRow) -> TaskRow:
     """The row of the events of ``a`` and ``b`` together (the derived columns are ``finish``'s)."""
-    values: dict[str, Any] = {"uuid": a.uuid}
-    values["name"] = _max(a.name, b.name)
-    for column in TIME_COLUMN.values():
-        values[column] = _max(getattr(a, column), getattr(b, column))
-    values["seen_at"] = _min(a.seen_at, b.seen_at)
-    values["retries"] = _max(a.retries, b.retries)
-    values["parent_id"] = _max(a.parent_id, b.parent_id)
-    values["root_id"] = _max(a.root_id, b.root_id)
-    values.update(_pick(a, b, lambda r: r.succeeded or -1.0, _WITH_SUCCESS))
-    values.update(_pick(a, b, lambda r: r.exception_at or -1.0, ("exception_at", *_WITH_EXCEPTION)))
-    values.update(_pick(a, b, _key_payload, _WITH_PAYLOAD))
-    values.update(_pick(a, b, lambda r: r.sent or -1.0, _WITH_SENT))
-    values.update(_pick(a, b, _key_worker, ("worker",)))
-    values["events"] = _timeline(a.events, b.events)
-    return TaskRow(**values)
+    acc = {column: getattr(a, column) for column in COLUMNS}
+    join_into(acc, {column: getattr(b, column) for column in COLUMNS})
+    for derived in ("state", "updated_at"):
+        acc[derived] = None
+    return TaskRow(**acc)
+
+
+def fold(changes: Sequence[TaskChange], redactor: Redactor | None) -> TaskRow | None:
+    """The row of one task's ``changes`` (all of the same uuid): the join of their rows."""
+    acc: dict[str, Any] | None = None
+    entries: list[TimelineEntry] = []
+    for change in changes:
+        values = event_values(change, redactor)
+        if values is None:
+            continue
+        entries.extend(values["events"])
+        if acc is None:
+            acc = values
+        else:
+            join_into(acc, values, timeline=False)
+    if acc is None:
+        return None
+    if len(entries) > 1:
+        acc["events"] = tuple(sorted(set(entries), key=_entry_order)[-MAX_TIMELINE:])
+    return TaskRow(**acc)
 
 
 def state_of(row: TaskRow) -> str | None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from celery_events_exporter.history.row import TaskRow, approximate_bytes, from_change, join
+from celery_events_exporter.history.row import TaskRow, approximate_bytes, fold, join
 from celery_events_exporter.history.store import HistoryStore, Retention
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.state.changes import TaskChange
@@ -108,11 +108,18 @@ class HistoryWriter:
         with self._lock:
             incoming, self._incoming = self._incoming, []
             incoming_bytes, self._incoming_bytes = self._incoming_bytes, 0
+        by_task: dict[str, list[TaskChange]] = {}
+        for change in incoming:
+            found = by_task.get(change.uuid)
+            if found is None:
+                by_task[change.uuid] = [change]
+            else:
+                found.append(change)
         pending = self._pending
         redactor = self.redactor
         added = 0
-        for change in incoming:
-            row = from_change(change, redactor)
+        for _uuid, changes in by_task.items():
+            row = fold(changes, redactor)
             if row is None:
                 continue
             stored = pending.get(row.uuid)
