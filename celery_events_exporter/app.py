@@ -36,6 +36,7 @@ from celery_events_exporter.queues.registry import consumed_queues
 from celery_events_exporter.queues.tracking import OrphanCounter
 from celery_events_exporter.state import State, StateSettings, TaskTracker
 from celery_events_exporter.state.changes import TaskChange, TaskChangeSink
+from celery_events_exporter.tasks import bounds
 from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
 from celery_events_exporter.tasks.store import RecentTasks
 from celery_events_exporter.web import webconfig
@@ -86,7 +87,7 @@ def history_bridge(sink: TaskChangeSink) -> Callable[[bytes | str, float, int], 
         except ValueError:
             return
         changes = [
-            TaskChange(e["uuid"], e["type"], e.get("timestamp") or received_at, e,
+            TaskChange(e["uuid"], e["type"], bounds.timestamp(e.get("timestamp"), received_at), e,
                        e.get("name") if isinstance(e.get("name"), str) else None, None)
             for e in (decoded if type(decoded) is list else (decoded,))
             if type(e) is dict and isinstance(e.get("uuid"), str) and isinstance(e.get("type"), str)

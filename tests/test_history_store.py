@@ -262,3 +262,25 @@ def test_erasure_by_uuid_name_and_time(store: HistoryStore) -> None:
 def test_the_log_never_shows_the_password() -> None:
     shown = safe_description("postgresql://history:s3cret@db.example:5432/tasks?sslmode=require")
     assert shown == "postgresql://history@db.example:5432/tasks"
+
+
+def test_crafted_text_never_gets_a_batch_refused(store: HistoryStore) -> None:
+    """PostgreSQL refuses NUL in text and JSON: a crafted event must not cost its batch."""
+    crafted = [
+        change("nul", "task-received", T0, "celery@w\x001", name="evil\x00name", args="('\x00',)"),
+        change(
+            "nul",
+            "task-failed",
+            T0 + 1,
+            "celery@w\x001",
+            exception="ValueError('\x00')",
+            traceback="\x00",
+        ),
+    ]
+    store.write(rows_of(crafted + task_events("fine", T0, "tests.add", "task-succeeded")), None)
+    row = store.get("nul")
+    assert row is not None
+    assert (row.name, row.worker, row.args, row.state) == (
+        "evil\ufffdname", "celery@w\ufffd1", "('\ufffd',)", "FAILURE",
+    )  # fmt: skip
+    assert store.get("fine") is not None

@@ -127,7 +127,13 @@ _WITH_SENT = ("client", "queue", "exchange", "routing_key")
 
 
 def _cut(value: Any, limit: int) -> str | None:
-    return bounds.cut(value, limit) if type(value) is str and value else None
+    return _stored(bounds.cut(value, limit)) if type(value) is str and value else None
+
+
+def _stored(text: str) -> str:
+    """``text`` as a database keeps it: PostgreSQL refuses NUL in text and JSON (a crafted
+    event would otherwise get its whole batch refused)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def parse_time(value: Any) -> float | None:
@@ -186,7 +192,7 @@ def event_values(change: TaskChange, redactor: Redactor | None) -> dict[str, Any
         if redactor is not None:
             for key in ("args", "kwargs"):
                 raw = event.get(key)
-                values[key] = None if raw is None else redactor.payload(raw)
+                values[key] = None if raw is None else _stored(redactor.payload(raw))
     if change.type == TASK_SENT:
         values["client"] = hostname
         for key in ("queue", "exchange", "routing_key"):
@@ -194,7 +200,7 @@ def event_values(change: TaskChange, redactor: Redactor | None) -> dict[str, Any
     elif change.type == TASK_SUCCEEDED:
         values["runtime"] = bounds.runtime(event.get("runtime"))
         if redactor is not None and event.get("result") is not None:
-            values["result"] = redactor.payload(event.get("result"))
+            values["result"] = _stored(redactor.payload(event.get("result")))
     elif change.type in (TASK_FAILED, TASK_RETRIED):
         exception = event.get("exception")
         # self.retry() without exc= is reported as the repr of None: no exception.
@@ -202,10 +208,12 @@ def event_values(change: TaskChange, redactor: Redactor | None) -> dict[str, Any
             values["exception_at"] = moment
             values["exception_type"] = exception_class(exception)
             if redactor is not None:
-                values["exception"] = redactor.truncate(redactor.mask_text(exception))
+                values["exception"] = _stored(redactor.truncate(redactor.mask_text(exception)))
                 traceback = event.get("traceback")
                 if type(traceback) is str and traceback:
-                    values["traceback"] = redactor.truncate_tail(redactor.mask_text(traceback))
+                    values["traceback"] = _stored(
+                        redactor.truncate_tail(redactor.mask_text(traceback))
+                    )
     return values
 
 
