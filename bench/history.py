@@ -7,7 +7,7 @@ change to the last row committed, and nothing may be dropped. Reports tasks/s,
 rows dropped, the writer's peak buffer, the process's peak RSS and the bytes per million tasks.
 
 ``query``: fills ``celery_tasks`` with N rows (PostgreSQL: ``generate_series`` in the server;
-SQLite: the store's own writes) spread over 7 days, then times R runs of each search: by uuid,
+SQLite: a recursive CTE) spread over 7 days, then times R runs of each search: by uuid,
 name + state in the last hour (a 100-row page), free text (a 100-row page); prints p50/p95.
 
     python -m bench.history write --store sqlite --tasks 200000 --rate 10000
@@ -154,9 +154,9 @@ def fill(store: HistoryStore, rows: int, now: float) -> None:
                 """
                 INSERT INTO celery_tasks (uuid, name, state, worker, client, seen_at, updated_at,
                   sent, received, started, succeeded, runtime, retries, queue, events)
-                SELECT md5(i::text), 'app.tasks.job_' || lpad((i % 30)::text, 2, '0'),
-                  CASE WHEN i % 10 = 0 THEN 'FAILURE' ELSE 'SUCCESS' END,
-                  'celery@worker-' || lpad((i % 20)::text, 2, '0'), 'client@web-1',
+                SELECT md5(i::text), 'app.tasks.job_' || lpad((i %% 30)::text, 2, '0'),
+                  CASE WHEN i %% 10 = 0 THEN 'FAILURE' ELSE 'SUCCESS' END,
+                  'celery@worker-' || lpad((i %% 20)::text, 2, '0'), 'client@web-1',
                   to_timestamp(%s - (i::float8 / %s) * 604800),
                   to_timestamp(%s - (i::float8 / %s) * 604800 + 0.01),
                   to_timestamp(%s - (i::float8 / %s) * 604800),
@@ -169,6 +169,27 @@ def fill(store: HistoryStore, rows: int, now: float) -> None:
                 (*(v for _ in range(6) for v in (now, rows)), rows),
             )
             conn.execute("ANALYZE celery_tasks")
+        return
+    if isinstance(store, SqliteStore):
+        with store._writing() as conn:
+            conn.execute(
+                """
+                WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?)
+                INSERT INTO celery_tasks (uuid, name, state, worker, client, seen_at, updated_at,
+                  sent, received, started, succeeded, runtime, retries, queue, events)
+                SELECT printf('%016x%016x', (i * 2654435761) % 4294967296, i),
+                  printf('app.tasks.job_%02d', i % 30),
+                  CASE WHEN i % 10 = 0 THEN 'FAILURE' ELSE 'SUCCESS' END,
+                  printf('celery@worker-%02d', i % 20), 'client@web-1',
+                  ? - (i * 1.0 / ?) * 604800, ? - (i * 1.0 / ?) * 604800 + 0.01,
+                  ? - (i * 1.0 / ?) * 604800, ? - (i * 1.0 / ?) * 604800 + 0.001,
+                  ? - (i * 1.0 / ?) * 604800 + 0.002, ? - (i * 1.0 / ?) * 604800 + 0.01,
+                  0.008, 0, 'celery', '[]'
+                FROM s
+                """,
+                (rows, *(v for _ in range(6) for v in (now, rows))),
+            )
+            conn.execute("ANALYZE")
         return
     batch: list[TaskRow] = []
     for i in range(rows):
