@@ -30,7 +30,7 @@ def rows(exporter: ExporterProcess, **params: str) -> list[dict[str, Any]]:
 
 
 def settled(
-    exporter: ExporterProcess, ids: list[str], state: str = "SUCCESS"
+    exporter: ExporterProcess, ids: list[str], state: str = "SUCCESS", timeout: float = 40
 ) -> list[dict[str, Any]]:
     """Wait until the history holds every task of ``ids`` in ``state``."""
 
@@ -38,7 +38,7 @@ def settled(
         found = [r for r in rows(exporter) if r["uuid"] in ids and r["state"] == state]
         return found if len(found) == len(ids) else []
 
-    return wait_until(done, timeout=40, what=f"{len(ids)} tasks {state} in the history")
+    return wait_until(done, timeout=timeout, what=f"{len(ids)} tasks {state} in the history")
 
 
 def send(broker_url: str, count: int, name: str = "tests.add") -> list[str]:
@@ -66,6 +66,23 @@ def test_history_survives_a_restart_with_default_settings(
     second = processes.exporter(redis_url, "--data-dir", str(data_dir))
     after = sorted([r for r in rows(second) if r["uuid"] in ids], key=lambda r: r["uuid"])
     assert after == before
+
+    # Keyset paging over HTTP: each page's X-Next-Page is the next one's after=.
+    seen: list[str] = []
+    params = {"limit": "2"}
+    while True:
+        page = second.get("/api/tasks", params)
+        assert page.status_code == 200, page.text
+        seen += [r["uuid"] for r in page.json()]
+        if "X-Next-Page" not in page.headers:
+            break
+        params = {"limit": "2", "after": page.headers["X-Next-Page"]}
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+    assert rows(second, search="name:tests.add -state:SUCCESS") == []
+    assert len(rows(second, search=f"worker:{WORKER} state:success")) == 5
+    refused = second.get("/api/tasks", {"search": "kwargs:nokey"})
+    assert refused.status_code == 400
+    assert refused.json() == {"error": "kwargs terms are kwargs:key=value, got 'kwargs:nokey'"}
 
 
 def test_two_exporters_on_one_postgresql_database_write_one_row_per_task(
@@ -182,6 +199,7 @@ def test_postgresql_stopped_and_restarted_under_load(
             exporter.metrics().get("celery_task_succeeded_total", worker=WORKER, task="tests.add")
             == 80.0
         ),
+        timeout=40,
         what="counting goes on while the database is down",
     )
     metrics = exporter.metrics()
@@ -194,7 +212,7 @@ def test_postgresql_stopped_and_restarted_under_load(
         what="a failed write counted",
     )
     private_postgres.start()
-    settled(exporter, during)
+    settled(exporter, during, timeout=60)  # the writer retries every 10 s at most
     metrics = exporter.metrics()
     assert metrics.get("celery_exporter_task_history_dropped_total", reason="buffer_full") == 0
     assert metrics.get("celery_exporter_task_history_buffer_bytes") == 0

@@ -30,7 +30,9 @@ BATCH_ROWS = 5000
 """Rows per transaction."""
 EXPIRE_INTERVAL = 60.0
 """Seconds between two retention rounds."""
-MAX_RETRY_PAUSE = 30.0
+MAX_RETRY_PAUSE = 10.0
+"""Longest pause between two attempts while the database fails: how late the history catches
+up after an outage."""
 ROW_OVERHEAD = 400
 """Bytes a buffered row costs besides its text: its object and the dict slot."""
 
@@ -86,6 +88,7 @@ class HistoryWriter:
         self._pending_bytes = 0
         self.ready = threading.Event()
         """Set once the schema is migrated."""
+        self._last_flush_ok = True
 
     @property
     def buffer_bytes(self) -> int:
@@ -207,7 +210,8 @@ class HistoryWriter:
         pause = self.flush_interval
         next_expiry = 0.0
         while not stop.wait(pause):
-            if self.flush():
+            self._last_flush_ok = self.flush()
+            if self._last_flush_ok:
                 pause = self.flush_interval
             else:
                 pause = min(max(pause * 2, 1.0), MAX_RETRY_PAUSE)
@@ -221,8 +225,9 @@ class HistoryWriter:
                     log.warning("task history retention round failed", error=str(exc)[:300])
 
     def final_flush(self) -> None:
-        """Write what is left at shutdown (best effort: the database may be down)."""
-        if self.ready.is_set():
+        """Write what is left at shutdown, unless the database was failing (a stop must not
+        wait for a connection timeout)."""
+        if self.ready.is_set() and self._last_flush_ok:
             self.flush()
 
 

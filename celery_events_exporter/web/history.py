@@ -18,6 +18,7 @@ from celery_events_exporter.history.sql import Cursor, HistoryQuery
 from celery_events_exporter.history.store import HistoryStore
 from celery_events_exporter.web.api import (
     DEFAULT_LIMIT,
+    MAX_ANSWER_BYTES,
     MAX_LIMIT,
     PAYLOADS_HIDDEN,
     PAYLOADS_SHOWN,
@@ -103,11 +104,19 @@ class HistoryApi:
         query = parse_query(query_string)
         rows = self.store.page(query)
         headers = self._headers()
-        if len(rows) == query.limit:
-            last = rows[-1]
+        parts: list[bytes] = []
+        size = 2
+        for row in rows:
+            part = orjson.dumps(self.row(row))
+            size += len(part) + 1
+            if size > MAX_ANSWER_BYTES and parts:
+                break  # the rest is on the next page
+            parts.append(part)
+        if len(parts) < len(rows) or len(rows) == query.limit:
+            last = rows[len(parts) - 1]
             assert last.seen_at is not None
             headers["X-Next-Page"] = str(Cursor(last.seen_at, last.uuid))
-        return orjson.dumps([self.row(row) for row in rows]), headers
+        return b"[" + b",".join(parts) + b"]", headers
 
     def task(self, uuid: str) -> bytes | None:
         """The row with its timeline, parent, root and children; ``None`` if unknown."""
