@@ -14,6 +14,8 @@ password file (``passfile=...`` or ``PGPASSFILE``) or the environment (``PGPASSW
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +37,8 @@ from celery_events_exporter.history.sql import (
 )
 from celery_events_exporter.history.store import (
     DELETE_BATCH,
+    EXPIRE_BUDGET,
+    ROUND,
     HistoryStore,
     Retention,
     merge_into,
@@ -149,9 +153,13 @@ class PostgresStore(HistoryStore):
     def children(self, uuid: str) -> list[tuple[str, str | None, str | None]]:
         return [(r[0], r[1], r[2]) for r in self._fetch(select_children(POSTGRESQL), (uuid,))]
 
-    def _delete_batches(self, where: str, params: Sequence[Any], batches: int) -> int:
+    def _delete_batches(
+        self, where: str, params: Sequence[Any], batches: int, deadline: float = math.inf
+    ) -> int:
         deleted = 0
         for _ in range(batches):
+            if time.monotonic() > deadline:
+                break
             with self.pool.connection() as conn:
                 cursor = conn.execute(
                     f"DELETE FROM {TABLE} WHERE uuid IN (SELECT uuid FROM {TABLE} WHERE {where} "
@@ -164,6 +172,7 @@ class PostgresStore(HistoryStore):
         return deleted
 
     def expire(self, now: float, retention: Retention) -> int:
+        deadline = time.monotonic() + EXPIRE_BUDGET
         to_time = POSTGRESQL.to_time
         deleted = 0
         failed = list(FAILED_STATES)
@@ -171,11 +180,15 @@ class PostgresStore(HistoryStore):
             deleted += self._delete_batches(
                 "updated_at < %s AND state <> ALL(%s)",
                 (to_time(now - retention.default), failed),
-                5,
+                ROUND,
+                deadline,
             )
         if retention.failed > 0:
             deleted += self._delete_batches(
-                "updated_at < %s AND state = ANY(%s)", (to_time(now - retention.failed), failed), 5
+                "updated_at < %s AND state = ANY(%s)",
+                (to_time(now - retention.failed), failed),
+                ROUND,
+                deadline,
             )
         if retention.pending > 0:
             with self.pool.connection() as conn:

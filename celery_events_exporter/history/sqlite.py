@@ -8,6 +8,7 @@ waits for the writer.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -31,6 +32,8 @@ from celery_events_exporter.history.sql import (
 )
 from celery_events_exporter.history.store import (
     DELETE_BATCH,
+    EXPIRE_BUDGET,
+    ROUND,
     HistoryStore,
     Retention,
     merge_into,
@@ -117,9 +120,13 @@ class SqliteStore(HistoryStore):
     def children(self, uuid: str) -> list[tuple[str, str | None, str | None]]:
         return [tuple(r) for r in self.conn.execute(select_children(SQLITE), (uuid,))]
 
-    def _delete_batches(self, where: str, params: Sequence[object], batches: int) -> int:
+    def _delete_batches(
+        self, where: str, params: Sequence[object], batches: int, deadline: float = math.inf
+    ) -> int:
         deleted = 0
         for _ in range(batches):
+            if time.monotonic() > deadline:
+                break
             with self._writing() as conn:
                 cursor = conn.execute(
                     f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
@@ -132,15 +139,22 @@ class SqliteStore(HistoryStore):
         return deleted
 
     def expire(self, now: float, retention: Retention) -> int:
+        deadline = time.monotonic() + EXPIRE_BUDGET
         failed = ", ".join(f"'{s}'" for s in FAILED_STATES)
         deleted = 0
         if retention.default > 0:
             deleted += self._delete_batches(
-                f"updated_at < ? AND state NOT IN ({failed})", (now - retention.default,), 5
+                f"updated_at < ? AND state NOT IN ({failed})",
+                (now - retention.default,),
+                ROUND,
+                deadline,
             )
         if retention.failed > 0:
             deleted += self._delete_batches(
-                f"updated_at < ? AND state IN ({failed})", (now - retention.failed,), 5
+                f"updated_at < ? AND state IN ({failed})",
+                (now - retention.failed,),
+                ROUND,
+                deadline,
             )
         if retention.pending > 0:
             with self._writing() as conn:

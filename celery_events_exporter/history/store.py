@@ -31,6 +31,11 @@ class Retention:
 
 DELETE_BATCH = 1000
 """Rows one retention or erasure statement deletes: each is a short transaction."""
+EXPIRE_BUDGET = 2.0
+"""Seconds one retention round may delete for (batch after batch), so that a busy fleet's
+expired rows go as fast as new ones come without holding the writer long."""
+ROUND = 1_000_000
+"""Batches per retention round at most: the budget binds first."""
 
 
 class HistoryStore(ABC):
@@ -60,7 +65,7 @@ class HistoryStore(ABC):
 
     @abstractmethod
     def expire(self, now: float, retention: Retention) -> int:
-        """Delete one round of expired rows (a few small batches); the rows deleted."""
+        """Delete expired rows, batch after batch, for up to ``EXPIRE_BUDGET``; the rows deleted."""
 
     @abstractmethod
     def erase(self, erasure: Erasure) -> int:

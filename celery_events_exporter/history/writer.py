@@ -28,8 +28,8 @@ FLUSH_INTERVAL = 1.0
 """Seconds between two writes: what a ``kill -9`` may lose, and what merging per task saves."""
 BATCH_ROWS = 5000
 """Rows per transaction."""
-EXPIRE_INTERVAL = 60.0
-"""Seconds between two retention rounds."""
+EXPIRE_INTERVAL = 10.0
+"""Seconds between two retention rounds (each deletes for up to 2 s)."""
 MAX_RETRY_PAUSE = 10.0
 """Longest pause between two attempts while the database fails: how late the history catches
 up after an outage."""
