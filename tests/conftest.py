@@ -88,6 +88,15 @@ _current_layer = ""
 
 
 @pytest.fixture(autouse=True)
+def _exporter_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every exporter a test starts, however it starts it, keeps its task history in a
+    directory of that test's own, never in the user's default data directory."""
+    monkeypatch.setenv("CELERY_EXPORTER_DATA_DIR", str(tmp_path_factory.mktemp("exporter-data")))
+
+
+@pytest.fixture(autouse=True)
 def _layer(request: pytest.FixtureRequest) -> Iterator[None]:
     global _current_layer
     _current_layer = "unit" if request.node.get_closest_marker("unit") else "integration"
