@@ -286,3 +286,22 @@ def test_crafted_text_never_gets_a_batch_refused(store: HistoryStore) -> None:
         "evil\ufffdname", "celery@w\ufffd1", "('\ufffd',)", "FAILURE",
     )  # fmt: skip
     assert store.get("fine") is not None
+
+
+def test_free_text_is_served_by_a_trigram_index_on_postgresql(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    store.open()
+    store.migrate()
+    store.write(rows_of(task_events("aaaa-1", T0, "tests.add", "task-failed")), None)
+    query = HistoryQuery(terms=tuple(parse("keyerror")), limit=100)
+    with store.pool.connection() as conn:
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET enable_indexscan = off")  # not the seen_at index's scan in order
+        sql, params = select_page(POSTGRESQL, query)
+        plan = "\n".join(str(r[0]) for r in conn.execute("EXPLAIN " + sql, params).fetchall())
+    assert "celery_tasks_text" in plan, plan
+    # Matched in any case, never across two columns.
+    assert [r.uuid for r in store.page(query)] == ["aaaa-1"]
+    assert store.page(HistoryQuery(terms=tuple(parse("tests.add aaaa")))) != []
+    assert store.page(HistoryQuery(terms=tuple(parse('"add aaaa"')))) == []
+    store.close()

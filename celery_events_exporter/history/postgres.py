@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 from celery_events_exporter.history.row import COLUMNS, TaskRow
 from celery_events_exporter.history.sql import (
     FAILED_STATES,
+    FREE_TEXT_INDEX,
     POSTGRESQL,
     SCHEMA_TABLE,
     SCHEMA_VERSION,
@@ -43,6 +44,9 @@ from celery_events_exporter.history.store import (
     Retention,
     merge_into,
 )
+from celery_events_exporter.logging import get_logger
+
+log = get_logger(__name__)
 
 MIGRATION_LOCK = 0x63656C657279  # "celery": the advisory lock key the migration holds
 CONNECT_TIMEOUT = 5
@@ -96,6 +100,21 @@ class PostgresStore(HistoryStore):
                 for statement in POSTGRESQL.schema():
                     conn.execute(statement)
                 conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (1)")
+            self._free_text_index(conn)
+
+    def _free_text_index(self, conn: psycopg.Connection[Any]) -> None:
+        """The trigram index of free-text search, if pg_trgm is there or may be created (that
+        needs the right to create an extension): without it free text scans the table."""
+        try:
+            with conn.transaction():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+                conn.execute(FREE_TEXT_INDEX)
+        except psycopg.Error as exc:
+            log.warning(
+                "no trigram index for free-text search: it scans the table",
+                store=self.description,
+                error=f"{type(exc).__name__}: {str(exc)[:200]}",
+            )
 
     def write(self, rows: Sequence[TaskRow], pending_before: float | None) -> None:
         pending = list(rows)

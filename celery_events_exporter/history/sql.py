@@ -44,6 +44,24 @@ INDEXES = (
 one of these (tests/test_history_search.py reads the plans)."""
 
 
+FREE_TEXT_COLUMNS = (
+    "name", "uuid", "state", "worker", "exception_type", "args", "kwargs", "result",
+)  # fmt: skip
+"""What free text is searched in."""
+FREE_TEXT = (
+    "lower("
+    + " || chr(31) || ".join(f"coalesce({column}, '')" for column in FREE_TEXT_COLUMNS)
+    + ")"
+)
+"""PostgreSQL: the searched columns as one text (a unit separator between them, so that no
+match spans two), which the trigram index below indexes."""
+FREE_TEXT_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS celery_tasks_text ON {TABLE} USING gin (({FREE_TEXT}) "
+    "gin_trgm_ops)"
+)
+"""PostgreSQL, when the pg_trgm extension can be created: free text without a full scan."""
+
+
 @dataclass(frozen=True)
 class Dialect:
     name: str
@@ -227,6 +245,9 @@ class _Builder:
                 f"({self.contains('kwargs', f'{key!r}: {wanted}')} OR "
                 f"{self.contains('kwargs', f'{key!r}: {wanted!r}')})"
             )
+        elif self.d.name == "postgresql":
+            # One expression, which a trigram index serves (schema: FREE_TEXT_INDEX).
+            expr = f"{FREE_TEXT} LIKE {self.p('%' + _escape(value.lower()) + '%')}"
         else:
             expr = (
                 "("
