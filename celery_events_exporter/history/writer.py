@@ -147,21 +147,9 @@ class HistoryWriter:
         pending_before = now - self.retention.pending if self.retention.pending > 0 else None
         rows = list(pending.values())
         for start in range(0, len(rows), BATCH_ROWS):
-            batch = rows[start : start + BATCH_ROWS]
             try:
-                self.store.write(batch, pending_before)
-            except Exception as exc:
-                self.stats.write_errors += 1
-                if not _is_transient(exc):
-                    log.error(
-                        "task history batch refused; dropped",
-                        store=self.store.description,
-                        rows=len(batch),
-                        error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                    )
-                    self.stats.dropped[DROP_REJECTED] += len(batch)
-                    self._forget(batch)
-                    continue
+                self._write(rows[start : start + BATCH_ROWS], pending_before)
+            except Exception as exc:  # the database is away: the rows wait
                 log.warning(
                     "task history not written; retrying",
                     store=self.store.description,
@@ -169,11 +157,36 @@ class HistoryWriter:
                     error=f"{type(exc).__name__}: {str(exc)[:300]}",
                 )
                 return False
-            self._forget(batch)
-            self.stats.rows_written += len(batch)
-            self.stats.batches += 1
-            self.stats.last_success = self.clock()
         return True
+
+    def _write(self, batch: list[TaskRow], pending_before: float | None) -> None:
+        """Write ``batch``; a batch the database refuses (not a connection problem) is split
+        until the rows it refuses are alone, and those are dropped and counted. Raises what
+        is transient."""
+        try:
+            self.store.write(batch, pending_before)
+        except Exception as exc:
+            self.stats.write_errors += 1
+            if _is_transient(exc):
+                raise
+            if len(batch) > 1:
+                half = len(batch) // 2
+                self._write(batch[:half], pending_before)
+                self._write(batch[half:], pending_before)
+                return
+            log.error(
+                "task history row refused; dropped",
+                store=self.store.description,
+                uuid=batch[0].uuid[:64],
+                error=f"{type(exc).__name__}: {str(exc)[:300]}",
+            )
+            self.stats.dropped[DROP_REJECTED] += 1
+            self._forget(batch)
+            return
+        self._forget(batch)
+        self.stats.rows_written += len(batch)
+        self.stats.batches += 1
+        self.stats.last_success = self.clock()
 
     def _forget(self, batch: Sequence[TaskRow]) -> None:
         freed = 0
