@@ -210,7 +210,7 @@ def test_dependencies_wait_for_healthy_services(services: dict[str, dict[str, An
         for dependency, rule in (service.get("depends_on") or {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
             assert rule == {"condition": "service_healthy"}, (name, dependency, rule)
-    assert set(services["exporter"]["depends_on"]) == {"redis"}
+    assert set(services["exporter"]["depends_on"]) == {"postgres", "redis"}
     assert "exporter" in services["prometheus"]["depends_on"]
     assert "prometheus" in services["grafana"]["depends_on"]
 
