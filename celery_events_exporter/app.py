@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from prometheus_client.core import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
@@ -19,8 +20,11 @@ from celery_events_exporter import __version__
 from celery_events_exporter.config import Config
 from celery_events_exporter.control import Controller
 from celery_events_exporter.decoder import Decoder, RejectionLog
+from celery_events_exporter.events.body import loads
 from celery_events_exporter.exposition.collector import EventsCollector
 from celery_events_exporter.exposition.page import MetricsPage
+from celery_events_exporter.history import wiring as history_wiring
+from celery_events_exporter.history.store import Retention
 from celery_events_exporter.intake import make_reader
 from celery_events_exporter.intake.backlog import IntakeBacklog
 from celery_events_exporter.intake.status import BrokerStatus
@@ -31,10 +35,12 @@ from celery_events_exporter.queues.collector import OnlineWorkers
 from celery_events_exporter.queues.registry import consumed_queues
 from celery_events_exporter.queues.tracking import OrphanCounter
 from celery_events_exporter.state import State, StateSettings, TaskTracker
+from celery_events_exporter.state.changes import TaskChange, TaskChangeSink
 from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
 from celery_events_exporter.tasks.store import RecentTasks
 from celery_events_exporter.web import webconfig
 from celery_events_exporter.web.api import Api
+from celery_events_exporter.web.history import HistoryApi
 from celery_events_exporter.web.server import serve
 from celery_events_exporter.web.stats import WebCollector, WebStats
 
@@ -58,14 +64,52 @@ def build_state(
     config: Config,
     recent_tasks: RecentTasks | None = None,
     task_tracker: TaskTracker | None = None,
+    task_observer: Callable[[bytes | str, float, int], None] | None = None,
 ) -> State:
-    """The state, feeding ``recent_tasks`` the messages that carried task events and
-    ``task_tracker`` every message's events (each if any)."""
+    """The state, feeding ``recent_tasks`` (or ``task_observer``) the messages that carried
+    task events and ``task_tracker`` every message's events (each if any)."""
     return State(
         state_settings(config),
         on_reject=RejectionLog(),
-        task_observer=None if recent_tasks is None else recent_tasks.keep,
+        task_observer=task_observer or (None if recent_tasks is None else recent_tasks.keep),
         task_tracker=task_tracker,
+    )
+
+
+def history_bridge(sink: TaskChangeSink) -> Callable[[bytes | str, float, int], None]:
+    """TEMPORARY BRIDGE until the task ledger lands (then: ``state.subscribe(history.sink)``):
+    today's ``task_observer`` hands message bodies; decode them into task changes."""
+
+    def observe(body: bytes | str, received_at: float, task_events: int) -> None:
+        try:
+            decoded: Any = loads(body)
+        except ValueError:
+            return
+        changes = [
+            TaskChange(e["uuid"], e["type"], e.get("timestamp") or received_at, e,
+                       e.get("name") if isinstance(e.get("name"), str) else None, None)
+            for e in (decoded if type(decoded) is list else (decoded,))
+            if type(e) is dict and isinstance(e.get("uuid"), str) and isinstance(e.get("type"), str)
+        ]  # fmt: skip
+        if changes:
+            sink(changes)
+
+    return observe
+
+
+def build_history(config: Config, redactor: Redactor) -> history_wiring.History | None:
+    """The task history (None for memory://); payloads are written only when exposed."""
+    return history_wiring.build(
+        config.tasks_store,
+        config.data_dir,
+        redactor if config.expose_task_payloads else None,
+        Retention(
+            default=config.tasks_retention,
+            failed=config.tasks_failed_retention,
+            pending=config.forget_pending_tasks_after,
+            max_bytes=config.tasks_max_bytes,
+        ),
+        config.tasks_buffer_bytes,
     )
 
 
@@ -76,8 +120,8 @@ def build_store(config: Config) -> RecentTasks | None:
     return RecentTasks(config.max_recent_tasks, config.forget_pending_tasks_after)
 
 
-def build_api(config: Config, state: State, store: RecentTasks | None, stats: WebStats) -> Api:
-    redactor = Redactor(
+def build_redactor(config: Config) -> Redactor:
+    return Redactor(
         compile_secret_keys(
             secret_key_patterns(
                 config.secret_key_patterns, defaults=config.default_secret_key_patterns
@@ -85,13 +129,27 @@ def build_api(config: Config, state: State, store: RecentTasks | None, stats: We
         ),
         config.max_payload_length,
     )
+
+
+def build_api(
+    config: Config,
+    state: State,
+    store: RecentTasks | None,
+    stats: WebStats,
+    history: history_wiring.History | None = None,
+) -> Api:
     return Api(
         state,
         store,
-        redactor,
+        build_redactor(config),
         expose_payloads=config.expose_task_payloads,
         clock=time.time,
         stats=stats,
+        history=(
+            None
+            if history is None
+            else HistoryApi(history.store, expose_payloads=config.expose_task_payloads)
+        ),
     )
 
 
@@ -100,6 +158,7 @@ def build_queues(
     store: RecentTasks | None,
     online_workers: OnlineWorkers,
     count_orphaned: OrphanCounter,
+    on_orphaned: Callable[[bytes, float, int], None] | None = None,
 ) -> queue_wiring.Queues:
     """The queue tracking (to be fed by the state) and the queue-depth poller (unless turned
     off); orphaned tasks are counted by the state and go to the recent-task store."""
@@ -113,7 +172,7 @@ def build_queues(
         max_label_length=config.max_label_length,
         online_workers=online_workers,
         count_orphaned=count_orphaned,
-        on_orphaned=store.keep if store is not None else None,
+        on_orphaned=store.keep if store is not None else on_orphaned,
         management=(
             queue_wiring.ManagementSettings(
                 config.rabbitmq_management_url, config.rabbitmq_management_credentials_file
@@ -128,7 +187,9 @@ def run(config: Config) -> int:
     """Run until SIGTERM or SIGINT, then stop the threads; returns the process exit code."""
     stop = threading.Event()
     inbox = IntakeBacklog(config.max_intake_backlog_bytes)
-    store = build_store(config)
+    history = build_history(config, build_redactor(config))
+    store = build_store(config) if history is None else None
+    observer = None if history is None else history_bridge(history.writer.sink)
     # The queue tracking is fed by the state; it asks the state which workers are online and
     # has it count the orphaned tasks it finds.
     queues = build_queues(
@@ -136,10 +197,11 @@ def run(config: Config) -> int:
         store,
         online_workers=lambda now: state.online_workers(now),
         count_orphaned=lambda tasks: state.count_orphaned(tasks),
+        on_orphaned=observer,
     )
-    state = build_state(config, store, queues.tracking)
+    state = build_state(config, store, queues.tracking, observer)
     web_stats = WebStats()
-    api = build_api(config, state, store, web_stats)
+    api = build_api(config, state, store, web_stats, history)
     web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
     status = BrokerStatus()
     decoder = Decoder(state, inbox)
@@ -174,6 +236,8 @@ def run(config: Config) -> int:
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
     extras: list[Collector] = [queues.collector, WebCollector(web_stats), runtime]
+    if history is not None:
+        extras.append(history.collector)
     page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=store), extras)
 
     server = serve(
@@ -196,7 +260,8 @@ def run(config: Config) -> int:
         enable_events=config.enable_events,
         tls=web_config is not None and web_config.tls is not None,
         basic_auth=web_config is not None and web_config.basic_auth is not None,
-        recent_tasks=config.max_recent_tasks,
+        recent_tasks=config.max_recent_tasks if history is None else None,
+        task_history=history.store.description if history is not None else "memory://",
         task_payloads="exposed" if config.expose_task_payloads else "hidden",
         queue_poll_interval=config.queue_poll_interval if queues.poller is not None else None,
     )
@@ -208,6 +273,7 @@ def run(config: Config) -> int:
             ("broker-reader", reader.run),
             ("controller", controller.run),
             *([("queue-poller", queues.poller.run)] if queues.poller is not None else []),
+            *([("task-history", history.writer.run)] if history is not None else []),
         )
     ]
     for thread in threads:
@@ -228,6 +294,11 @@ def run(config: Config) -> int:
     deadline = time.monotonic() + SHUTDOWN_GRACE
     server.shutdown()  # meanwhile the threads wind down
     server.server_close()
+    if history is not None:
+        history_thread = next(t for t in threads if t.name == "task-history")
+        history_thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not history_thread.is_alive():
+            history.writer.final_flush()
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
     left = [thread.name for thread in threads if thread.is_alive()]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_events_exporter.broker_options import parse_broker_url, parse_transport_option
+from celery_events_exporter.history.urls import DEFAULT_FILE, parse_store_url
 from celery_events_exporter.intake.backlog import DEFAULT_BUDGET_BYTES
 from celery_events_exporter.intake.event_queue import (
     DEFAULT_EVENT_EXCHANGE,
@@ -26,6 +27,7 @@ from celery_events_exporter.logging import DEPRECATED_LOG_FORMATS, LOG_FORMATS, 
 from celery_events_exporter.parsers import (
     ListenAddress,
     choice,
+    duration,
     integer,
     parse_buckets,
     parse_listen_address,
@@ -348,6 +350,65 @@ class Config:
         metavar="N",
         help="Characters of args, kwargs, result, exception and traceback served per task; "
         "longer values are cut with an ellipsis (tracebacks keep their end).",
+    )
+    tasks_store: str = setting(
+        "",
+        flag="--tasks.store",
+        parse=parse_store_url,
+        metavar="URL",
+        show_default=lambda _: f"sqlite:///{DEFAULT_FILE} (under --data-dir)",
+        help="Where the task history behind /api/tasks is kept: sqlite:///PATH (a file; a "
+        "relative PATH is under --data-dir), postgresql://... (psycopg; credentials and TLS as "
+        "libpq reads them: the URL, passfile=, PGPASSWORD, PGSSLMODE...; logged without its "
+        "password) or memory:// (the last --max-recent-tasks tasks in memory, gone at a "
+        "restart). docs/task-history.md.",
+    )
+    """The history's database URL; empty is the SQLite file in the data directory."""
+    data_dir: str = setting(
+        "",
+        flag="--data-dir",
+        parse=_not_blank,
+        metavar="DIR",
+        show_default=lambda _: "$STATE_DIRECTORY, else ~/.local/state/celery-events-exporter",
+        help="Directory of the exporter's files (the SQLite task history). Without it: "
+        "systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME/celery-events-exporter, else "
+        "~/.local/state/celery-events-exporter.",
+    )
+    tasks_retention: float = setting(
+        7 * 86400.0,
+        flag="--tasks.retention",
+        parse=duration,
+        metavar="DURATION",
+        show_default=lambda _: "7d",
+        help="How long a task stays in the history after its last event (30s, 12h, 7d as "
+        "Prometheus writes durations; 0 keeps tasks forever).",
+    )
+    tasks_failed_retention: float = setting(
+        30 * 86400.0,
+        flag="--tasks.failed-retention",
+        parse=duration,
+        metavar="DURATION",
+        show_default=lambda _: "30d",
+        help="How long a FAILURE, LOST, REVOKED or REJECTED task stays in the history after its "
+        "last event (0 keeps them forever).",
+    )
+    tasks_max_bytes: int = setting(
+        0,
+        flag="--tasks.max-bytes",
+        parse=size(0),
+        metavar="BYTES",
+        help="SQLite only: past this many bytes of history the oldest tasks are deleted first, "
+        "whatever their retention (10GiB, ...). 0 sets no budget.",
+    )
+    tasks_buffer_bytes: int = setting(
+        64 * 1024 * 1024,
+        flag="--tasks.buffer-bytes",
+        parse=size(65536),
+        metavar="BYTES",
+        show_default=lambda _: "64MiB",
+        help="Bytes of task events the history holds while its database is slow or down; past "
+        "it new ones are dropped and counted in "
+        'celery_exporter_task_history_dropped_total{reason="buffer_full"}.',
     )
     queues: tuple[str, ...] = setting(
         (),

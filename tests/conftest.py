@@ -23,6 +23,7 @@ from celery import Celery
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit import postgres
 from testkit.brokers import RabbitNode, RedisServer, rabbitmq_vhost
 from testkit.ports import free_port as free_port  # re-exported: tests import it from here
 
@@ -67,6 +68,8 @@ def require_tool(name: str, install: str = "scripts/test installs it") -> str:
 INTEGRATION_FIXTURES = frozenset(
     {
         "processes",
+        "postgres_url",
+        "private_postgres",
         "redis_url",
         "amqp_url",
         "broker_url",
@@ -244,6 +247,9 @@ class Processes:
                 *args,
             ],
             f"exporter-{port}.log",
+            # Each exporter its own data directory (the SQLite task history); --data-dir in
+            # ``args`` wins, for a test that restarts an exporter on the same history.
+            {"CELERY_EXPORTER_DATA_DIR": str(self.tmp_path / f"data-{port}")},
         )
         exporter = ExporterProcess(proc, port, log_path, auth, ca_file)
 
@@ -443,6 +449,23 @@ class PrivateRedis(RedisServer):
     def start(self, timeout: float = 10.0) -> None:
         require_tool("redis-server")
         super().start(timeout)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A database of our own on the machine's PostgreSQL, dropped afterwards."""
+    with postgres.database() as url:
+        yield url
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[postgres.PrivatePostgres]:
+    """A PostgreSQL cluster of our own (not started), that a test may stop and start."""
+    cluster = postgres.PrivatePostgres()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -23,6 +23,9 @@ from celery_events_exporter.state import State, WorkerRow
 from celery_events_exporter.tasks.redact import Redactor
 from celery_events_exporter.tasks.store import STATES, RecentTasks, TaskRecord
 from celery_events_exporter.web.stats import WebStats
+
+if TYPE_CHECKING:
+    from celery_events_exporter.web.history import HistoryApi
 
 log = get_logger(__name__)
 
@@ -203,8 +206,11 @@ class Api:
         expose_payloads: bool,
         clock: Callable[[], float],
         stats: WebStats | None = None,
+        history: HistoryApi | None = None,
     ) -> None:
         self.stats = stats if stats is not None else WebStats()
+        self.history = history
+        """Serves /api/tasks from the task history's database when there is one."""
         self._skip_logs = 0
         self.state = state
         self.store = store
@@ -212,7 +218,13 @@ class Api:
         self.expose_payloads = expose_payloads
         self.clock = clock
 
+    def task(self, uuid: str) -> bytes | None:
+        """/api/tasks/<uuid>: one task with its timeline (the history only); None if unknown."""
+        return None if self.history is None else self.history.task(uuid)
+
     def tasks(self, query_string: str) -> tuple[bytes, dict[str, str]]:
+        if self.history is not None:
+            return self.history.tasks(query_string)
         query = parse_task_query(query_string)
         headers = {"X-Task-Payloads": PAYLOADS_SHOWN if self.expose_payloads else PAYLOADS_HIDDEN}
         if self.store is None:

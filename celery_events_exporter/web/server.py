@@ -29,6 +29,7 @@ from collections.abc import Callable
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, cast
+from urllib.parse import unquote
 
 import orjson
 
@@ -141,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, type(self).landing_page, "text/html; charset=utf-8")
         elif path in ("/api/tasks", "/api/workers") and type(self).api is not None:
             self._api(path, query)
+        elif path.startswith("/api/tasks/") and type(self).api is not None:
+            self._task(unquote(path.removeprefix("/api/tasks/")))
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
@@ -183,6 +186,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers["Cache-Control"] = "no-store"
         self._send(200, body, JSON, headers)
+
+    def _task(self, uuid: str) -> None:
+        api = type(self).api
+        assert api is not None
+        body = api.task(uuid) if uuid and "/" not in uuid else None
+        if body is None:
+            self._send(404, b'{"error": "no such task in the history"}', JSON)
+            return
+        self._send(200, body, JSON, {"Cache-Control": "no-store"})
 
     def _metrics(self) -> None:
         body, content_type = type(self).page.render(self.headers.get("Accept", ""))
