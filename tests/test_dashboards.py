@@ -19,17 +19,28 @@ from celery_events_exporter.tasks.store import STATES
 from celery_events_exporter.web.api import TASK_PARAMETERS as TASK_API_PARAMETERS
 from celery_events_exporter.web.api import TASK_ROW_KEYS
 from grafana import generate
-from grafana.dashboards_src import panels, queues, recent_tasks, tasks, workers
+from grafana.dashboards_src import (
+    history_sql,
+    panels,
+    queues,
+    recent_tasks,
+    tasks,
+    worker_page,
+    workers,
+)
 from grafana.dashboards_src.serialize import round_trip
 from tests.replicas import undeduplicated
 
 REPO = Path(__file__).resolve().parent.parent
 UIDS = list(generate.DASHBOARDS)
+VIEWS = [panels.WORKERS_UID, panels.TASKS_UID, panels.QUEUES_UID]
+"""Flower's three tabs; the others are the task and worker pages."""
 # Which label each dashboard's search variable filters, and the variable's name.
 FILTERS = {
     panels.WORKERS_UID: (metrics.WORKER, workers.WORKER_VAR),
     panels.TASKS_UID: (metrics.TASK, tasks.TASK_VAR),
     panels.QUEUES_UID: (metrics.QUEUE, queues.QUEUE_VAR),
+    history_sql.WORKER_PAGE_UID: (metrics.WORKER, worker_page.WORKER_VAR),
 }
 
 # Flower's Workers columns as /work/shared/seed-flower-monitoring.md lists them, Load Average
@@ -164,7 +175,8 @@ def test_script_check_passes_on_the_committed_files() -> None:
 )
 def test_every_expression_parses(worker_regex: str, task_regex: str) -> None:
     queries = generate.all_queries(worker_regex, task_regex)
-    assert {uid for uid, _, _ in queries} == set(UIDS)
+    # The task page reads the history only (SQL).
+    assert {uid for uid, _, _ in queries} == set(UIDS) - {history_sql.TASK_PAGE_UID}
     for uid, title, expr in queries:
         try:
             promql_parser.parse(expr)
@@ -213,7 +225,7 @@ def test_the_replica_check_catches_a_plain_sum() -> None:
     ]
 
 
-@pytest.mark.parametrize("uid", UIDS)
+@pytest.mark.parametrize("uid", list(FILTERS))
 def test_every_selector_honours_the_search_variable(uid: str) -> None:
     label, variable = FILTERS[uid]
     sentinel = "sentinel-(a|b).*"
@@ -282,7 +294,11 @@ def test_workers_table_has_flowers_columns_in_flowers_order() -> None:
     assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
     columns = visible_columns(table)
     # Flower's columns first and as they are, then what this exporter adds.
-    assert [title for _, title in columns] == [*FLOWER_WORKER_COLUMNS, "Prefetched"]
+    assert [title for _, title in columns] == [
+        *FLOWER_WORKER_COLUMNS,
+        "Prefetched",
+        "Offline since",
+    ]
     assert columns[0][0] == metrics.WORKER
     assert table["options"]["sortBy"] == [{"desc": False, "displayName": "Worker Name"}]
 
@@ -307,6 +323,7 @@ def test_workers_table_columns_read_the_right_metrics() -> None:
         "Load Average (5 min)": {metrics.WORKER_LOAD5.name},
         "Load Average (15 min)": {metrics.WORKER_LOAD15.name},
         "Prefetched": {metrics.WORKER_PREFETCHED_TASKS.name},
+        "Offline since": {metrics.WORKER_LAST_HEARTBEAT.name, online},
     }
     for field, title in visible_columns(table)[1:]:
         ref = field.removeprefix("Value #")
@@ -331,7 +348,7 @@ def row_aggregation(expr: str) -> tuple[str, list[str]]:
     node: Any = promql_parser.parse(expr)
     while isinstance(node, promql_parser.ParenExpr):
         node = node.expr
-    if isinstance(node, promql_parser.BinaryExpr) and str(node.op) == "or":
+    if isinstance(node, promql_parser.BinaryExpr) and str(node.op) in ("or", "and"):
         node = node.lhs
     assert isinstance(node, promql_parser.AggregateExpr), expr
     assert node.modifier is not None, expr
@@ -370,11 +387,19 @@ def test_datasource_is_a_variable_used_everywhere(uid: str) -> None:
     reference = {"type": "prometheus", "uid": "${datasource}"}
     # The recent-tasks table reads the exporter's API through its own datasource variable.
     api = {"type": recent_tasks.INFINITY_TYPE, "uid": f"${{{recent_tasks.API_DATASOURCE_VAR}}}"}
+    # The history's tables read PostgreSQL through theirs.
+    history = {"type": history_sql.POSTGRES_TYPE, "uid": f"${{{history_sql.DATASOURCE_VAR}}}"}
+    for panel in all_panels(board):
+        if panel.get("datasource") == history:
+            assert [t["datasource"] for t in panel["targets"]] == [history], panel["title"]
     data_panels = [
         p
         for p in all_panels(board)
-        if p["type"] not in ("row", "text") and p.get("datasource") != api
+        if p["type"] not in ("row", "text") and p.get("datasource") not in (api, history)
     ]
+    if uid == history_sql.TASK_PAGE_UID:
+        assert not data_panels
+        return
     assert data_panels
     for panel in data_panels:
         assert panel["datasource"] == reference, panel["title"]
@@ -405,6 +430,7 @@ def test_data_sources_are_chosen_in_any_grafana(uid: str) -> None:
     expected_types = {
         panels.DATASOURCE_VAR: "prometheus",
         recent_tasks.API_DATASOURCE_VAR: recent_tasks.INFINITY_TYPE,
+        history_sql.DATASOURCE_VAR: history_sql.POSTGRES_TYPE,
     }
     references = list(datasource_references(board))
     assert references
@@ -434,7 +460,7 @@ def test_links_sit_in_the_top_bar(uid: str) -> None:
         assert "placement" not in link, link
 
 
-@pytest.mark.parametrize("uid", UIDS)
+@pytest.mark.parametrize("uid", VIEWS)
 def test_dashboard_chrome(uid: str) -> None:
     board = committed(uid)
     _, variable = FILTERS[uid]
@@ -518,6 +544,8 @@ def test_recent_tasks_table_reads_the_exporter_api_through_infinity() -> None:
         "uuid": "${task_uuid}",
         "name": "${task_name}",
         "state": "${task_state}",
+        "worker": "${task_worker}",
+        "search": "${task_search}",
         "from": "${__from}",
         "to": "${__to}",
         "limit": "500",

@@ -39,6 +39,12 @@ SEARCH_VARIABLES: tuple[tuple[str, str, str, str], ...] = (
     ("task_state", "State", "state",
      "SUCCESS, FAILURE, STARTED, RECEIVED, RETRY, REVOKED, REJECTED, PENDING or LOST; "
      "several separated by commas."),
+    ("task_worker", "Worker contains", "worker", "Part of the worker's hostname, any case."),
+    ("task_search", "Search", "search",
+     "Terms that must all hold: state:FAILURE, name:tasks.add (name:tasks.* a prefix), "
+     "uuid:1f2e, worker:celery@host, exception:ValueError, result:, args:, kwargs:, -term "
+     "negates, other words are looked for in the name, uuid, state, worker, exception, args, "
+     "kwargs and result."),
 )  # fmt: skip
 # (JSON key, column title, Infinity column type), in Flower's order, the exception after Result:
 # its class, which is served even when payloads (the message among them) are hidden.
@@ -129,7 +135,7 @@ def variables() -> list[cogbuilder.Builder[dashboard.VariableModel]]:
     return found
 
 
-def _state_mappings() -> list[dashboard.ValueMapping]:
+def state_mappings() -> list[dashboard.ValueMapping]:
     return [
         dashboard.ValueMap(
             options={
@@ -163,7 +169,7 @@ def panel() -> table.Panel:
         built,
         "State",
         {
-            "mappings": _state_mappings(),
+            "mappings": state_mappings(),
             "custom.cellOptions": common.TableColoredBackgroundCellOptions(
                 mode=common.TableCellBackgroundDisplayMode.BASIC
             ),
