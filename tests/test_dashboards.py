@@ -749,3 +749,75 @@ def test_queues_dashboard_charts_length_age_and_in_out() -> None:
         "Oldest waiting task per queue": {metrics.QUEUE_OLDEST_TASK_AGE.name},
         "In and out per queue": {metrics.TASK_SENT.sample_names[0], metrics.QUEUE_LENGTH.name},
     }
+
+
+_LINK = re.compile(r"^/d/([\w-]+|\$\{__dashboard\.uid\})(?:\?(.*))?$")
+
+
+def _links(node: Any) -> Iterator[str]:
+    """The url of every dashboard link and data link."""
+    if isinstance(node, dict):
+        if isinstance(node.get("url"), str):
+            yield node["url"]
+        for key, value in node.items():
+            if key != "targets":  # the Infinity query's url is the API's path, not a link
+                yield from _links(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _links(item)
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_links_point_to_dashboards_and_variables_that_exist(uid: str) -> None:
+    names = {u: {v["name"] for v in committed(u)["templating"]["list"]} for u in UIDS}
+    urls = list(_links(committed(uid)))
+    assert urls
+    for url in urls:
+        match = _LINK.match(url)
+        assert match, url
+        target = uid if match.group(1) == "${__dashboard.uid}" else match.group(1)
+        assert target in names, url
+        for part in (match.group(2) or "").split("&"):
+            if part.startswith("var-"):
+                assert part[4:].split("=", 1)[0] in names[target], url
+            elif part.startswith("${") and part.endswith(":queryparam}"):
+                variable = part[2:].removesuffix(":queryparam}")
+                # The variable is carried from this dashboard into one that has it too.
+                assert variable in names[uid] and variable in names[target], url
+            else:
+                assert part in ("", "${__url_time_range}"), url
+
+
+def test_task_and_worker_cells_link_to_their_pages() -> None:
+    tasks_urls = list(_links(committed(panels.TASKS_UID)))
+    assert any(u.startswith(f"/d/{history_sql.TASK_PAGE_UID}?var-uuid=") for u in tasks_urls)
+    assert any(u.startswith(f"/d/{history_sql.WORKER_PAGE_UID}?var-worker=") for u in tasks_urls)
+    workers_urls = list(_links(committed(panels.WORKERS_UID)))
+    assert any(u.startswith(f"/d/{history_sql.WORKER_PAGE_UID}?var-worker=") for u in workers_urls)
+    page_urls = list(_links(committed(history_sql.TASK_PAGE_UID)))
+    assert sum(u.startswith(f"/d/{history_sql.TASK_PAGE_UID}?") for u in page_urls) >= 3
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_every_sql_variable_is_quoted_by_grafana(uid: str) -> None:
+    from grafana.sql_macros import substitute
+
+    names = {v["name"] for v in committed(uid)["templating"]["list"]}
+    found = 0
+    for panel in all_panels(committed(uid)):
+        for target in panel.get("targets") or []:
+            if "rawSql" in target:
+                found += 1
+                # Raises for a variable interpolated raw, or one the dashboard lacks.
+                substitute(target["rawSql"], dict.fromkeys(names, "x'y"), time_from=0, time_to=1)
+    assert found or uid in VIEWS
+
+
+def test_requires_names_the_postgresql_data_source() -> None:
+    for uid in (panels.TASKS_UID, history_sql.TASK_PAGE_UID, history_sql.WORKER_PAGE_UID):
+        assert {
+            "type": "datasource",
+            "id": "grafana-postgresql-datasource",
+            "name": "PostgreSQL",
+            "version": "",
+        } in committed(uid)["__requires"]

@@ -31,6 +31,11 @@ def _gauge(spec: m.MetricSpec) -> str:
     return q.by("max", [m.WORKER], q.fleet_gauge(spec, _FLT))
 
 
+def status_expr() -> str:
+    """1 while the worker is online, 0 once offline."""
+    return _gauge(m.WORKER_ONLINE)
+
+
 def _pool_use() -> str:
     return q.ratio(_gauge(m.WORKER_ACTIVE_TASKS), _gauge(m.WORKER_CONCURRENCY))
 
