@@ -50,6 +50,11 @@ MAX_ITEMS = 100
 MAX_TEXT = 200
 """Characters kept of a name, uuid or queue."""
 LISTS = ("queues", "registered", "reserved", "scheduled", "revoked")
+NOBODY_RETRY = 1.0
+"""Seconds before the next look when no worker was online."""
+MAX_QUEUE_SERIES = 20
+"""Queues per worker exported as ``celery_worker_consumed_queue`` series (the API lists up to
+``MAX_ITEMS``): a worker consuming hundreds of queues must not multiply the series."""
 
 
 @dataclass(frozen=True)
@@ -269,16 +274,19 @@ class WorkerDetailsPoller:
             if time.monotonic() < due:
                 continue
             due = time.monotonic() + self.interval
-            if self.status.connected:
-                self.poll()
+            if self.status.connected and not self.poll():
+                # Nobody online yet (the exporter just started): look again soon rather than
+                # a whole interval later.
+                due = time.monotonic() + min(self.interval, NOBODY_RETRY)
 
-    def poll(self) -> None:
-        """One round: ask the online workers, keep what they answered (offline ones dropped)."""
+    def poll(self) -> bool:
+        """One round: ask the online workers, keep what they answered (offline ones dropped);
+        False when no worker is online."""
         now = self.clock()
         online = sorted(self.online_workers(now))[:MAX_DESTINATIONS]
         if not online:
             self.store.replace({})
-            return
+            return False
         try:
             conn = self.app.connection_for_write()
             try:
@@ -303,7 +311,7 @@ class WorkerDetailsPoller:
                     error=f"{type(exc).__name__}: {exc}",
                     failures=self.failures,
                 )
-            return
+            return True
         answered = {h for h in (stats or {}) if h in online}
         self.store.replace(
             {
@@ -320,6 +328,7 @@ class WorkerDetailsPoller:
                 for host in answered
             }
         )
+        return True
 
 
 GAUGES: tuple[tuple[m.MetricSpec, str], ...] = (
@@ -347,3 +356,9 @@ class WorkerDetailsCollector(Collector):
                 if value is not None:
                     gauge.add_metric([hostname], float(value))
             yield gauge
+        spec = m.WORKER_CONSUMED_QUEUE
+        gauge = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+        for hostname, found in details:
+            for queue in found.queues[:MAX_QUEUE_SERIES]:
+                gauge.add_metric([hostname, queue], 1.0)
+        yield gauge

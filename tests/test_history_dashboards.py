@@ -68,7 +68,12 @@ def workload(
 ) -> tuple[ExporterProcess, History, dict[str, Any]]:
     since = time.time() - 5
     exporter = processes.exporter(
-        redis_url, "--tasks.store", postgres_url, "--expose-task-payloads"
+        redis_url,
+        "--tasks.store",
+        postgres_url,
+        "--expose-task-payloads",
+        "--worker-details-interval",
+        "1",
     )
     processes.worker(redis_url, WORKER)
     ids: dict[str, Any] = {}
@@ -250,10 +255,13 @@ def test_every_promql_panel_of_the_worker_page_answers_for_a_live_worker(
     empty = []
     for title, expr in queries:
         result = _query(prometheus_url, expr)
-        workers = {series["metric"].get("worker") for series in result}
+        # A count() keeps no label: one series, for the one worker selected.
+        workers = {series["metric"].get("worker", WORKER) for series in result}
         values = [float(series["value"][1]) for series in result]
         if workers != {WORKER} or any(math.isnan(value) for value in values):
             empty.append(f"{title}: {expr} -> {result}")
     assert empty == [], "worker-page queries without this worker's data:\n" + "\n".join(empty)
+    [queues] = [e for t, e in queries if t == "Queues consumed" and e.startswith("max")]
+    assert [s["metric"]["queue"] for s in _query(prometheus_url, queues)] == ["celery"]
     online = generate.substitute(worker_page.status_expr(), {worker_page.WORKER_VAR: WORKER})
     assert [float(s["value"][1]) for s in _query(prometheus_url, online)] == [1.0]

@@ -480,12 +480,20 @@ WORKER_MAX_RSS_BYTES = MetricSpec(
     "every --worker-details-interval; online workers only).",
     (WORKER,),
 )
+WORKER_CONSUMED_QUEUE = MetricSpec(
+    "celery_worker_consumed_queue",
+    Kind.GAUGE,
+    "Always 1, one series per queue the worker consumes (inspect active_queues every "
+    "--worker-details-interval; online workers only, at most 20 queues each).",
+    (WORKER, QUEUE),
+)
 WORKER_DETAILS = (
     WORKER_POOL_PROCESSES,
     WORKER_PREFETCH_COUNT,
     WORKER_CPU_USER_SECONDS,
     WORKER_CPU_SYSTEM_SECONDS,
     WORKER_MAX_RSS_BYTES,
+    WORKER_CONSUMED_QUEUE,
 )
 """From ``worker_details``' inspect polls, not from events."""
 

@@ -190,6 +190,93 @@ def _trends() -> list[timeseries.Panel]:
     ]
 
 
+DETAILS_NOTE = (
+    "From inspect, asked of online workers every --worker-details-interval (60 s by default; "
+    "0 turns it off, and these panels stay empty)."
+)
+
+
+def _details_stats() -> list[stat.Panel]:
+    return [
+        p.stat_panel(
+            "Pool processes",
+            "Processes (or threads) the pool runs now. " + DETAILS_NOTE,
+            _gauge(m.WORKER_POOL_PROCESSES),
+            "short",
+            p.thresholds(p.GREEN),
+            no_value="unknown",
+            width=6,
+        ),
+        p.stat_panel(
+            "Prefetch count",
+            "Messages the worker may hold unacknowledged (prefetch multiplier x concurrency, "
+            "plus one per ETA task it holds). " + DETAILS_NOTE,
+            _gauge(m.WORKER_PREFETCH_COUNT),
+            "short",
+            p.thresholds(p.GREEN),
+            no_value="unknown",
+            width=6,
+        ),
+        p.stat_panel(
+            "Peak memory (main process)",
+            "getrusage's maxrss of the worker's main process. " + DETAILS_NOTE,
+            _gauge(m.WORKER_MAX_RSS_BYTES),
+            "bytes",
+            p.thresholds(p.GREEN),
+            no_value="unknown",
+            width=6,
+        ),
+        p.stat_panel(
+            "Queues consumed",
+            "How many queues the worker consumes (their names in the table below). " + DETAILS_NOTE,
+            f"count({_gauge_by_queue()})",
+            "short",
+            p.thresholds(p.RED, (1, p.GREEN)),
+            no_value="unknown",
+            width=6,
+        ),
+    ]
+
+
+def _gauge_by_queue() -> str:
+    return q.by("max", [m.WORKER, m.QUEUE], q.fleet_gauge(m.WORKER_CONSUMED_QUEUE, _FLT))
+
+
+def _cpu_panel() -> timeseries.Panel:
+    return p.timeseries_panel(
+        "CPU (main process)",
+        "CPU seconds per second of the worker's main process, user and system (the slope of "
+        "getrusage's utime and stime; pool children are not included). " + DETAILS_NOTE,
+        [
+            p.query(
+                q.by("max", [m.WORKER], q.fleet_gauge_slope(spec, _FLT, p.RATE_WINDOW)),
+                p.ref_letter(i),
+                label,
+            )
+            for i, (spec, label) in enumerate(
+                ((m.WORKER_CPU_USER_SECONDS, "user"), (m.WORKER_CPU_SYSTEM_SECONDS, "system"))
+            )
+        ],
+        "percentunit",
+        width=16,
+    )
+
+
+def _queues_table() -> table.Panel:
+    return p.merged_table_panel(
+        "Queues consumed",
+        "The queues this worker consumes, from inspect active_queues (at most 20). "
+        "Registered, reserved, scheduled and revoked tasks are listed by the exporter's "
+        "/api/workers/<name>. " + DETAILS_NOTE,
+        [(m.QUEUE, "Queue")],
+        [("Consumed", _gauge_by_queue())],
+        sort_by="Queue",
+        sort_desc=False,
+        height=8,
+        width=8,
+    )
+
+
 def _recent_tasks() -> table.Panel:
     built = (
         table.Panel()
@@ -236,5 +323,10 @@ def build() -> dashboard_builders.Dashboard:
         board = board.with_panel(panel)
     for trend in _trends():
         board = board.with_panel(trend)
+    board = board.with_row(dashboard_builders.Row("Pool, prefetch, resources and queues"))
+    for panel in _details_stats():
+        board = board.with_panel(panel)
+    board = board.with_panel(_cpu_panel())
+    board = board.with_panel(_queues_table())
     board = board.with_row(dashboard_builders.Row("Tasks"))
     return board.with_panel(_recent_tasks())
