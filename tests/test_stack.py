@@ -246,6 +246,7 @@ def test_every_dashboard_query_returns_data_and_the_workers_table_is_exact(
     grafana_vars = {
         "${tasks_api_url}": exporter_for_stack.url,
         "${task_uuid}": "", "${task_name}": "", "${task_state}": "",
+        "${task_worker}": "", "${task_search}": "",
         "${__from}": str(now_ms - 3_600_000), "${__to}": str(now_ms),
     }  # fmt: skip
     url = infinity[0]["url"]
