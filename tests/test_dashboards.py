@@ -821,3 +821,30 @@ def test_requires_names_the_postgresql_data_source() -> None:
             "name": "PostgreSQL",
             "version": "",
         } in committed(uid)["__requires"]
+
+
+@pytest.mark.parametrize("column", ["seen_at", "uuid", "events", "parent_id", "exception_type"])
+def test_a_renamed_history_column_fails_generation(
+    column: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SQL names columns only through history_sql.col(), checked against history/row.py.
+    from celery_events_exporter.history.row import COLUMNS
+
+    renamed = tuple(f"{c}_v2" if c == column else c for c in COLUMNS)
+    monkeypatch.setattr(history_sql, "HISTORY_COLUMNS", renamed)
+    with pytest.raises(ValueError, match=f"no column '{column}'"):
+        for uid in (panels.TASKS_UID, history_sql.TASK_PAGE_UID, history_sql.WORKER_PAGE_UID):
+            generate.dashboard_dict(uid)
+
+
+def test_the_history_sql_reads_only_the_history_table() -> None:
+    from celery_events_exporter.history.sql import TABLE
+
+    read = set()
+    for uid in UIDS:
+        for panel in all_panels(committed(uid)):
+            for target in panel.get("targets") or []:
+                if "rawSql" in target:
+                    read |= set(re.findall(r"\bFROM (\w+)", target["rawSql"]))
+    # The search box's terms come from a set-returning function, not a table.
+    assert read == {TABLE, "regexp_split_to_table"}

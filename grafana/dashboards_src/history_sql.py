@@ -243,19 +243,33 @@ def worker_tasks_sql(worker: str) -> str:
     )
 
 
-def task_page_link(title: str = "Open the task page") -> dict[str, str]:
-    """A data link from a cell holding a uuid to the task page."""
+def _carried(prometheus_var: str | None) -> str:
+    """The data sources a link carries: the history's, and the Prometheus one if given."""
+    carried = f"&${{{DATASOURCE_VAR}:queryparam}}"
+    if prometheus_var is not None:
+        carried += f"&${{{prometheus_var}:queryparam}}"
+    return carried + "&${__url_time_range}"
+
+
+def task_page_link(prometheus_var: str | None = None) -> dict[str, str]:
+    """A data link from a cell holding a uuid to the task page (from a dashboard that has the
+    ``history`` variable, and ``prometheus_var`` if given)."""
     return {
-        "title": title,
+        "title": "Open the task page",
         "url": f"/d/{TASK_PAGE_UID}?var-{TASK_PAGE_VAR}=${{__value.raw}}"
-        f"&${{{DATASOURCE_VAR}:queryparam}}&${{__url_time_range}}",
+        + _carried(prometheus_var),
     }
 
 
-def worker_page_link(prometheus_var: str) -> dict[str, str]:
-    """A data link from a cell holding a worker's hostname to the worker page."""
+def worker_page_link(prometheus_var: str, *, carry_history: bool = True) -> dict[str, str]:
+    """A data link from a cell holding a worker's hostname to the worker page; the history's
+    data source is carried from dashboards that have it."""
+    carried = (
+        _carried(prometheus_var)
+        if carry_history
+        else f"&${{{prometheus_var}:queryparam}}&${{__url_time_range}}"
+    )
     return {
         "title": "Open the worker page",
-        "url": f"/d/{WORKER_PAGE_UID}?var-{WORKER_PAGE_VAR}=${{__value.raw}}"
-        f"&${{{prometheus_var}:queryparam}}&${{__url_time_range}}",
+        "url": f"/d/{WORKER_PAGE_UID}?var-{WORKER_PAGE_VAR}=${{__value.raw}}" + carried,
     }

@@ -38,7 +38,7 @@ def style_task_columns(built: table.Panel) -> table.Panel:
             "custom.width": 110,
         },
     )
-    built = p.override(built, "UUID", {"links": [h.task_page_link()]})
+    built = p.override(built, "UUID", {"links": [h.task_page_link(p.DATASOURCE_VAR)]})
     return p.override(built, "Worker", {"links": [h.worker_page_link(p.DATASOURCE_VAR)]})
 
 

@@ -48,7 +48,7 @@ def _row_panel() -> table.Panel:
         6,
     )
     for column in ("parent_id", "root_id"):
-        built = p.override(built, column, {"links": [h.task_page_link()]})
+        built = p.override(built, column, {"links": [h.task_page_link(p.DATASOURCE_VAR)]})
     built = p.override(built, "worker", {"links": [h.worker_page_link(p.DATASOURCE_VAR)]})
     built = p.override(
         built,

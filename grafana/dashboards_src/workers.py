@@ -160,7 +160,7 @@ def _workers_table() -> table.Panel:
                     "url": "/d/${__dashboard.uid}?var-worker=${__value.raw}&${__url_time_range}"
                     "&${datasource:queryparam}",
                 },
-                history_sql.worker_page_link(p.DATASOURCE_VAR),
+                history_sql.worker_page_link(p.DATASOURCE_VAR, carry_history=False),
             ]
         },
     )
