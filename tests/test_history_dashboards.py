@@ -19,7 +19,13 @@ import requests
 import yaml
 
 from grafana import generate
-from grafana.dashboards_src import history_sql, history_table, recent_tasks, worker_page
+from grafana.dashboards_src import (
+    history_sql,
+    history_table,
+    recent_tasks,
+    worker_page,
+)
+from grafana.dashboards_src import workers as workers_dashboard
 from grafana.sql_macros import substitute
 from testkit.ports import free_port
 from tests.conftest import ExporterProcess, Processes, client, require_tool, wait_until
@@ -75,8 +81,8 @@ def workload(
         "--worker-details-interval",
         "1",
     )
-    processes.worker(redis_url, WORKER)
-    ids: dict[str, Any] = {}
+    worker = processes.worker(redis_url, WORKER)
+    ids: dict[str, Any] = {"worker_process": worker}
     with client(redis_url) as app:
         ids["succeeded"] = [
             app.send_task("tests.add", (i, i), task_id=str(uuid.uuid4())).id
@@ -265,3 +271,30 @@ def test_every_promql_panel_of_the_worker_page_answers_for_a_live_worker(
     assert [s["metric"]["queue"] for s in _query(prometheus_url, queues)] == ["celery"]
     online = generate.substitute(worker_page.status_expr(), {worker_page.WORKER_VAR: WORKER})
     assert [float(s["value"][1]) for s in _query(prometheus_url, online)] == [1.0]
+
+    # A clean stop: the Workers table keeps the worker, Offline since its last heartbeat, and
+    # its goodbye's processed count: every receipt of the workload (a retry is received again).
+    workload[2]["worker_process"].stop()
+    wait_until(
+        lambda: exporter.metrics().get("celery_worker_online", worker=WORKER) == 0.0,
+        what="the worker offline after its goodbye",
+    )
+    metrics = exporter.metrics()
+    last_heard = metrics.get("celery_worker_last_heartbeat_timestamp_seconds", worker=WORKER)
+    assert last_heard is not None
+    receipts = SUCCEEDED + FAILED + 3 + 2 + 2  # adds, fails, flaky_exc x3, the chain, 2 more
+    assert metrics.get("celery_worker_processed_tasks_total", worker=WORKER) == receipts
+    stopped_at = time.time() + 1
+    wait_until(
+        lambda: _query(prometheus_url, f"timestamp(up) > {stopped_at}"),
+        timeout=40,
+        what="a scrape after the stop",
+    )
+    [offline_since] = [
+        expr
+        for _, title, expr in generate.all_queries(worker_regex=".*")
+        if title == workers_dashboard.TABLE_TITLE and "celery_worker_last_heartbeat" in expr
+    ]
+    [row] = _query(prometheus_url, offline_since)
+    assert row["metric"]["worker"] == WORKER
+    assert float(row["value"][1]) == last_heard * 1000
