@@ -141,6 +141,8 @@ def test_every_sql_panel_runs_and_returns_the_workloads_rows(
     assert uuids(task_name="no-such-task") == []
     # A quote in a box is text, not SQL.
     assert uuids(task_search="x' OR '1'='1") == []
+    assert uuids(task_search="\\' OR true --") == []
+    assert uuids(task_name="\\") == []
     assert {row[state_column] for row in rows} == {"SUCCESS", "FAILURE"}
 
     # The task page: one row for a known uuid, its exception, its timeline, its children.

@@ -152,9 +152,10 @@ def panel() -> table.Panel:
         .title(TITLE)
         .description(
             "Single tasks, newest received first, as on Flower's Tasks tab: from the exporter's "
-            "/api/tasks (its in-memory store of recent tasks, not Prometheus). Filter with the "
-            "UUID, Name and State boxes; the dashboard's time range applies to Received. args, "
-            "kwargs and Result stay empty unless the exporter runs with --expose-task-payloads; "
+            "/api/tasks (its task history, not Prometheus), through Infinity. Filter with the "
+            "UUID, Name, State, Worker and Search boxes; the dashboard's time range applies to "
+            "Received. args, kwargs and Result stay empty unless the exporter runs with "
+            "--expose-task-payloads; "
             "secrets in them are masked. Hover a cell to read a long value."
         )
         .datasource(API_DATASOURCE)
