@@ -85,7 +85,7 @@ def workload(
     ids: dict[str, Any] = {"worker_process": worker}
     with client(redis_url) as app:
         ids["succeeded"] = [
-            app.send_task("tests.add", (i, i), task_id=str(uuid.uuid4())).id
+            app.send_task("tests.add", kwargs={"x": i, "y": i}, task_id=str(uuid.uuid4())).id
             for i in range(SUCCEEDED)
         ]
         ids["failed"] = [
@@ -136,6 +136,8 @@ def test_every_sql_panel_runs_and_returns_the_workloads_rows(
     assert sorted(uuids(task_search="exception:ValueError")) == sorted(ids["failed"])
     assert sorted(uuids(task_search="disk name:tests.fail")) == sorted(ids["failed"])
     assert uuids(task_search="name:tests.flaky*") == [ids["retried"]]
+    assert uuids(task_search="kwargs:y=2") == [ids["succeeded"][2]]
+    assert uuids(task_search="kwargs:y=7") == []
     assert uuids(task_uuid=ids["retried"][:8]) == [ids["retried"]]
     assert sorted(uuids(task_worker="W1@VIEWS")) == sorted(everything)
     assert uuids(task_name="no-such-task") == []

@@ -97,6 +97,18 @@ def _contains(column: str, needle: str) -> str:
     return f"strpos(lower({col(column)}), lower({needle})) > 0"
 
 
+def _kwargs_term(value: str) -> str:
+    """``key=value`` against kwargs stored as Celery's repr, ``{'key': value}`` or
+    ``{'key': 'value'}``, as /api/tasks reads it."""
+    key = f"split_part({value}, '=', 1)"
+    wanted = f"substr({value}, strpos({value}, '=') + 1)"
+    quote = "''''"  # an SQL literal holding one single quote
+    item = f"{quote} || {key} || {quote} || ': '"
+    bare = f"{item} || {wanted}"
+    quoted = f"{item} || {quote} || {wanted} || {quote}"
+    return f"({_contains('kwargs', bare)} OR {_contains('kwargs', quoted)})"
+
+
 def _exact_or_prefix(column: str, value: str) -> str:
     c = col(column)
     return (
@@ -109,8 +121,9 @@ def search_condition(search: str) -> str:
     """SQL that holds when every term of the search box ``search`` (an SQL text expression)
     holds, read as /api/tasks reads it (history/search.py), split at blanks (no quoting):
     ``state:A,B`` (state in the list, any case), ``name:x`` / ``worker:x`` (equal; a trailing
-    ``*`` makes a prefix), ``uuid:x`` (prefix), ``exception:X`` (the class), ``result:``,
-    ``args:``, ``kwargs:`` (contained, any case), ``-term`` (negated) and free text (contained,
+    ``*`` makes a prefix), ``uuid:x`` (prefix), ``exception:X`` (the class), ``result:`` and
+    ``args:`` (contained, any case), ``kwargs:key=value`` (that item of the kwargs' repr),
+    ``-term`` (negated) and free text (contained,
     any case, in the name, uuid, state, worker, exception class, args, kwargs or result)."""
     free_text = (
         f"strpos(lower(concat_ws(' ', {', '.join(col(c) for c in FREE_TEXT_COLUMNS)})), "
@@ -124,7 +137,7 @@ def search_condition(search: str) -> str:
         "exception": f"{col('exception_type')} = t.value",
         "result": _contains("result", "t.value"),
         "args": _contains("args", "t.value"),
-        "kwargs": _contains("kwargs", "t.value"),
+        "kwargs": _kwargs_term("t.value"),
     }
     if set(cases) != set(SEARCH_FIELDS):  # a field added to the API's search
         raise ValueError(f"search fields {sorted(set(SEARCH_FIELDS) - set(cases))} have no SQL")
