@@ -2,7 +2,8 @@
 
 Grafana first interpolates the dashboard variables (``${name:sqlstring}``: the value in single
 quotes, each single quote doubled; ``$__interval`` and the like), then its SQL macros:
-``$__timeFilter(col)`` becomes ``col BETWEEN 'FROM' AND 'TO'`` with RFC 3339 UTC times,
+``$__timeFilter(col)`` becomes ``col BETWEEN 'FROM' AND 'TO'`` with RFC 3339 UTC times
+(Grafana's PostgreSQL macro engine, ``RFC3339Nano``),
 ``$__timeFrom()`` / ``$__timeTo()`` the quoted times, ``$__unixEpochFrom()`` /
 ``$__unixEpochTo()`` the Unix seconds. Only these forms are accepted: a variable interpolated
 raw (``$name``, ``${name}``) into SQL raises, as does an unknown macro or variable, so a panel
@@ -30,7 +31,14 @@ def sql_string(value: str) -> str:
 
 
 def _rfc3339(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Go's ``time.RFC3339Nano`` of a UTC time, as Grafana formats it: Grafana's time range is
+    in milliseconds, and Go drops the fraction's trailing zeros (and the dot with them)."""
+    millis = round(moment * 1000)
+    seconds, fraction = divmod(millis, 1000)
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction:
+        text += f".{fraction:03d}".rstrip("0")
+    return text + "Z"
 
 
 def substitute(

@@ -20,6 +20,13 @@ def test_time_filter_and_range_macros_become_grafanas_rfc3339_literals() -> None
     )
 
 
+def test_fractions_of_a_second_are_written_as_go_writes_them() -> None:
+    sql = "$__timeFrom() $__timeTo()"
+    assert substitute(sql, {}, time_from=FROM + 0.25, time_to=FROM + 1.5) == (
+        "'2025-12-06T05:46:40.25Z' '2025-12-06T05:46:41.5Z'"
+    )
+
+
 def test_epoch_macros_and_the_interval() -> None:
     sql = "$__unixEpochFrom() $__unixEpochTo() $__interval $__interval_ms"
     assert substitute(sql, {}, time_from=FROM, time_to=TO, interval_seconds=30) == (
