@@ -141,18 +141,26 @@ def search_condition(search: str) -> str:
     }
     if set(cases) != set(SEARCH_FIELDS):  # a field added to the API's search
         raise ValueError(f"search fields {sorted(set(SEARCH_FIELDS) - set(cases))} have no SQL")
-    whens = " ".join(f"WHEN '{field}' THEN {expr}" for field, expr in cases.items())
+    whens = "".join(f"\n      WHEN '{field}' THEN {expr}" for field, expr in cases.items())
+    fields = ", ".join(repr(f) for f in SEARCH_FIELDS)
+    # One row per term (split at blanks): its sign, its field (none for free text), its value;
+    # the task is kept when no term fails.
     return (
-        "NOT EXISTS (SELECT 1 FROM ("
-        "SELECT term LIKE '-_%' AS negated, "
-        "CASE WHEN term LIKE '-_%' THEN substr(term, 2) ELSE term END AS body "
-        f"FROM regexp_split_to_table(btrim({search}), '\\s+') AS term WHERE term <> ''"
-        ") AS b CROSS JOIN LATERAL (SELECT "
-        "CASE WHEN lower(split_part(b.body, ':', 1)) IN "
-        f"({', '.join(repr(f) for f in SEARCH_FIELDS)}) AND strpos(b.body, ':') > 1 "
-        "THEN lower(split_part(b.body, ':', 1)) ELSE '' END AS field, "
-        "substr(b.body, strpos(b.body, ':') + 1) AS value, b.body, b.negated) AS t "
-        f"WHERE t.negated = COALESCE(CASE t.field {whens} ELSE {free_text} END, FALSE))"
+        "NOT EXISTS (\n"
+        "    SELECT 1 FROM (\n"
+        "      SELECT term LIKE '-_%' AS negated,\n"
+        "        CASE WHEN term LIKE '-_%' THEN substr(term, 2) ELSE term END AS body\n"
+        f"      FROM regexp_split_to_table(btrim({search}), '\\s+') AS term\n"
+        "      WHERE term <> ''\n"
+        "    ) AS b CROSS JOIN LATERAL (\n"
+        f"      SELECT CASE WHEN lower(split_part(b.body, ':', 1)) IN ({fields})\n"
+        "          AND strpos(b.body, ':') > 1\n"
+        "        THEN lower(split_part(b.body, ':', 1)) ELSE '' END AS field,\n"
+        "        substr(b.body, strpos(b.body, ':') + 1) AS value, b.body, b.negated\n"
+        "    ) AS t\n"
+        f"    WHERE t.negated = COALESCE(CASE t.field{whens}\n"
+        f"      ELSE {free_text} END, FALSE)\n"
+        "  )"
     )
 
 
