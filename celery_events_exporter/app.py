@@ -44,6 +44,11 @@ from celery_events_exporter.web.api import Api
 from celery_events_exporter.web.history import HistoryApi
 from celery_events_exporter.web.server import serve
 from celery_events_exporter.web.stats import WebCollector, WebStats
+from celery_events_exporter.worker_details import (
+    WorkerDetailsCollector,
+    WorkerDetailsPoller,
+    WorkerDetailsStore,
+)
 
 log = get_logger(__name__)
 
@@ -138,6 +143,7 @@ def build_api(
     store: RecentTasks | None,
     stats: WebStats,
     history: history_wiring.History | None = None,
+    details: WorkerDetailsStore | None = None,
 ) -> Api:
     return Api(
         state,
@@ -151,6 +157,7 @@ def build_api(
             if history is None
             else HistoryApi(history.store, expose_payloads=config.expose_task_payloads)
         ),
+        details=details,
     )
 
 
@@ -202,7 +209,8 @@ def run(config: Config) -> int:
     )
     state = build_state(config, store, queues.tracking, observer)
     web_stats = WebStats()
-    api = build_api(config, state, store, web_stats, history)
+    details = WorkerDetailsStore() if config.worker_details_interval > 0 else None
+    api = build_api(config, state, store, web_stats, history, details)
     web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
     status = BrokerStatus()
     decoder = Decoder(state, inbox)
@@ -236,6 +244,17 @@ def run(config: Config) -> int:
     PlatformCollector(registry=runtime)
     GCCollector(registry=runtime)
     extras: list[Collector] = [queues.collector, WebCollector(web_stats), runtime]
+    details_poller = None
+    if details is not None:
+        extras.append(WorkerDetailsCollector(details))
+        details_poller = WorkerDetailsPoller(
+            config.broker_url,
+            config.broker_transport_options,
+            status,
+            state.online_workers,
+            details,
+            interval=config.worker_details_interval,
+        )
     if history is not None:
         extras.append(history.collector)
     page = MetricsPage(EventsCollector(state, status, decoder, recent_tasks=store), extras)
@@ -274,6 +293,7 @@ def run(config: Config) -> int:
             ("controller", controller.run),
             *([("queue-poller", queues.poller.run)] if queues.poller is not None else []),
             *([("task-history", history.writer.run)] if history is not None else []),
+            *([("worker-details", details_poller.run)] if details_poller is not None else []),
         )
     ]
     for thread in threads:

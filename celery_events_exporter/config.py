@@ -254,6 +254,17 @@ class Config:
         help="Ask the workers for their pool size (inspect stats) periodically, to export "
         "celery_worker_concurrency.",
     )
+    worker_details_interval: float = setting(
+        60.0,
+        flag="--worker-details-interval",
+        parse=seconds(0),
+        metavar="SECONDS",
+        help="Seconds between asking the online workers for the details of Flower's worker "
+        "page (inspect stats, active_queues, registered, reserved, scheduled, revoked; never "
+        "conf): the celery_worker_pool_processes, _prefetch_count, _cpu_*_seconds and "
+        "_max_rss_bytes gauges and /api/workers/<name>. Six broadcasts per round, each "
+        "waiting at most 1 s. 0 turns it off.",
+    )
     broadcast_interval: float = setting(
         30.0,
         flag="--broadcast-interval",

@@ -478,6 +478,58 @@ EXPORTER_BUILD_INFO = MetricSpec(
     ("version", "celery_version", "kombu_version", "python_version"),
 )
 
+WORKER_POOL_PROCESSES = MetricSpec(
+    "celery_worker_pool_processes",
+    Kind.GAUGE,
+    "Processes (or threads) the worker's pool runs now, from inspect stats every "
+    "--worker-details-interval (online workers only).",
+    (WORKER,),
+)
+WORKER_PREFETCH_COUNT = MetricSpec(
+    "celery_worker_prefetch_count",
+    Kind.GAUGE,
+    "The worker's current prefetch count (messages it may hold unacknowledged), from inspect "
+    "stats every --worker-details-interval (online workers only).",
+    (WORKER,),
+)
+WORKER_CPU_USER_SECONDS = MetricSpec(
+    "celery_worker_cpu_user_seconds",
+    Kind.GAUGE,
+    "User CPU seconds of the worker's main process (getrusage, inspect stats every "
+    "--worker-details-interval; online workers only).",
+    (WORKER,),
+)
+WORKER_CPU_SYSTEM_SECONDS = MetricSpec(
+    "celery_worker_cpu_system_seconds",
+    Kind.GAUGE,
+    "System CPU seconds of the worker's main process (getrusage, inspect stats every "
+    "--worker-details-interval; online workers only).",
+    (WORKER,),
+)
+WORKER_MAX_RSS_BYTES = MetricSpec(
+    "celery_worker_max_rss_bytes",
+    Kind.GAUGE,
+    "Peak resident memory of the worker's main process (getrusage's maxrss, inspect stats "
+    "every --worker-details-interval; online workers only).",
+    (WORKER,),
+)
+WORKER_CONSUMED_QUEUE = MetricSpec(
+    "celery_worker_consumed_queue",
+    Kind.GAUGE,
+    "Always 1, one series per queue the worker consumes (inspect active_queues every "
+    "--worker-details-interval; online workers only, at most 20 queues each).",
+    (WORKER, QUEUE),
+)
+WORKER_DETAILS = (
+    WORKER_POOL_PROCESSES,
+    WORKER_PREFETCH_COUNT,
+    WORKER_CPU_USER_SECONDS,
+    WORKER_CPU_SYSTEM_SECONDS,
+    WORKER_MAX_RSS_BYTES,
+    WORKER_CONSUMED_QUEUE,
+)
+"""From ``worker_details``' inspect polls, not from events."""
+
 WORKER_GAUGES = (
     WORKER_ONLINE,
     WORKER_ACTIVE_TASKS,
@@ -496,6 +548,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     TASK_RUNTIME,
     TASK_QUEUE_WAIT,
     *WORKER_GAUGES,
+    *WORKER_DETAILS,
     WORKER_PROCESSED,
     WORKER_TASKS,
     WORKER_INFO,

@@ -71,7 +71,8 @@ def landing_page(telemetry_path: str) -> bytes:
 <li><a href="healthz">healthz</a></li>
 <li><a href="readyz">readyz</a> (503 while the broker is unreachable)</li>
 <li><a href="api/tasks">api/tasks</a> (recent tasks as JSON; parameters uuid, name, state, worker,
-search, limit, from, to)</li><li><a href="api/workers">api/workers</a> (workers as JSON)</li></ul>
+search, limit, from, to)</li><li><a href="api/workers">api/workers</a> (workers as JSON;
+api/workers/NAME one worker with its inspect details)</li></ul>
 </body></html>
 """.encode()
 
@@ -146,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._api(path, query)
         elif path.startswith("/api/tasks/") and type(self).api is not None:
             self._task(unquote(path.removeprefix("/api/tasks/")))
+        elif path.startswith("/api/workers/") and type(self).api is not None:
+            self._worker(unquote(path.removeprefix("/api/workers/")))
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
@@ -214,6 +217,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = api.task(uuid) if uuid and "/" not in uuid else None
         if body is None:
             self._send(404, b'{"error": "no such task in the history"}', JSON)
+            return
+        self._send(200, body, JSON, {"Cache-Control": "no-store"})
+
+    def _worker(self, hostname: str) -> None:
+        api = type(self).api
+        assert api is not None
+        body = api.worker(hostname) if hostname and "/" not in hostname else None
+        if body is None:
+            self._send(404, b'{"error": "no such worker"}', JSON)
             return
         self._send(200, body, JSON, {"Cache-Control": "no-store"})
 
