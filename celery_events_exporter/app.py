@@ -22,6 +22,8 @@ from celery_events_exporter.control import Controller
 from celery_events_exporter.decoder import Decoder, DecoderCollector, RejectionLog
 from celery_events_exporter.exposition.collector import EventsCollector
 from celery_events_exporter.exposition.page import MetricsPage
+from celery_events_exporter.history import wiring as history_wiring
+from celery_events_exporter.history.store import Retention
 from celery_events_exporter.intake import make_reader
 from celery_events_exporter.intake.backlog import IntakeBacklog
 from celery_events_exporter.intake.status import BrokerStatus, BrokerStatusCollector
@@ -34,8 +36,14 @@ from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, s
 from celery_events_exporter.tasks.store import RecentTasks
 from celery_events_exporter.web import webconfig
 from celery_events_exporter.web.api import Api
+from celery_events_exporter.web.history import HistoryApi
 from celery_events_exporter.web.server import serve
 from celery_events_exporter.web.stats import WebCollector, WebStats
+from celery_events_exporter.worker_details import (
+    WorkerDetailsCollector,
+    WorkerDetailsPoller,
+    WorkerDetailsStore,
+)
 
 log = get_logger(__name__)
 
@@ -43,7 +51,8 @@ log = get_logger(__name__)
 SHUTDOWN_GRACE = 0.8
 """Seconds the threads get after SIGTERM before the process exits without them: each watches the
 stop event, but one may be inside a broker call (a connection attempt, an inspect reply) with a
-timeout of its own, and nothing it holds needs flushing (the exporter keeps no state on disk)."""
+timeout of its own. Only the task history writes anything at the end (``Exporter.last_writes``),
+and only when its thread ended within the grace."""
 
 
 def state_settings(config: Config) -> StateSettings:
@@ -53,12 +62,35 @@ def state_settings(config: Config) -> StateSettings:
     return StateSettings(**{name: getattr(config, name) for name in names})
 
 
-def build_state(config: Config, recent_tasks: RecentTasks | None = None) -> State:
-    """The state, handing ``recent_tasks`` (if any) its task changes."""
+def build_state(
+    config: Config,
+    recent_tasks: RecentTasks | None = None,
+    history: history_wiring.History | None = None,
+) -> State:
+    """The state, handing ``recent_tasks`` and ``history`` (each if any) its task changes
+    (orphaned tasks too: the sweep's ``task-orphaned`` changes)."""
     state = State(state_settings(config), on_reject=RejectionLog())
     if recent_tasks is not None:
         state.subscribe(recent_tasks.take)
+    if history is not None:
+        state.subscribe(history.writer.sink)
     return state
+
+
+def build_history(config: Config, redactor: Redactor) -> history_wiring.History | None:
+    """The task history (None for memory://); payloads are written only when exposed."""
+    return history_wiring.build(
+        config.tasks_store or "",
+        config.data_dir or "",
+        redactor if config.expose_task_payloads else None,
+        Retention(
+            default=config.tasks_retention,
+            failed=config.tasks_failed_retention,
+            pending=config.forget_pending_tasks_after,
+            max_bytes=config.tasks_max_bytes,
+        ),
+        config.tasks_buffer_bytes,
+    )
 
 
 def build_store(config: Config) -> RecentTasks | None:
@@ -68,8 +100,8 @@ def build_store(config: Config) -> RecentTasks | None:
     return RecentTasks(config.max_recent_tasks, config.forget_pending_tasks_after)
 
 
-def build_api(config: Config, state: State, store: RecentTasks | None, stats: WebStats) -> Api:
-    redactor = Redactor(
+def build_redactor(config: Config) -> Redactor:
+    return Redactor(
         compile_secret_keys(
             secret_key_patterns(
                 config.secret_key_patterns, defaults=config.default_secret_key_patterns
@@ -77,13 +109,29 @@ def build_api(config: Config, state: State, store: RecentTasks | None, stats: We
         ),
         config.max_payload_length,
     )
+
+
+def build_api(
+    config: Config,
+    state: State,
+    store: RecentTasks | None,
+    stats: WebStats,
+    history: history_wiring.History | None = None,
+    details: WorkerDetailsStore | None = None,
+) -> Api:
     return Api(
         state,
         store,
-        redactor,
+        build_redactor(config),
         expose_payloads=config.expose_task_payloads,
         clock=time.time,
         stats=stats,
+        history=(
+            None
+            if history is None
+            else HistoryApi(history.store, expose_payloads=config.expose_task_payloads)
+        ),
+        details=details,
     )
 
 
@@ -116,17 +164,22 @@ class Exporter:
     server: ThreadingHTTPServer
     started: dict[str, Any]
     """What the start-up log line says."""
+    last_writes: dict[str, Callable[[], None]] = dataclasses.field(default_factory=dict)
+    """thread name -> what to run once that thread has ended at shutdown (the task history's
+    last flush); such a thread is given the grace first."""
 
 
 def wire(config: Config) -> Exporter:
     """Build every stage and connect them: reader -> backlog -> decoder -> state -> (store,
     collectors) -> HTTP; the controller and the queue poller beside them."""
     inbox = IntakeBacklog(config.max_intake_backlog_bytes)
-    store = build_store(config)
-    state = build_state(config, store)
+    history = build_history(config, build_redactor(config))
+    store = build_store(config) if history is None else None
+    state = build_state(config, store, history)
     queues = build_queues(config, state)
     web_stats = WebStats()
-    api = build_api(config, state, store, web_stats)
+    details = WorkerDetailsStore() if config.worker_details_interval > 0 else None
+    api = build_api(config, state, store, web_stats, history, details)
     web_config = webconfig.load(config.web_config_file) if config.web_config_file else None
     status = BrokerStatus()
     decoder = Decoder(state, inbox)
@@ -163,6 +216,19 @@ def wire(config: Config) -> Exporter:
         WebCollector(web_stats),
         runtime,
     ]
+    details_poller = None
+    if details is not None:
+        extras.append(WorkerDetailsCollector(details))
+        details_poller = WorkerDetailsPoller(
+            config.broker_url,
+            config.broker_transport_options,
+            status,
+            state.online_workers,
+            details,
+            interval=config.worker_details_interval,
+        )
+    if history is not None:
+        extras.append(history.collector)
     page = MetricsPage(EventsCollector(state), extras)
 
     server = serve(
@@ -181,6 +247,12 @@ def wire(config: Config) -> Exporter:
     ]
     if queues.poller is not None:
         threads.append(("queue-poller", queues.poller.run))
+    last_writes: dict[str, Callable[[], None]] = {}
+    if history is not None:
+        threads.append(("task-history", history.writer.run))
+        last_writes["task-history"] = history.writer.final_flush
+    if details_poller is not None:
+        threads.append(("worker-details", details_poller.run))
     started = {
         "version": __version__,
         "listen": str(ListenAddress(config.listen.host, server.server_address[1])),
@@ -191,11 +263,12 @@ def wire(config: Config) -> Exporter:
         "enable_events": config.enable_events,
         "tls": web_config is not None and web_config.tls is not None,
         "basic_auth": web_config is not None and web_config.basic_auth is not None,
-        "recent_tasks": config.max_recent_tasks,
+        "recent_tasks": config.max_recent_tasks if history is None else None,
+        "task_history": history.store.description if history is not None else "memory://",
         "task_payloads": "exposed" if config.expose_task_payloads else "hidden",
         "queue_poll_interval": (config.queue_poll_interval if queues.poller is not None else None),
     }
-    return Exporter(threads, server, started)
+    return Exporter(threads, server, started, last_writes)
 
 
 def settle() -> None:
@@ -237,6 +310,12 @@ def supervise(exporter: Exporter, stop: threading.Event) -> int:
     deadline = time.monotonic() + SHUTDOWN_GRACE
     exporter.server.shutdown()  # meanwhile the threads wind down
     exporter.server.server_close()
+    for thread in threads:
+        last_write = exporter.last_writes.get(thread.name)
+        if last_write is not None:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if not thread.is_alive():
+                last_write()
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
     left = [thread.name for thread in threads if thread.is_alive()]

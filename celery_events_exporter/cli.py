@@ -288,6 +288,11 @@ def _log_format_hint(args: Sequence[str], environ: Mapping[str, str]) -> str:
 
 def main(args: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["history"]:  # the history's own subcommands (history/cli.py)
+        from celery_events_exporter.history.cli import history
+
+        history.main(argv[1:], prog_name=f"{PROG_NAME} history")
+        return
     try:
         code = command.main(argv, prog_name=PROG_NAME, standalone_mode=False)
     except click.ClickException as exc:

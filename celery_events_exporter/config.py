@@ -18,6 +18,7 @@ from celery_events_exporter.broker_options import (
     parse_broker_url,
     parse_transport_option,
 )
+from celery_events_exporter.history.urls import DEFAULT_FILE, parse_store_url
 from celery_events_exporter.intake.backlog import DEFAULT_BUDGET_BYTES
 from celery_events_exporter.intake.event_queue import (
     DEFAULT_EVENT_EXCHANGE,
@@ -30,6 +31,7 @@ from celery_events_exporter.logging import DEPRECATED_LOG_FORMATS, LOG_FORMATS, 
 from celery_events_exporter.parsers import (
     ListenAddress,
     choice,
+    duration,
     integer,
     parse_buckets,
     parse_listen_address,
@@ -252,6 +254,17 @@ class Config:
         help="Ask the workers for their pool size (inspect stats) periodically, to export "
         "celery_worker_concurrency.",
     )
+    worker_details_interval: float = setting(
+        60.0,
+        flag="--worker-details-interval",
+        parse=seconds(0),
+        metavar="SECONDS",
+        help="Seconds between asking the online workers for the details of Flower's worker "
+        "page (inspect stats, active_queues, registered, reserved, scheduled, revoked; never "
+        "conf): the celery_worker_pool_processes, _prefetch_count, _cpu_*_seconds and "
+        "_max_rss_bytes gauges and /api/workers/<name>. Six broadcasts per round, each "
+        "waiting at most 1 s. 0 turns it off.",
+    )
     broadcast_interval: float = setting(
         30.0,
         flag="--broadcast-interval",
@@ -354,6 +367,64 @@ class Config:
         metavar="N",
         help="Characters of args, kwargs, result, exception and traceback served per task; "
         "longer values are cut with an ellipsis (tracebacks keep their end).",
+    )
+    tasks_store: str | None = setting(
+        None,
+        flag="--tasks.store",
+        parse=parse_store_url,
+        metavar="URL",
+        help=f"Where the task history behind /api/tasks is kept; without it the SQLite file "
+        f"{DEFAULT_FILE} under --data-dir. sqlite:///PATH (a file; a "
+        "relative PATH is under --data-dir), postgresql://... (psycopg; credentials and TLS as "
+        "libpq reads them: the URL, passfile=, PGPASSWORD, PGSSLMODE...; logged without its "
+        "password) or memory:// (the last --max-recent-tasks tasks in memory, gone at a "
+        "restart). docs/task-history.md.",
+    )
+    """The history's database URL; None is the SQLite file in the data directory."""
+    data_dir: str | None = setting(
+        None,
+        flag="--data-dir",
+        parse=_not_blank,
+        metavar="DIR",
+        help="Directory of the exporter's files (the SQLite task history). Without it: "
+        "systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME/celery-events-exporter, else "
+        "~/.local/state/celery-events-exporter.",
+    )
+    tasks_retention: float = setting(
+        7 * 86400.0,
+        flag="--tasks.retention",
+        parse=duration,
+        metavar="DURATION",
+        show_default=lambda _: "7d",
+        help="How long a task stays in the history after its last event (30s, 12h, 7d as "
+        "Prometheus writes durations; 0 keeps tasks forever).",
+    )
+    tasks_failed_retention: float = setting(
+        30 * 86400.0,
+        flag="--tasks.failed-retention",
+        parse=duration,
+        metavar="DURATION",
+        show_default=lambda _: "30d",
+        help="How long a FAILURE, LOST, REVOKED or REJECTED task stays in the history after its "
+        "last event (0 keeps them forever).",
+    )
+    tasks_max_bytes: int = setting(
+        0,
+        flag="--tasks.max-bytes",
+        parse=size(0),
+        metavar="BYTES",
+        help="SQLite only: past this many bytes of history the oldest tasks are deleted first, "
+        "whatever their retention (10GiB, ...). 0 sets no budget.",
+    )
+    tasks_buffer_bytes: int = setting(
+        64 * 1024 * 1024,
+        flag="--tasks.buffer-bytes",
+        parse=size(65536),
+        metavar="BYTES",
+        show_default=lambda _: "64MiB",
+        help="Bytes of task events the history holds while its database is slow or down; past "
+        "it new ones are dropped and counted in "
+        'celery_exporter_task_history_dropped_total{reason="buffer_full"}.',
     )
     queues: tuple[str, ...] = setting(
         (),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -134,3 +135,24 @@ def parse_telemetry_path(value: str) -> str:
     if value in RESERVED_PATHS:
         raise ValueError(f"{value} is one of the exporter's other endpoints")
     return value
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+
+
+def duration(value: str) -> float:
+    """A duration as Prometheus writes them (``30s``, ``12h``, ``7d``, ``1h30m``; units ms, s,
+    m, h, d, w, y), or ``0`` for none; in seconds."""
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    position, total = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != position:
+            break
+        total += int(match[1]) * _DURATION_UNITS[match[2]]
+        position = match.end()
+    if not text or position != len(text):
+        raise ValueError(f"expected a duration such as 30s, 12h or 7d (or 0), got {value!r}")
+    return total

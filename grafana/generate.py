@@ -22,7 +22,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from celery_events_exporter.exposition import promql as q
-from grafana.dashboards_src import panels, queues, requires, tasks, workers
+from grafana.dashboards_src import (
+    history_sql,
+    panels,
+    queues,
+    requires,
+    task_page,
+    tasks,
+    worker_page,
+    workers,
+)
 from grafana.dashboards_src.serialize import to_dict
 
 if TYPE_CHECKING:
@@ -35,6 +44,8 @@ DASHBOARDS: dict[str, tuple[str, Callable[[], dashboard_builders.Dashboard]]] = 
     panels.WORKERS_UID: ("celery-workers.json", workers.build),
     panels.TASKS_UID: ("celery-tasks.json", tasks.build),
     panels.QUEUES_UID: ("celery-queues.json", queues.build),
+    history_sql.TASK_PAGE_UID: ("celery-task.json", task_page.build),
+    history_sql.WORKER_PAGE_UID: ("celery-worker.json", worker_page.build),
 }
 
 # What the macros expand to when an expression is checked or run outside Grafana.
@@ -112,6 +123,7 @@ def all_queries(
         workers.WORKER_VAR: worker_regex,
         tasks.TASK_VAR: task_regex,
         queues.QUEUE_VAR: queue_regex,
+        worker_page.WORKER_VAR: worker_regex,
     }
     return [
         (uid, str(panel["title"]), substitute(str(target["expr"]), variables))

@@ -27,6 +27,7 @@ from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_events_exporter.broker_options import split_broker_urls
+from testkit import postgres
 from testkit.brokers import RabbitNode, RedisServer, rabbitmq_vhost
 from testkit.ports import free_port as free_port  # re-exported: tests import it from here
 
@@ -121,6 +122,8 @@ def redis_subscriptions(url: str, *pids: int) -> int:
 INTEGRATION_FIXTURES = frozenset(
     {
         "processes",
+        "postgres_url",
+        "private_postgres",
         "redis_url",
         "amqp_url",
         "broker_url",
@@ -136,6 +139,15 @@ test. Tests that run an external tool (promtool, prometheus, dclint, pip) withou
 
 _current_layer = ""
 """The layer of the test running now (set by ``_layer``), for ``require_tool``'s check."""
+
+
+@pytest.fixture(autouse=True)
+def _exporter_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every exporter a test starts, however it starts it, keeps its task history in a
+    directory of that test's own, never in the user's default data directory."""
+    monkeypatch.setenv("CELERY_EXPORTER_DATA_DIR", str(tmp_path_factory.mktemp("exporter-data")))
 
 
 @pytest.fixture(autouse=True)
@@ -308,6 +320,9 @@ class Processes:
                 *args,
             ],
             f"exporter-{port}.log",
+            # Each exporter its own data directory (the SQLite task history); --data-dir in
+            # ``args`` wins, for a test that restarts an exporter on the same history.
+            {"CELERY_EXPORTER_DATA_DIR": str(self.tmp_path / f"data-{port}")},
         )
         exporter = ExporterProcess(proc, port, log_path, auth, ca_file)
 
@@ -513,6 +528,23 @@ class PrivateRedis(RedisServer):
     def start(self, timeout: float = 10.0) -> None:
         require_tool("redis-server")
         super().start(timeout)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A database of our own on the machine's PostgreSQL, dropped afterwards."""
+    with postgres.database() as url:
+        yield url
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[postgres.PrivatePostgres]:
+    """A PostgreSQL cluster of our own (not started), that a test may stop and start."""
+    cluster = postgres.PrivatePostgres()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 @pytest.fixture

@@ -210,6 +210,11 @@ def test_every_endpoint_but_the_probes_needs_credentials(
         wrong = requests.get(f"{exporter.url}{endpoint}", auth=(USER, "nope"), timeout=5)
         assert wrong.status_code == 401, endpoint
         assert exporter.get(endpoint).status_code == 200, endpoint
+    # One worker's page: 401 without credentials, whether or not the worker exists (an
+    # anonymous caller learns nothing), 404 with them for an unknown worker.
+    one_worker = f"{exporter.url}/api/workers/nobody@nowhere"
+    assert requests.get(one_worker, timeout=5).status_code == 401
+    assert exporter.get("/api/workers/nobody@nowhere").status_code == 404
     garbled = requests.get(
         f"{exporter.url}/metrics", headers={"Authorization": "Basic %%%"}, timeout=5
     )

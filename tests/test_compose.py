@@ -27,7 +27,13 @@ DASHBOARD_PROVIDERS = REPO / "grafana/provisioning/dashboards/celery.yml"
 # the no-Docker one.
 PROMETHEUS_CONFIG = REPO / "prometheus/compose/prometheus.yml"
 EXPORTER_TARGETS = REPO / "prometheus/compose/targets/exporter.yml"
-DASHBOARDS = ("celery-workers.json", "celery-tasks.json", "celery-queues.json")
+DASHBOARDS = (
+    "celery-workers.json",
+    "celery-tasks.json",
+    "celery-queues.json",
+    "celery-task.json",
+    "celery-worker.json",
+)
 INFINITY_PLUGIN = "yesoreyeram-infinity-datasource"
 # ${NAME}, ${NAME:?msg}, ${NAME:-default}...; "$$" is compose's escaped dollar.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{(?P<name>\w+)(?P<modifier>[^}]*)\}")
@@ -210,7 +216,8 @@ def test_dependencies_wait_for_healthy_services(services: dict[str, dict[str, An
         for dependency, rule in (service.get("depends_on") or {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
             assert rule == {"condition": "service_healthy"}, (name, dependency, rule)
-    assert set(services["exporter"]["depends_on"]) == {"redis"}
+    assert set(services["exporter"]["depends_on"]) == {"redis", "postgres"}
+    assert "postgres" in services["grafana"]["depends_on"]
     assert "exporter" in services["prometheus"]["depends_on"]
     assert "prometheus" in services["grafana"]["depends_on"]
 
@@ -369,7 +376,10 @@ def test_no_hard_coded_secrets(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         for key, value in _environment(service).items():
             if SECRET_KEY.search(key):
-                assert re.fullmatch(rf"\$\{{{key}:\?[^}}]+\}}", value), (
+                # From .env, under its own name or another secret's (libpq's PGPASSWORD is
+                # the database's POSTGRES_PASSWORD).
+                reference = re.fullmatch(r"\$\{(\w+):\?[^}]+\}", value)
+                assert reference and SECRET_KEY.search(reference[1]), (
                     f"{name}: {key} must come from .env as ${{{key}:?message}}"
                 )
     credentials_in_url = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
@@ -453,3 +463,80 @@ def test_exporter_credentials_are_wired_from_one_password(
     assert (infinity["basicAuth"], infinity["basicAuthUser"]) == (True, username)
     assert infinity["jsonData"]["auth_method"] == "basicAuth"
     assert infinity["secureJsonData"] == {"basicAuthPassword": f"$__env{{{variable}}}"}
+
+
+def _history_url(services: dict[str, dict[str, Any]]) -> Any:
+    return urlsplit(_option(_command(services["exporter"]), "--tasks.store"))
+
+
+def test_the_history_lives_in_the_postgres_service_and_grafana_reads_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    environment = _environment(postgres)
+    history = _history_url(services)
+    # The exporter writes as the database's owner, its password from libpq's environment.
+    assert (history.scheme, history.hostname, history.port) == ("postgresql", "postgres", 5432)
+    assert history.password is None
+    assert history.username == environment["POSTGRES_USER"]
+    assert history.path == f"/{environment['POSTGRES_DB']}"
+    assert _environment(services["exporter"])["PGPASSWORD"] == environment["POSTGRES_PASSWORD"]
+    # Grafana reads as grafana_reader, created by the init script with Grafana's password.
+    source = _datasource("celery-history")
+    assert source["type"] == "grafana-postgresql-datasource"
+    assert source["url"] == f"{history.hostname}:{history.port}"
+    assert source["jsonData"]["database"] == environment["POSTGRES_DB"]
+    assert source["user"] == "grafana_reader"
+    variable = re.fullmatch(r"\$__env\{(\w+)\}", source["secureJsonData"]["password"])
+    assert variable
+    assert variable[1] in environment and variable[1] in _environment(services["grafana"])
+    init = _host_path(postgres, "/docker-entrypoint-initdb.d")
+    script = (init / "grafana-reader.sh").read_text()
+    assert "CREATE ROLE grafana_reader" in script and f"${variable[1]}" in script
+    assert f"ON DATABASE {environment['POSTGRES_DB']} TO grafana_reader" in script
+    assert postgres["healthcheck"]["test"][1] == "pg_isready"
+
+
+@pytest.mark.integration
+def test_the_init_script_makes_a_reader_that_can_only_select(
+    private_postgres: Any, services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    import os
+
+    import psycopg
+
+    from celery_events_exporter.history.sql import POSTGRESQL
+
+    environment = _environment(services["postgres"])
+    owner, database = environment["POSTGRES_USER"], environment["POSTGRES_DB"]
+    with private_postgres.running() as cluster:
+        with psycopg.connect(cluster.server_url, autocommit=True) as conn:
+            # The image's POSTGRES_USER is the cluster's superuser.
+            conn.execute(f'CREATE ROLE "{owner}" LOGIN SUPERUSER')
+            conn.execute(f'CREATE DATABASE "{database}" OWNER "{owner}"')
+        script = _host_path(services["postgres"], "/docker-entrypoint-initdb.d")
+        # The image runs the script with psql on its local socket as POSTGRES_USER.
+        env = {
+            **os.environ,
+            "PATH": f"/usr/lib/postgresql/15/bin:{os.environ['PATH']}",
+            "POSTGRES_USER": owner,
+            "POSTGRES_DB": database,
+            "GRAFANA_DB_PASSWORD": "it's-a-secret",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(cluster.port),
+        }
+        done = subprocess.run(
+            ["sh", str(script / "grafana-reader.sh")], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        base = cluster.server_url.rsplit("/", 1)[0].replace("postgres@", f"{owner}@")
+        with psycopg.connect(f"{base}/{database}", autocommit=True) as conn:
+            for statement in POSTGRESQL.schema():
+                conn.execute(statement.encode())
+            conn.execute("INSERT INTO celery_tasks (uuid, events) VALUES ('u1', '[]')")
+        reader = base.replace(f"{owner}@", "grafana_reader@")
+        with psycopg.connect(f"{reader}/{database}", autocommit=True) as conn:
+            assert conn.execute("SELECT uuid FROM celery_tasks").fetchall() == [("u1",)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM celery_tasks")

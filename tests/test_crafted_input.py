@@ -20,6 +20,9 @@ from tests.conftest import ExporterProcess, Processes, wait_until
 WORKER = "w1@crafted"
 T0 = 1_732_010_550.0
 
+MEMORY_STORE = ("--tasks.store", "memory://")
+"""/api/tasks here is the in-memory recent-task store's (docs/tasks-api.md)."""
+
 
 @pytest.fixture
 def publish(redis_url: str) -> Iterator[Any]:
@@ -58,7 +61,7 @@ def rows(exporter: ExporterProcess) -> dict[str, dict[str, Any]]:
 def test_crafted_task_events_are_cut_and_never_break_the_tasks_view(
     redis_url: str, processes: Processes, publish: Any
 ) -> None:
-    exporter = processes.exporter(redis_url, "--expose-task-payloads")
+    exporter = processes.exporter(redis_url, *MEMORY_STORE, "--expose-task-payloads")
     # 1 000 levels: past orjson's writer (254), within its reader (1 024), so written by hand.
     nested = b"[" * 1000 + b"]" * 1000
     long_uuid = "u" * 5000
@@ -124,7 +127,7 @@ def test_crafted_task_events_are_cut_and_never_break_the_tasks_view(
 def test_crafted_heartbeats_are_rejected_and_never_break_the_workers_view(
     redis_url: str, processes: Processes, publish: Any
 ) -> None:
-    exporter = processes.exporter(redis_url)
+    exporter = processes.exporter(redis_url, *MEMORY_STORE)
 
     def heartbeat(hostname: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -192,7 +195,7 @@ def test_one_nan_in_a_batch_costs_none_of_its_other_events(
 ) -> None:
     """kombu's JSON writes a non-finite float as NaN and Celery reads it back: a task.multi batch
     of 24 events with one NaN runtime is counted whole; only that runtime is not observed."""
-    exporter = processes.exporter(redis_url)
+    exporter = processes.exporter(redis_url, *MEMORY_STORE)
     batch: list[dict[str, Any]] = []
     for number in range(12):
         uuid = f"nan-{number}"

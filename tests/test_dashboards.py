@@ -19,17 +19,28 @@ from celery_events_exporter.tasks.store import STATES
 from celery_events_exporter.web.api import TASK_PARAMETERS as TASK_API_PARAMETERS
 from celery_events_exporter.web.api import TASK_ROW_KEYS
 from grafana import generate
-from grafana.dashboards_src import panels, queues, recent_tasks, tasks, workers
+from grafana.dashboards_src import (
+    history_sql,
+    panels,
+    queues,
+    recent_tasks,
+    tasks,
+    worker_page,
+    workers,
+)
 from grafana.dashboards_src.serialize import round_trip
 from tests.replicas import undeduplicated
 
 REPO = Path(__file__).resolve().parent.parent
 UIDS = list(generate.DASHBOARDS)
+VIEWS = [panels.WORKERS_UID, panels.TASKS_UID, panels.QUEUES_UID]
+"""Flower's three tabs; the others are the task and worker pages."""
 # Which label each dashboard's search variable filters, and the variable's name.
 FILTERS = {
     panels.WORKERS_UID: (metrics.WORKER, workers.WORKER_VAR),
     panels.TASKS_UID: (metrics.TASK, tasks.TASK_VAR),
     panels.QUEUES_UID: (metrics.QUEUE, queues.QUEUE_VAR),
+    history_sql.WORKER_PAGE_UID: (metrics.WORKER, worker_page.WORKER_VAR),
 }
 
 # Flower's Workers columns as /work/shared/seed-flower-monitoring.md lists them, Load Average
@@ -164,7 +175,8 @@ def test_script_check_passes_on_the_committed_files() -> None:
 )
 def test_every_expression_parses(worker_regex: str, task_regex: str) -> None:
     queries = generate.all_queries(worker_regex, task_regex)
-    assert {uid for uid, _, _ in queries} == set(UIDS)
+    # The task page reads the history only (SQL).
+    assert {uid for uid, _, _ in queries} == set(UIDS) - {history_sql.TASK_PAGE_UID}
     for uid, title, expr in queries:
         try:
             promql_parser.parse(expr)
@@ -213,7 +225,7 @@ def test_the_replica_check_catches_a_plain_sum() -> None:
     ]
 
 
-@pytest.mark.parametrize("uid", UIDS)
+@pytest.mark.parametrize("uid", list(FILTERS))
 def test_every_selector_honours_the_search_variable(uid: str) -> None:
     label, variable = FILTERS[uid]
     sentinel = "sentinel-(a|b).*"
@@ -282,7 +294,11 @@ def test_workers_table_has_flowers_columns_in_flowers_order() -> None:
     assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
     columns = visible_columns(table)
     # Flower's columns first and as they are, then what this exporter adds.
-    assert [title for _, title in columns] == [*FLOWER_WORKER_COLUMNS, "Prefetched"]
+    assert [title for _, title in columns] == [
+        *FLOWER_WORKER_COLUMNS,
+        "Prefetched",
+        "Offline since",
+    ]
     assert columns[0][0] == metrics.WORKER
     assert table["options"]["sortBy"] == [{"desc": False, "displayName": "Worker Name"}]
 
@@ -307,6 +323,7 @@ def test_workers_table_columns_read_the_right_metrics() -> None:
         "Load Average (5 min)": {metrics.WORKER_LOAD5.name},
         "Load Average (15 min)": {metrics.WORKER_LOAD15.name},
         "Prefetched": {metrics.WORKER_PREFETCHED_TASKS.name},
+        "Offline since": {metrics.WORKER_LAST_HEARTBEAT.name, online},
     }
     for field, title in visible_columns(table)[1:]:
         ref = field.removeprefix("Value #")
@@ -331,7 +348,7 @@ def row_aggregation(expr: str) -> tuple[str, list[str]]:
     node: Any = promql_parser.parse(expr)
     while isinstance(node, promql_parser.ParenExpr):
         node = node.expr
-    if isinstance(node, promql_parser.BinaryExpr) and str(node.op) == "or":
+    if isinstance(node, promql_parser.BinaryExpr) and str(node.op) in ("or", "and"):
         node = node.lhs
     assert isinstance(node, promql_parser.AggregateExpr), expr
     assert node.modifier is not None, expr
@@ -370,11 +387,19 @@ def test_datasource_is_a_variable_used_everywhere(uid: str) -> None:
     reference = {"type": "prometheus", "uid": "${datasource}"}
     # The recent-tasks table reads the exporter's API through its own datasource variable.
     api = {"type": recent_tasks.INFINITY_TYPE, "uid": f"${{{recent_tasks.API_DATASOURCE_VAR}}}"}
+    # The history's tables read PostgreSQL through theirs.
+    history = {"type": history_sql.POSTGRES_TYPE, "uid": f"${{{history_sql.DATASOURCE_VAR}}}"}
+    for panel in all_panels(board):
+        if panel.get("datasource") == history:
+            assert [t["datasource"] for t in panel["targets"]] == [history], panel["title"]
     data_panels = [
         p
         for p in all_panels(board)
-        if p["type"] not in ("row", "text") and p.get("datasource") != api
+        if p["type"] not in ("row", "text") and p.get("datasource") not in (api, history)
     ]
+    if uid == history_sql.TASK_PAGE_UID:
+        assert not data_panels
+        return
     assert data_panels
     for panel in data_panels:
         assert panel["datasource"] == reference, panel["title"]
@@ -405,6 +430,7 @@ def test_data_sources_are_chosen_in_any_grafana(uid: str) -> None:
     expected_types = {
         panels.DATASOURCE_VAR: "prometheus",
         recent_tasks.API_DATASOURCE_VAR: recent_tasks.INFINITY_TYPE,
+        history_sql.DATASOURCE_VAR: history_sql.POSTGRES_TYPE,
     }
     references = list(datasource_references(board))
     assert references
@@ -434,7 +460,7 @@ def test_links_sit_in_the_top_bar(uid: str) -> None:
         assert "placement" not in link, link
 
 
-@pytest.mark.parametrize("uid", UIDS)
+@pytest.mark.parametrize("uid", VIEWS)
 def test_dashboard_chrome(uid: str) -> None:
     board = committed(uid)
     _, variable = FILTERS[uid]
@@ -518,6 +544,8 @@ def test_recent_tasks_table_reads_the_exporter_api_through_infinity() -> None:
         "uuid": "${task_uuid}",
         "name": "${task_name}",
         "state": "${task_state}",
+        "worker": "${task_worker}",
+        "search": "${task_search}",
         "from": "${__from}",
         "to": "${__to}",
         "limit": "500",
@@ -721,3 +749,102 @@ def test_queues_dashboard_charts_length_age_and_in_out() -> None:
         "Oldest waiting task per queue": {metrics.QUEUE_OLDEST_TASK_AGE.name},
         "In and out per queue": {metrics.TASK_SENT.sample_names[0], metrics.QUEUE_LENGTH.name},
     }
+
+
+_LINK = re.compile(r"^/d/([\w-]+|\$\{__dashboard\.uid\})(?:\?(.*))?$")
+
+
+def _links(node: Any) -> Iterator[str]:
+    """The url of every dashboard link and data link."""
+    if isinstance(node, dict):
+        if isinstance(node.get("url"), str):
+            yield node["url"]
+        for key, value in node.items():
+            if key != "targets":  # the Infinity query's url is the API's path, not a link
+                yield from _links(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _links(item)
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_links_point_to_dashboards_and_variables_that_exist(uid: str) -> None:
+    names = {u: {v["name"] for v in committed(u)["templating"]["list"]} for u in UIDS}
+    urls = list(_links(committed(uid)))
+    assert urls
+    for url in urls:
+        match = _LINK.match(url)
+        assert match, url
+        target = uid if match.group(1) == "${__dashboard.uid}" else match.group(1)
+        assert target in names, url
+        for part in (match.group(2) or "").split("&"):
+            if part.startswith("var-"):
+                assert part[4:].split("=", 1)[0] in names[target], url
+            elif part.startswith("${") and part.endswith(":queryparam}"):
+                variable = part[2:].removesuffix(":queryparam}")
+                # The variable is carried from this dashboard into one that has it too.
+                assert variable in names[uid] and variable in names[target], url
+            else:
+                assert part in ("", "${__url_time_range}"), url
+
+
+def test_task_and_worker_cells_link_to_their_pages() -> None:
+    tasks_urls = list(_links(committed(panels.TASKS_UID)))
+    assert any(u.startswith(f"/d/{history_sql.TASK_PAGE_UID}?var-uuid=") for u in tasks_urls)
+    assert any(u.startswith(f"/d/{history_sql.WORKER_PAGE_UID}?var-worker=") for u in tasks_urls)
+    workers_urls = list(_links(committed(panels.WORKERS_UID)))
+    assert any(u.startswith(f"/d/{history_sql.WORKER_PAGE_UID}?var-worker=") for u in workers_urls)
+    page_urls = list(_links(committed(history_sql.TASK_PAGE_UID)))
+    assert sum(u.startswith(f"/d/{history_sql.TASK_PAGE_UID}?") for u in page_urls) >= 3
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_every_sql_variable_is_quoted_by_grafana(uid: str) -> None:
+    from grafana.sql_macros import substitute
+
+    names = {v["name"] for v in committed(uid)["templating"]["list"]}
+    found = 0
+    for panel in all_panels(committed(uid)):
+        for target in panel.get("targets") or []:
+            if "rawSql" in target:
+                found += 1
+                # Raises for a variable interpolated raw, or one the dashboard lacks.
+                substitute(target["rawSql"], dict.fromkeys(names, "x'y"), time_from=0, time_to=1)
+    assert found or uid in VIEWS
+
+
+def test_requires_names_the_postgresql_data_source() -> None:
+    for uid in (panels.TASKS_UID, history_sql.TASK_PAGE_UID, history_sql.WORKER_PAGE_UID):
+        assert {
+            "type": "datasource",
+            "id": "grafana-postgresql-datasource",
+            "name": "PostgreSQL",
+            "version": "",
+        } in committed(uid)["__requires"]
+
+
+@pytest.mark.parametrize("column", ["seen_at", "uuid", "events", "parent_id", "exception_type"])
+def test_a_renamed_history_column_fails_generation(
+    column: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SQL names columns only through history_sql.col(), checked against history/row.py.
+    from celery_events_exporter.history.row import COLUMNS
+
+    renamed = tuple(f"{c}_v2" if c == column else c for c in COLUMNS)
+    monkeypatch.setattr(history_sql, "HISTORY_COLUMNS", renamed)
+    with pytest.raises(ValueError, match=f"no column '{column}'"):
+        for uid in (panels.TASKS_UID, history_sql.TASK_PAGE_UID, history_sql.WORKER_PAGE_UID):
+            generate.dashboard_dict(uid)
+
+
+def test_the_history_sql_reads_only_the_history_table() -> None:
+    from celery_events_exporter.history.sql import TABLE
+
+    read = set()
+    for uid in UIDS:
+        for panel in all_panels(committed(uid)):
+            for target in panel.get("targets") or []:
+                if "rawSql" in target:
+                    read |= set(re.findall(r"\bFROM (\w+)", target["rawSql"]))
+    # The search box's terms come from a set-returning function, not a table.
+    assert read == {TABLE, "regexp_split_to_table"}

@@ -47,6 +47,7 @@ OVERLAYS = {
     "base": KUBERNETES / "base",
     "ha": KUBERNETES / "overlays" / "ha",
     "basic-auth": KUBERNETES / "overlays" / "basic-auth",
+    "history-postgresql": KUBERNETES / "overlays" / "history-postgresql",
 }
 CRD_GROUP = "monitoring.coreos.com/v1"
 CRD_TYPES = {
@@ -54,11 +55,14 @@ CRD_TYPES = {
     "PrometheusRule": ("PrometheusRule", "IPrometheusRule"),
 }
 KINDS = {
-    "base": {"Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap"},
+    "base": {"Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap",
+             "PersistentVolumeClaim"},
     "ha": {"Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap",
-           "PodDisruptionBudget"},
+           "PodDisruptionBudget", "PersistentVolumeClaim"},
     "basic-auth": {"Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap",
-                   "Secret"},
+                   "Secret", "PersistentVolumeClaim"},
+    "history-postgresql": {"Deployment", "Service", "ServiceMonitor", "PrometheusRule",
+                           "ConfigMap", "PersistentVolumeClaim"},
 }  # fmt: skip
 
 

@@ -14,6 +14,9 @@ SUCCEEDED = "celery_task_succeeded_total"
 FAILED = "celery_task_failed_total"
 GREETED = "task events switched on in new workers"
 
+MEMORY_STORE = ("--tasks.store", "memory://")
+"""/api/tasks here is the in-memory recent-task store's (docs/tasks-api.md)."""
+
 
 def wait_metric(
     exporter: ExporterProcess, name: str, expected: float, timeout: float = 30, **labels: str
@@ -44,7 +47,7 @@ def test_a_worker_started_after_the_exporter_without_E_is_counted_from_its_first
     broker_url: str, processes: Processes
 ) -> None:
     # The periodic broadcast is 5 minutes away: only the greeting can switch events on.
-    exporter = processes.exporter(broker_url, "--broadcast-interval", "300")
+    exporter = processes.exporter(broker_url, *MEMORY_STORE, "--broadcast-interval", "300")
     processes.worker(broker_url, "late@prod", events=False)
     wait_until(lambda: greeted(exporter, "late@prod"), what="the new worker greeted")
 
@@ -64,7 +67,7 @@ def test_a_worker_started_after_the_exporter_without_E_is_counted_from_its_first
 def test_tasks_whose_events_stay_off_are_reported_uncounted(
     redis_url: str, processes: Processes
 ) -> None:
-    exporter = processes.exporter(redis_url, "--no-enable-events")
+    exporter = processes.exporter(redis_url, *MEMORY_STORE, "--no-enable-events")
     processes.worker(redis_url, "dark@prod", events=False)
     with client(redis_url) as app:
         for i in range(7):
@@ -77,7 +80,7 @@ def test_tasks_whose_events_stay_off_are_reported_uncounted(
 def test_a_tasks_first_failure_is_an_increase_on_prometheus(
     redis_url: str, processes: Processes, prometheus_for: PrometheusFor
 ) -> None:
-    exporter = processes.exporter(redis_url)
+    exporter = processes.exporter(redis_url, *MEMORY_STORE)
     processes.worker(redis_url, "first@prod")
     # The worker's registered tasks get their series at 0 when it comes online.
     metrics = wait_metric(exporter, FAILED, 0.0, task="tests.fail", worker="first@prod")
@@ -110,7 +113,7 @@ def test_a_tasks_first_failure_is_an_increase_on_prometheus(
 def test_an_exporter_restarted_with_tasks_in_flight_keeps_their_names(
     redis_url: str, processes: Processes
 ) -> None:
-    first = processes.exporter(redis_url)
+    first = processes.exporter(redis_url, *MEMORY_STORE)
     processes.worker(redis_url, "busy@prod", concurrency=2, extra=("--prefetch-multiplier", "1"))
     processes.worker(redis_url, "eta@prod", extra=("-Q", "eta"))
     with client(redis_url) as app:
@@ -124,7 +127,7 @@ def test_an_exporter_restarted_with_tasks_in_flight_keeps_their_names(
     wait_metric(first, "celery_worker_active_tasks", 2.0, worker="busy@prod")
     wait_metric(first, "celery_task_received_total", 2.0, task="tests.add", worker="eta@prod")
     assert first.stop() == 0
-    second = processes.exporter(redis_url)
+    second = processes.exporter(redis_url, *MEMORY_STORE)
     labels = {"task": "tests.sleep", "worker": "busy@prod"}
     metrics = wait_metric(second, SUCCEEDED, 4.0, timeout=40, **labels)
     assert metrics.get(SUCCEEDED, task="unknown", worker="busy@prod") in (None, 0.0)
@@ -139,7 +142,7 @@ def test_an_exporter_restarted_with_tasks_in_flight_keeps_their_names(
 def test_tasks_revoked_before_a_worker_received_them_are_named(
     redis_url: str, processes: Processes
 ) -> None:
-    exporter = processes.exporter(redis_url)
+    exporter = processes.exporter(redis_url, *MEMORY_STORE)
     processes.worker(redis_url, "rev@prod")
     with client(redis_url) as app:
         app.send_task("tests.add", (1, 1), expires=datetime.now(UTC) - timedelta(seconds=10))
@@ -157,7 +160,12 @@ def test_tasks_revoked_before_a_worker_received_them_are_named(
 
 def test_a_clean_stop_is_told_from_a_sigkill(redis_url: str, processes: Processes) -> None:
     exporter = processes.exporter(
-        redis_url, "--purge-stopped-worker-after", "15", "--purge-offline-worker-after", "600"
+        redis_url,
+        *MEMORY_STORE,
+        "--purge-stopped-worker-after",
+        "15",
+        "--purge-offline-worker-after",
+        "600",
     )
     stopped = processes.worker(redis_url, "stopped@prod")
     killed = processes.worker(redis_url, "killed@prod")

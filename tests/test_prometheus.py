@@ -62,6 +62,7 @@ EXPECTED_GROUPS = {
         "CeleryExporterLabelOverflow",
         "CeleryWorkersSilent",
         "CeleryExporterConnectionLost",
+        "CeleryTaskHistoryDropping",
     },
 }
 EXPECTED_ALERTS = set().union(*EXPECTED_GROUPS.values())

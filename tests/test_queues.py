@@ -21,6 +21,9 @@ REDIS_OPTIONS: dict[str, Any] = {
 }
 FAST_POLL = ("--queue-poll-interval", "0.5", "--broadcast-interval", "1")
 
+MEMORY_STORE = ("--tasks.store", "memory://")
+"""/api/tasks here is the in-memory recent-task store's (docs/tasks-api.md)."""
+
 
 def option_flags(options: dict[str, Any]) -> list[str]:
     flags = []
@@ -34,7 +37,7 @@ def test_redis_lengths_sum_kombus_priority_lists_under_a_key_prefix(
     redis_url: str, processes: Processes
 ) -> None:
     exporter = processes.exporter(
-        redis_url, *option_flags(REDIS_OPTIONS), "--queue", "jobs", *FAST_POLL
+        redis_url, *MEMORY_STORE, *option_flags(REDIS_OPTIONS), "--queue", "jobs", *FAST_POLL
     )
     first_sent = time.time()
     with client(redis_url) as app:
@@ -100,7 +103,9 @@ def test_redis_lengths_sum_kombus_priority_lists_under_a_key_prefix(
 
 
 def test_queues_past_the_cap_are_counted_not_watched(redis_url: str, processes: Processes) -> None:
-    exporter = processes.exporter(redis_url, "--queue", "named", "--max-queues", "2", *FAST_POLL)
+    exporter = processes.exporter(
+        redis_url, *MEMORY_STORE, "--queue", "named", "--max-queues", "2", *FAST_POLL
+    )
     with client(redis_url) as app:
         for queue in ("q1", "q2", "q3"):
             for _ in range(2):
@@ -127,7 +132,15 @@ def test_amqp_lengths_of_plain_and_priority_queues_and_one_known_from_task_sent(
 ) -> None:
     vhost = amqp_url.rsplit("/", 1)[1]
     exporter = processes.exporter(
-        amqp_url, "--queue", "plain", "--queue", "prio", "--queue", "ghost", *FAST_POLL
+        amqp_url,
+        *MEMORY_STORE,
+        "--queue",
+        "plain",
+        "--queue",
+        "prio",
+        "--queue",
+        "ghost",
+        *FAST_POLL,
     )
     with client(amqp_url) as app:
         app.conf.task_queues = [
@@ -184,7 +197,9 @@ def test_a_stalled_broker_keeps_the_last_values_and_never_delays_a_scrape(
     private_redis: PrivateRedis, processes: Processes
 ) -> None:
     private_redis.start()
-    exporter = processes.exporter(private_redis.url, "--queue", "waiting", *FAST_POLL)
+    exporter = processes.exporter(
+        private_redis.url, *MEMORY_STORE, "--queue", "waiting", *FAST_POLL
+    )
     with client(private_redis.url) as app:
         for i in range(3):
             app.send_task("tests.add", args=(i, i), queue="waiting")
@@ -229,7 +244,7 @@ def reserved_by(app: Any, worker: str) -> int:
 
 
 def test_prefetched_tasks_of_a_single_process_worker(redis_url: str, processes: Processes) -> None:
-    exporter = processes.exporter(redis_url, *FAST_POLL)
+    exporter = processes.exporter(redis_url, *MEMORY_STORE, *FAST_POLL)
     worker = "prefetch@queues"
     processes.worker(
         redis_url,
@@ -265,7 +280,7 @@ def test_prefetched_tasks_of_a_single_process_worker(redis_url: str, processes: 
 
 
 def test_a_sigkilled_workers_started_task_is_orphaned(redis_url: str, processes: Processes) -> None:
-    exporter = processes.exporter(redis_url, *FAST_POLL)
+    exporter = processes.exporter(redis_url, *MEMORY_STORE, *FAST_POLL)
     worker_name = "doomed@queues"
     worker = processes.worker(redis_url, worker_name, concurrency=1)
     with client(redis_url) as app:
@@ -306,7 +321,7 @@ def test_a_worker_that_comes_online_is_asked_for_its_queues_at_once(
 ) -> None:
     # The periodic broadcast is 10 minutes away: only the worker-online event can trigger it.
     exporter = processes.exporter(
-        redis_url, "--queue-poll-interval", "0.5", "--broadcast-interval", "600"
+        redis_url, *MEMORY_STORE, "--queue-poll-interval", "0.5", "--broadcast-interval", "600"
     )
     processes.worker(redis_url, "latecomer@queues", extra=("-Q", "late"))
     wait_until(
@@ -318,7 +333,7 @@ def test_a_worker_that_comes_online_is_asked_for_its_queues_at_once(
 
 
 def test_a_purged_queue_forgets_its_waiting_tasks(broker_url: str, processes: Processes) -> None:
-    exporter = processes.exporter(broker_url, "--queue", "purged", *FAST_POLL)
+    exporter = processes.exporter(broker_url, *MEMORY_STORE, "--queue", "purged", *FAST_POLL)
     with client(broker_url) as app:
         for i in range(3):
             app.send_task("tests.add", args=(i, i), queue="purged")

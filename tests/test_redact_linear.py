@@ -85,6 +85,7 @@ ALPHABET = st.sampled_from(
 @example("{'pwd': 'x', 'a\\'pwd': 'y'}")
 @example("'a\\'token' = 3, \"b\": 4, --pwd x, '--token', 'y'")
 @example("x-pwd=1 --pwd=2 pwd : 3")
+@example("-pwd :")
 def test_the_linear_scanner_masks_what_the_quadratic_one_did(text: str) -> None:
     # The alphabet makes no URL, JWT or Authorization value: the by-shape pass, whose patterns
     # changed (see security.md), does the same to both.

@@ -149,6 +149,30 @@ def test_liveness_follows_celerys_rule_and_wake_up_replies_blank_nothing() -> No
     assert metrics.get("celery_worker_active_tasks", worker="w1@h") == 2.0
 
 
+def test_a_goodbye_is_the_workers_last_reading() -> None:
+    # worker-offline carries a heartbeat's counters: w1 read processed 201 at its last
+    # heartbeat and said 206 when it stopped; the goodbye's figures win.
+    state = make_state()
+    feed(state, heartbeat(freq=2.0, active=3, processed=201, loadavg=[0.5, 0.25, 0.125]))
+    feed(
+        state,
+        {"type": "worker-offline", "hostname": "w1@h", "freq": 2.0, "active": 0,
+         "processed": 206, "loadavg": [0.75, 0.5, 0.25]},
+        at=T0 + 1,
+    )  # fmt: skip
+    metrics = render(state, now=T0 + 1.5)
+    assert metrics.get("celery_worker_online", worker="w1@h") == 0.0
+    assert metrics.get("celery_worker_processed_tasks_total", worker="w1@h") == 206.0
+    assert metrics.get("celery_worker_active_tasks", worker="w1@h") == 0.0
+    assert metrics.get("celery_worker_load1", worker="w1@h") == 0.75
+    # Its last heartbeat stays when it was last heard from before the goodbye.
+    assert metrics.get("celery_worker_last_heartbeat_timestamp_seconds", worker="w1@h") == T0
+    # A goodbye with a number no worker sends is refused like a heartbeat with one.
+    feed(state, {"type": "worker-offline", "hostname": "w1@h", "processed": -1}, at=T0 + 2)
+    metrics = render(state, now=T0 + 2.5)
+    assert metrics.get("celery_worker_processed_tasks_total", worker="w1@h") == 206.0
+
+
 def test_worker_timeout_overrides_celerys_rule() -> None:
     state = make_state(worker_timeout=30.0)
     feed(state, heartbeat(freq=2.0, active=0))

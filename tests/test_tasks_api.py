@@ -22,6 +22,9 @@ REQUIRED_KEYS = {
     "worker",
 }  # fmt: skip
 
+MEMORY_STORE = ("--tasks.store", "memory://")
+"""/api/tasks here is the in-memory recent-task store's (docs/tasks-api.md)."""
+
 
 def image_kwargs(n: int, lifespan: int = 3600) -> dict[str, Any]:
     """The seed's blurit.image kwargs, plus a token that must never be served as is."""
@@ -60,7 +63,7 @@ def moment(text: str) -> datetime:
 def test_a_known_task_has_exactly_the_row_flower_shows(
     broker_url: str, processes: Processes
 ) -> None:
-    exporter = processes.exporter(broker_url, "--expose-task-payloads")
+    exporter = processes.exporter(broker_url, *MEMORY_STORE, "--expose-task-payloads")
     processes.worker(broker_url, WORKER)
     task_id = str(uuid.uuid4())
     kwargs = image_kwargs(480)
@@ -98,7 +101,7 @@ def test_a_known_task_has_exactly_the_row_flower_shows(
 
 
 def test_filters_failures_retries_and_workers(redis_url: str, processes: Processes) -> None:
-    exporter = processes.exporter(redis_url)
+    exporter = processes.exporter(redis_url, *MEMORY_STORE)
     processes.worker(redis_url, WORKER)
     adds = [f"add-{i}-{uuid.uuid4()}" for i in range(3)]
     failing = [f"img-fail-{i}-{uuid.uuid4()}" for i in range(2)]
@@ -207,7 +210,7 @@ def test_filters_failures_retries_and_workers(redis_url: str, processes: Process
 def test_exposed_failures_are_masked_and_labelled_by_class(
     redis_url: str, processes: Processes
 ) -> None:
-    exporter = processes.exporter(redis_url, "--expose-task-payloads")
+    exporter = processes.exporter(redis_url, *MEMORY_STORE, "--expose-task-payloads")
     processes.worker(redis_url, WORKER)
     failed, rejected, retried = (f"{kind}-{uuid.uuid4()}" for kind in ("fail", "rej", "retry"))
     with client(redis_url) as app:
@@ -247,7 +250,7 @@ def test_the_store_keeps_the_newest_tasks_within_its_bound(
     redis_url: str, processes: Processes
 ) -> None:
     exporter = processes.exporter(
-        redis_url,
+        redis_url, *MEMORY_STORE,
         "--max-recent-tasks", "3",
         "--expose-task-payloads",
         "--secret-key-pattern", "lifespan",
@@ -274,7 +277,7 @@ def test_the_store_keeps_the_newest_tasks_within_its_bound(
 
 def test_secret_key_patterns_add_to_the_defaults(redis_url: str, processes: Processes) -> None:
     exporter = processes.exporter(
-        redis_url, "--expose-task-payloads", "--secret-key-pattern", "lifespan"
+        redis_url, *MEMORY_STORE, "--expose-task-payloads", "--secret-key-pattern", "lifespan"
     )
     processes.worker(redis_url, WORKER)
     task_id = str(uuid.uuid4())
@@ -303,6 +306,6 @@ def test_secret_key_flags_are_checked_at_start(args: list[str], message: str) ->
 
 
 def test_api_answers_404_for_unknown_paths(redis_url: str, processes: Processes) -> None:
-    exporter = processes.exporter(redis_url, wait_connected=False)
+    exporter = processes.exporter(redis_url, *MEMORY_STORE, wait_connected=False)
     assert exporter.get("/api/nothing").status_code == 404
     assert requests.get(f"{exporter.url}/api/tasks", timeout=5).json() == []

@@ -355,6 +355,49 @@ EXPORTER_RECENT_TASK_EVENTS_DROPPED = MetricSpec(
     "Task events the recent-task store let go unmerged: more than 6 x --max-recent-tasks task "
     "events (or 4 KiB x --max-recent-tasks of JSON) arrived between two reads of /api/tasks.",
 )
+EXPORTER_TASK_HISTORY_ROWS_WRITTEN = MetricSpec(
+    "celery_exporter_task_history_rows_written",
+    Kind.COUNTER,
+    "Task rows merged into the task history's database (--tasks.store); a task's events within "
+    "one flush window make one row write.",
+)
+EXPORTER_TASK_HISTORY_BATCHES = MetricSpec(
+    "celery_exporter_task_history_batches",
+    Kind.COUNTER,
+    "Transactions that wrote task rows into the task history's database.",
+)
+EXPORTER_TASK_HISTORY_DROPPED = MetricSpec(
+    "celery_exporter_task_history_dropped",
+    Kind.COUNTER,
+    'Task events or rows the task history never wrote, by reason: "buffer_full" = events that '
+    'arrived while --tasks.buffer-bytes were waiting for the database; "rejected" = rows of a '
+    "batch the database refused (the log says why).",
+    ("reason",),
+)
+EXPORTER_TASK_HISTORY_BUFFER_BYTES = MetricSpec(
+    "celery_exporter_task_history_buffer_bytes",
+    Kind.GAUGE,
+    "Bytes of task events and rows waiting to be written to the task history (at most "
+    "--tasks.buffer-bytes).",
+)
+EXPORTER_TASK_HISTORY_WRITE_ERRORS = MetricSpec(
+    "celery_exporter_task_history_write_errors",
+    Kind.COUNTER,
+    "Failed attempts to migrate, write or expire the task history (the database down, slow or "
+    "refusing); writes are retried.",
+)
+EXPORTER_TASK_HISTORY_LAST_SUCCESS = MetricSpec(
+    "celery_exporter_task_history_last_success_timestamp_seconds",
+    Kind.GAUGE,
+    "Unix time of the last successful write to the task history's database; absent before the "
+    "first.",
+)
+EXPORTER_TASK_HISTORY_ROWS_EXPIRED = MetricSpec(
+    "celery_exporter_task_history_rows_expired",
+    Kind.COUNTER,
+    "Task rows deleted from the history by --tasks.retention, --tasks.failed-retention or "
+    "--tasks.max-bytes.",
+)
 EXPORTER_QUEUE_POLL_DURATION = MetricSpec(
     "celery_exporter_queue_poll_duration_seconds",
     Kind.GAUGE,
@@ -435,6 +478,58 @@ EXPORTER_BUILD_INFO = MetricSpec(
     ("version", "celery_version", "kombu_version", "python_version"),
 )
 
+WORKER_POOL_PROCESSES = MetricSpec(
+    "celery_worker_pool_processes",
+    Kind.GAUGE,
+    "Processes (or threads) the worker's pool runs now, from inspect stats every "
+    "--worker-details-interval (online workers only).",
+    (WORKER,),
+)
+WORKER_PREFETCH_COUNT = MetricSpec(
+    "celery_worker_prefetch_count",
+    Kind.GAUGE,
+    "The worker's current prefetch count (messages it may hold unacknowledged), from inspect "
+    "stats every --worker-details-interval (online workers only).",
+    (WORKER,),
+)
+WORKER_CPU_USER_SECONDS = MetricSpec(
+    "celery_worker_cpu_user_seconds",
+    Kind.GAUGE,
+    "User CPU seconds of the worker's main process (getrusage, inspect stats every "
+    "--worker-details-interval; online workers only).",
+    (WORKER,),
+)
+WORKER_CPU_SYSTEM_SECONDS = MetricSpec(
+    "celery_worker_cpu_system_seconds",
+    Kind.GAUGE,
+    "System CPU seconds of the worker's main process (getrusage, inspect stats every "
+    "--worker-details-interval; online workers only).",
+    (WORKER,),
+)
+WORKER_MAX_RSS_BYTES = MetricSpec(
+    "celery_worker_max_rss_bytes",
+    Kind.GAUGE,
+    "Peak resident memory of the worker's main process (getrusage's maxrss, inspect stats "
+    "every --worker-details-interval; online workers only).",
+    (WORKER,),
+)
+WORKER_CONSUMED_QUEUE = MetricSpec(
+    "celery_worker_consumed_queue",
+    Kind.GAUGE,
+    "Always 1, one series per queue the worker consumes (inspect active_queues every "
+    "--worker-details-interval; online workers only, at most 20 queues each).",
+    (WORKER, QUEUE),
+)
+WORKER_DETAILS = (
+    WORKER_POOL_PROCESSES,
+    WORKER_PREFETCH_COUNT,
+    WORKER_CPU_USER_SECONDS,
+    WORKER_CPU_SYSTEM_SECONDS,
+    WORKER_MAX_RSS_BYTES,
+    WORKER_CONSUMED_QUEUE,
+)
+"""From ``worker_details``' inspect polls, not from events."""
+
 WORKER_GAUGES = (
     WORKER_ONLINE,
     WORKER_ACTIVE_TASKS,
@@ -453,6 +548,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     TASK_RUNTIME,
     TASK_QUEUE_WAIT,
     *WORKER_GAUGES,
+    *WORKER_DETAILS,
     WORKER_PROCESSED,
     WORKER_TASKS,
     WORKER_INFO,
@@ -481,6 +577,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     EXPORTER_RECENT_TASKS,
     EXPORTER_RECENT_TASKS_EVICTED,
     EXPORTER_RECENT_TASK_EVENTS_DROPPED,
+    EXPORTER_TASK_HISTORY_ROWS_WRITTEN,
+    EXPORTER_TASK_HISTORY_BATCHES,
+    EXPORTER_TASK_HISTORY_DROPPED,
+    EXPORTER_TASK_HISTORY_BUFFER_BYTES,
+    EXPORTER_TASK_HISTORY_WRITE_ERRORS,
+    EXPORTER_TASK_HISTORY_LAST_SUCCESS,
+    EXPORTER_TASK_HISTORY_ROWS_EXPIRED,
     EXPORTER_QUEUE_POLL_DURATION,
     EXPORTER_QUEUE_POLL_ERRORS,
     EXPORTER_QUEUE_READINGS_AGE,

@@ -51,15 +51,16 @@ def apply_worker_event(
     record is named ``label`` (its hostname as cut). Raises ``Rejected`` for a number no worker
     sends, before anything of the event is applied.
     """
-    if event_type != WORKER_OFFLINE:
-        # Checked first: a crafted heartbeat must not even make its worker known.
-        freq, active, processed, loadavg = heartbeat_numbers(event, hostname)
-        software = heartbeat_software(event, hostname)
+    # Checked first: a crafted event must not even make its worker known.
+    freq, active, processed, loadavg = heartbeat_numbers(event, hostname)
+    software = heartbeat_software(event, hostname)
     state = state_for(hostname)
     if state is None:
         return False
     if event_type == WORKER_OFFLINE:
         state.said_goodbye = True
+        # The goodbye carries a heartbeat's counters: the worker's last, freshest reading.
+        _read_counters(state, active, processed, loadavg, started_count)
         return False
     greet = state.last_heartbeat == 0.0 or event_type == WORKER_ONLINE
     state.said_goodbye = False
@@ -72,6 +73,22 @@ def apply_worker_event(
         state.freq = freq
     if not full:
         return greet
+    _read_counters(state, active, processed, loadavg, started_count)
+    state.software = software
+    pid = event.get("pid")
+    if type(pid) is int and pid > 0:
+        state.pid = pid
+    return greet
+
+
+def _read_counters(
+    state: WorkerState,
+    active: int | None,
+    processed: int | None,
+    loadavg: Loadavg | None,
+    started_count: Callable[[str], int],
+) -> None:
+    """Take a heartbeat's (or a goodbye's) active, processed and loadavg, each if present."""
     if active is not None:
         state.active = active
     if processed is not None:
@@ -82,11 +99,6 @@ def apply_worker_event(
         state.processed = processed
     if loadavg is not None:
         state.loadavg = loadavg
-    state.software = software
-    pid = event.get("pid")
-    if type(pid) is int and pid > 0:
-        state.pid = pid
-    return greet
 
 
 MAX_HEARTBEAT_INTERVAL = 3600.0

@@ -78,15 +78,17 @@ _CREDENTIAL_VALUE = re.compile(
     r"|(?<![\w-])eyJ[\w-]{4,}+\.[\w-]{4,}+\.[\w-]*+"
 )
 # Where a secret may follow its name in text:
+# - word: a bare --flag then blanks (a command line);
 # - key: a key, quoted (``_QuotedKeys``) or bare, then ':' (a dict) or '=' (a keyword argument,
 #   --flag=value); a bare key is tried once per run of word characters and dashes, from its first
 #   word boundary (every later start would end where it ends);
-# - flag: a quoted --flag item of a list, then ',' (the value is the next item);
-# - word: a bare --flag then blanks (a command line).
+# - flag: a quoted --flag item of a list, then ',' (the value is the next item).
+# A word is tried first: it can only start a run, where the bare key's search would otherwise
+# claim the run's start for a key further in ("-pwd :" is the flag -pwd with the value ":").
 _SECRET_SITE = re.compile(
-    r"""(?<![\w-])(?>[\w-]*?\b(?=[A-Za-z_]))(?P<key>[A-Za-z_][\w-]*+)\s*+(?P<sep>:|=)\s*+"""
+    r"""(?<![\w-])(?P<word>--?[A-Za-z][\w-]*+)[ \t]++"""
+    r"""|(?<![\w-])(?>[\w-]*?\b(?=[A-Za-z_]))(?P<key>[A-Za-z_][\w-]*+)\s*+(?P<sep>:|=)\s*+"""
     r"""|(?P<flag>(?P<quote>['"])--?[A-Za-z][\w-]*+(?P=quote))\s*+,\s*+"""
-    r"""|(?<![\w-])(?P<word>--?[A-Za-z][\w-]*+)[ \t]++"""
 )
 _QUOTED = {quote: re.compile(rf"{quote}(?:[^{quote}\\]|\\.)*+{quote}") for quote in ("'", '"')}
 """A quoted string from its opening quote, escapes honoured."""

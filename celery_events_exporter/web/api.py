@@ -1,4 +1,5 @@
-"""The JSON API behind Grafana's per-task table: ``/api/tasks`` and ``/api/workers``.
+"""The JSON API behind Grafana's per-task table: ``/api/tasks``, ``/api/workers`` and
+``/api/workers/<name>``.
 
 Query strings are parsed strictly (an unknown or repeated parameter is a 400 naming it), the
 store is read only long enough to list its records and copy the rows that are served, workers
@@ -11,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -23,6 +24,12 @@ from celery_events_exporter.state import State, WorkerRow
 from celery_events_exporter.tasks.redact import Redactor
 from celery_events_exporter.tasks.store import STATES, RecentTasks, TaskRecord
 from celery_events_exporter.web.stats import WebStats
+
+if TYPE_CHECKING:
+    from celery_events_exporter.worker_details import WorkerDetailsStore
+
+if TYPE_CHECKING:
+    from celery_events_exporter.web.history import HistoryApi
 
 log = get_logger(__name__)
 
@@ -208,8 +215,14 @@ class Api:
         expose_payloads: bool,
         clock: Callable[[], float],
         stats: WebStats | None = None,
+        history: HistoryApi | None = None,
+        details: WorkerDetailsStore | None = None,
     ) -> None:
         self.stats = stats if stats is not None else WebStats()
+        self.details = details
+        """The workers' inspect details (--worker-details-interval), if they are polled."""
+        self.history = history
+        """Serves /api/tasks from the task history's database when there is one."""
         self._skip_logs = 0
         self.state = state
         self.store = store
@@ -217,12 +230,18 @@ class Api:
         self.expose_payloads = expose_payloads
         self.clock = clock
 
+    def task(self, uuid: str) -> bytes | None:
+        """/api/tasks/<uuid>: one task with its timeline (the history only); None if unknown."""
+        return None if self.history is None else self.history.task(uuid)
+
     def tasks(
         self, query_string: str, checkpoint: Callable[[], None] | None = None
     ) -> tuple[bytes, dict[str, str]]:
         """The recent tasks the query asks for, as JSON, and the answer's headers;
         ``checkpoint`` is called every ``CHECKPOINT_ROWS`` rows (it may wait for a scrape, or
         raise to abandon the work)."""
+        if self.history is not None:
+            return self.history.tasks(query_string)
         query = parse_task_query(query_string)
         headers = {"X-Task-Payloads": PAYLOADS_SHOWN if self.expose_payloads else PAYLOADS_HIDDEN}
         if self.store is None:
@@ -331,6 +350,18 @@ class Api:
         if skipped:
             self.stats.skipped("/api/workers", skipped)
         return b"[" + b",".join(parts) + b"]"
+
+    def worker(self, hostname: str) -> bytes | None:
+        """/api/workers/<name>: the worker's row and, for an online worker polled since, its
+        details (pool, prefetch count, resource usage, consumed queues, registered tasks,
+        reserved, scheduled, revoked; bounded, see worker_details.py); None if unknown."""
+        for view in self.state.workers_view(self.clock()):
+            if view.worker.hostname == hostname:
+                row = self._worker_row(view)
+                found = self.details.get(hostname) if self.details is not None else None
+                row["details"] = None if found is None else found.as_json()
+                return orjson.dumps(row)
+        return None
 
     @staticmethod
     def _worker_row(view: WorkerRow) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, cast
+from urllib.parse import unquote
 
 import orjson
 
@@ -70,7 +71,8 @@ def landing_page(telemetry_path: str) -> bytes:
 <li><a href="healthz">healthz</a></li>
 <li><a href="readyz">readyz</a> (503 while the broker is unreachable)</li>
 <li><a href="api/tasks">api/tasks</a> (recent tasks as JSON; parameters uuid, name, state, worker,
-search, limit, from, to)</li><li><a href="api/workers">api/workers</a> (workers as JSON)</li></ul>
+search, limit, from, to)</li><li><a href="api/workers">api/workers</a> (workers as JSON;
+api/workers/NAME one worker with its inspect details)</li></ul>
 </body></html>
 """.encode()
 
@@ -143,6 +145,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, type(self).landing_page, "text/html; charset=utf-8")
         elif path in ("/api/tasks", "/api/workers") and type(self).api is not None:
             self._api(path, query)
+        elif path.startswith("/api/tasks/") and type(self).api is not None:
+            self._task(unquote(path.removeprefix("/api/tasks/")))
+        elif path.startswith("/api/workers/") and type(self).api is not None:
+            self._worker(unquote(path.removeprefix("/api/workers/")))
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
@@ -204,6 +210,24 @@ class _Handler(BaseHTTPRequestHandler):
             gate.release()
         headers["Cache-Control"] = "no-store"
         self._send(200, body, JSON, headers)
+
+    def _task(self, uuid: str) -> None:
+        api = type(self).api
+        assert api is not None
+        body = api.task(uuid) if uuid and "/" not in uuid else None
+        if body is None:
+            self._send(404, b'{"error": "no such task in the history"}', JSON)
+            return
+        self._send(200, body, JSON, {"Cache-Control": "no-store"})
+
+    def _worker(self, hostname: str) -> None:
+        api = type(self).api
+        assert api is not None
+        body = api.worker(hostname) if hostname and "/" not in hostname else None
+        if body is None:
+            self._send(404, b'{"error": "no such worker"}', JSON)
+            return
+        self._send(200, body, JSON, {"Cache-Control": "no-store"})
 
     def _metrics(self) -> None:
         with type(self).gate.scraping():

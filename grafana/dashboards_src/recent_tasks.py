@@ -39,6 +39,12 @@ SEARCH_VARIABLES: tuple[tuple[str, str, str, str], ...] = (
     ("task_state", "State", "state",
      "SUCCESS, FAILURE, STARTED, RECEIVED, RETRY, REVOKED, REJECTED, PENDING or LOST; "
      "several separated by commas."),
+    ("task_worker", "Worker contains", "worker", "Part of the worker's hostname, any case."),
+    ("task_search", "Search", "search",
+     "Terms that must all hold: state:FAILURE, name:tasks.add (name:tasks.* a prefix), "
+     "uuid:1f2e, worker:celery@host, exception:ValueError, result:, args:, kwargs:, -term "
+     "negates, other words are looked for in the name, uuid, state, worker, exception, args, "
+     "kwargs and result."),
 )  # fmt: skip
 # (JSON key, column title, Infinity column type), in Flower's order, the exception after Result:
 # its class, which is served even when payloads (the message among them) are hidden.
@@ -129,7 +135,7 @@ def variables() -> list[cogbuilder.Builder[dashboard.VariableModel]]:
     return found
 
 
-def _state_mappings() -> list[dashboard.ValueMapping]:
+def state_mappings() -> list[dashboard.ValueMapping]:
     return [
         dashboard.ValueMap(
             options={
@@ -146,9 +152,10 @@ def panel() -> table.Panel:
         .title(TITLE)
         .description(
             "Single tasks, newest received first, as on Flower's Tasks tab: from the exporter's "
-            "/api/tasks (its in-memory store of recent tasks, not Prometheus). Filter with the "
-            "UUID, Name and State boxes; the dashboard's time range applies to Received. args, "
-            "kwargs and Result stay empty unless the exporter runs with --expose-task-payloads; "
+            "/api/tasks (its task history, not Prometheus), through Infinity. Filter with the "
+            "UUID, Name, State, Worker and Search boxes; the dashboard's time range applies to "
+            "Received. args, kwargs and Result stay empty unless the exporter runs with "
+            "--expose-task-payloads; "
             "secrets in them are masked. Hover a cell to read a long value."
         )
         .datasource(API_DATASOURCE)
@@ -163,7 +170,7 @@ def panel() -> table.Panel:
         built,
         "State",
         {
-            "mappings": _state_mappings(),
+            "mappings": state_mappings(),
             "custom.cellOptions": common.TableColoredBackgroundCellOptions(
                 mode=common.TableCellBackgroundDisplayMode.BASIC
             ),

@@ -10,8 +10,8 @@ from celery_events_exporter.events import vocabulary as v
 from celery_events_exporter.exposition import catalogue as m
 from celery_events_exporter.exposition import promql as q
 
+from . import history_sql, history_table, recent_tasks
 from . import panels as p
-from . import recent_tasks
 
 TASK_VAR = "task"
 _FLT: q.Filter = {m.TASK: f"${TASK_VAR}"}
@@ -19,6 +19,7 @@ _BY_TASK = [m.TASK]
 
 NAME = "Name"
 RECENT_TASKS_ROW = "Recent tasks"
+HISTORY_ROW = "Task history (PostgreSQL)"
 
 # Event type -> the state word an operator knows from Flower, in the lifecycle's order.
 STATES: tuple[tuple[str, str], ...] = tuple(
@@ -340,6 +341,7 @@ def build() -> dashboard_builders.Dashboard:
             "Show task names matching this regex, e.g. blurit\\..* (Flower's search box).",
         )
     )
+    board = board.with_variable(history_sql.datasource_variable())
     for variable in recent_tasks.variables():
         board = board.with_variable(variable)
     for panel in _stats():
@@ -357,5 +359,7 @@ def build() -> dashboard_builders.Dashboard:
     for runtime_panel in _runtime_panels():
         board = board.with_panel(runtime_panel)
     board = board.with_panel(_slowest_table())
+    board = board.with_row(dashboard_builders.Row(HISTORY_ROW))
+    board = board.with_panel(history_table.panel())
     board = board.with_row(dashboard_builders.Row(RECENT_TASKS_ROW))
     return board.with_panel(recent_tasks.panel())

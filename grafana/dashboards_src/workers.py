@@ -6,10 +6,12 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common, dashboard
 
+from celery_events_exporter.config import Config
 from celery_events_exporter.events import vocabulary as v
 from celery_events_exporter.exposition import catalogue as m
 from celery_events_exporter.exposition import promql as q
 
+from . import history_sql
 from . import panels as p
 
 WORKER_VAR = "worker"
@@ -31,6 +33,7 @@ LOAD_5 = "Load Average (5 min)"
 LOAD_15 = "Load Average (15 min)"
 # After Flower's columns: what Flower shows in its worker page, not in the table.
 PREFETCHED = "Prefetched"
+OFFLINE_SINCE = "Offline since"
 
 # Overload is active / concurrency (the pool size the exporter asks with inspect stats): yellow
 # from 80 % of the pool busy, red when every slot is taken and new tasks wait.
@@ -76,7 +79,28 @@ def table_columns() -> list[tuple[str, str]]:
         (LOAD_5, _gauge_by_worker(m.WORKER_LOAD5)),
         (LOAD_15, _gauge_by_worker(m.WORKER_LOAD15)),
         (PREFETCHED, _gauge_by_worker(m.WORKER_PREFETCHED_TASKS)),
+        (OFFLINE_SINCE, _offline_since()),
     ]
+
+
+def _offline_since() -> str:
+    """When an offline worker was last heard (its last heartbeat, in ms for Grafana's time
+    units); no value while it is online."""
+    heard = q.by("max", _BY_WORKER, f"1000 * {q.fleet_gauge(m.WORKER_LAST_HEARTBEAT, _FLT)}")
+    return f"{heard} and on ({m.WORKER}) ({_online()} == 0)"
+
+
+def purge_note() -> str:
+    """How long an offline worker stays listed: the exporter's purge delays (their defaults)."""
+    defaults = Config()
+    return (
+        "An offline worker stays listed, with the time it was last heard under Offline since, "
+        "until the exporter drops its series: "
+        f"{defaults.purge_stopped_worker_after:g} s after a clean stop "
+        "(--purge-stopped-worker-after), "
+        f"{defaults.purge_offline_worker_after:g} s after it fell silent "
+        "(--purge-offline-worker-after), by default."
+    )
 
 
 def _status_mappings() -> list[dashboard.ValueMapping]:
@@ -107,7 +131,7 @@ def _workers_table() -> table.Panel:
         "tasks received, Failed/Succeeded/Retried count task events, all since the exporter "
         "started. Load Average is the worker host's 1/5/15-minute load. How full each worker's "
         "pool is (Active / concurrency) is charted below the table. Filter with the Worker "
-        "variable (regex).",
+        "variable (regex); a worker's name opens its worker page. " + purge_note(),
         [(m.WORKER, WORKER_NAME)],
         table_columns(),
         sort_by=WORKER_NAME,
@@ -125,6 +149,7 @@ def _workers_table() -> table.Panel:
     )
     for load in (LOAD_1, LOAD_5, LOAD_15):
         panel = p.override(panel, load, {"decimals": 2, "unit": "none"})
+    panel = p.override(panel, OFFLINE_SINCE, {"unit": "dateTimeAsIso"})
     return p.override(
         panel,
         WORKER_NAME,
@@ -134,7 +159,8 @@ def _workers_table() -> table.Panel:
                     "title": "Show only this worker",
                     "url": "/d/${__dashboard.uid}?var-worker=${__value.raw}&${__url_time_range}"
                     "&${datasource:queryparam}",
-                }
+                },
+                history_sql.worker_page_link(p.DATASOURCE_VAR, carry_history=False),
             ]
         },
     )

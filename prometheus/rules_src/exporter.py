@@ -20,6 +20,8 @@ def alerts(s: Settings) -> tuple[Alert, ...]:
     silent = q.gauge(metrics.EXPORTER_SILENT_WORKERS)
     lost_connections = q.counter(metrics.EXPORTER_BROKER_CONNECTIONS_LOST)
     overflow = q.counter(metrics.EXPORTER_LABEL_OVERFLOW)
+    history_dropped = q.counter(metrics.EXPORTER_TASK_HISTORY_DROPPED)
+    history_reason = q.require_label(metrics.EXPORTER_TASK_HISTORY_DROPPED, "reason")
     overflow_by = ", ".join(
         q.require_label(metrics.EXPORTER_LABEL_OVERFLOW, label) for label in ("label", "reason")
     )
@@ -96,6 +98,19 @@ def alerts(s: Settings) -> tuple[Alert, ...]:
             '{{ $value | printf "%.0f" }} broker messages (up to 24 events each) were dropped '
             f"unread for reason {{{{ $labels.reason }}}} in the last {s.dropped_window}: "
             "the event stream outran the exporter and they are missing from every Celery metric.",
+        ),
+        Alert(
+            "CeleryTaskHistoryDropping",
+            # The exporter exports each reason at 0 from its start: increase() sees the first.
+            f"sum by (job, instance, {history_reason}) "
+            f"(increase({history_dropped}[{s.dropped_window}])) > 0",
+            "0s",
+            "warning",
+            "Celery events exporter {{ $labels.instance }} drops task history "
+            "({{ $labels.reason }})",
+            '{{ $value | printf "%.0f" }} task events or rows never reached the task history '
+            f"database for reason {{{{ $labels.reason }}}} in the last {s.dropped_window}: "
+            "the database is down, slow or refusing; the metrics are unaffected.",
         ),
         Alert(
             "CeleryExporterLabelOverflow",

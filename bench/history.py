@@ -1,0 +1,263 @@
+"""The task history's own numbers: write rate into SQLite and PostgreSQL, query latency, size.
+
+``write``: T tasks of 5 events each (sent, received, started, retried, succeeded or failed)
+handed to the history's sink at a given rate, in batches of 256 events as the ingest thread
+hands them, while the writer thread writes at default settings; the clock runs from the first
+change to the last row committed, and nothing may be dropped. Reports tasks/s,
+rows dropped, the writer's peak buffer, the process's peak RSS and the bytes per million tasks.
+
+``query``: fills ``celery_tasks`` with N rows (PostgreSQL: ``generate_series`` in the server;
+SQLite: a recursive CTE) spread over 7 days, then times R runs of each search: by uuid,
+name + state in the last hour (a 100-row page), free text (a 100-row page); prints p50/p95.
+
+    python -m bench.history write --store sqlite --tasks 200000 --rate 10000
+    python -m bench.history write --store postgresql --tasks 200000 --rate 20000
+    python -m bench.history query --store postgresql --rows 10000000
+    python -m bench.history query --store sqlite --rows 10000000
+
+PostgreSQL runs use a database of their own on 127.0.0.1:5432, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import statistics
+import tempfile
+import threading
+import time
+import uuid as uuids
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from celery_events_exporter.history.postgres import PostgresStore
+from celery_events_exporter.history.row import TaskRow, from_change, merged
+from celery_events_exporter.history.search import parse
+from celery_events_exporter.history.sql import HistoryQuery
+from celery_events_exporter.history.sqlite import SqliteStore
+from celery_events_exporter.history.store import HistoryStore, Retention
+from celery_events_exporter.history.writer import HistoryWriter
+from celery_events_exporter.state.changes import TaskChange
+from testkit.postgres import database
+
+NAMES = [f"app.tasks.job_{i:02d}" for i in range(30)]
+WORKERS = [f"celery@worker-{i:02d}" for i in range(20)]
+STATES_END = ("task-succeeded",) * 9 + ("task-failed",)
+
+
+@contextmanager
+def opened(kind: str) -> Iterator[HistoryStore]:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="cee-history-bench-") as directory:
+            store = SqliteStore(str(Path(directory) / "tasks.sqlite3"))
+            store.migrate()
+            yield store
+            store.close()
+        return
+    with database("cee_bench") as url:
+        pg = PostgresStore(url)
+        pg.open()
+        pg.migrate()
+        try:
+            yield pg
+        finally:
+            pg.close()
+
+
+def task_changes(index: int, at: float) -> list[TaskChange]:
+    uuid = str(uuids.UUID(int=random.getrandbits(128)))
+    name, worker = NAMES[index % len(NAMES)], WORKERS[index % len(WORKERS)]
+    end = STATES_END[index % len(STATES_END)]
+    events: list[tuple[str, float, str, dict[str, object]]] = [
+        ("task-sent", at, "client@web-1", {"name": name, "queue": "celery", "retries": 0}),
+        ("task-received", at + 0.001, worker, {"name": name, "retries": 0, "args": "(1, 2)",
+                                               "kwargs": "{'user': 42}"}),
+        ("task-started", at + 0.002, worker, {}),
+        ("task-retried", at + 0.003, worker, {"exception": "OSError('disk')"}),
+        (end, at + 0.010, worker, {"runtime": 0.008, "result": "3",
+                                   "exception": "ValueError('bad')"}),
+    ]  # fmt: skip
+    return [
+        TaskChange(uuid, kind, moment, {"type": kind, "uuid": uuid, "timestamp": moment,
+                                        "hostname": host, **fields}, None, None)
+        for kind, moment, host, fields in events
+    ]  # fmt: skip
+
+
+def write(kind: str, tasks: int, rate: int) -> None:
+    changes: list[TaskChange] = []
+    start_at = time.time() - 3600
+    for i in range(tasks):
+        changes.extend(task_changes(i, start_at + i * 0.0001))
+    # Interleave tasks as a busy fleet does: events of ~100 tasks in flight at once.
+    window = 500
+    order = [
+        c
+        for s in range(0, len(changes), window)
+        for c in random.sample(changes[s : s + window], len(changes[s : s + window]))
+    ]
+    with opened(kind) as store:
+        writer = HistoryWriter(store, None, budget_bytes=64 * 1024 * 1024,
+                               retention=Retention(0, 0, 0))  # fmt: skip
+        stop = threading.Event()
+        thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
+        thread.start()
+        writer.ready.wait()
+        peak_buffer = 0
+        cpu_began = time.process_time()
+        began = time.perf_counter()
+        # At ``rate`` tasks/s, 256 events at a time (the ingest thread's batch).
+        per_batch = 256 / (5 * rate)
+        for n, s in enumerate(range(0, len(order), 256)):
+            delay = began + n * per_batch - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            writer.sink(order[s : s + 256])
+            peak_buffer = max(peak_buffer, writer.buffer_bytes)
+        fed = time.perf_counter() - began
+        while writer.stats.rows_written < tasks and writer.stats.dropped["buffer_full"] == 0:
+            time.sleep(0.01)
+            peak_buffer = max(peak_buffer, writer.buffer_bytes)
+        elapsed = time.perf_counter() - began
+        cpu = time.process_time() - cpu_began
+        lag = elapsed - fed
+        stop.set()
+        thread.join()
+        size = (
+            store.used_bytes() if isinstance(store, SqliteStore) else _pg_bytes(store)  # type: ignore[arg-type]
+        )
+        dropped = sum(writer.stats.dropped.values())
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"{kind}: {tasks} tasks x 5 events offered at {rate:,} tasks/s, fed in {fed:.2f} s, "
+            f"all written {lag:.2f} s later: {tasks / elapsed:,.0f} tasks/s; the exporter's "
+            f"side took {cpu:.2f} CPU s ({tasks / cpu:,.0f} tasks per CPU second); "
+            f"rows written {writer.stats.rows_written} (one per task and flush window), "
+            f"dropped {dropped}, batches {writer.stats.batches}, peak buffer "
+            f"{peak_buffer / 2**20:.1f} MiB, peak RSS {rss:.0f} MiB, "
+            f"{size / tasks * 1e6 / 2**30:.2f} GiB per million tasks (indexes included)"
+        )
+
+
+def _pg_bytes(store: PostgresStore) -> int:
+    with store.pool.connection() as conn:
+        row = conn.execute("SELECT pg_total_relation_size('celery_tasks')").fetchone()
+    return int(row[0]) if row else 0
+
+
+def fill(store: HistoryStore, rows: int, now: float) -> None:
+    if isinstance(store, PostgresStore):
+        with store.pool.connection() as conn:
+            conn.execute(
+                """
+                INSERT INTO celery_tasks (uuid, name, state, worker, client, seen_at, updated_at,
+                  sent, received, started, succeeded, runtime, retries, queue, events)
+                SELECT md5(i::text), 'app.tasks.job_' || lpad((i %% 30)::text, 2, '0'),
+                  CASE WHEN i %% 10 = 0 THEN 'FAILURE' ELSE 'SUCCESS' END,
+                  'celery@worker-' || lpad((i %% 20)::text, 2, '0'), 'client@web-1',
+                  to_timestamp(%s - (i::float8 / %s) * 604800),
+                  to_timestamp(%s - (i::float8 / %s) * 604800 + 0.01),
+                  to_timestamp(%s - (i::float8 / %s) * 604800),
+                  to_timestamp(%s - (i::float8 / %s) * 604800 + 0.001),
+                  to_timestamp(%s - (i::float8 / %s) * 604800 + 0.002),
+                  to_timestamp(%s - (i::float8 / %s) * 604800 + 0.01),
+                  0.008, 0, 'celery', '[]'
+                FROM generate_series(1, %s) AS i
+                """,
+                (*(v for _ in range(6) for v in (now, rows)), rows),
+            )
+            conn.execute("ANALYZE celery_tasks")
+        return
+    if isinstance(store, SqliteStore):
+        with store._writing() as conn:
+            conn.execute(
+                """
+                WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?)
+                INSERT INTO celery_tasks (uuid, name, state, worker, client, seen_at, updated_at,
+                  sent, received, started, succeeded, runtime, retries, queue, events)
+                SELECT printf('%016x%016x', (i * 2654435761) % 4294967296, i),
+                  printf('app.tasks.job_%02d', i % 30),
+                  CASE WHEN i % 10 = 0 THEN 'FAILURE' ELSE 'SUCCESS' END,
+                  printf('celery@worker-%02d', i % 20), 'client@web-1',
+                  ? - (i * 1.0 / ?) * 604800, ? - (i * 1.0 / ?) * 604800 + 0.01,
+                  ? - (i * 1.0 / ?) * 604800, ? - (i * 1.0 / ?) * 604800 + 0.001,
+                  ? - (i * 1.0 / ?) * 604800 + 0.002, ? - (i * 1.0 / ?) * 604800 + 0.01,
+                  0.008, 0, 'celery', '[]'
+                FROM s
+                """,
+                (rows, *(v for _ in range(6) for v in (now, rows))),
+            )
+            conn.execute("ANALYZE")
+        return
+    batch: list[TaskRow] = []
+    for i in range(rows):
+        at = now - (i / rows) * 604800
+        batch.extend(r for r in (from_change(c, None) for c in task_changes(i, at)) if r)
+        if len(batch) >= 50_000:
+            _write_rows(store, batch)
+            batch = []
+    if batch:
+        _write_rows(store, batch)
+
+
+def _write_rows(store: HistoryStore, rows: list[TaskRow]) -> None:
+    by_uuid: dict[str, list[TaskRow]] = {}
+    for row in rows:
+        by_uuid.setdefault(row.uuid, []).append(row)
+    store.write([merged(r) for r in by_uuid.values()], None)
+
+
+def query(kind: str, rows: int, runs: int) -> None:
+    now = time.time()
+    with opened(kind) as store:
+        began = time.perf_counter()
+        fill(store, rows, now)
+        print(f"{kind}: filled {rows:,} rows in {time.perf_counter() - began:.0f} s")
+        sample = [r.uuid for r in store.page(HistoryQuery(limit=1000))]
+        cases: dict[str, Callable[[], object]] = {
+            "by uuid": lambda: store.get(random.choice(sample)),
+            "name + state, last hour, 100 rows": lambda: store.page(
+                HistoryQuery(
+                    terms=tuple(parse(f"name:{random.choice(NAMES)} state:FAILURE")),
+                    since=now - 3600,
+                    limit=100,
+                )
+            ),
+            "free text, 100 rows": lambda: store.page(
+                HistoryQuery(terms=tuple(parse("worker-07")), limit=100)
+            ),
+            # A term no row holds: the scan reads the whole table (no trigram index yet).
+            "free text matching nothing": lambda: store.page(
+                HistoryQuery(terms=tuple(parse("no-such-text")), limit=100)
+            ),
+        }
+        for label, run in cases.items():
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                run()
+                times.append((time.perf_counter() - t) * 1000)
+            p95 = statistics.quantiles(times, n=20)[-1]
+            print(f"  {label}: p50 {statistics.median(times):.2f} ms, p95 {p95:.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", choices=("write", "query"))
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--tasks", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--rate", type=int, default=20_000, help="tasks/s offered (write)")
+    args = parser.parse_args()
+    random.seed(1)
+    if args.mode == "write":
+        write(args.store, args.tasks, args.rate)
+    else:
+        query(args.store, args.rows, args.runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The history in PostgreSQL (psycopg 3, a small connection pool).
+
+A batch is merged in one transaction: the batch's existing rows are locked (``FOR UPDATE``, in
+uuid order), joined with the batch in Python, then the result is copied (``COPY``) into a
+temporary table and moved with one ``INSERT ... ON CONFLICT DO NOTHING`` and one ``UPDATE``.
+A new row another exporter inserted meanwhile conflicts; it is merged again in a next round,
+locked this time. The schema is created under a transaction-scoped advisory lock, so exporters
+starting together migrate once.
+
+Credentials and TLS are libpq's: in the URL (``sslmode=verify-full&sslrootcert=...``), a
+password file (``passfile=...`` or ``PGPASSFILE``) or the environment (``PGPASSWORD``,
+``PGSSLMODE``...). The URL is logged without its password.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from celery_events_exporter.history.row import COLUMNS, TaskRow
+from celery_events_exporter.history.sql import (
+    FAILED_STATES,
+    FREE_TEXT_INDEX,
+    POSTGRESQL,
+    SCHEMA_TABLE,
+    SCHEMA_VERSION,
+    TABLE,
+    Erasure,
+    HistoryQuery,
+    select_children,
+    select_page,
+)
+from celery_events_exporter.history.store import (
+    DELETE_BATCH,
+    EXPIRE_BUDGET,
+    ROUND,
+    HistoryStore,
+    Retention,
+    merge_into,
+)
+from celery_events_exporter.logging import get_logger
+
+log = get_logger(__name__)
+
+MIGRATION_LOCK = 0x63656C657279  # "celery": the advisory lock key the migration holds
+CONNECT_TIMEOUT = 5
+POOL_TIMEOUT = 10.0
+_BATCH_TABLE = "celery_tasks_batch"
+_SELECT_LOCKED = (
+    f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE uuid = ANY(%s) ORDER BY uuid FOR UPDATE"
+)
+
+
+def safe_description(url: str) -> str:
+    """The URL without its password, for the log."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unreadable URL)"
+    params.pop("password", None)
+    host, dbname = params.get("host", ""), params.get("dbname", "")
+    return f"postgresql://{params.get('user', '')}@{host}:{params.get('port', '')}/{dbname}"
+
+
+class PostgresStore(HistoryStore):
+    def __init__(self, url: str, *, max_connections: int = 4) -> None:
+        self.description = safe_description(url)
+        conninfo = make_conninfo(url, connect_timeout=CONNECT_TIMEOUT)
+        self.pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"autocommit": True},
+            open=False,
+            timeout=POOL_TIMEOUT,
+            name="celery-history",
+        )
+
+    def open(self) -> None:
+        self.pool.open(wait=False)
+
+    def migrate(self) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version INTEGER NOT NULL)")
+            row = conn.execute(f"SELECT max(version) FROM {SCHEMA_TABLE}").fetchone()
+            found = row[0] if row else None
+            if found is not None and found > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the database holds history schema {found}, newer than this exporter's "
+                    f"({SCHEMA_VERSION}): upgrade the exporter"
+                )
+            if found is None or found < 1:
+                for statement in POSTGRESQL.schema():
+                    conn.execute(statement)
+                conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (1)")
+            self._free_text_index(conn)
+
+    def _free_text_index(self, conn: psycopg.Connection[Any]) -> None:
+        """The trigram index of free-text search, if pg_trgm is there or may be created (that
+        needs the right to create an extension): without it free text scans the table."""
+        try:
+            with conn.transaction():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+                conn.execute(FREE_TEXT_INDEX)
+        except psycopg.Error as exc:
+            log.warning(
+                "no trigram index for free-text search: it scans the table",
+                store=self.description,
+                error=f"{type(exc).__name__}: {str(exc)[:200]}",
+            )
+
+    def write(self, rows: Sequence[TaskRow], pending_before: float | None) -> None:
+        pending = list(rows)
+        for _ in range(5):
+            if not pending:
+                return
+            pending = self._write_round(pending, pending_before)
+        raise RuntimeError(f"{len(pending)} rows kept conflicting with another writer")
+
+    def _write_round(self, rows: list[TaskRow], pending_before: float | None) -> list[TaskRow]:
+        """Merge ``rows``; the rows that met a row inserted meanwhile, to merge again."""
+        by_uuid = {row.uuid: row for row in rows}
+        encode = POSTGRESQL.encode
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH_TABLE} (LIKE {TABLE}) "
+                "ON COMMIT DELETE ROWS"
+            )
+            cur.execute(_SELECT_LOCKED, (sorted(by_uuid),))
+            existing = {r.uuid: r for r in map(POSTGRESQL.decode, cur.fetchall())}
+            merged = merge_into(existing, rows, pending_before)
+            with cur.copy(f"COPY {_BATCH_TABLE} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                for row in merged:
+                    copy.write_row(encode(row))
+            new = [uuid for uuid in by_uuid if uuid not in existing]
+            inserted: set[str] = set()
+            if new:
+                cur.execute(
+                    f"INSERT INTO {TABLE} SELECT * FROM {_BATCH_TABLE} WHERE uuid = ANY(%s) "
+                    "ORDER BY uuid ON CONFLICT (uuid) DO NOTHING RETURNING uuid",
+                    (new,),
+                )
+                inserted = {r[0] for r in cur.fetchall()}
+            if existing:
+                assignments = ", ".join(f"{c} = b.{c}" for c in COLUMNS if c != "uuid")
+                cur.execute(
+                    f"UPDATE {TABLE} t SET {assignments} FROM {_BATCH_TABLE} b "
+                    "WHERE t.uuid = b.uuid AND b.uuid = ANY(%s)",
+                    (list(existing),),
+                )
+        return [by_uuid[uuid] for uuid in new if uuid not in inserted]
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self.pool.connection() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def page(self, query: HistoryQuery) -> list[TaskRow]:
+        sql, params = select_page(POSTGRESQL, query)
+        return [POSTGRESQL.decode(values) for values in self._fetch(sql, params)]
+
+    def get(self, uuid: str) -> TaskRow | None:
+        rows = self._fetch(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE uuid = %s", (uuid,))
+        return POSTGRESQL.decode(rows[0]) if rows else None
+
+    def children(self, uuid: str) -> list[tuple[str, str | None, str | None]]:
+        return [(r[0], r[1], r[2]) for r in self._fetch(select_children(POSTGRESQL), (uuid,))]
+
+    def _delete_batches(
+        self, where: str, params: Sequence[Any], batches: int, deadline: float = math.inf
+    ) -> int:
+        deleted = 0
+        for _ in range(batches):
+            if time.monotonic() > deadline:
+                break
+            with self.pool.connection() as conn:
+                cursor = conn.execute(
+                    f"DELETE FROM {TABLE} WHERE uuid IN (SELECT uuid FROM {TABLE} WHERE {where} "
+                    f"LIMIT {DELETE_BATCH} FOR UPDATE SKIP LOCKED)",
+                    params,
+                )
+            deleted += cursor.rowcount
+            if cursor.rowcount < DELETE_BATCH:
+                break
+        return deleted
+
+    def expire(self, now: float, retention: Retention) -> int:
+        deadline = time.monotonic() + EXPIRE_BUDGET
+        to_time = POSTGRESQL.to_time
+        deleted = 0
+        failed = list(FAILED_STATES)
+        if retention.default > 0:
+            deleted += self._delete_batches(
+                "updated_at < %s AND state <> ALL(%s)",
+                (to_time(now - retention.default), failed),
+                ROUND,
+                deadline,
+            )
+        if retention.failed > 0:
+            deleted += self._delete_batches(
+                "updated_at < %s AND state = ANY(%s)",
+                (to_time(now - retention.failed), failed),
+                ROUND,
+                deadline,
+            )
+        if retention.pending > 0:
+            with self.pool.connection() as conn:
+                conn.execute(
+                    f"UPDATE {TABLE} SET state = 'UNKNOWN' WHERE uuid IN (SELECT uuid FROM "
+                    f"{TABLE} WHERE state = 'PENDING' AND sent < %s LIMIT {DELETE_BATCH} "
+                    "FOR UPDATE SKIP LOCKED)",
+                    (to_time(now - retention.pending),),
+                )
+        return deleted
+
+    def erase(self, erasure: Erasure) -> int:
+        where, params = erasure.where(POSTGRESQL)
+        total = 0
+        while True:
+            deleted = self._delete_batches(where, params, 1)
+            total += deleted
+            if deleted < DELETE_BATCH:
+                return total
+
+    def explain(self, sql: str, params: Sequence[object]) -> str:
+        rows = self._fetch("EXPLAIN " + sql, list(params))
+        return "\n".join(str(row[0]) for row in rows)
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,337 @@
+"""SQL shared by the SQLite and PostgreSQL stores: the schema, the row codec and the query.
+
+The two databases differ in a few spellings, which a ``Dialect`` carries: the placeholder, the
+time type (``timestamptz`` on PostgreSQL, Unix epoch ``REAL`` on SQLite), the JSON type of the
+timeline and case-insensitive ``LIKE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from celery_events_exporter.history.row import COLUMNS, TIME_COLUMNS, TaskRow, TimelineEntry
+from celery_events_exporter.history.search import Term
+
+TABLE = "celery_tasks"
+SCHEMA_TABLE = "celery_tasks_schema"
+SCHEMA_VERSION = 1
+
+FAILED_STATES = ("FAILURE", "LOST", "REVOKED", "REJECTED")
+"""States kept for ``--tasks.failed-retention`` rather than ``--tasks.retention``."""
+
+_TEXT = {
+    "uuid", "name", "state", "worker", "client", "exception_type", "args", "kwargs", "result",
+    "exception", "traceback", "parent_id", "root_id", "queue", "exchange", "routing_key",
+}  # fmt: skip
+_C_COLLATED = {"uuid", "name", "worker", "parent_id", "root_id"}
+
+INDEXES = (
+    ("celery_tasks_seen", "seen_at, uuid"),
+    ("celery_tasks_name", "name, seen_at, uuid"),
+    ("celery_tasks_name_state", "name, state, seen_at, uuid"),
+    ("celery_tasks_state", "state, seen_at, uuid"),
+    ("celery_tasks_worker", "worker, seen_at, uuid"),
+    ("celery_tasks_updated", "updated_at"),
+    ("celery_tasks_root", "root_id"),
+    ("celery_tasks_parent", "parent_id"),
+)
+"""Every search by uuid, name, state, worker or time, and the children of a task, is served by
+one of these (tests/test_history_search.py reads the plans)."""
+
+
+FREE_TEXT_COLUMNS = (
+    "name", "uuid", "state", "worker", "exception_type", "args", "kwargs", "result",
+)  # fmt: skip
+"""What free text is searched in."""
+FREE_TEXT = (
+    "lower("
+    + " || chr(31) || ".join(f"coalesce({column}, '')" for column in FREE_TEXT_COLUMNS)
+    + ")"
+)
+"""PostgreSQL: the searched columns as one text (a unit separator between them, so that no
+match spans two), which the trigram index below indexes."""
+FREE_TEXT_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS celery_tasks_text ON {TABLE} USING gin (({FREE_TEXT}) "
+    "gin_trgm_ops)"
+)
+"""PostgreSQL, when the pg_trgm extension can be created: free text without a full scan."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    placeholder: str
+    time_type: str
+    json_type: str
+    like: str
+    to_time: Callable[[float | None], Any]
+    from_time: Callable[[Any], float | None]
+
+    def column_type(self, column: str) -> str:
+        if column in TIME_COLUMNS:
+            return self.time_type
+        if column == "events":
+            return self.json_type
+        if column == "runtime":
+            return "DOUBLE PRECISION" if self.name == "postgresql" else "REAL"
+        if column == "retries":
+            return "INTEGER"
+        assert column in _TEXT, column
+        if self.name == "postgresql" and column in _C_COLLATED:
+            return 'TEXT COLLATE "C"'
+        return "TEXT"
+
+    def schema(self) -> list[str]:
+        """The statements that create schema version 1."""
+        columns = ",\n  ".join(
+            f"{c} {self.column_type(c)}{' PRIMARY KEY' if c == 'uuid' else ''}"
+            f"{' NOT NULL' if c == 'events' else ''}"
+            for c in COLUMNS
+        )
+        statements = [f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  {columns}\n)"]
+        statements += [
+            f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({columns_})"
+            for name, columns_ in INDEXES
+        ]
+        return statements
+
+    def encode(self, row: TaskRow) -> tuple[Any, ...]:
+        """The row's values in ``COLUMNS`` order, as this database takes them."""
+        values: list[Any] = []
+        to_time = self.to_time
+        for column in COLUMNS:
+            value = getattr(row, column)
+            if column in TIME_COLUMNS:
+                value = to_time(value)
+            elif column == "events":
+                value = encode_timeline(value)
+            values.append(value)
+        return tuple(values)
+
+    def decode(self, values: Sequence[Any]) -> TaskRow:
+        """A row from this database's values in ``COLUMNS`` order."""
+        kwargs: dict[str, Any] = {}
+        from_time = self.from_time
+        for column, value in zip(COLUMNS, values, strict=True):
+            if column in TIME_COLUMNS:
+                value = from_time(value)
+            elif column == "events":
+                value = decode_timeline(value)
+            kwargs[column] = value
+        return TaskRow(**kwargs)
+
+
+def encode_timeline(entries: tuple[TimelineEntry, ...]) -> str:
+    return orjson.dumps(
+        [
+            {"timestamp": t, "type": kind, "worker": worker, "retries": retries}
+            for t, kind, worker, retries in entries
+        ]
+    ).decode()
+
+
+def decode_timeline(value: Any) -> tuple[TimelineEntry, ...]:
+    items = orjson.loads(value) if isinstance(value, (str, bytes)) else value
+    return tuple(
+        (float(item["timestamp"]), item["type"], item.get("worker"), item.get("retries"))
+        for item in items or ()
+    )
+
+
+def _epoch(value: float | None) -> float | None:
+    return value
+
+
+def _datetime(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _from_datetime(value: Any) -> float | None:
+    return None if value is None else float(value.timestamp())
+
+
+SQLITE = Dialect("sqlite", "?", "REAL", "TEXT", "LIKE", _epoch, _epoch)
+POSTGRESQL = Dialect("postgresql", "%s", "TIMESTAMPTZ", "JSONB", "ILIKE", _datetime, _from_datetime)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the next page holds tasks first seen before this one."""
+
+    seen_at: float
+    uuid: str
+
+    def __str__(self) -> str:
+        return f"{self.seen_at!r}_{self.uuid}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        moment, _sep, uuid = text.partition("_")
+        try:
+            return cls(float(moment), uuid)
+        except ValueError:
+            raise ValueError(f"after must be a cursor from X-Next-Page, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """What ``/api/tasks`` asks of the history: the page, newest first seen first."""
+
+    terms: tuple[Term, ...] = ()
+    uuid: str = ""
+    """Prefix of the uuid."""
+    name: str = ""
+    """Contained in the name (any case)."""
+    states: frozenset[str] = frozenset()
+    worker: str = ""
+    """Contained in the worker's hostname (any case)."""
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+    after: Cursor | None = None
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _prefix_end(prefix: str) -> str:
+    """The smallest text after every text starting with ``prefix`` (in code point order)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class _Builder:
+    def __init__(self, dialect: Dialect) -> None:
+        self.d = dialect
+        self.params: list[Any] = []
+
+    def p(self, value: Any) -> str:
+        self.params.append(value)
+        return self.d.placeholder
+
+    def contains(self, column: str, text: str) -> str:
+        return f"{column} {self.d.like} {self.p('%' + _escape(text) + '%')} ESCAPE '\\'"
+
+    def prefix(self, column: str, text: str) -> str:
+        return f"({column} >= {self.p(text)} AND {column} < {self.p(_prefix_end(text))})"
+
+    def exact_or_prefix(self, column: str, text: str) -> str:
+        if text.endswith("*") and len(text) > 1:
+            return self.prefix(column, text[:-1])
+        return f"{column} = {self.p(text)}"
+
+    def term(self, term: Term) -> str:
+        value = term.value
+        if term.field == "state":
+            states = [s.strip().upper() for s in value.split(",") if s.strip()]
+            expr = f"state IN ({', '.join(self.p(s) for s in states)})"
+        elif term.field in ("name", "worker"):
+            expr = self.exact_or_prefix(term.field, value)
+        elif term.field == "uuid":
+            expr = self.prefix("uuid", value)
+        elif term.field == "exception":
+            expr = f"exception_type = {self.p(value)}"
+        elif term.field in ("result", "args"):
+            expr = self.contains(term.field, value)
+        elif term.field == "kwargs":
+            key, _, wanted = value.partition("=")
+            # kwargs are stored as Celery's repr: {'key': value} or {'key': 'value'}.
+            expr = (
+                f"({self.contains('kwargs', f'{key!r}: {wanted}')} OR "
+                f"{self.contains('kwargs', f'{key!r}: {wanted!r}')})"
+            )
+        elif self.d.name == "postgresql":
+            # One expression, which a trigram index serves (schema: FREE_TEXT_INDEX).
+            expr = f"{FREE_TEXT} LIKE {self.p('%' + _escape(value.lower()) + '%')}"
+        else:
+            expr = (
+                "("
+                + " OR ".join(
+                    self.contains(f"COALESCE({column}, '')", value)
+                    for column in (
+                        "name",
+                        "uuid",
+                        "state",
+                        "worker",
+                        "exception_type",
+                        "args",
+                        "kwargs",
+                        "result",
+                    )
+                )
+                + ")"
+            )
+        return f"NOT COALESCE({expr}, FALSE)" if term.negated else expr
+
+
+def select_page(dialect: Dialect, query: HistoryQuery) -> tuple[str, list[Any]]:
+    """The SELECT of one page of ``query`` and its parameters."""
+    b = _Builder(dialect)
+    where: list[str] = []
+    if query.uuid:
+        where.append(b.prefix("uuid", query.uuid))
+    if query.name:
+        where.append(b.contains("name", query.name))
+    if query.states:
+        where.append(f"state IN ({', '.join(b.p(s) for s in sorted(query.states))})")
+    if query.worker:
+        where.append(b.contains("worker", query.worker))
+    if query.since is not None:
+        where.append(f"seen_at >= {b.p(dialect.to_time(query.since))}")
+    if query.until is not None:
+        where.append(f"seen_at <= {b.p(dialect.to_time(query.until))}")
+    for term in query.terms:
+        where.append(b.term(term))
+    if query.after is not None:
+        where.append(
+            f"(seen_at, uuid) < ({b.p(dialect.to_time(query.after.seen_at))}, "
+            f"{b.p(query.after.uuid)})"
+        )
+    sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY seen_at DESC, uuid DESC LIMIT {int(query.limit)}"
+    return sql, b.params
+
+
+def select_rows(dialect: Dialect, count: int, *, lock: bool = False) -> str:
+    marks = ", ".join([dialect.placeholder] * count)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE uuid IN ({marks})"
+    return sql + " ORDER BY uuid FOR UPDATE" if lock else sql
+
+
+def select_children(dialect: Dialect) -> str:
+    return (
+        f"SELECT uuid, name, state FROM {TABLE} WHERE parent_id = {dialect.placeholder} "
+        "ORDER BY seen_at, uuid LIMIT 1000"
+    )
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """Rows an erasure request names: by uuid, by name, within a time range (seen_at)."""
+
+    uuids: tuple[str, ...] = ()
+    name: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def where(self, dialect: Dialect) -> tuple[str, list[Any]]:
+        b = _Builder(dialect)
+        parts: list[str] = []
+        if self.uuids:
+            parts.append(f"uuid IN ({', '.join(b.p(u) for u in self.uuids)})")
+        if self.name is not None:
+            parts.append(f"name = {b.p(self.name)}")
+        if self.since is not None:
+            parts.append(f"seen_at >= {b.p(dialect.to_time(self.since))}")
+        if self.until is not None:
+            parts.append(f"seen_at < {b.p(dialect.to_time(self.until))}")
+        if not parts:
+            raise ValueError("an erasure needs a uuid, a name or a time range")
+        return " AND ".join(parts), b.params

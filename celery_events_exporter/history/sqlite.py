@@ -1,0 +1,210 @@
+"""The history in a SQLite file: WAL, one writer (``BEGIN IMMEDIATE``), readers alongside.
+
+In WAL mode with ``synchronous=NORMAL`` a committed transaction survives the process being
+killed (only a power loss may take the last ones back); nothing the exporter does leaves the
+file corrupt. Each reading thread opens its own connection, so an ``/api/tasks`` request never
+waits for the writer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from celery_events_exporter.history.row import TaskRow
+from celery_events_exporter.history.sql import (
+    FAILED_STATES,
+    SCHEMA_TABLE,
+    SCHEMA_VERSION,
+    SQLITE,
+    TABLE,
+    Erasure,
+    HistoryQuery,
+    select_children,
+    select_page,
+    select_rows,
+)
+from celery_events_exporter.history.store import (
+    DELETE_BATCH,
+    EXPIRE_BUDGET,
+    ROUND,
+    HistoryStore,
+    Retention,
+    merge_into,
+)
+
+BUSY_TIMEOUT = 10.0
+"""Seconds a connection waits for another's write lock (another exporter on the same file)."""
+_CHUNK = 500
+"""uuids per ``IN (...)`` (SQLite's default limit of host parameters is 32 766)."""
+
+
+class SqliteStore(HistoryStore):
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.description = f"sqlite:///{self.path}"
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def migrate(self) -> None:
+        with self._writing() as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version INTEGER NOT NULL)")
+            found = conn.execute(f"SELECT max(version) FROM {SCHEMA_TABLE}").fetchone()[0]
+            if found is not None and found > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} holds history schema {found}, newer than this exporter's "
+                    f"({SCHEMA_VERSION}): upgrade the exporter"
+                )
+            if found is None or found < 1:
+                for statement in SQLITE.schema():
+                    conn.execute(statement)
+                conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (1)")
+
+    def write(self, rows: Sequence[TaskRow], pending_before: float | None) -> None:
+        encode = SQLITE.encode
+        with self._writing() as conn:
+            existing: dict[str, TaskRow] = {}
+            uuids = [row.uuid for row in rows]
+            for start in range(0, len(uuids), _CHUNK):
+                chunk = uuids[start : start + _CHUNK]
+                for values in conn.execute(select_rows(SQLITE, len(chunk)), chunk):
+                    stored = SQLITE.decode(values)
+                    existing[stored.uuid] = stored
+            merged = merge_into(existing, rows, pending_before)
+            marks = ", ".join(["?"] * len(encode(merged[0])))
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {TABLE} VALUES ({marks})", [encode(r) for r in merged]
+            )
+
+    def page(self, query: HistoryQuery) -> list[TaskRow]:
+        sql, params = select_page(SQLITE, query)
+        return [SQLITE.decode(values) for values in self.conn.execute(sql, params)]
+
+    def get(self, uuid: str) -> TaskRow | None:
+        values = self.conn.execute(select_rows(SQLITE, 1), (uuid,)).fetchone()
+        return None if values is None else SQLITE.decode(values)
+
+    def children(self, uuid: str) -> list[tuple[str, str | None, str | None]]:
+        return [tuple(r) for r in self.conn.execute(select_children(SQLITE), (uuid,))]
+
+    def _delete_batches(
+        self, where: str, params: Sequence[object], batches: int, deadline: float = math.inf
+    ) -> int:
+        deleted = 0
+        for _ in range(batches):
+            if time.monotonic() > deadline:
+                break
+            with self._writing() as conn:
+                cursor = conn.execute(
+                    f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
+                    f"WHERE {where} LIMIT {DELETE_BATCH})",
+                    params,
+                )
+            deleted += cursor.rowcount
+            if cursor.rowcount < DELETE_BATCH:
+                break
+        return deleted
+
+    def expire(self, now: float, retention: Retention) -> int:
+        deadline = time.monotonic() + EXPIRE_BUDGET
+        failed = ", ".join(f"'{s}'" for s in FAILED_STATES)
+        deleted = 0
+        if retention.default > 0:
+            deleted += self._delete_batches(
+                f"updated_at < ? AND state NOT IN ({failed})",
+                (now - retention.default,),
+                ROUND,
+                deadline,
+            )
+        if retention.failed > 0:
+            deleted += self._delete_batches(
+                f"updated_at < ? AND state IN ({failed})",
+                (now - retention.failed,),
+                ROUND,
+                deadline,
+            )
+        if retention.pending > 0:
+            with self._writing() as conn:
+                conn.execute(
+                    f"UPDATE {TABLE} SET state = 'UNKNOWN' WHERE rowid IN (SELECT rowid FROM "
+                    f"{TABLE} WHERE state = 'PENDING' AND sent < ? LIMIT {DELETE_BATCH})",
+                    (now - retention.pending,),
+                )
+        if retention.max_bytes > 0:
+            for _ in range(5):
+                if self.used_bytes() <= retention.max_bytes:
+                    break
+                deleted += self._delete_batches(
+                    f"updated_at <= (SELECT updated_at FROM {TABLE} ORDER BY updated_at "
+                    f"LIMIT 1 OFFSET {DELETE_BATCH - 1})",
+                    (),
+                    1,
+                )
+        return deleted
+
+    def used_bytes(self) -> int:
+        """Bytes the database's pages hold, free pages left out (a delete frees pages for
+        reuse; the file does not shrink)."""
+        conn = self.conn
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(page_size * (pages - free))
+
+    def erase(self, erasure: Erasure) -> int:
+        where, params = erasure.where(SQLITE)
+        total = 0
+        while True:
+            deleted = self._delete_batches(where, params, 1)
+            total += deleted
+            if deleted < DELETE_BATCH:
+                return total
+            time.sleep(0)
+
+    def explain(self, sql: str, params: Sequence[object]) -> str:
+        plan = self.conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+        return "\n".join(str(row[-1]) for row in plan)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def file_bytes(self) -> int:
+        return sum(
+            os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal")) if os.path.exists(p)
+        )

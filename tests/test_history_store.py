@@ -1,0 +1,307 @@
+"""The history's stores on real databases: a SQLite file and a PostgreSQL database of our own.
+
+Rows are made from Celery-shaped events (tests/test_history_row.py checks the merge itself);
+here: the schema migrated once under concurrency, two writers on one table, every search term
+and the plans that serve them, keyset paging, retention and erasure.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celery_events_exporter.history.postgres import PostgresStore, safe_description
+from celery_events_exporter.history.row import TaskRow, from_change, merged
+from celery_events_exporter.history.search import parse
+from celery_events_exporter.history.sql import (
+    POSTGRESQL,
+    SQLITE,
+    Cursor,
+    Erasure,
+    HistoryQuery,
+    select_page,
+)
+from celery_events_exporter.history.sqlite import SqliteStore
+from celery_events_exporter.history.store import HistoryStore, Retention
+from celery_events_exporter.state.changes import TaskChange
+from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_765_000_000.0
+REDACTOR = Redactor(compile_secret_keys(secret_key_patterns(())), 1024)
+
+
+def change(
+    uuid: str, kind: str, at: float, host: str = "celery@w1", **fields: object
+) -> TaskChange:
+    event = {"type": kind, "uuid": uuid, "timestamp": at, "hostname": host, **fields}
+    return TaskChange(uuid, kind, at, event, None, None)
+
+
+def task_events(
+    uuid: str, at: float, name: str, outcome: str, host: str = "celery@w1"
+) -> list[TaskChange]:
+    end: dict[str, object] = {
+        "task-succeeded": {"result": "'done'", "runtime": 0.5},
+        "task-failed": {"exception": "KeyError('user-42')", "traceback": "Traceback\nKeyError"},
+    }.get(outcome, {})  # type: ignore[assignment]
+    return [
+        change(uuid, "task-sent", at, "client@app", name=name, queue="celery"),
+        change(uuid, "task-received", at + 0.1, host, name=name, args="(7, 'blue')",
+               kwargs="{'colour': 'blue', 'size': 3, 'password': 'hunter2'}", retries=0),
+        change(uuid, "task-started", at + 0.2, host),
+        change(uuid, outcome, at + 0.7, host, **end),
+    ]  # fmt: skip
+
+
+def rows_of(changes: list[TaskChange]) -> list[TaskRow]:
+    by_uuid: dict[str, list[TaskRow]] = {}
+    for c in changes:
+        row = from_change(c, REDACTOR)
+        assert row is not None
+        by_uuid.setdefault(row.uuid, []).append(row)
+    return [merged(rows) for rows in by_uuid.values()]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistoryStore]:
+    if request.param == "sqlite":
+        made: HistoryStore = SqliteStore(str(tmp_path / "history.sqlite3"))
+        made.migrate()
+        yield made
+        made.close()
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    pg = PostgresStore(url)
+    pg.open()
+    pg.migrate()
+    yield pg
+    pg.close()
+
+
+def twin(store: HistoryStore) -> HistoryStore:
+    """A second store on the same database, as a second exporter would open it."""
+    if isinstance(store, SqliteStore):
+        return SqliteStore(str(store.path))
+    assert isinstance(store, PostgresStore)
+    other = PostgresStore(str(store.pool.conninfo))
+    other.open()
+    return other
+
+
+def test_the_schema_is_migrated_once_by_exporters_starting_together(store: HistoryStore) -> None:
+    others = [twin(store) for _ in range(4)]
+    errors: list[Exception] = []
+
+    def migrate(s: HistoryStore) -> None:
+        try:
+            s.migrate()
+        except Exception as exc:  # collected: the assertion shows them
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(s,)) for s in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    store.write(rows_of(task_events("a", T0, "tests.add", "task-succeeded")), None)
+    assert [r.uuid for r in store.page(HistoryQuery())] == ["a"]
+    for other in others:
+        other.close()
+
+
+def test_two_writers_of_one_task_leave_one_row_with_every_event(store: HistoryStore) -> None:
+    """Two exporters each saw every event, in other batches: one row, the merged one."""
+    uuids = [f"task-{i:03d}" for i in range(200)]
+    changes = [
+        c
+        for i, u in enumerate(uuids)
+        for c in task_events(u, T0 + i, "tests.add", "task-succeeded")
+    ]
+    other = twin(store)
+    expected = {row.uuid: row for row in rows_of(changes)}
+
+    def write(s: HistoryStore, part: list[TaskChange]) -> None:
+        for start in range(0, len(part), 97):
+            s.write(rows_of(part[start : start + 97]), None)
+
+    # Each writer gets every event, in another order and other batches.
+    first = threading.Thread(target=write, args=(store, changes))
+    second = threading.Thread(target=write, args=(other, changes[::-1]))
+    for thread in (first, second):
+        thread.start()
+    for thread in (first, second):
+        thread.join()
+    stored = store.page(HistoryQuery(limit=1000))
+    assert len(stored) == 200
+    assert {row.uuid: row for row in stored} == expected
+    other.close()
+
+
+def test_every_search_term(store: HistoryStore) -> None:
+    changes = (
+        task_events("aaaa-1", T0, "tests.add", "task-succeeded")
+        + task_events("aaab-2", T0 + 1, "tests.fail", "task-failed", host="celery@w2")
+        + task_events("bbbb-3", T0 + 2, "tests.add", "task-failed", host="celery@w2")
+        + task_events("cccc-4", T0 + 3, "my task", "task-revoked")
+    )
+    store.write(rows_of(changes), None)
+
+    def found(search: str, **query: object) -> list[str]:
+        return [r.uuid for r in store.page(HistoryQuery(terms=tuple(parse(search)), **query))]  # type: ignore[arg-type]
+
+    assert found("") == ["cccc-4", "bbbb-3", "aaab-2", "aaaa-1"]
+    assert found("state:FAILURE") == ["bbbb-3", "aaab-2"]
+    assert found("state:failure,revoked") == ["cccc-4", "bbbb-3", "aaab-2"]
+    assert found("name:tests.add") == ["bbbb-3", "aaaa-1"]
+    assert found("name:tests.*") == ["bbbb-3", "aaab-2", "aaaa-1"]
+    assert found('name:"my task"') == ["cccc-4"]
+    assert found("uuid:aaa") == ["aaab-2", "aaaa-1"]
+    assert found("worker:celery@w2") == ["bbbb-3", "aaab-2"]
+    assert found("exception:KeyError") == ["bbbb-3", "aaab-2"]
+    assert found("result:done") == ["aaaa-1"]
+    assert found("args:blue") == ["cccc-4", "bbbb-3", "aaab-2", "aaaa-1"]
+    assert found("kwargs:size=3") == ["cccc-4", "bbbb-3", "aaab-2", "aaaa-1"]
+    assert found("kwargs:colour=blue") == ["cccc-4", "bbbb-3", "aaab-2", "aaaa-1"]
+    assert found("kwargs:colour=red") == []
+    # The password was masked before it was stored: nothing to find.
+    assert found("hunter2") == []
+    assert found("kwargs:password=hunter2") == []
+    assert found("fail") == ["bbbb-3", "aaab-2"]  # free text: the name, the state...
+    assert found("-state:FAILURE") == ["cccc-4", "aaaa-1"]
+    assert found("tests -name:tests.fail state:FAILURE") == ["bbbb-3"]  # AND-ed, unlike Flower
+    assert found("", states=frozenset({"REVOKED"})) == ["cccc-4"]
+    assert found("", name="FAIL", worker="w2") == ["aaab-2"]
+    assert found("", since=T0 + 1, until=T0 + 2) == ["bbbb-3", "aaab-2"]
+    # Keyset paging: each page starts where the last ended.
+    first = store.page(HistoryQuery(limit=3))
+    last = first[-1]
+    assert last.seen_at is not None
+    rest = store.page(HistoryQuery(limit=3, after=Cursor(last.seen_at, last.uuid)))
+    assert [r.uuid for r in first + rest] == ["cccc-4", "bbbb-3", "aaab-2", "aaaa-1"]
+
+
+@pytest.mark.parametrize(
+    ("search", "index"),
+    [
+        (
+            "uuid:aaaa",
+            {"sqlite": "sqlite_autoindex_celery_tasks_1", "postgresql": "celery_tasks_pkey"},
+        ),
+        ("name:tests.add", {"sqlite": "celery_tasks_name", "postgresql": "celery_tasks_name"}),
+        ("state:FAILURE", {"sqlite": "celery_tasks_state", "postgresql": "celery_tasks_state"}),
+        (
+            "worker:celery@w1",
+            {"sqlite": "celery_tasks_worker", "postgresql": "celery_tasks_worker"},
+        ),
+        ("", {"sqlite": "celery_tasks_seen", "postgresql": "celery_tasks_seen"}),
+    ],
+)
+def test_searches_are_served_by_indexes(
+    store: HistoryStore, search: str, index: dict[str, str]
+) -> None:
+    dialect = SQLITE if isinstance(store, SqliteStore) else POSTGRESQL
+    if isinstance(store, PostgresStore):
+        with store.pool.connection() as conn:  # no sequential scan even on a small table
+            conn.execute("SET enable_seqscan = off")
+            sql, params = select_page(
+                dialect, HistoryQuery(terms=tuple(parse(search)), since=T0 - 3600)
+            )
+            plan = "\n".join(str(r[0]) for r in conn.execute("EXPLAIN " + sql, params).fetchall())
+    else:
+        sql, params = select_page(
+            dialect, HistoryQuery(terms=tuple(parse(search)), since=T0 - 3600)
+        )
+        plan = store.explain(sql, params)
+    assert index[dialect.name] in plan, plan
+    assert "SCAN celery_tasks\n" not in plan + "\n" and "Seq Scan" not in plan, plan
+
+
+def test_retention_deletes_in_batches_and_keeps_failures_longer(store: HistoryStore) -> None:
+    changes = []
+    for i in range(7500):
+        outcome = "task-failed" if i % 5 == 0 else "task-succeeded"
+        changes += task_events(f"old-{i:05d}", T0 + i * 0.001, "tests.add", outcome)
+    changes += task_events("fresh", T0 + 10 * 86400, "tests.add", "task-succeeded")
+    changes.append(change("pending", "task-sent", T0 + 10 * 86400 - 7200, "client@app", name="t"))
+    store.write(rows_of(changes), None)
+    now = T0 + 10 * 86400 + 60
+    retention = Retention(default=7 * 86400, failed=30 * 86400, pending=3600)
+    deleted = store.expire(now, retention)
+    # Every success, in one round of batches of 1000 (more than a round of old); failures are
+    # kept 30 days.
+    assert deleted == 6000
+    left = store.page(HistoryQuery(limit=10_000))
+    assert len(left) == 1502
+    assert {r.state for r in left} == {"FAILURE", "SUCCESS", "UNKNOWN"}
+    assert store.get("pending").state == "UNKNOWN"  # type: ignore[union-attr]
+    assert store.expire(now + 30 * 86400, retention) == 1502
+
+
+def test_erasure_by_uuid_name_and_time(store: HistoryStore) -> None:
+    changes = []
+    for i in range(1500):
+        changes += task_events(
+            f"t-{i:05d}", T0 + i, "tests.user" if i % 2 else "tests.add", "task-succeeded"
+        )
+    store.write(rows_of(changes), None)
+    assert store.erase(Erasure(uuids=("t-00000", "t-00002", "missing"))) == 2
+    assert store.erase(Erasure(name="tests.user")) == 750
+    assert store.erase(Erasure(since=T0 + 1000, until=T0 + 1100)) == 50
+    left = {r.uuid for r in store.page(HistoryQuery(limit=10_000))}
+    assert len(left) == 1500 - 2 - 750 - 50
+    assert "t-01050" not in left and "t-01100" in left
+    with pytest.raises(ValueError, match="needs a uuid"):
+        store.erase(Erasure())
+
+
+@pytest.mark.unit
+def test_the_log_never_shows_the_password() -> None:
+    shown = safe_description("postgresql://history:s3cret@db.example:5432/tasks?sslmode=require")
+    assert shown == "postgresql://history@db.example:5432/tasks"
+
+
+def test_crafted_text_never_gets_a_batch_refused(store: HistoryStore) -> None:
+    """PostgreSQL refuses NUL in text and JSON: a crafted event must not cost its batch."""
+    crafted = [
+        change("nul", "task-received", T0, "celery@w\x001", name="evil\x00name", args="('\x00',)"),
+        change(
+            "nul",
+            "task-failed",
+            T0 + 1,
+            "celery@w\x001",
+            exception="ValueError('\x00')",
+            traceback="\x00",
+        ),
+    ]
+    store.write(rows_of(crafted + task_events("fine", T0, "tests.add", "task-succeeded")), None)
+    row = store.get("nul")
+    assert row is not None
+    assert (row.name, row.worker, row.args, row.state) == (
+        "evil\ufffdname", "celery@w\ufffd1", "('\ufffd',)", "FAILURE",
+    )  # fmt: skip
+    assert store.get("fine") is not None
+
+
+def test_free_text_is_served_by_a_trigram_index_on_postgresql(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    store.open()
+    store.migrate()
+    store.write(rows_of(task_events("aaaa-1", T0, "tests.add", "task-failed")), None)
+    query = HistoryQuery(terms=tuple(parse("keyerror")), limit=100)
+    with store.pool.connection() as conn:
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET enable_indexscan = off")  # not the seen_at index's scan in order
+        sql, params = select_page(POSTGRESQL, query)
+        plan = "\n".join(str(r[0]) for r in conn.execute("EXPLAIN " + sql, params).fetchall())
+    assert "celery_tasks_text" in plan, plan
+    # Matched in any case, never across two columns.
+    assert [r.uuid for r in store.page(query)] == ["aaaa-1"]
+    assert store.page(HistoryQuery(terms=tuple(parse("tests.add aaaa")))) != []
+    assert store.page(HistoryQuery(terms=tuple(parse('"add aaaa"')))) == []
+    store.close()

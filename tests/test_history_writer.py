@@ -1,0 +1,149 @@
+"""The history's writer against real databases: merges per task, drops only what is refused,
+and holds everything while the database is away (the outage end to end is in
+tests/test_history_exporter.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from celery_events_exporter import app
+from celery_events_exporter.config import Config
+from celery_events_exporter.history.collector import HistoryCollector
+from celery_events_exporter.history.postgres import PostgresStore
+from celery_events_exporter.history.row import approximate_bytes
+from celery_events_exporter.history.sql import HistoryQuery
+from celery_events_exporter.history.sqlite import SqliteStore
+from celery_events_exporter.history.store import HistoryStore, Retention
+from celery_events_exporter.history.wiring import History
+from celery_events_exporter.history.writer import HistoryWriter
+from tests.test_history_store import T0, task_events
+
+pytestmark = pytest.mark.integration
+
+NO_RETENTION = Retention(default=0, failed=0, pending=0)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def refusing_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistoryStore]:
+    """A store whose database refuses the row of task 'bad' (a trigger), as a database refuses
+    what breaks one of its rules."""
+    if request.param == "sqlite":
+        store: HistoryStore = SqliteStore(str(tmp_path / "tasks.sqlite3"))
+        store.migrate()
+        with store._writing() as conn:  # type: ignore[attr-defined]
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON celery_tasks WHEN NEW.uuid = 'bad' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by a rule'); END"
+            )
+        yield store
+        store.close()
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    pg = PostgresStore(url)
+    pg.open()
+    pg.migrate()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.uuid = 'bad' THEN RAISE EXCEPTION 'refused by a rule'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON celery_tasks FOR EACH ROW "
+            "EXECUTE FUNCTION refuse()"
+        )
+    yield pg
+    pg.close()
+
+
+def test_a_refused_row_costs_only_itself(refusing_store: HistoryStore) -> None:
+    writer = HistoryWriter(refusing_store, None, budget_bytes=1 << 24, retention=NO_RETENTION)
+    uuids = [f"ok-{i:02d}" for i in range(20)]
+    changes = [
+        c
+        for u in [*uuids[:7], "bad", *uuids[7:]]
+        for c in task_events(u, T0, "t", "task-succeeded")
+    ]
+    writer.sink(changes)
+    assert writer.flush() is True
+    stored = sorted(r.uuid for r in refusing_store.page(HistoryQuery(limit=100)))
+    assert stored == uuids
+    assert writer.stats.rows_written == 20
+    assert writer.stats.dropped == {"buffer_full": 0, "rejected": 1}
+    assert writer.buffer_bytes == 0
+
+
+def test_one_row_per_task_however_its_events_are_split_across_flushes(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
+    store.migrate()
+    writer = HistoryWriter(store, None, budget_bytes=1 << 24, retention=NO_RETENTION)
+    events = task_events("split", T0, "tests.add", "task-succeeded")
+    for event in reversed(events):  # each flush window sees one event, the last first
+        writer.sink([event])
+        assert writer.flush() is True
+    (row,) = store.page(HistoryQuery())
+    assert (row.state, row.name, row.worker, row.client, len(row.events)) == (
+        "SUCCESS", "tests.add", "celery@w1", "client@app", 4,
+    )  # fmt: skip
+    assert writer.stats.rows_written == 4  # one row write per flush window
+
+
+def test_past_its_budget_the_buffer_drops_and_counts(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
+    events = task_events("a", T0, "tests.add", "task-succeeded")
+    budget = sum(approximate_bytes(e) for e in events)
+    writer = HistoryWriter(store, None, budget_bytes=budget, retention=NO_RETENTION)
+    writer.sink(events[:2])
+    writer.sink(events[2:])  # the budget, exactly
+    writer.sink(task_events("b", T0, "tests.add", "task-succeeded")[:1])
+    assert writer.stats.dropped["buffer_full"] == 1
+    assert writer.buffer_bytes == budget
+
+
+def test_the_states_task_changes_are_written_by_the_workers_clock_and_orphans_read_lost(
+    tmp_path: Path,
+) -> None:
+    """Wired as the app wires it: the state's batches (decoded again from the messages' JSON
+    when read) and the sweep's task-orphaned changes go to the writer."""
+    store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
+    store.migrate()
+    writer = HistoryWriter(store, None, budget_bytes=1 << 24, retention=NO_RETENTION)
+    state = app.build_state(Config(), None, History(store, writer, HistoryCollector(writer)))
+    host = "celery@w1"
+    received_at = T0 + 100.0  # the exporter's clock, far from the worker's
+
+    def message(*events: dict[str, Any]) -> None:
+        body = json.dumps(events)
+        state.apply_batch([(json.loads(body), received_at, body)])
+
+    message({"type": "worker-heartbeat", "hostname": host, "freq": 2.0, "timestamp": T0})
+    message(
+        *(
+            {"type": t, "uuid": uuid, "hostname": host, "timestamp": T0 + offset, **fields}
+            for uuid, t, offset, fields in (
+                ("lost", "task-received", 1.0, {"name": "tests.slow"}),
+                ("lost", "task-started", 2.0, {}),
+                ("done", "task-received", 3.0, {"name": "tests.add"}),
+                ("done", "task-started", 4.0, {}),
+                ("done", "task-succeeded", 5.0, {"runtime": 1.0}),
+            )
+        )
+    )
+    state.sweep(received_at, {host})  # online at this sweep
+    state.sweep(received_at + 60.0, set())  # gone at the next one, without a goodbye
+    assert writer.flush() is True
+
+    lost, done = store.get("lost"), store.get("done")
+    assert lost is not None and done is not None
+    assert (lost.state, lost.name, lost.worker) == ("LOST", "tests.slow", host)
+    assert (lost.received, lost.started, lost.orphaned) == (T0 + 1.0, T0 + 2.0, T0 + 160.0)
+    assert (done.state, done.name, done.received, done.succeeded) == (
+        "SUCCESS", "tests.add", T0 + 3.0, T0 + 5.0,
+    )  # fmt: skip
+    assert writer.stats.dropped == {"buffer_full": 0, "rejected": 0}
