@@ -245,10 +245,12 @@ class Counts:
         name = event.get("name")
         if (type(name) is not str and not isinstance(name, str)) or not name:
             name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
-        elif not fits(name, max_length):
+        elif name not in self.caps.admitted[TASK] and not fits(name, max_length):
+            # (An admitted name was cut before: the common case asks no function.)
             name = self.caps.cut(TASK, name)  # before it is tracked: bounded bytes
         timestamp = event.get("timestamp")
-        host = cut(hostname, max_length)  # as the worker records are
+        # As the worker records are (their keys are cut already).
+        host = hostname if hostname in self.workers else cut(hostname, max_length)
         if ledger.departed and host in ledger.departed:
             ledger.back(host)  # started again since its goodbye
         # A retry is received again: move it to the young end.
