@@ -26,6 +26,7 @@ from celery import Celery
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
+from celery_events_exporter.broker_options import split_broker_urls
 from testkit import postgres
 from testkit.brokers import RabbitNode, RedisServer, rabbitmq_vhost
 from testkit.ports import free_port as free_port  # re-exported: tests import it from here
@@ -94,14 +95,21 @@ def _tcp_ports(pid: int) -> set[int]:
 def redis_subscriptions(url: str, *pids: int) -> int:
     """Channels and patterns the processes ``pids`` are subscribed to on the Redis server
     reached at ``url``, as the server counts them (CLIENT LIST's ``sub`` and ``psub`` of their
-    connections)."""
+    connections). A failover list (``url;url``) counts on every server of it that answers."""
     ports = set().union(*map(_tcp_ports, pids))
-    with redis.Redis.from_url(url) as client:
-        return sum(
+    total = 0
+    for each in split_broker_urls(url):
+        try:
+            with redis.Redis.from_url(each) as client:
+                entries = client.client_list()
+        except redis.ConnectionError:
+            continue  # a dead URL of a failover list: the exporter is not there either
+        total += sum(
             int(entry["sub"]) + int(entry["psub"])
-            for entry in client.client_list()
+            for entry in entries
             if int(entry["addr"].rsplit(":", 1)[1]) in ports
         )
+    return total
 
 
 # -- layers ------------------------------------------------------------------------------------
