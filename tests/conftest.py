@@ -95,26 +95,21 @@ def _tcp_ports(pid: int) -> set[int]:
 def redis_subscriptions(url: str, *pids: int) -> int:
     """Channels and patterns the processes ``pids`` are subscribed to on the Redis server
     reached at ``url``, as the server counts them (CLIENT LIST's ``sub`` and ``psub`` of their
-    connections). A failover list is asked at its first server that answers, as the exporter
-    goes down the list."""
+    connections). A failover list (``url;url``) counts on every server of it that answers."""
     ports = set().union(*map(_tcp_ports, pids))
-    *first, last = split_broker_urls(url)
-    for candidate in first:
-        with redis.Redis.from_url(candidate) as client:
-            try:
-                client.ping()
-            except (redis.ConnectionError, redis.AuthenticationError):
-                continue
-        url = candidate
-        break
-    else:
-        url = last
-    with redis.Redis.from_url(url) as client:
-        return sum(
+    total = 0
+    for each in split_broker_urls(url):
+        try:
+            with redis.Redis.from_url(each) as client:
+                entries = client.client_list()
+        except redis.ConnectionError:
+            continue  # a dead URL of a failover list: the exporter is not there either
+        total += sum(
             int(entry["sub"]) + int(entry["psub"])
-            for entry in client.client_list()
+            for entry in entries
             if int(entry["addr"].rsplit(":", 1)[1]) in ports
         )
+    return total
 
 
 # -- layers ------------------------------------------------------------------------------------
