@@ -95,6 +95,20 @@ class BoundedConnection(Connection):  # type: ignore[misc]  # kombu is untyped h
         return super().ensure(obj, fun, errback, 0, **options)
 
 
+def control_app(name: str, broker_url: str, transport_options: dict[str, Any]) -> Celery:
+    """A Celery app for broadcasts and inspect requests whose every broker call is bounded: a
+    connection timeout, no retry at start, ``BoundedConnection``, and a connection of its own for
+    each broadcast rather than kombu's process-wide producer pool (a failed broadcast leaves
+    nothing half-broken behind)."""
+    app = Celery(name, broker=broker_url, set_as_current=False)
+    app.conf.broker_transport_options = control_transport_options(broker_url, transport_options)
+    app.conf.broker_connection_timeout = CONTROL_TIMEOUT
+    app.conf.broker_connection_retry_on_startup = False
+    app.amqp.Connection = BoundedConnection
+    app.control.mailbox.producer_pool = None
+    return app
+
+
 MAX_TASK_NAME = 200
 """Longest task name taken from an inspect reply (Celery's names are module paths)."""
 
@@ -320,16 +334,7 @@ class Controller:
         event_exchange: str = "celeryev",
         on_task_names: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
-        self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
-        self.app.conf.broker_transport_options = control_transport_options(
-            broker_url, transport_options
-        )
-        self.app.conf.broker_connection_timeout = CONTROL_TIMEOUT
-        self.app.conf.broker_connection_retry_on_startup = False
-        self.app.amqp.Connection = BoundedConnection
-        # Publish on each broadcast's own connection, not on connections kept in kombu's
-        # process-wide producer pool: a failed broadcast leaves nothing half-broken behind.
-        self.app.control.mailbox.producer_pool = None
+        self.app = control_app("celery-events-exporter", broker_url, transport_options)
         self.status = status
         # Every reason at 0 from the start, so that increase() sees the first failure.
         status.broadcast_errors = dict.fromkeys(ERROR_REASONS, 0)

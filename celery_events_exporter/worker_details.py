@@ -25,17 +25,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import Celery
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from celery_events_exporter.control import (
-    CONTROL_TIMEOUT,
-    INSPECT_TIMEOUT,
-    STOP_CHECK,
-    BoundedConnection,
-    control_transport_options,
-)
+from celery_events_exporter.control import INSPECT_TIMEOUT, STOP_CHECK, control_app
 from celery_events_exporter.exposition import catalogue as m
 from celery_events_exporter.intake.status import BrokerStatus
 from celery_events_exporter.logging import get_logger, sparse
@@ -253,14 +246,7 @@ class WorkerDetailsPoller:
         interval: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.app = Celery("celery-events-exporter-details", broker=broker_url, set_as_current=False)
-        self.app.conf.broker_transport_options = control_transport_options(
-            broker_url, transport_options
-        )
-        self.app.conf.broker_connection_timeout = CONTROL_TIMEOUT
-        self.app.conf.broker_connection_retry_on_startup = False
-        self.app.amqp.Connection = BoundedConnection
-        self.app.control.mailbox.producer_pool = None
+        self.app = control_app("celery-events-exporter-details", broker_url, transport_options)
         self.status = status
         self.online_workers = online_workers
         self.store = store
