@@ -234,9 +234,18 @@ def _run(**params: Any) -> int:
         log.warning(f"deprecated {note.kind}", name=note.name, use=note.use)
 
     from celery_events_exporter.app import run
+    from celery_events_exporter.history.wiring import HistoryUnavailable
 
     try:
         return run(config)
+    except HistoryUnavailable as exc:
+        log.error(
+            "cannot open the task history",
+            error=str(exc),
+            hint="give --data-dir a writable directory (a volume in a container), "
+            "or --tasks.store postgresql://... or memory://",
+        )
+        return 1
     except OSError as exc:  # the listen address is taken or not ours
         log.error(
             "cannot listen",

@@ -53,7 +53,11 @@ def loaded(redis_url: str, processes: Processes) -> Iterator[ExporterProcess]:
         ),
         what=f"{TASKS} tasks counted",
     )
-    assert len(exporter.get("/api/tasks", {"limit": str(TASKS)}).json()) == TASKS
+    # The task history (SQLite, the default) has them once its writer's flush window is over.
+    wait_until(
+        lambda: len(exporter.get("/api/tasks", {"limit": str(TASKS)}).json()) == TASKS,
+        what=f"{TASKS} tasks in the history",
+    )
     yield exporter
 
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from importlib.metadata import version
+from pathlib import Path
 
 import click
 import pytest
@@ -110,6 +111,29 @@ def test_a_taken_listen_port_is_one_log_line(fmt: str) -> None:
     assert error["msg"] == "cannot listen"
     assert error["address"] == f"127.0.0.1:{port}"
     assert error["error"] == "Address already in use"
+    assert "Traceback" not in result.stderr
+
+
+def test_a_history_directory_that_cannot_be_made_is_one_clear_log_line(tmp_path: Path) -> None:
+    """A read-only root without a volume, or any data directory that cannot be made: the
+    exporter says it is the task history, and how to give it a place, instead of a traceback or
+    a word about listening."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli(
+        "--broker-url", "redis://127.0.0.1:1/0", "--web.listen-address", "127.0.0.1:0",
+        "--data-dir", str(blocker / "history"), "--log.format", "json",
+    )  # fmt: skip
+    assert result.returncode == 1
+    [error] = [
+        line for line in map(json.loads, result.stderr.splitlines()) if line["level"] == "error"
+    ]
+    assert error["msg"] == "cannot open the task history"
+    assert error["error"] == (
+        f"sqlite:///{blocker}/history/tasks.sqlite3: [Errno 20] Not a directory: "
+        f"'{blocker}/history'"
+    )
+    assert "--data-dir" in error["hint"]
     assert "Traceback" not in result.stderr
 
 

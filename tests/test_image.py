@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -34,6 +35,8 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 VERSION = PYPROJECT["project"]["version"]
 VENV = "/opt/celery-events-exporter"
 UID = 10001
+DATA_DIR = "/var/lib/celery-events-exporter"
+"""The image's one volume: the SQLite task history's directory."""
 WORKER = "image@test"
 MAX_COMPRESSED_BYTES = 100 * 1000 * 1000
 
@@ -119,6 +122,8 @@ def test_tags_annotations_user_and_entrypoint(image: Image) -> None:
     assert runtime["User"] == f"{UID}:{UID}"
     assert runtime["Entrypoint"] == [f"{VENV}/bin/celery-events-exporter"]
     assert runtime["ExposedPorts"] == {"19808/tcp": {}}
+    assert runtime["Volumes"] == {DATA_DIR: {}}
+    assert f"CELERY_EXPORTER_DATA_DIR={DATA_DIR}" in runtime["Env"]
     compressed = sum(layer["size"] for layer in image.manifest["layers"])
     assert compressed <= MAX_COMPRESSED_BYTES, f"{compressed / 1e6:.1f} MB compressed"
 
@@ -148,6 +153,9 @@ def test_the_root_holds_the_exporter_and_no_tools(bundle: Path) -> None:
     assert {"python3.11-minimal", "libc6", "ca-certificates"} <= records
     assert not {"dpkg", "bash", "dash", "apt", "coreutils"} & records
     assert (root / "usr/share/doc/libc6/copyright").is_file()
+    # The volume's directory is the exporter's own (umoci keeps the layer's owners).
+    data_dir = (root / DATA_DIR.lstrip("/")).stat()
+    assert (data_dir.st_uid, data_dir.st_gid, data_dir.st_mode & 0o777) == (UID, UID, 0o700)
 
 
 def test_the_layout_is_a_function_of_the_root_alone(image: Image, tmp_path: Path) -> None:
@@ -161,6 +169,7 @@ def test_the_layout_is_a_function_of_the_root_alone(image: Image, tmp_path: Path
     args += [f"--entrypoint={part}" for part in runtime["Entrypoint"]]
     args += [f"--user={runtime['User']}", *(f"--env={e}" for e in runtime["Env"])]
     args += [f"--port={port.split('/')[0]}" for port in runtime["ExposedPorts"]]
+    args += [f"--volume={volume}" for volume in runtime["Volumes"]]
     args += ["--tag=latest", f"--tag={VERSION}", f"--architecture={image.config['architecture']}"]
     assert _run(args).strip() == image.digests["latest"]
 
@@ -188,21 +197,23 @@ def container_root(bundle: Path) -> Iterator[Path]:
         assert leftover == [], f"mounts left behind: {leftover}"
 
 
-def _chroot_command(root: Path, config: dict[str, Any], args: list[str]) -> list[str]:
+def _chroot_command(root: Path, config: dict[str, Any], volume: Path, args: list[str]) -> list[str]:
     """unshare (a private mount namespace, no new pid namespace: the pid is the exporter's),
-    the runtime mounts, then ``chroot --userspec`` into the image's user and entrypoint. The
-    host's sh does the mounts; each ``exec`` keeps the pid, so SIGTERM reaches the exporter."""
+    the runtime mounts (``volume`` on the image's one volume, the task history's directory),
+    then ``chroot --userspec`` into the image's user and entrypoint. The host's sh does the
+    mounts; each ``exec`` keeps the pid, so SIGTERM reaches the exporter."""
     process = config["process"]
     user = f"{process['user']['uid']}:{process['user']['gid']}"
     script = (
         'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && '
         'mount -t proc proc "$0/proc" && mount --bind /dev/null "$0/dev/null" && '
         'mount --bind /dev/urandom "$0/dev/urandom" && '
-        'user=$1 && shift && exec chroot --userspec="$user" "$0" "$@"'
+        f'mount --bind "$1" "$0{DATA_DIR}" && '
+        'user=$2 && shift 2 && exec chroot --userspec="$user" "$0" "$@"'
     )
     unshare = require_tool("unshare", "apt-get install -y util-linux")
-    return [unshare, "--mount", "--propagation", "private", "sh", "-c", script, str(root), user,
-            *process["args"], *args]  # fmt: skip
+    return [unshare, "--mount", "--propagation", "private", "sh", "-c", script, str(root),
+            str(volume), user, *process["args"], *args]  # fmt: skip
 
 
 def _succeeded_and_failed(page: str) -> tuple[float | None, float | None]:
@@ -220,13 +231,19 @@ def test_the_entrypoint_counts_a_real_worker_as_its_own_user(
     assert config["process"]["user"] == {"uid": UID, "gid": UID}
     port = free_port()
     log_path = processes.tmp_path / "image-exporter.log"
+    # The image's one volume, the task history's directory, as a runtime gives it: writable
+    # by the image's user, on a root that is read-only.
+    volume = processes.tmp_path / "volume"
+    volume.mkdir()
+    os.chown(volume, UID, UID)
     command = _chroot_command(
-        container_root, config, ["--broker-url", redis_url, "--web.listen-address",
-                                 f"127.0.0.1:{port}"],
+        container_root, config, volume, ["--broker-url", redis_url, "--web.listen-address",
+                                         f"127.0.0.1:{port}"],
     )  # fmt: skip
     with log_path.open("wb") as log:
         # Only the image's environment (as a runtime sets it), none of the test's.
         environment = dict(item.split("=", 1) for item in config["process"]["env"])
+        assert environment["CELERY_EXPORTER_DATA_DIR"] == DATA_DIR
         # A process group of its own, as Processes.spawn makes: the fixture's killpg stops it
         # when the test fails before its SIGTERM.
         proc = subprocess.Popen(
@@ -287,3 +304,9 @@ def test_the_entrypoint_counts_a_real_worker_as_its_own_user(
     print(f"SIGTERM: shut down in {shutdown:.2f} s, exited after {stopped_in:.2f} s")
     assert shutdown < 1.0
     assert stopped_in < 3.0
+    # The task history, on the volume: one row per task, in its final state.
+    with sqlite3.connect(volume / "tasks.sqlite3") as history:
+        states = history.execute(
+            "SELECT name, state, count(*) FROM celery_tasks GROUP BY name, state ORDER BY name"
+        ).fetchall()
+    assert states == [("tests.add", "SUCCESS", 7), ("tests.fail", "FAILURE", 3)]

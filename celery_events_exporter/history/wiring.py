@@ -18,6 +18,10 @@ class History:
     collector: HistoryCollector
 
 
+class HistoryUnavailable(Exception):
+    """The history's store cannot be opened at start: its SQLite directory cannot be made."""
+
+
 def open_store(url: str) -> HistoryStore:
     """The store a resolved ``--tasks.store`` URL names (not ``memory://``)."""
     if url.startswith(urls.SQLITE_PREFIX):
@@ -43,6 +47,9 @@ def build(
     resolved = urls.resolve(url, data_dir)
     if resolved == urls.MEMORY:
         return None
-    store = open_store(resolved)
+    try:
+        store = open_store(resolved)
+    except OSError as exc:  # a read-only root without a volume, a path through a file...
+        raise HistoryUnavailable(f"{urls.redacted(resolved)}: {exc}") from exc
     writer = HistoryWriter(store, redactor, budget_bytes=budget_bytes, retention=retention)
     return History(store, writer, HistoryCollector(writer))

@@ -241,7 +241,7 @@ class Api:
         ``checkpoint`` is called every ``CHECKPOINT_ROWS`` rows (it may wait for a scrape, or
         raise to abandon the work)."""
         if self.history is not None:
-            return self.history.tasks(query_string)
+            return self.history.tasks(query_string, checkpoint)
         query = parse_task_query(query_string)
         headers = {"X-Task-Payloads": PAYLOADS_SHOWN if self.expose_payloads else PAYLOADS_HIDDEN}
         if self.store is None:

@@ -8,6 +8,7 @@ same deep in the history as at its top), and ``search`` takes search terms
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from celery_events_exporter.history.search import SearchError, parse
 from celery_events_exporter.history.sql import Cursor, HistoryQuery
 from celery_events_exporter.history.store import HistoryStore
 from celery_events_exporter.web.api import (
+    CHECKPOINT_ROWS,
     DEFAULT_LIMIT,
     MAX_ANSWER_BYTES,
     MAX_LIMIT,
@@ -100,13 +102,22 @@ class HistoryApi:
             out[column] = value
         return out
 
-    def tasks(self, query_string: str) -> tuple[bytes, dict[str, str]]:
+    def tasks(
+        self, query_string: str, checkpoint: Callable[[], None] | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """A page of tasks as JSON, and the answer's headers; ``checkpoint`` (Api.tasks') is
+        called before the query and every ``CHECKPOINT_ROWS`` rows (it may wait for a scrape,
+        or raise to abandon the work of a client that went away)."""
         query = parse_query(query_string)
+        if checkpoint is not None:
+            checkpoint()
         rows = self.store.page(query)
         headers = self._headers()
         parts: list[bytes] = []
         size = 2
-        for row in rows:
+        for index, row in enumerate(rows):
+            if checkpoint is not None and index % CHECKPOINT_ROWS == 0:
+                checkpoint()
             part = orjson.dumps(self.row(row))
             size += len(part) + 1
             if size > MAX_ANSWER_BYTES and parts:

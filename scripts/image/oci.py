@@ -46,8 +46,10 @@ def _entries(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def layer_tar(root: Path, epoch: int) -> bytes:
-    """The uncompressed layer: every entry under ``root``, normalised."""
+def layer_tar(root: Path, epoch: int, owned: dict[str, tuple[int, int]] | None = None) -> bytes:
+    """The uncompressed layer: every entry under ``root``, normalised: owned by root, but for
+    the paths ``owned`` gives an owner (uid, gid) of their own."""
+    owned = owned or {}
     buffer = io.BytesIO()
     first_paths: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
@@ -56,7 +58,7 @@ def layer_tar(root: Path, epoch: int) -> bytes:
             info = path.lstat()
             entry = tarfile.TarInfo(name)
             entry.mtime = epoch
-            entry.uid = entry.gid = 0
+            entry.uid, entry.gid = owned.get(name, (0, 0))
             entry.uname = entry.gname = ""
             entry.mode = stat.S_IMODE(info.st_mode)
             if stat.S_ISLNK(info.st_mode):
@@ -128,9 +130,13 @@ def write_image(
     ports: list[int],
     tags: list[str],
     architecture: str,
+    volumes: list[str] = [],  # noqa: B006  # read only
 ) -> str:
-    """Write the layout; returns the manifest's digest."""
-    tar = layer_tar(root, epoch)
+    """Write the layout; returns the manifest's digest. Each of ``volumes`` (an absolute
+    directory of the root) is declared a volume and owned by ``user`` (numeric UID:GID), so
+    that the image's user can write there whether or not a runtime mounts anything on it."""
+    uid, gid = (int(part) for part in user.split(":"))
+    tar = layer_tar(root, epoch, {path.lstrip("/"): (uid, gid) for path in volumes})
     layout = Layout(layout_path)
     layer = layout.blob(gzipped(tar), LAYER)
     created = rfc3339(epoch)
@@ -143,6 +149,7 @@ def write_image(
             "Entrypoint": entrypoint,
             "Env": env,
             "ExposedPorts": {f"{port}/tcp": {} for port in ports},
+            **({"Volumes": {path: {} for path in volumes}} if volumes else {}),
             "WorkingDir": "/",
             "StopSignal": "SIGTERM",
             "Labels": annotations,
@@ -183,6 +190,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--env", action="append", default=[])
     parser.add_argument("--port", type=int, action="append", default=[])
     parser.add_argument("--tag", action="append", required=True)
+    parser.add_argument("--volume", action="append", default=[], metavar="DIR")
     parser.add_argument(
         "--architecture", default=ARCHITECTURES.get(platform.machine(), platform.machine())
     )
@@ -198,6 +206,7 @@ def main(argv: list[str]) -> int:
         ports=args.port,
         tags=args.tag,
         architecture=args.architecture,
+        volumes=args.volume,
     )
     print(digest)
     return 0

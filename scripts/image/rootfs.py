@@ -60,7 +60,15 @@ DROPPED = re.compile(
     r"|^usr/bin/(py3clean|py3compile|pydoc3|pygettext3)"
 )
 TOP_LEVEL_LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
-EMPTY_DIRECTORIES = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "run": 0o755, "tmp": 0o1777}
+EMPTY_DIRECTORIES = {
+    "dev": 0o755,
+    "proc": 0o555,
+    "sys": 0o555,
+    "run": 0o755,
+    "tmp": 0o1777,
+    # The task history's data directory (a volume; owned by the exporter's user in the layer).
+    "var/lib/celery-events-exporter": 0o700,
+}
 USER, UID = "exporter", 10001
 ETC_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -186,7 +194,7 @@ def assemble(build_root: Path, output: Path) -> list[str]:
         (output / target).mkdir(parents=True, exist_ok=True)
         (output / link).symlink_to(target)
     for directory, mode in EMPTY_DIRECTORIES.items():
-        (output / directory).mkdir()
+        (output / directory).mkdir(parents=True)
         (output / directory).chmod(mode)
     paths: set[str] = set()
     for name in chosen:
