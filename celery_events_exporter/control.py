@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -319,6 +319,47 @@ class SilentWorkers:
         return changed
 
 
+GREETING_ATTEMPTS = 3
+"""Greetings a new worker gets at most while it does not answer. A starting worker announces
+itself (worker-online, from its Heart bootstep) before it listens for broadcasts (its Control
+bootstep starts after Tasks, and on Redis subscribes only when its event loop runs): a greeting
+sent at once can reach nobody, and a lost one used to wait for the periodic broadcast."""
+
+GREETING_RETRY_AFTER = 1.0
+"""Seconds before an unanswered greeting is sent again."""
+
+MAX_GREETING_RETRIES = 1000
+"""Workers waiting to be greeted again, at most: crafted hostnames that never answer must not
+grow memory or broadcasts (the periodic broadcast reaches any left out)."""
+
+
+class GreetingRetries:
+    """Workers greeted without an answer, due to be greeted again a little later."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._waiting: dict[str, tuple[float, int]] = {}
+        """hostname -> (when it is due, greetings it had)"""
+
+    def note(self, greeted: Sequence[str], answered: Collection[str]) -> None:
+        """Note one greeting of ``greeted``, of which ``answered`` answered: each other is due
+        again after ``GREETING_RETRY_AFTER`` until it had ``GREETING_ATTEMPTS``."""
+        due = self._clock() + GREETING_RETRY_AFTER
+        waiting = self._waiting
+        for host in greeted:
+            _, greetings = waiting.pop(host, (0.0, 0))
+            greetings += 1
+            if host in answered or greetings >= GREETING_ATTEMPTS:
+                continue
+            if len(waiting) < MAX_GREETING_RETRIES:
+                waiting[host] = (due, greetings)
+
+    def due(self) -> list[str]:
+        """The workers due to be greeted again now (they stay noted until the next ``note``)."""
+        now = self._clock()
+        return [host for host, (at, _) in self._waiting.items() if at <= now]
+
+
 class Controller:
     def __init__(
         self,
@@ -348,6 +389,7 @@ class Controller:
         """Given each ``inspect active_queues`` reply: the queue poller watches those queues."""
         self.event_exchange = event_exchange
         self.silent_workers = SilentWorkers()
+        self.greeting_retries = GreetingRetries()
         self.on_task_names = on_task_names
         """Given {uuid: name} of tasks in flight: the recent-task store names their rows."""
 
@@ -362,8 +404,9 @@ class Controller:
                 return
             if self.status.connected:
                 new = self.state.new_workers()
-                if new:  # first: the greeting is the quickest way to their task events
-                    self.greet(new, stop)
+                hosts = list(dict.fromkeys([*new, *self.greeting_retries.due()]))
+                if hosts:  # first: the greeting is the quickest way to their task events
+                    self.greet(hosts, stop)
             if not reconnected and time.monotonic() < due:
                 continue
             due = time.monotonic() + self.interval
@@ -388,43 +431,61 @@ class Controller:
     def greet(self, hosts: list[str], stop: threading.Event) -> None:
         """Switch task events on in workers just heard of, create their registered tasks'
         series at 0, learn the names of the tasks they hold, their pool size and the queues
-        they consume; each step only to them."""
+        they consume; each step only to them. Only those that answered the first request are
+        asked the rest; the others are greeted again (``GreetingRetries``)."""
+        answered: list[str] = []
         try:
             with self._connection() as conn:
-                if self.enable_events:
-                    replies = self.app.control.enable_events(
-                        destination=hosts, connection=conn, reply=True, timeout=INSPECT_TIMEOUT
-                    )
-                    answered = sorted(
-                        host for reply in replies or [] if isinstance(reply, dict) for host in reply
-                    )
-                    self._drop_late()
-                    log.info(
-                        "task events switched on in new workers",
-                        workers=",".join(hosts[:10]),
-                        answered=",".join(answered[:10]),
-                    )
-                if self.inspect_workers and not stop.is_set():
-                    registered = registered_tasks(self._ask(conn, "registered", hosts))
-                    limit = self.state.settings.max_registered_tasks
-                    for hostname, names in registered.items():
-                        left_out = self.state.seed_tasks(hostname, names)
-                        if left_out:
-                            log.warning(
-                                "more registered tasks than --max-registered-tasks: the rest "
-                                "get their series at their first event",
-                                worker=hostname[:200],
-                                left_out=left_out,
-                                max_registered_tasks=limit,
-                            )
-                    if not stop.is_set():
-                        self._learn_names(conn, hosts)
-                    if not stop.is_set():
-                        self._learn_concurrency(conn, hosts)
-                if self.on_active_queues is not None and not stop.is_set():
-                    self._learn_queues(conn, hosts)
+                answered = self._switch_events_on(conn, hosts) if self.enable_events else hosts
+                if self.inspect_workers and answered and not stop.is_set():
+                    registered = registered_tasks(self._ask(conn, "registered", answered))
+                    if not self.enable_events:
+                        answered = sorted(registered)
+                    self._seed_registered(registered)
+                    if answered and not stop.is_set():
+                        self._learn_names(conn, answered)
+                    if answered and not stop.is_set():
+                        self._learn_concurrency(conn, answered)
+                if self.on_active_queues is not None and answered and not stop.is_set():
+                    self._learn_queues(conn, answered)
         except Exception as exc:
+            answered = []
             self._failed("greeting new workers failed", exc, workers=",".join(hosts[:10]))
+        self.greeting_retries.note(hosts, answered)
+
+    def _switch_events_on(self, conn: Any, hosts: list[str]) -> list[str]:
+        """Send enable_events to ``hosts``; returns those of them that answered."""
+        replies = self.app.control.enable_events(
+            destination=hosts, connection=conn, reply=True, timeout=INSPECT_TIMEOUT
+        )
+        self._drop_late()
+        asked = set(hosts)
+        answered = sorted(
+            host
+            for reply in replies or []
+            if isinstance(reply, dict)
+            for host in reply
+            if host in asked
+        )
+        log.info(
+            "task events switched on in new workers",
+            workers=",".join(hosts[:10]),
+            answered=",".join(answered[:10]),
+        )
+        return answered
+
+    def _seed_registered(self, registered: dict[str, list[str]]) -> None:
+        limit = self.state.settings.max_registered_tasks
+        for hostname, names in registered.items():
+            left_out = self.state.seed_tasks(hostname, names)
+            if left_out:
+                log.warning(
+                    "more registered tasks than --max-registered-tasks: the rest "
+                    "get their series at their first event",
+                    worker=hostname[:200],
+                    left_out=left_out,
+                    max_registered_tasks=limit,
+                )
 
     def _ask(self, conn: Any, command: str, destination: list[str] | None, **arguments: Any) -> Any:
         """{hostname: reply} to ``command`` from the workers the exporter heard from, each

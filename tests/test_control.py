@@ -1,4 +1,5 @@
-"""Unit tests of what the controller reads from the workers' inspect replies."""
+"""Unit tests of what the controller reads from the workers' inspect replies, and of when it greets
+a worker again."""
 
 from __future__ import annotations
 
@@ -142,3 +143,46 @@ def test_stats_must_agree_with_the_heartbeats() -> None:
     small = {"b@h": {"pid": 200, "pool": {"max-concurrency": 1}}}
     assert agreeing_stats(small, heartbeats, str, drop) == {}
     assert counted == {"mismatch": 2}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_worker_that_does_not_answer_is_greeted_again_until_its_last_attempt() -> None:
+    clock = FakeClock()
+    retries = control.GreetingRetries(clock)
+    retries.note(["late@h", "quick@h"], answered=["quick@h"])
+    assert retries.due() == []
+    clock.now += control.GREETING_RETRY_AFTER
+    assert retries.due() == ["late@h"]
+    for _ in range(control.GREETING_ATTEMPTS - 2):
+        retries.note(["late@h"], answered=[])
+        clock.now += control.GREETING_RETRY_AFTER
+        assert retries.due() == ["late@h"]
+    retries.note(["late@h"], answered=[])  # its last greeting, unanswered too
+    clock.now += 60.0
+    assert retries.due() == []
+
+
+def test_an_answer_ends_the_retries() -> None:
+    clock = FakeClock()
+    retries = control.GreetingRetries(clock)
+    retries.note(["late@h"], answered=[])
+    clock.now += control.GREETING_RETRY_AFTER
+    retries.note(retries.due(), answered=["late@h"])
+    clock.now += 60.0
+    assert retries.due() == []
+
+
+def test_workers_waiting_for_another_greeting_are_capped() -> None:
+    clock = FakeClock()
+    retries = control.GreetingRetries(clock)
+    forged = [f"forged-{i}@h" for i in range(control.MAX_GREETING_RETRIES + 500)]
+    retries.note(forged, answered=[])
+    clock.now += control.GREETING_RETRY_AFTER
+    assert retries.due() == forged[: control.MAX_GREETING_RETRIES]

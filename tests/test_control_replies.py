@@ -20,6 +20,7 @@ import pytest
 from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
+from celery_events_exporter.control import GREETING_ATTEMPTS, GREETING_RETRY_AFTER, INSPECT_TIMEOUT
 from tests.conftest import ExporterProcess, Processes, client, wait_until
 
 Forge = Callable[[dict[str, Any]], list[dict[str, Any]]]
@@ -37,6 +38,8 @@ class Forger:
         (kombu's own flattening lets the last reply for a hostname win)."""
         self.requests: Counter[str] = Counter()
         """Requests seen, by method (every broadcast, forged or not)."""
+        self.destinations: list[tuple[str, tuple[str, ...] | None]] = []
+        """(method, destination) of every request seen, in order; None: every worker."""
         self.sent: Counter[str] = Counter()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -65,6 +68,8 @@ class Forger:
             def on_request(body: Any, message: Any) -> None:
                 method = body.get("method")
                 self.requests[method] += 1
+                destination = body.get("destination")
+                self.destinations.append((method, tuple(destination) if destination else None))
                 forge = self.forge.get(method)
                 ticket, reply_to = body.get("ticket"), body.get("reply_to")
                 if forge is None or not ticket or not reply_to:
@@ -248,7 +253,9 @@ def test_a_rejected_worker_online_sets_off_no_broadcast(
     )
     time.sleep(3.0)  # a broadcast, if any were set off, would be out by now
     assert dict(forger.requests) == before
-    # An accepted one greets only its worker: requests with it as their only destination.
+    # An accepted one greets only its worker: requests with it as their only destination. It
+    # never answers, so it is asked nothing more and greeted again until its last attempt.
+    seen = len(forger.destinations)
     with Connection(broker_url) as conn:
         producer = Producer(conn.default_channel, exchange=get_exchange(conn))
         producer.publish(
@@ -259,5 +266,11 @@ def test_a_rejected_worker_online_sets_off_no_broadcast(
             content_type="application/json",
             content_encoding="utf-8",
         )
-    wait_until(lambda: forger.requests["active_queues"] > before.get("active_queues", 0))
-    assert forger.requests["stats"] == before.get("stats", 0) + 1
+    greetings = [("enable_events", ("new@accepted",))] * GREETING_ATTEMPTS
+    wait_until(
+        lambda: forger.destinations[seen:] == greetings,
+        timeout=GREETING_ATTEMPTS * (INSPECT_TIMEOUT + GREETING_RETRY_AFTER) + 10,
+        what="every greeting of the silent worker",
+    )
+    time.sleep(INSPECT_TIMEOUT + GREETING_RETRY_AFTER + 1.0)  # another would be out by now
+    assert forger.destinations[seen:] == greetings
