@@ -1,15 +1,18 @@
 """Raw broker messages into events: kombu's virtual-transport envelope, its base64 body, the
-JSON content types Celery's events come in. Pure functions; the decoder thread
-(``celery_events_exporter.decoder``) calls them and hands the events to the state."""
+JSON content types Celery's events come in, the events of a body. Pure functions; the decoder
+thread (``celery_events_exporter.decoder``) calls them and hands the events to the state."""
 
 from __future__ import annotations
 
 from binascii import Error as Base64Error
 from binascii import a2b_base64
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 
+from celery_events_exporter.events.body import loads
+from celery_events_exporter.events.schema import task_events
 from celery_events_exporter.logging import get_logger
 
 log = get_logger(__name__)
@@ -62,3 +65,16 @@ def open_envelope(raw: bytes | str) -> tuple[str | None, bytes | str]:
         raise TypeError(f"body is a {type(body).__name__}")
     content_type = envelope.get("content-type")
     return (content_type if isinstance(content_type, str) else None), body
+
+
+def decode_events(body: bytes | str) -> Sequence[Any]:
+    """The events of a message's JSON body, in its order: ``TaskEvent`` objects when the schema
+    decoder reads every one of them (``schema.task_events``: task events, of which only the
+    fields the state reads), else the JSON as ``body.loads`` reads it, event by event, for the
+    state to check (prefork workers batch task events in a list, routing key task.multi; any
+    other value is one event). Raises ``ValueError`` on a body that is not JSON."""
+    events = task_events(body)
+    if events is not None:
+        return events
+    payload = loads(body)
+    return payload if type(payload) is list else (payload,)
