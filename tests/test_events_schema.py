@@ -17,7 +17,7 @@ from celery_events_exporter.decoder import Decoder
 from celery_events_exporter.events import vocabulary
 from celery_events_exporter.events.body import loads
 from celery_events_exporter.events.decode import decode_events
-from celery_events_exporter.events.schema import TASK_EVENT_TYPES, TaskEvent, task_events
+from celery_events_exporter.events.schema import TaskEvent, task_events
 from celery_events_exporter.events.validate import MAX_UUID_LENGTH, validate
 from celery_events_exporter.intake.backlog import IntakeBacklog
 from celery_events_exporter.intake.message import RawMessage
@@ -184,7 +184,8 @@ task_event = st.fixed_dictionaries(
         "hostname": mostly(st.sampled_from(["w1@h", "w2@h", "w3@h", "wé@h", ""])),
         "uuid": mostly(st.sampled_from(["u1", "u2", "u3", "u" * MAX_UUID_LENGTH, "u" * 129])),
         "type": mostly(
-            st.sampled_from(TASK_EVENT_TYPES) | st.sampled_from(["worker-heartbeat", "custom", ""])
+            st.sampled_from(vocabulary.TASK_EVENTS)
+            | st.sampled_from(["worker-heartbeat", "custom", ""])
         ),
     },
     optional={
@@ -215,7 +216,7 @@ def test_the_schema_reads_only_what_the_full_read_and_validate_read_the_same(
     assert len(events) == len(full)
     for event, decoded in zip(events, full, strict=True):
         assert validate(decoded) == (event.type, event.hostname, event.uuid)
-        assert event.type in TASK_EVENT_TYPES
+        assert event.type in vocabulary.TASK_EVENTS
         for field in FIELDS:
             mine, theirs = getattr(event, field), decoded.get(field)
             assert type(mine) is type(theirs)

@@ -4,7 +4,7 @@ The state's counting reads eight fields of a task event; the others (args, kwarg
 traceback...) are for the Tasks view and the task history, which decode the event again from
 the message's body when they read its change (``state/feed.py``). ``task_events`` builds only
 those eight, with a schema decoder (msgspec), for a message whose every event is a task event
-that passes the check ``validate`` makes: a type of the vocabulary, a non-empty hostname and a
+that passes the check ``validate`` makes: a type of ``TASK_EVENTS``, a non-empty hostname and a
 non-empty uuid of at most ``MAX_UUID_LENGTH`` characters. For any other message (a worker event,
 a custom event, a malformed one, non-ASCII JSON) it returns None, and the decoder reads the
 message in full (``body.loads``), so that everything else meets the checks, rejections and
@@ -23,17 +23,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from celery_events_exporter.events.validate import MAX_UUID_LENGTH
-from celery_events_exporter.events.vocabulary import TASK_SENT, TASK_STATE_EVENTS
-
-TASK_EVENT_TYPES: tuple[str, ...] = (*TASK_STATE_EVENTS, TASK_SENT)
-"""The event types a ``TaskEvent`` has: the task events the counting reads as such."""
+from celery_events_exporter.events.vocabulary import TASK_EVENTS
 
 if TYPE_CHECKING:
     _TaskEventType = str
     _Number = int | float | None
 else:
     # Literal strings come out of the decoder as the vocabulary's own objects.
-    _TaskEventType = Literal[TASK_EVENT_TYPES]
+    _TaskEventType = Literal[TASK_EVENTS]
     _Number = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | float | None
 
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]

@@ -5,10 +5,9 @@ every event the exporter receives: it takes a task event as the schema decoder m
 (``events/schema.py``: checked, with the fields the handlers read), checks any other event
 (``validate``), and calls one function per event type (``_handlers``), which counts the event
 and writes its task's ledger entry (``ledger.py``) and files its change for the state's
-subscribers. The three events every
-task sends write their series count out (a call per event costs more than what it would
-share). ``tests/reference_counts.py`` says the same thing plainly, and a property test holds
-the two to the same results.
+subscribers. The three events every task sends write their series count out (a call per event
+costs more than what it would share). ``tests/reference_counts.py`` says the same thing
+plainly, and a property test holds the two to the same results.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery_events_exporter.events.exceptions import exception_class
-from celery_events_exporter.events.schema import TASK_EVENT_TYPES, TaskEvent, from_dict
+from celery_events_exporter.events.schema import TaskEvent, from_dict
 from celery_events_exporter.events.validate import (
     INVALID_FIELD,
     Rejected,
@@ -31,6 +30,7 @@ from celery_events_exporter.events.vocabulary import (
     KNOWN_EVENT_TYPES,
     MAX_CUSTOM_EVENT_TYPE_LENGTH,
     MAX_CUSTOM_EVENT_TYPES,
+    TASK_EVENTS,
     TASK_FAILED,
     TASK_RECEIVED,
     TASK_REJECTED,
@@ -89,7 +89,7 @@ RejectHook = Callable[[str, str], None]
 """(reason, detail) -> None: told of every rejected event (the exporter logs them)."""
 
 _INF = math.inf
-_TASK_EVENT_TYPES = frozenset(TASK_EVENT_TYPES)
+_TASK_EVENTS = frozenset(TASK_EVENTS)
 
 MAX_GREETINGS = 10_000
 """Workers waiting to be greeted by the controller, at most (a flood of crafted hostnames must
@@ -189,7 +189,7 @@ class Counts:
                     event_type = event.type
                 else:
                     event_type, hostname, uuid = validate(event)
-                    if event_type in _TASK_EVENT_TYPES:
+                    if event_type in _TASK_EVENTS:
                         event = from_dict(event, event_type, hostname, uuid)
                 try:
                     by_type[event_type] += 1
