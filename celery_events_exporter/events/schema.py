@@ -38,12 +38,15 @@ _Uuid = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_UUID_LENGTH)]
 
 
 class TaskEvent(msgspec.Struct, kw_only=True, gc=False):
-    """The fields of a task event that the state reads, checked as ``validate`` checks them.
+    """The fields of a task event that the state reads; its type, hostname and uuid checked as
+    ``validate`` checks them.
 
-    Made by ``task_events`` from JSON, or by ``from_dict`` from an event decoded in full and
-    validated. A field the event does not carry is None (the state reads a present null the
-    same way). The fields are in the order Celery writes them: the decoder looks a key up from
-    where the previous one matched.
+    Made by ``task_events`` from JSON (every field of the type declared), or by ``from_dict``
+    from an event decoded in full and validated (the other fields as they came). A field the
+    event does not carry is None (the state reads a present null the same way). The fields are
+    in the order Celery writes them: the decoder looks a key up from where the previous one
+    matched. Not tracked by the garbage collector: it holds JSON values, which never refer back
+    to it.
     """
 
     hostname: _NonEmpty
