@@ -15,14 +15,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 
 import orjson
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from celery_events_exporter.events.body import loads
-from celery_events_exporter.events.decode import JSON_CONTENT_TYPES, open_envelope
+from celery_events_exporter.events.decode import JSON_CONTENT_TYPES, decode_events, open_envelope
 from celery_events_exporter.exposition import catalogue as m
 from celery_events_exporter.exposition.families import family
 from celery_events_exporter.intake.backlog import IntakeBacklog
@@ -148,12 +146,11 @@ class Decoder:
             state.reject("unsupported_content_type", str(content_type))
             return None
         try:
-            payload: Any = loads(body)
+            events = decode_events(body)
         except ValueError as exc:
             state.reject("invalid_json", str(exc))
             return None
-        # Prefork workers batch task events in a list (routing key task.multi).
-        return (payload if type(payload) is list else (payload,)), message.received_at, body
+        return events, message.received_at, body
 
 
 class DecoderCollector(Collector):

@@ -2,7 +2,9 @@
 one (tests/reference_counts.py) agree on every table, whatever events arrive: valid lifecycles,
 retries, events out of order, unknown names, custom types past their cap, malformed events and
 items that are not events at all, NaN, infinities and integers beyond any float. Events go
-through JSON and back through the decoder's parser first: the state sees only what that reads."""
+through JSON first: the state gets them as the decoder decodes them (``decode_events``: the
+schema's ``TaskEvent`` objects when it reads every event of the message, else the events as
+``loads`` reads them), the reference as ``loads`` reads them."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from celery_events_exporter.events import vocabulary
 from celery_events_exporter.events.body import loads
+from celery_events_exporter.events.decode import decode_events
 from celery_events_exporter.events.vocabulary import MAX_CUSTOM_EVENT_TYPES
 from celery_events_exporter.state import State, StateSettings
 from tests.reference_counts import ReferenceCounts
@@ -182,9 +185,8 @@ def test_the_fast_loop_counts_what_the_reference_counts(
     for op, what, at in ops:
         if op == "count":
             body = json.dumps(what)
-            events = loads(body)
-            state.apply_batch([(events, at, body)])
-            plain_observed.append(reference.count(events, at))
+            state.apply_batch([(decode_events(body), at, body)])
+            plain_observed.append(reference.count(loads(body), at))
         elif op == "orphan":
             state.count_orphaned(what)
             reference.count_orphaned(what)

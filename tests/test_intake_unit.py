@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kombu import Connection
 
 from celery_events_exporter.app import build_state
@@ -104,6 +106,96 @@ def test_envelope_plain_body_and_other_content_type() -> None:
 def test_bad_envelopes_raise(raw: bytes) -> None:
     with pytest.raises((ValueError, TypeError, KeyError)):
         open_envelope(raw)
+
+
+def _envelope_in_full(raw: bytes | str) -> tuple[str | None, bytes | str]:
+    """``open_envelope`` as it read every envelope before it read kombu's own without their
+    headers: the reference."""
+    envelope = orjson.loads(raw)
+    if type(envelope) is not dict:
+        raise TypeError(f"envelope is a {type(envelope).__name__}")
+    body = envelope["body"]
+    properties = envelope.get("properties") or {}
+    if type(properties) is not dict:
+        raise TypeError(f"properties is a {type(properties).__name__}")
+    encoding = properties.get("body_encoding")
+    if encoding == "base64":
+        body = b64decode(body)
+    elif encoding is not None:
+        raise ValueError(f"unknown body_encoding {encoding!r}")
+    if not isinstance(body, (str, bytes)):
+        raise TypeError(f"body is a {type(body).__name__}")
+    content_type = envelope.get("content-type")
+    return (content_type if isinstance(content_type, str) else None), body
+
+
+def _outcome(opener: Any, raw: bytes | str) -> tuple[str, Any]:
+    try:
+        return "opened", opener(raw)
+    except Exception as exc:
+        return "raised", type(exc)
+
+
+json_values = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=4)
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=2), st.integers(), max_size=2)
+)
+base64_texts = st.binary(max_size=12).map(lambda data: base64.b64encode(data).decode())
+
+
+def _mostly(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A plausible value five times in six, else any JSON value."""
+    return st.integers(0, 5).flatmap(lambda choice: plausible if choice < 5 else json_values)
+
+
+envelopes = st.fixed_dictionaries(
+    {"body": _mostly(base64_texts | st.text(max_size=8))},
+    optional={
+        "content-encoding": st.just("utf-8"),
+        "content-type": _mostly(st.sampled_from(["application/json", "text/plain"])),
+        "headers": st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+        "properties": _mostly(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "body_encoding": _mostly(st.sampled_from(["base64", "rot13"])),
+                    "delivery_tag": st.text(max_size=3),
+                },
+            )
+        ),
+    },
+)
+"""Envelopes as kombu writes them, mostly; and any field missing or of another type."""
+
+
+@settings(max_examples=500, deadline=None)
+@given(envelope=_mostly(envelopes), ensure_ascii=st.booleans(), as_bytes=st.booleans())
+def test_an_envelope_opens_as_read_in_full(
+    envelope: Any, ensure_ascii: bool, as_bytes: bool
+) -> None:
+    """Kombu's own envelopes are read without their headers; any other (non-ASCII, fields of
+    other types, not JSON) in full: either way it opens, or is refused, as before."""
+    text = json.dumps(envelope, ensure_ascii=ensure_ascii)
+    raw = text.encode() if as_bytes else text
+    assert _outcome(open_envelope, raw) == _outcome(_envelope_in_full, raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _envelope(b"[]")[:-1] + ', "x": "hôte"}'.encode(),  # non-ASCII: read in full
+        _envelope(b"[]")[:-1] + b', "x": "\xff"}',  # invalid UTF-8: refused by the full read
+        _envelope(b"[]")[:-1] + b', "x": NaN}',
+        _envelope(b"[]")[:-1] + b', "x": ' + b"[" * 1010 + b"]" * 1010 + b"}",
+    ],
+)
+def test_an_envelope_the_schema_leaves_is_opened_or_refused_in_full(raw: bytes) -> None:
+    assert _outcome(open_envelope, raw) == _outcome(_envelope_in_full, raw)
 
 
 def test_base64_is_as_lenient_as_kombus() -> None:

@@ -1,10 +1,10 @@
 """The one check of a decoded event: is it something the exporter can count or file?
 
-The state's counting applies it to every event on the ingest thread (an event whose type,
-hostname and uuid are plain, non-empty strings, the uuid short, is taken as ``validate`` would
-return it; any other goes through ``validate``); what the state hands its subscribers has passed
-it. A failed check raises ``Rejected``, whose ``reason`` becomes the label of
-``celery_exporter_events_rejected_total``.
+The schema decoder (``schema.py``) makes the same check of the common message's task events as
+it decodes them, and leaves any message it does not pass to the full read; the state's counting
+applies ``validate`` to every event decoded in full, on the ingest thread. What the state hands
+its subscribers has passed it. A failed check raises ``Rejected``, whose ``reason`` becomes the
+label of ``celery_exporter_events_rejected_total``.
 """
 
 from __future__ import annotations

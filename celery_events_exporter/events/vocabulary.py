@@ -37,10 +37,14 @@ TASK_STATE_EVENTS: tuple[str, ...] = (
 """The task events a worker sends, each counted per (task, worker) in this order (the order of
 the metric families); every one of them names its task by ``uuid``."""
 
+TASK_EVENTS: tuple[str, ...] = (TASK_SENT, *TASK_STATE_EVENTS)
+"""Every event of a task's life, the client's task-sent included: each names its task by
+``uuid`` (task-sent may lack it)."""
+
 WORKER_EVENTS: tuple[str, ...] = (WORKER_ONLINE, WORKER_HEARTBEAT, WORKER_OFFLINE)
 """The events of a worker's own life: they update its liveness and gauges."""
 
-CELERY_EVENT_TYPES: tuple[str, ...] = (TASK_SENT, *TASK_STATE_EVENTS, *WORKER_EVENTS)
+CELERY_EVENT_TYPES: tuple[str, ...] = (*TASK_EVENTS, *WORKER_EVENTS)
 """Every event type Celery itself sends; any other type is a custom event (``Task.send_event``)."""
 
 KNOWN_EVENT_TYPES = frozenset(CELERY_EVENT_TYPES)

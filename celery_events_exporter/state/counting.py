@@ -1,12 +1,13 @@
 """Counting events: the tables the event stream fills, and the loop that fills them.
 
 ``Counts`` is not thread-safe: ``State`` holds its lock around every call. ``count`` runs for
-every event the exporter receives: it takes the common event's fields as they are and calls one
-function per event type (``_handlers``), which counts the event and writes its task's ledger
-entry (``ledger.py``) and files its change for the state's subscribers. The three events every
-task sends write their series count out (a call per event costs more than what it would
-share). ``tests/reference_counts.py`` says the same thing plainly, and a property test holds
-the two to the same results.
+every event the exporter receives: it takes a task event as the schema decoder made it
+(``events/schema.py``: checked, with the fields the handlers read), checks any other event
+(``validate``), and calls one function per event type (``_handlers``), which counts the event
+and writes its task's ledger entry (``ledger.py``) and files its change for the state's
+subscribers. The three events every task sends write their series count out (a call per event
+costs more than what it would share). ``tests/reference_counts.py`` says the same thing
+plainly, and a property test holds the two to the same results.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery_events_exporter.events.exceptions import exception_class
+from celery_events_exporter.events.schema import TaskEvent, from_dict
 from celery_events_exporter.events.validate import (
     INVALID_FIELD,
-    MAX_UUID_LENGTH,
     Rejected,
     is_number,
     validate,
@@ -29,6 +30,7 @@ from celery_events_exporter.events.vocabulary import (
     KNOWN_EVENT_TYPES,
     MAX_CUSTOM_EVENT_TYPE_LENGTH,
     MAX_CUSTOM_EVENT_TYPES,
+    TASK_EVENTS,
     TASK_FAILED,
     TASK_RECEIVED,
     TASK_REJECTED,
@@ -79,15 +81,15 @@ ChangeLog = list[Any]
 the message, the task's name as the ledger knows it, its worker as the ledger knows it) for each
 of its task events; ``feed.ChangeBatch`` makes ``TaskChange`` objects of them when read."""
 
-Handler = Callable[[dict[str, Any], int, str, str, str, float], None]
-"""(event, its position in its message, its type, hostname, uuid, received_at) -> None: counts
-one validated event."""
+Handler = Callable[[Any, int, float], None]
+"""(event, its position in its message, received_at) -> None: counts one validated event, a
+``TaskEvent`` for a task event, else the event as decoded (a dict)."""
 
 RejectHook = Callable[[str, str], None]
 """(reason, detail) -> None: told of every rejected event (the exporter logs them)."""
 
 _INF = math.inf
-_WORKER_EVENTS = frozenset(WORKER_EVENTS)
+_TASK_EVENTS = frozenset(TASK_EVENTS)
 
 MAX_GREETINGS = 10_000
 """Workers waiting to be greeted by the controller, at most (a flood of crafted hostnames must
@@ -176,41 +178,26 @@ class Counts:
         worker of the message's last task event is noted in ``last_event``. Never raises on
         bad input: it is counted in ``rejected``.
 
-        One function per event type (``_handlers``), called with the event's validated type,
-        hostname and uuid."""
+        A ``TaskEvent`` (``events/schema.py``) was checked as it was decoded; any other event
+        (a dict: decoded in full) is checked here, and a task event made a ``TaskEvent``. Then
+        one function per event type (``_handlers``)."""
         by_type = self.events_by_type
         handlers = self._handlers
         for index, event in enumerate(events):
             try:
-                # The common case, a complete event whose fields ``validate`` would return as
-                # they are, without the call; anything else gets the check itself.
-                if type(event) is dict:
-                    try:
-                        event_type = event["type"]
-                        hostname = event["hostname"]
-                        uuid = event["uuid"]
-                    except KeyError:
-                        event_type, hostname, uuid = validate(event)
-                    else:
-                        if (
-                            type(event_type) is not str
-                            or type(hostname) is not str
-                            or type(uuid) is not str
-                            or not event_type
-                            or not hostname
-                            or not uuid
-                            or len(uuid) > MAX_UUID_LENGTH
-                        ):
-                            event_type, hostname, uuid = validate(event)
+                if type(event) is TaskEvent:
+                    event_type = event.type
                 else:
                     event_type, hostname, uuid = validate(event)
+                    if event_type in _TASK_EVENTS:
+                        event = from_dict(event, event_type, hostname, uuid)
                 try:
                     by_type[event_type] += 1
                 except KeyError:  # the first of its type
                     self._count_new_event_type(event_type)
                 handler = handlers.get(event_type)
                 if handler is not None:  # else a custom event: counted by type only
-                    handler(event, index, event_type, hostname, uuid, received_at)
+                    handler(event, index, received_at)
             except Rejected as rejection:
                 if rejection.event_type is not None:  # it arrived, unusable as it is
                     self._count_new_event_type(rejection.event_type)
@@ -229,26 +216,20 @@ class Counts:
     # (name, worker) series and files the change; the series count is written out in the three
     # that every task sends (a call per event costs more than the counting it would share).
 
-    def _received(
-        self,
-        event: dict[str, Any],
-        index: int,
-        event_type: str,
-        hostname: str,
-        uuid: str,
-        at: float,
-    ) -> None:
+    def _received(self, event: TaskEvent, index: int, at: float) -> None:
         max_length = self.settings.max_label_length
+        uuid = event.uuid
+        hostname = event.hostname
         ledger = self.ledger
         tasks = ledger.tasks
         tracked = tasks.get(uuid)
-        name = event.get("name")
+        name = event.name
         if (type(name) is not str and not isinstance(name, str)) or not name:
             name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
         elif name not in self.caps.admitted[TASK] and not fits(name, max_length):
             # (An admitted name was cut before: the common case asks no function.)
             name = self.caps.cut(TASK, name)  # before it is tracked: bounded bytes
-        timestamp = event.get("timestamp")
+        timestamp = event.timestamp
         # As the worker records are (their keys are cut already).
         host = hostname if hostname in self.workers else cut(hostname, max_length)
         if ledger.departed and host in ledger.departed:
@@ -280,7 +261,7 @@ class Counts:
             key = (name, hostname)
         else:
             key = (name, "")
-            self._count_unlabelled(hostname, event_type, at)
+            self._count_unlabelled(hostname, event.type, at)
         try:
             counts[key] += 1
         except KeyError:
@@ -292,17 +273,11 @@ class Counts:
             changes.append(name)
             changes.append(host)
 
-    def _started(
-        self,
-        event: dict[str, Any],
-        index: int,
-        event_type: str,
-        hostname: str,
-        uuid: str,
-        at: float,
-    ) -> None:
+    def _started(self, event: TaskEvent, index: int, at: float) -> None:
+        uuid = event.uuid
+        hostname = event.hostname
         tracked = self.ledger.tasks.get(uuid)
-        name = event.get("name")
+        name = event.name
         if name is None or (type(name) is not str and not isinstance(name, str)) or not name:
             name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
         elif not fits(name, self.settings.max_label_length):
@@ -319,7 +294,7 @@ class Counts:
             key = (name, hostname)
         else:
             key = (name, "")
-            self._count_unlabelled(hostname, event_type, at)
+            self._count_unlabelled(hostname, event.type, at)
         try:
             counts[key] += 1
         except KeyError:
@@ -327,7 +302,7 @@ class Counts:
         self._last_key = key
         received = tracked[1]
         if received is not None:  # queue wait: received to started, on the worker's clock
-            started = event.get("timestamp")
+            started = event.timestamp
             if (type(started) is float and -_INF < started < _INF) or is_number(started):
                 value = float(started) - received
                 if not value > 0.0:  # NaN too, as a received timestamp may be
@@ -339,18 +314,12 @@ class Counts:
             changes.append(name)
             changes.append(tracked[2])
 
-    def _succeeded(
-        self,
-        event: dict[str, Any],
-        index: int,
-        event_type: str,
-        hostname: str,
-        uuid: str,
-        at: float,
-    ) -> None:
+    def _succeeded(self, event: TaskEvent, index: int, at: float) -> None:
+        uuid = event.uuid
+        hostname = event.hostname
         tasks = self.ledger.tasks
         tracked = tasks.get(uuid)
-        name = event.get("name")
+        name = event.name
         if name is None or (type(name) is not str and not isinstance(name, str)) or not name:
             name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
         elif not fits(name, self.settings.max_label_length):
@@ -363,13 +332,13 @@ class Counts:
             key = (name, hostname)
         else:
             key = (name, "")
-            self._count_unlabelled(hostname, event_type, at)
+            self._count_unlabelled(hostname, event.type, at)
         try:
             counts[key] += 1
         except KeyError:
             key = self._new_series(counts, name, hostname)
         self._last_key = key
-        runtime = event.get("runtime")
+        runtime = event.runtime
         if type(runtime) is float and 0 <= runtime < _INF:
             self._observe(self.runtime, key, runtime, self.settings.runtime_buckets)
         elif is_number(runtime) and runtime >= 0:
@@ -382,18 +351,13 @@ class Counts:
             changes.append(name)
             changes.append(None if tracked is None else tracked[2])
 
-    def _other_task_event(
-        self,
-        event: dict[str, Any],
-        index: int,
-        event_type: str,
-        hostname: str,
-        uuid: str,
-        at: float,
-    ) -> None:
+    def _other_task_event(self, event: TaskEvent, index: int, at: float) -> None:
         """task-failed, task-retried, task-rejected, task-revoked: rarer, one function."""
+        uuid = event.uuid
+        hostname = event.hostname
+        event_type = event.type
         tracked = self.ledger.tasks.get(uuid)
-        name = event.get("name")
+        name = event.name
         if name is None or (type(name) is not str and not isinstance(name, str)) or not name:
             name = tracked[0] if tracked else self.ended.get(uuid, UNKNOWN_TASK)
         elif not fits(name, self.settings.max_label_length):
@@ -417,7 +381,7 @@ class Counts:
             name = key[0]
         self._last_key = key
         if event_type == TASK_FAILED:
-            self._count_exception(name, event.get("exception"))
+            self._count_exception(name, event.exception)
             if tracked is not None:
                 self._end(uuid, name)
         elif event_type != TASK_RETRIED and tracked:
@@ -428,16 +392,8 @@ class Counts:
             changes.append(ledger_name)
             changes.append(None if tracked is None else tracked[2])
 
-    def _sent(
-        self,
-        event: dict[str, Any],
-        index: int,
-        event_type: str,
-        hostname: str,
-        uuid: str,
-        at: float,
-    ) -> None:
-        self._count_sent(event, index, uuid, at)
+    def _sent(self, event: TaskEvent, index: int, at: float) -> None:
+        self._count_sent(event, index, at)
 
     def _new_series(self, counts: dict[TaskKey, int], name: str, hostname: str) -> TaskKey:
         """Count a series not met yet: a new one, or values past a cap or too long (which never
@@ -475,15 +431,9 @@ class Counts:
         tracked[2] = host
         return tracked
 
-    def _worker_event(
-        self,
-        event: dict[str, Any],
-        index: int,
-        event_type: str,
-        hostname: str,
-        uuid: str,
-        received_at: float,
-    ) -> None:
+    def _worker_event(self, event: dict[str, Any], index: int, received_at: float) -> None:
+        event_type = event["type"]  # validated
+        hostname = event["hostname"]
         if apply_worker_event(
             self.worker_state, event, event_type, hostname, received_at, self.started_count
         ) and fits(hostname, self.settings.max_label_length):
@@ -611,9 +561,10 @@ class Counts:
         counts[event_type] = counts.get(event_type, 0) + 1
         self.last_event[host] = received_at
 
-    def _count_sent(self, event: dict[str, Any], index: int, uuid: str, received_at: float) -> None:
-        name = event.get("name")
-        queue = event.get("queue")
+    def _count_sent(self, event: TaskEvent, index: int, received_at: float) -> None:
+        uuid = event.uuid
+        name = event.name
+        queue = event.queue
         key = (
             name if isinstance(name, str) and name else UNKNOWN_TASK,
             queue if isinstance(queue, str) else "",
@@ -642,7 +593,7 @@ class Counts:
         elif entry[STATE] != TASK_SENT:  # a worker has it already (events out of order)
             self._change(index, entry)
             return
-        queue = event.get("queue")
+        queue = event.queue
         if type(queue) is str and queue and fits(queue, self.settings.max_label_length):
             ledger.wait(uuid, entry, queue, received_at)
         if len(ledger.tasks) > self.settings.max_tracked_tasks:

@@ -23,7 +23,10 @@ log = get_logger(__name__)
 
 DecodedMessage = tuple[Sequence[Any], float, bytes | str | None]
 """What one broker message carried: (its events, when it was received, the JSON they were
-decoded from, or None: then its size for the subscribers' bounds is that of its JSON re-encoded)."""
+decoded from, or None: then its size for the subscribers' bounds is that of its JSON re-encoded).
+The events are ``TaskEvent`` objects when the schema decoder read them
+(``events.decode.decode_events``; always with their JSON), else as the JSON holds them; the
+subscribers' changes carry each event decoded again in full from the JSON (``feed.py``)."""
 
 INTERNAL_ERROR = "internal_error"
 
