@@ -91,6 +91,7 @@ class Exporter(Consumer):
         self.url = f"http://127.0.0.1:{self.port}"
         self.broker_url = broker_url
         numpat = redis_pattern_subscribers(broker_url) if broker_url.startswith("redis") else 0
+        log_path.parent.mkdir(parents=True, exist_ok=True)  # a scenario may run without run.main
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [command, "--broker-url", broker_url, "--web.listen-address",
