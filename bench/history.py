@@ -8,7 +8,9 @@ rows dropped, the writer's peak buffer, the process's peak RSS and the bytes per
 
 ``query``: fills ``celery_tasks`` with N rows (PostgreSQL: ``generate_series`` in the server;
 SQLite: a recursive CTE) spread over 7 days, then times R runs of each search: by uuid,
-name + state in the last hour (a 100-row page), free text (a 100-row page); prints p50/p95.
+name + state in the last hour (a 100-row page), free text (a 100-row page; SQLite: within the
+default ``--tasks.search-scan-rows``, as /api/tasks reads it), free text matching nothing (with
+and without that budget); prints p50/p95.
 
     python -m bench.history write --store sqlite --tasks 200000 --rate 10000
     python -m bench.history write --store postgresql --tasks 200000 --rate 20000
@@ -32,6 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from celery_events_exporter.config import Config
 from celery_events_exporter.history.postgres import PostgresStore
 from celery_events_exporter.history.row import TaskRow, from_change, merged
 from celery_events_exporter.history.search import parse
@@ -216,6 +219,7 @@ def query(kind: str, rows: int, runs: int) -> None:
         fill(store, rows, now)
         print(f"{kind}: filled {rows:,} rows in {time.perf_counter() - began:.0f} s")
         sample = [r.uuid for r in store.page(HistoryQuery(limit=1000))]
+        scan_rows = Config().tasks_search_scan_rows
         cases: dict[str, Callable[[], object]] = {
             "by uuid": lambda: store.get(random.choice(sample)),
             "name + state, last hour, 100 rows": lambda: store.page(
@@ -225,11 +229,15 @@ def query(kind: str, rows: int, runs: int) -> None:
                     limit=100,
                 )
             ),
-            "free text, 100 rows": lambda: store.page(
-                HistoryQuery(terms=tuple(parse("worker-07")), limit=100)
+            "free text, 100 rows": lambda: store.search(
+                HistoryQuery(terms=tuple(parse("worker-07")), limit=100, scan_rows=scan_rows)
             ),
-            # A term no row holds: the scan reads the whole table (no trigram index yet).
-            "free text matching nothing": lambda: store.page(
+            # A term no row holds: PostgreSQL's trigram index finds nothing at once; SQLite
+            # reads --tasks.search-scan-rows rows and stops short (the API's X-Next-Page).
+            "free text matching nothing": lambda: store.search(
+                HistoryQuery(terms=tuple(parse("no-such-text")), limit=100, scan_rows=scan_rows)
+            ),
+            "free text matching nothing, no scan budget": lambda: store.search(
                 HistoryQuery(terms=tuple(parse("no-such-text")), limit=100)
             ),
         }

@@ -129,7 +129,11 @@ def build_api(
         history=(
             None
             if history is None
-            else HistoryApi(history.store, expose_payloads=config.expose_task_payloads)
+            else HistoryApi(
+                history.store,
+                expose_payloads=config.expose_task_payloads,
+                search_scan_rows=config.tasks_search_scan_rows,
+            )
         ),
         details=details,
     )

@@ -426,6 +426,18 @@ class Config:
         "it new ones are dropped and counted in "
         'celery_exporter_task_history_dropped_total{reason="buffer_full"}.',
     )
+    tasks_search_scan_rows: int = setting(
+        700_000,
+        flag="--tasks.search-scan-rows",
+        parse=integer(0, 1_000_000_000),
+        metavar="N",
+        help="SQLite only: rows of history an /api/tasks page reads at most when a condition no "
+        "index serves (free text, result:, args:, kwargs:, exception:, -term, name= and "
+        "worker= containment) must be checked row by row, newest first; if they run out "
+        "before the page is full, the page is short, X-Tasks-Scanned says so and X-Next-Page "
+        "continues the scan. 0 reads until the page is full (a rare term scans the whole "
+        "history). PostgreSQL ignores it.",
+    )
     queues: tuple[str, ...] = setting(
         (),
         flag="--queue",

@@ -68,6 +68,10 @@ def log_lines(text: str) -> list[dict[str, str]]:
         (["--no-such-flag"], {}, "No such option '--no-such-flag'"),
         (["--event-exchange", " "], {}, "must not be empty"),
         ([], {"CELERY_EXPORTER_EVENT_QUEUE_TTL": "-1"}, "-1"),
+        (["--tasks.search-scan-rows", "-1"], {},
+         "expected a whole number within 0-1000000000, got '-1'"),
+        ([], {"CELERY_EXPORTER_TASKS_SEARCH_SCAN_ROWS": "1e6"},
+         "expected a whole number, got '1e6'"),
     ],
 )  # fmt: skip
 def test_bad_flags_get_one_clear_log_line(

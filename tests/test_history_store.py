@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 
 from celery_events_exporter.history.postgres import PostgresStore, safe_description
@@ -23,11 +25,14 @@ from celery_events_exporter.history.sql import (
     Erasure,
     HistoryQuery,
     select_page,
+    select_scan_end,
 )
 from celery_events_exporter.history.sqlite import SqliteStore
 from celery_events_exporter.history.store import HistoryStore, Retention
 from celery_events_exporter.state.changes import TaskChange
 from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
+from celery_events_exporter.web.api import iso
+from celery_events_exporter.web.history import HistoryApi
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +158,11 @@ def test_every_search_term(store: HistoryStore) -> None:
     store.write(rows_of(changes), None)
 
     def found(search: str, **query: object) -> list[str]:
-        return [r.uuid for r in store.page(HistoryQuery(terms=tuple(parse(search)), **query))]  # type: ignore[arg-type]
+        asked = HistoryQuery(terms=tuple(parse(search)), **query)  # type: ignore[arg-type]
+        uuids = [r.uuid for r in store.page(asked)]
+        # A scan budget over more rows than the table holds changes no answer.
+        assert [r.uuid for r in store.page(replace(asked, scan_rows=10))] == uuids
+        return uuids
 
     assert found("") == ["cccc-4", "bbbb-3", "aaab-2", "aaaa-1"]
     assert found("state:FAILURE") == ["bbbb-3", "aaab-2"]
@@ -220,6 +229,102 @@ def test_searches_are_served_by_indexes(
         plan = store.explain(sql, params)
     assert index[dialect.name] in plan, plan
     assert "SCAN celery_tasks\n" not in plan + "\n" and "Seq Scan" not in plan, plan
+
+
+def needles(tmp_path: Path) -> SqliteStore:
+    """50 tasks t-00 (oldest) to t-49, one a second; every 7th from t-03 is tests.needle."""
+    store = SqliteStore(str(tmp_path / "history.sqlite3"))
+    store.migrate()
+    changes = []
+    for i in range(50):
+        name = "tests.needle" if i % 7 == 3 else "tests.add"
+        changes += task_events(f"t-{i:02d}", T0 + i, name, "task-succeeded")
+    store.write(rows_of(changes), None)
+    return store
+
+
+def pages(api: HistoryApi, query: str) -> list[tuple[list[str], str | None, str | None]]:
+    """Every page of ``query``, following X-Next-Page: (uuids, X-Tasks-Scanned, X-Next-Page)."""
+    out: list[tuple[list[str], str | None, str | None]] = []
+    after = ""
+    while True:
+        body, headers = api.tasks(query + after)
+        cursor = headers.get("X-Next-Page")
+        uuids = [task["uuid"] for task in orjson.loads(body)]
+        out.append((uuids, headers.get("X-Tasks-Scanned"), cursor))
+        if cursor is None:
+            return out
+        after = f"&after={cursor}"
+
+
+def test_a_search_no_index_serves_reads_its_scan_budget_then_continues(tmp_path: Path) -> None:
+    store = needles(tmp_path)
+    api = HistoryApi(store, expose_payloads=False, search_scan_rows=10)
+    found = pages(api, "search=needle&limit=3")
+    # Each page reads 10 rows newest first; a short page continues after the last row read
+    # (t-40, not the last match t-45), so every match comes once, in order.
+    assert [(uuids, scanned) for uuids, scanned, _ in found] == [
+        (["t-45"], "10"),  # read t-49..t-40
+        (["t-38", "t-31"], "10"),  # t-39..t-30
+        (["t-24"], "10"),
+        (["t-17", "t-10"], "10"),
+        (["t-03"], "10"),  # t-09..t-00: the budget ran out on the last row
+        ([], None),  # nothing left to read: no cursor
+    ]
+    assert [cursor.split("_")[1] if cursor else None for _, _, cursor in found] == [
+        "t-40", "t-30", "t-20", "t-10", "t-00", None,
+    ]  # fmt: skip
+    # A page that fills continues after its last row, as without a budget.
+    assert pages(api, "search=needle&limit=1")[0] == (["t-45"], None, f"{T0 + 45!r}_t-45")
+    # Indexed conditions (time, name) bound the scan; containment (name=) is checked row by row.
+    since = iso(T0 + 5)
+    found = pages(api, f"search=needle&from={since}&limit=3")
+    assert [(uuids, scanned) for uuids, scanned, _ in found] == [
+        (["t-45"], "10"),
+        (["t-38", "t-31"], "10"),
+        (["t-24"], "10"),
+        (["t-17", "t-10"], "10"),
+        ([], None),  # t-09..t-05: five rows, within the budget
+    ]
+    found = pages(api, "name=NEEDLE&search=name:tests.*&limit=10")
+    assert [(uuids, scanned) for uuids, scanned, _ in found] == [
+        (["t-45"], "10"),
+        (["t-38", "t-31"], "10"),
+        (["t-24"], "10"),
+        (["t-17", "t-10"], "10"),
+        (["t-03"], "10"),
+        ([], None),
+    ]
+    # Without a budget the same search reads until the page is full.
+    unbounded = HistoryApi(store, expose_payloads=False)
+    assert pages(unbounded, "search=needle&limit=10") == [
+        (["t-45", "t-38", "t-31", "t-24", "t-17", "t-10", "t-03"], None, None)
+    ]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("search", "index"),
+    [("needle", "celery_tasks_seen"), ("needle name:tests.add", "celery_tasks_name")],
+)
+def test_a_budgeted_scan_walks_an_index_in_page_order(
+    tmp_path: Path, search: str, index: str
+) -> None:
+    store = needles(tmp_path)
+    query = HistoryQuery(
+        terms=tuple(parse(search)), since=T0, after=Cursor(T0 + 40, "t-40"), scan_rows=10
+    )
+    scan_end = select_scan_end(SQLITE, query)
+    assert scan_end is not None
+    # The index gives the rows newest first, so the scan stops after 10 rows, unsorted (the
+    # page's own sort is of the matches only, after the co-routine).
+    page_plan = store.explain(*select_page(SQLITE, query)).splitlines()
+    assert page_plan[0] == "CO-ROUTINE (subquery-1)"
+    assert page_plan[1].startswith(("SCAN", "SEARCH")) and f"INDEX {index}" in page_plan[1]
+    assert page_plan[2:] == ["SCAN (subquery-1)", "USE TEMP B-TREE FOR ORDER BY"]
+    [end_plan] = store.explain(*scan_end).splitlines()
+    assert f"USING COVERING INDEX {index}" in end_plan
+    store.close()
 
 
 def test_retention_deletes_in_batches_and_keeps_failures_longer(store: HistoryStore) -> None:

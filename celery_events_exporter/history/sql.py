@@ -194,6 +194,20 @@ class HistoryQuery:
     until: float | None = None
     limit: int = 100
     after: Cursor | None = None
+    scan_rows: int = 0
+    """SQLite: rows a page with a condition no index serves reads at most (newest first, within
+    the indexed conditions) before it stops short; 0 reads until the page is full."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """The rows of one page and, if its scan budget ran out first, where the scan stopped."""
+
+    rows: list[TaskRow]
+    scanned_to: Cursor | None = None
+    """The last row the scan read when ``HistoryQuery.scan_rows`` ran out before the page
+    filled: rows after it are unread, so the next page starts after it (not after the last
+    match)."""
 
 
 def _escape(text: str) -> str:
@@ -252,51 +266,103 @@ class _Builder:
             expr = (
                 "("
                 + " OR ".join(
-                    self.contains(f"COALESCE({column}, '')", value)
-                    for column in (
-                        "name",
-                        "uuid",
-                        "state",
-                        "worker",
-                        "exception_type",
-                        "args",
-                        "kwargs",
-                        "result",
-                    )
+                    self.contains(f"COALESCE({column}, '')", value) for column in FREE_TEXT_COLUMNS
                 )
                 + ")"
             )
         return f"NOT COALESCE({expr}, FALSE)" if term.negated else expr
 
 
-def select_page(dialect: Dialect, query: HistoryQuery) -> tuple[str, list[Any]]:
-    """The SELECT of one page of ``query`` and its parameters."""
+@dataclass(frozen=True)
+class _Conditions:
+    """The WHERE conditions of a page: those an index serves (uuid, name, state, worker by
+    value or prefix, time, the cursor) and those none does (containment, free text on SQLite,
+    payload and exception terms, negations), each with its parameters."""
+
+    indexed: list[str]
+    indexed_params: list[Any]
+    unindexed: list[str]
+    unindexed_params: list[Any]
+
+
+def _conditions(dialect: Dialect, query: HistoryQuery) -> _Conditions:
     b = _Builder(dialect)
-    where: list[str] = []
+    indexed: list[str] = []
     if query.uuid:
-        where.append(b.prefix("uuid", query.uuid))
-    if query.name:
-        where.append(b.contains("name", query.name))
+        indexed.append(b.prefix("uuid", query.uuid))
     if query.states:
-        where.append(f"state IN ({', '.join(b.p(s) for s in sorted(query.states))})")
-    if query.worker:
-        where.append(b.contains("worker", query.worker))
+        indexed.append(f"state IN ({', '.join(b.p(s) for s in sorted(query.states))})")
     if query.since is not None:
-        where.append(f"seen_at >= {b.p(dialect.to_time(query.since))}")
+        indexed.append(f"seen_at >= {b.p(dialect.to_time(query.since))}")
     if query.until is not None:
-        where.append(f"seen_at <= {b.p(dialect.to_time(query.until))}")
+        indexed.append(f"seen_at <= {b.p(dialect.to_time(query.until))}")
     for term in query.terms:
-        where.append(b.term(term))
+        if _indexed(dialect, term):
+            indexed.append(b.term(term))
     if query.after is not None:
-        where.append(
+        indexed.append(
             f"(seen_at, uuid) < ({b.p(dialect.to_time(query.after.seen_at))}, "
             f"{b.p(query.after.uuid)})"
         )
-    sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY seen_at DESC, uuid DESC LIMIT {int(query.limit)}"
-    return sql, b.params
+    u = _Builder(dialect)
+    unindexed: list[str] = []
+    if query.name:
+        unindexed.append(u.contains("name", query.name))
+    if query.worker:
+        unindexed.append(u.contains("worker", query.worker))
+    for term in query.terms:
+        if not _indexed(dialect, term):
+            unindexed.append(u.term(term))
+    return _Conditions(indexed, b.params, unindexed, u.params)
+
+
+def _indexed(dialect: Dialect, term: Term) -> bool:
+    if term.negated:
+        return False
+    if term.field == "any":
+        return dialect.name == "postgresql"  # the trigram index (FREE_TEXT_INDEX)
+    return term.field in ("state", "name", "worker", "uuid")
+
+
+def _where(conditions: list[str]) -> str:
+    return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+_NEWEST_FIRST = " ORDER BY seen_at DESC, uuid DESC"
+
+
+def _budgeted(dialect: Dialect, query: HistoryQuery) -> bool:
+    return dialect.name == "sqlite" and query.scan_rows > 0
+
+
+def select_page(dialect: Dialect, query: HistoryQuery) -> tuple[str, list[Any]]:
+    """The SELECT of one page of ``query`` and its parameters. On SQLite with a scan budget
+    and a condition no index serves, the indexed conditions pick the newest
+    ``query.scan_rows`` rows (an index scan in page order) and only those are filtered."""
+    c = _conditions(dialect, query)
+    columns = ", ".join(COLUMNS)
+    params = c.indexed_params + c.unindexed_params
+    page_end = f"{_NEWEST_FIRST} LIMIT {int(query.limit)}"
+    if c.unindexed and _budgeted(dialect, query):
+        scanned = (
+            f"SELECT {columns} FROM {TABLE}{_where(c.indexed)}{_NEWEST_FIRST} "
+            f"LIMIT {int(query.scan_rows)}"
+        )
+        return f"SELECT {columns} FROM ({scanned}){_where(c.unindexed)}{page_end}", params
+    return f"SELECT {columns} FROM {TABLE}{_where(c.indexed + c.unindexed)}{page_end}", params
+
+
+def select_scan_end(dialect: Dialect, query: HistoryQuery) -> tuple[str, list[Any]] | None:
+    """The SELECT of (seen_at, uuid) of the last row a budgeted ``select_page`` reads if the
+    budget runs out (no row: it does not); ``None`` when the page has no budget."""
+    c = _conditions(dialect, query)
+    if not (c.unindexed and _budgeted(dialect, query)):
+        return None
+    sql = (
+        f"SELECT seen_at, uuid FROM {TABLE}{_where(c.indexed)}{_NEWEST_FIRST} "
+        f"LIMIT 1 OFFSET {int(query.scan_rows) - 1}"
+    )
+    return sql, c.indexed_params
 
 
 def select_rows(dialect: Dialect, count: int, *, lock: bool = False) -> str:

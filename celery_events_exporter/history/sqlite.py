@@ -24,11 +24,14 @@ from celery_events_exporter.history.sql import (
     SCHEMA_VERSION,
     SQLITE,
     TABLE,
+    Cursor,
     Erasure,
     HistoryQuery,
+    Page,
     select_children,
     select_page,
     select_rows,
+    select_scan_end,
 )
 from celery_events_exporter.history.store import (
     DELETE_BATCH,
@@ -110,8 +113,25 @@ class SqliteStore(HistoryStore):
             )
 
     def page(self, query: HistoryQuery) -> list[TaskRow]:
+        return self.search(query).rows
+
+    def search(self, query: HistoryQuery) -> Page:
         sql, params = select_page(SQLITE, query)
-        return [SQLITE.decode(values) for values in self.conn.execute(sql, params)]
+        scan_end = select_scan_end(SQLITE, query)
+        conn = self.conn
+        if scan_end is None:
+            return Page([SQLITE.decode(values) for values in conn.execute(sql, params)])
+        # One read transaction: both statements see the same rows, so the scan's end is the
+        # row the page's scan stopped at even while the writer commits.
+        conn.execute("BEGIN")
+        try:
+            rows = [SQLITE.decode(values) for values in conn.execute(sql, params)]
+            end = None
+            if len(rows) < query.limit:
+                end = conn.execute(*scan_end).fetchone()
+        finally:
+            conn.execute("COMMIT")
+        return Page(rows, None if end is None else Cursor(end[0], end[1]))
 
     def get(self, uuid: str) -> TaskRow | None:
         values = self.conn.execute(select_rows(SQLITE, 1), (uuid,)).fetchone()

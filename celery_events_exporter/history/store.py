@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from celery_events_exporter.history.row import TaskRow, finish, join
-from celery_events_exporter.history.sql import Erasure, HistoryQuery
+from celery_events_exporter.history.sql import Erasure, HistoryQuery, Page
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,13 @@ class HistoryStore(ABC):
 
     @abstractmethod
     def page(self, query: HistoryQuery) -> list[TaskRow]:
-        """One page of rows matching ``query``, newest first seen first."""
+        """One page of rows matching ``query``, newest first seen first (with
+        ``query.scan_rows`` it may stop short: ``search`` says where)."""
+
+    def search(self, query: HistoryQuery) -> Page:
+        """``page`` and, if ``query.scan_rows`` ran out before the page filled, where the scan
+        stopped. Only SQLite has a scan budget; this default reads until the page is full."""
+        return Page(self.page(query))
 
     @abstractmethod
     def get(self, uuid: str) -> TaskRow | None: ...

@@ -4,11 +4,16 @@ The parameters are those of the in-memory store (uuid, name, state, worker, from
 plus ``after``, the ``X-Next-Page`` cursor of the previous page (keyset paging: a page costs the
 same deep in the history as at its top), and ``search`` takes search terms
 (celery_events_exporter/history/search.py). Absent values are ``null``, times ISO 8601 UTC.
+
+On SQLite a page with a condition no index serves reads at most ``--tasks.search-scan-rows``
+rows; if they run out first the page is short, its ``X-Next-Page`` continues after the last row
+read and ``X-Tasks-Scanned`` says how many were read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -80,9 +85,13 @@ def parse_query(query_string: str) -> HistoryQuery:
 class HistoryApi:
     """The Tasks API's answers from ``store``; payloads only if ``expose_payloads``."""
 
-    def __init__(self, store: HistoryStore, *, expose_payloads: bool) -> None:
+    def __init__(
+        self, store: HistoryStore, *, expose_payloads: bool, search_scan_rows: int = 0
+    ) -> None:
         self.store = store
         self.expose_payloads = expose_payloads
+        self.search_scan_rows = search_scan_rows
+        """``--tasks.search-scan-rows``: see ``HistoryQuery.scan_rows``."""
 
     def _headers(self) -> dict[str, str]:
         return {"X-Task-Payloads": PAYLOADS_SHOWN if self.expose_payloads else PAYLOADS_HIDDEN}
@@ -108,10 +117,11 @@ class HistoryApi:
         """A page of tasks as JSON, and the answer's headers; ``checkpoint`` (Api.tasks') is
         called before the query and every ``CHECKPOINT_ROWS`` rows (it may wait for a scrape,
         or raise to abandon the work of a client that went away)."""
-        query = parse_query(query_string)
+        query = replace(parse_query(query_string), scan_rows=self.search_scan_rows)
         if checkpoint is not None:
             checkpoint()
-        rows = self.store.page(query)
+        page = self.store.search(query)
+        rows = page.rows
         headers = self._headers()
         parts: list[bytes] = []
         size = 2
@@ -127,6 +137,10 @@ class HistoryApi:
             last = rows[len(parts) - 1]
             assert last.seen_at is not None
             headers["X-Next-Page"] = str(Cursor(last.seen_at, last.uuid))
+        elif page.scanned_to is not None:
+            # The scan budget ran out: every row up to the cursor was read, none after it.
+            headers["X-Next-Page"] = str(page.scanned_to)
+            headers["X-Tasks-Scanned"] = str(query.scan_rows)
         return b"[" + b",".join(parts) + b"]", headers
 
     def task(self, uuid: str) -> bytes | None:
