@@ -427,7 +427,7 @@ class Config:
         'celery_exporter_task_history_dropped_total{reason="buffer_full"}.',
     )
     tasks_search_scan_rows: int = setting(
-        700_000,
+        500_000,
         flag="--tasks.search-scan-rows",
         parse=integer(0, 1_000_000_000),
         metavar="N",

@@ -331,32 +331,31 @@ def _where(conditions: list[str]) -> str:
 _NEWEST_FIRST = " ORDER BY seen_at DESC, uuid DESC"
 
 
-def _budgeted(dialect: Dialect, query: HistoryQuery) -> bool:
-    return dialect.name == "sqlite" and query.scan_rows > 0
-
-
-def select_page(dialect: Dialect, query: HistoryQuery) -> tuple[str, list[Any]]:
-    """The SELECT of one page of ``query`` and its parameters. On SQLite with a scan budget
-    and a condition no index serves, the indexed conditions pick the newest
-    ``query.scan_rows`` rows (an index scan in page order) and only those are filtered."""
+def select_page(
+    dialect: Dialect, query: HistoryQuery, scan_end: Cursor | None = None
+) -> tuple[str, list[Any]]:
+    """The SELECT of one page of ``query`` and its parameters; with ``scan_end`` (what
+    ``select_scan_end`` found) it reads no row past that one."""
     c = _conditions(dialect, query)
-    columns = ", ".join(COLUMNS)
-    params = c.indexed_params + c.unindexed_params
-    page_end = f"{_NEWEST_FIRST} LIMIT {int(query.limit)}"
-    if c.unindexed and _budgeted(dialect, query):
-        scanned = (
-            f"SELECT {columns} FROM {TABLE}{_where(c.indexed)}{_NEWEST_FIRST} "
-            f"LIMIT {int(query.scan_rows)}"
-        )
-        return f"SELECT {columns} FROM ({scanned}){_where(c.unindexed)}{page_end}", params
-    return f"SELECT {columns} FROM {TABLE}{_where(c.indexed + c.unindexed)}{page_end}", params
+    indexed, params = c.indexed, c.indexed_params
+    if scan_end is not None:
+        # The same index walk, bounded below: the page stops at the budget's last row.
+        indexed = [*indexed, f"(seen_at, uuid) >= ({dialect.placeholder}, {dialect.placeholder})"]
+        params = [*params, dialect.to_time(scan_end.seen_at), scan_end.uuid]
+    sql = (
+        f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{_where(indexed + c.unindexed)}"
+        f"{_NEWEST_FIRST} LIMIT {int(query.limit)}"
+    )
+    return sql, params + c.unindexed_params
 
 
 def select_scan_end(dialect: Dialect, query: HistoryQuery) -> tuple[str, list[Any]] | None:
-    """The SELECT of (seen_at, uuid) of the last row a budgeted ``select_page`` reads if the
-    budget runs out (no row: it does not); ``None`` when the page has no budget."""
+    """The SELECT of (seen_at, uuid) of the last row a page of ``query`` may read: the
+    ``query.scan_rows``-th newest within its indexed conditions (no row: there are fewer).
+    ``None`` when the page has no budget: no scan budget, not SQLite, or every condition is
+    served by an index."""
     c = _conditions(dialect, query)
-    if not (c.unindexed and _budgeted(dialect, query)):
+    if not (c.unindexed and dialect.name == "sqlite" and query.scan_rows > 0):
         return None
     sql = (
         f"SELECT seen_at, uuid FROM {TABLE}{_where(c.indexed)}{_NEWEST_FIRST} "

@@ -116,22 +116,22 @@ class SqliteStore(HistoryStore):
         return self.search(query).rows
 
     def search(self, query: HistoryQuery) -> Page:
-        sql, params = select_page(SQLITE, query)
-        scan_end = select_scan_end(SQLITE, query)
         conn = self.conn
+        scan_end = select_scan_end(SQLITE, query)
         if scan_end is None:
+            sql, params = select_page(SQLITE, query)
             return Page([SQLITE.decode(values) for values in conn.execute(sql, params)])
-        # One read transaction: both statements see the same rows, so the scan's end is the
-        # row the page's scan stopped at even while the writer commits.
+        # One read transaction: the page reads up to the very row found as the budget's last
+        # even while the writer commits.
         conn.execute("BEGIN")
         try:
+            found = conn.execute(*scan_end).fetchone()
+            end = None if found is None else Cursor(found[0], found[1])
+            sql, params = select_page(SQLITE, query, end)
             rows = [SQLITE.decode(values) for values in conn.execute(sql, params)]
-            end = None
-            if len(rows) < query.limit:
-                end = conn.execute(*scan_end).fetchone()
         finally:
             conn.execute("COMMIT")
-        return Page(rows, None if end is None else Cursor(end[0], end[1]))
+        return Page(rows, end if len(rows) < query.limit else None)
 
     def get(self, uuid: str) -> TaskRow | None:
         values = self.conn.execute(select_rows(SQLITE, 1), (uuid,)).fetchone()
