@@ -16,12 +16,17 @@ from celery_events_exporter import app
 from celery_events_exporter.config import Config
 from celery_events_exporter.history.collector import HistoryCollector
 from celery_events_exporter.history.postgres import PostgresStore
-from celery_events_exporter.history.row import approximate_bytes
+from celery_events_exporter.history.row import ENTRY_BYTES, ROW_BYTES
 from celery_events_exporter.history.sql import HistoryQuery
 from celery_events_exporter.history.sqlite import SqliteStore
 from celery_events_exporter.history.store import HistoryStore, Retention
 from celery_events_exporter.history.wiring import History
-from celery_events_exporter.history.writer import HistoryWriter
+from celery_events_exporter.history.writer import (
+    BATCH_OVERHEAD,
+    CHANGE_OVERHEAD,
+    HistoryWriter,
+    buffered_bytes,
+)
 from tests.test_history_store import T0, task_events
 
 pytestmark = pytest.mark.integration
@@ -97,13 +102,31 @@ def test_one_row_per_task_however_its_events_are_split_across_flushes(tmp_path: 
 def test_past_its_budget_the_buffer_drops_and_counts(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
     events = task_events("a", T0, "tests.add", "task-succeeded")
-    budget = sum(approximate_bytes(e) for e in events)
+    budget = buffered_bytes(events[:2]) + buffered_bytes(events[2:])
     writer = HistoryWriter(store, None, budget_bytes=budget, retention=NO_RETENTION)
     writer.sink(events[:2])
     writer.sink(events[2:])  # the budget, exactly
     writer.sink(task_events("b", T0, "tests.add", "task-succeeded")[:1])
     assert writer.stats.dropped["buffer_full"] == 1
     assert writer.buffer_bytes == budget
+
+
+def test_the_buffer_holds_the_states_batches_by_their_json(tmp_path: Path) -> None:
+    """The state's batch is kept as it is, accounted by the JSON its changes came in; once
+    folded, its tasks' rows hold the buffer until they are written."""
+    store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
+    store.migrate()
+    writer = HistoryWriter(store, None, budget_bytes=1 << 24, retention=NO_RETENTION)
+    state = app.build_state(Config(), None, History(store, writer, HistoryCollector(writer)))
+    events = [dict(c.event) for c in task_events("a", T0, "tests.add", "task-succeeded")]
+    body = json.dumps(events)
+    state.apply_batch([(json.loads(body), T0, body)])
+    assert writer.buffer_bytes == len(body) + BATCH_OVERHEAD + 4 * CHANGE_OVERHEAD
+    writer._take()
+    assert writer.buffer_bytes == ROW_BYTES + 4 * ENTRY_BYTES
+    assert writer.flush() is True
+    assert writer.buffer_bytes == 0
+    assert store.get("a") is not None
 
 
 def test_the_states_task_changes_are_written_by_the_workers_clock_and_orphans_read_lost(
