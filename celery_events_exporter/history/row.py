@@ -20,6 +20,7 @@ UNKNOWN: its worker may send no task events, and no event will ever say how it e
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -147,15 +148,17 @@ WIDTH = len(COLUMNS)
 UUID, EVENTS = _AT["uuid"], _AT["events"]
 """Positions in ``RowValues`` that the writer and the stores read."""
 _NAME, _STATE, _WORKER, _SEEN_AT = _AT["name"], _AT["state"], _AT["worker"], _AT["seen_at"]
-_UPDATED_AT, _RETRIES, _RUNTIME = _AT["updated_at"], _AT["retries"], _AT["runtime"]
+_UPDATED_AT, _RETRIES = _AT["updated_at"], _AT["retries"]
 _SENT, _RECEIVED, _STARTED = _AT["sent"], _AT["received"], _AT["started"]
 _SUCCEEDED, _FAILED, _ORPHANED = _AT["succeeded"], _AT["failed"], _AT["orphaned"]
-_EXCEPTION_AT, _PARENT_ID, _ROOT_ID = _AT["exception_at"], _AT["parent_id"], _AT["root_id"]
-_SUCCESS_AT = tuple(_AT[c] for c in WITH_SUCCESS)
-_EXCEPTION_GROUP = tuple(_AT[c] for c in WITH_EXCEPTION)
-_PAYLOAD_AT = tuple(_AT[c] for c in WITH_PAYLOAD)
-_SENT_AT = tuple(_AT[c] for c in WITH_SENT)
-_TIMES = tuple(_AT[c] for c in TIME_COLUMN.values())
+_PARENT_ID, _ROOT_ID = _AT["parent_id"], _AT["root_id"]
+_SUCCESS_AT = _RUNTIME, _RESULT = tuple(_AT[c] for c in WITH_SUCCESS)
+_EXCEPTION_GROUP = _EXCEPTION_AT, _EXCEPTION_TYPE, _EXCEPTION, _TRACEBACK = tuple(
+    _AT[c] for c in WITH_EXCEPTION
+)
+_PAYLOAD_AT = _ARGS, _KWARGS, _ETA, _EXPIRES = tuple(_AT[c] for c in WITH_PAYLOAD)
+_SENT_AT = _CLIENT, _QUEUE, _EXCHANGE, _ROUTING_KEY = tuple(_AT[c] for c in WITH_SENT)
+_times = operator.itemgetter(*(_AT[c] for c in TIME_COLUMN.values()))
 _STATE_TIMES = tuple(
     (_AT[column], TASK_EVENT_STATES[event_type], STATE_RANK[TASK_EVENT_STATES[event_type]])
     for event_type, column in TIME_COLUMN.items()
@@ -234,14 +237,9 @@ def _max(a: Any, b: Any) -> Any:
     return a if a >= b else b
 
 
-def _take(row: list[Any], columns: tuple[int, ...], new: tuple[Any, ...], larger: bool) -> None:
-    """``columns`` of ``row`` from ``new`` (values in the same order): all of them when the
-    new key is ``larger``, else (equal keys: two events of one instant) column by column the
-    larger value."""
-    if larger:
-        for column, value in zip(columns, new, strict=True):
-            row[column] = value
-        return
+def _larger(row: list[Any], columns: tuple[int, ...], new: tuple[Any, ...]) -> None:
+    """Column by column the larger of ``row``'s value and ``new``'s (values in ``columns``
+    order): what goes with a key when two events of one instant give it."""
     for column, value in zip(columns, new, strict=True):
         row[column] = _max(row[column], value)
 
@@ -308,12 +306,11 @@ class Rows:
                     if self.redactor is not None and event.get("result") is not None:
                         result = _stored(self.redactor.payload(event.get("result")))
                         cost += len(result)
-                    _take(
-                        row,
-                        _SUCCESS_AT,
-                        (bounds.runtime(event.get("runtime")), result),
-                        succeeded is None or moment > succeeded,
-                    )
+                    runtime = bounds.runtime(event.get("runtime"))
+                    if succeeded is None or moment > succeeded:
+                        row[_RUNTIME], row[_RESULT] = runtime, result
+                    else:
+                        _larger(row, _SUCCESS_AT, (runtime, result))
             elif kind == _EXCEPTION_KIND:
                 cost += self._exception(row, moment, event)
             if kind != _SENT_KIND:
@@ -378,17 +375,14 @@ class Rows:
                 kwargs = _stored(redactor.payload(raw))
                 cost += len(kwargs)
         eta, expires = event.get("eta"), event.get("expires")
-        _take(
-            row,
-            _PAYLOAD_AT,
-            (
-                args,
-                kwargs,
-                None if eta is None else parse_time(eta),
-                None if expires is None else parse_time(expires),
-            ),
-            key_new > key_row,
-        )
+        if eta is not None:
+            eta = parse_time(eta)
+        if expires is not None:
+            expires = parse_time(expires)
+        if key_new > key_row:
+            row[_ARGS], row[_KWARGS], row[_ETA], row[_EXPIRES] = args, kwargs, eta, expires
+        else:
+            _larger(row, _PAYLOAD_AT, (args, kwargs, eta, expires))
         return cost
 
     def _sent(self, row: list[Any], uuid: str, moment: float, event: Any, host: str | None) -> int:
@@ -402,17 +396,16 @@ class Rows:
             event,
         )
         if sent is None or moment >= sent:
-            _take(
-                row,
-                _SENT_AT,
-                (
-                    host,
-                    _text(event.get("queue"), _NAME_BYTES),
-                    _text(event.get("exchange"), _NAME_BYTES),
-                    _text(event.get("routing_key"), _NAME_BYTES),
-                ),
-                sent is None or moment > sent,
+            values = (
+                host,
+                _text(event.get("queue"), _NAME_BYTES),
+                _text(event.get("exchange"), _NAME_BYTES),
+                _text(event.get("routing_key"), _NAME_BYTES),
             )
+            if sent is None or moment > sent:
+                row[_CLIENT], row[_QUEUE], row[_EXCHANGE], row[_ROUTING_KEY] = values
+            else:
+                _larger(row, _SENT_AT, values)
         return cost
 
     def _received(self, row: list[Any], uuid: str, moment: float, event: Any) -> int:
@@ -442,12 +435,11 @@ class Rows:
             if type(raw) is str and raw:
                 traceback = _stored(redactor.truncate_tail(redactor.mask_text(raw)))
                 cost += len(traceback)
-        _take(
-            row,
-            _EXCEPTION_GROUP,
-            (moment, exception_class(exception), text, traceback),
-            exception_at is None or moment > exception_at,
-        )
+        values = (moment, exception_class(exception), text, traceback)
+        if exception_at is None or moment > exception_at:
+            row[_EXCEPTION_AT], row[_EXCEPTION_TYPE], row[_EXCEPTION], row[_TRACEBACK] = values
+        else:
+            _larger(row, _EXCEPTION_GROUP, values)
         return cost
 
     def take(self, uuid: str) -> None:
@@ -467,7 +459,12 @@ def _entry_order(entry: TimelineEntry) -> tuple[float, str, str, int]:
 
 def _timeline(entries: list[TimelineEntry]) -> list[TimelineEntry]:
     """The distinct entries in time order, the latest ``MAX_TIMELINE``."""
-    return sorted(set(entries), key=_entry_order)[-MAX_TIMELINE:]
+    distinct = set(entries)
+    try:  # tuples compare as the order does, unless a None meets a value (two events alike)
+        ordered = sorted(distinct)
+    except TypeError:
+        ordered = sorted(distinct, key=_entry_order)
+    return ordered[-MAX_TIMELINE:]
 
 
 def finish(row: list[Any], pending_before: float | None = None) -> RowValues:
@@ -482,12 +479,7 @@ def finish(row: list[Any], pending_before: float | None = None) -> RowValues:
     if state == PENDING and pending_before is not None and (values[_SENT] or 0.0) < pending_before:
         state = UNKNOWN
     values[_STATE] = state
-    updated = None
-    for column in _TIMES:
-        moment = values[column]
-        if moment is not None and (updated is None or moment > updated):
-            updated = moment
-    values[_UPDATED_AT] = updated
+    values[_UPDATED_AT] = max([t for t in _times(values) if t is not None], default=None)
     if values[_SUCCEEDED] is None:  # else the worker's runtime of the success
         failed, started = values[_FAILED], values[_STARTED]
         values[_RUNTIME] = (
