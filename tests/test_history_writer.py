@@ -5,6 +5,7 @@ tests/test_history_exporter.py)."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,12 @@ from celery_events_exporter.history.wiring import History
 from celery_events_exporter.history.writer import (
     BATCH_OVERHEAD,
     CHANGE_OVERHEAD,
+    MAX_YIELD,
     HistoryWriter,
     buffered_bytes,
+    ingest_pause,
 )
+from tests.conftest import wait_until
 from tests.test_history_store import T0, task_events
 
 pytestmark = pytest.mark.integration
@@ -170,3 +174,39 @@ def test_the_states_task_changes_are_written_by_the_workers_clock_and_orphans_re
         "SUCCESS", "tests.add", T0 + 3.0, T0 + 5.0,
     )  # fmt: skip
     assert writer.stats.dropped == {"buffer_full": 0, "rejected": 0}
+
+
+@pytest.mark.unit
+def test_while_ingest_is_behind_the_writer_takes_a_fifth_of_the_time() -> None:
+    assert ingest_pause(0.010) == pytest.approx(0.040)  # 10 ms of work, then 40 ms left
+    assert ingest_pause(0.0) == 0.0
+    assert ingest_pause(60.0) == MAX_YIELD  # never stops for long
+
+
+def test_a_writer_yielding_to_ingest_still_writes(tmp_path: Path) -> None:
+    """Ingest behind all the time (a burst that does not end): the writer pauses after each
+    unit of work but goes on, every row written."""
+    store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
+    writer = HistoryWriter(
+        store, None, budget_bytes=1 << 24, retention=NO_RETENTION, flush_interval=0.05
+    )
+    asked: list[bool] = []
+
+    def behind() -> bool:
+        asked.append(True)
+        return True
+
+    uuids = [f"t-{i:03d}" for i in range(300)]
+    for uuid in uuids:
+        writer.sink(task_events(uuid, T0, "tests.add", "task-succeeded"))
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,), kwargs={"ingest_behind": behind})
+    thread.start()
+    try:
+        wait_until(lambda: writer.stats.rows_written == 300, what="every row written")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert len(store.page(HistoryQuery(limit=1000))) == 300
+    assert len(asked) >= 300 + 1  # after each batch folded, after the rows written
+    assert writer.buffer_bytes == 0

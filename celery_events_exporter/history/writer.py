@@ -37,6 +37,11 @@ EXPIRE_INTERVAL = 10.0
 MAX_RETRY_PAUSE = 10.0
 """Longest pause between two attempts while the database fails: how late the history catches
 up after an outage."""
+DUTY_CYCLE = 0.2
+"""The share of the time the writer thread works while the ingest thread is behind: it shares
+the interpreter lock with counting, which comes first (bench/README.md, "Task history")."""
+MAX_YIELD = 1.0
+"""Longest pause for the ingest thread after one unit of work (a batch folded, rows written)."""
 BATCH_OVERHEAD = 200
 """Bytes a buffered batch costs besides its changes: its object and its list."""
 CHANGE_OVERHEAD = 100
@@ -54,6 +59,12 @@ def buffered_bytes(changes: Sequence[TaskChange]) -> int:
     """What a batch of changes costs the writer's buffer until it is folded: the JSON it came
     in and the objects keeping it."""
     return json_size(changes) + BATCH_OVERHEAD + CHANGE_OVERHEAD * len(changes)
+
+
+def ingest_pause(worked: float) -> float:
+    """Seconds to leave the ingest thread after ``worked`` seconds of work while it is behind:
+    the writer then takes at most ``DUTY_CYCLE`` of the time, and never stops for long."""
+    return min(worked * (1 / DUTY_CYCLE - 1), MAX_YIELD)
 
 
 @dataclass
@@ -94,6 +105,8 @@ class HistoryWriter:
         self.ready = threading.Event()
         """Set once the schema is migrated."""
         self._last_flush_ok = True
+        self._stop = threading.Event()
+        self._ingest_behind: Callable[[], bool] | None = None
 
     @property
     def buffer_bytes(self) -> int:
@@ -116,9 +129,17 @@ class HistoryWriter:
             incoming, self._incoming = self._incoming, []
         fold = self._rows.fold
         for changes, size in incoming:
+            began = time.perf_counter()
             fold(change_fields(changes))
             with self._lock:
                 self._incoming_bytes -= size
+            self._yield_to_ingest(time.perf_counter() - began)
+
+    def _yield_to_ingest(self, worked: float) -> None:
+        """After ``worked`` seconds of work, pause while the ingest thread is behind."""
+        behind = self._ingest_behind
+        if behind is not None and behind():
+            self._stop.wait(ingest_pause(worked))
 
     def flush(self) -> bool:
         """Write what is buffered; False if the database failed (the rows wait)."""
@@ -130,6 +151,7 @@ class HistoryWriter:
         pending_before = now - self.retention.pending if self.retention.pending > 0 else None
         uuids = list(rows)
         for start in range(0, len(uuids), BATCH_ROWS):
+            began = time.perf_counter()
             batch = [
                 finish(rows[uuid], pending_before) for uuid in uuids[start : start + BATCH_ROWS]
             ]
@@ -143,6 +165,7 @@ class HistoryWriter:
                     error=f"{type(exc).__name__}: {str(exc)[:300]}",
                 )
                 return False
+            self._yield_to_ingest(time.perf_counter() - began)
         return True
 
     def _write(self, batch: list[RowValues], pending_before: float | None) -> None:
@@ -199,16 +222,21 @@ class HistoryWriter:
             return True
         return False
 
-    def run(self, stop: threading.Event) -> None:
-        """Migrate, then write every flush window and expire every minute, until ``stop``."""
+    def run(self, stop: threading.Event, ingest_behind: Callable[[], bool] | None = None) -> None:
+        """Migrate, then write every flush window and expire every minute, until ``stop``;
+        while ``ingest_behind()`` says the ingest thread has a backlog, yield to it."""
+        self._stop = stop
+        self._ingest_behind = ingest_behind
         if not self._migrate(stop):
             return
         pause = self.flush_interval
         next_expiry = 0.0
         while not stop.wait(pause):
+            began = time.monotonic()
             self._last_flush_ok = self.flush()
             if self._last_flush_ok:
-                pause = self.flush_interval
+                # A flush longer than the window (a busy fleet) is followed by the next at once.
+                pause = max(0.0, self.flush_interval - (time.monotonic() - began))
             else:
                 pause = min(max(pause * 2, 1.0), MAX_RETRY_PAUSE)
                 continue
