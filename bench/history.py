@@ -14,6 +14,7 @@ name + state in the last hour (a 100-row page), free text (a 100-row page); prin
 
     python -m bench.history write --store sqlite --tasks 200000 --rate 10000
     python -m bench.history write --store postgresql --tasks 200000 --rate 20000
+    python -m bench.history write --store sqlite --tasks 200000 --rate 1000000 --budget-mib 4096
     python -m bench.history query --store postgresql --rows 10000000
     python -m bench.history query --store sqlite --rows 10000000
 
@@ -115,10 +116,10 @@ def thread_cpu(thread: threading.Thread) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
-def write(kind: str, tasks: int, rate: int) -> None:
+def write(kind: str, tasks: int, rate: int, budget: int) -> None:
     bodies = messages(tasks)
     with opened(kind) as store:
-        writer = HistoryWriter(store, None, budget_bytes=Config().tasks_buffer_bytes,
+        writer = HistoryWriter(store, None, budget_bytes=budget,
                                retention=Retention(0, 0, 0))  # fmt: skip
         state = build_state(Config(), None, History(store, writer, HistoryCollector(writer)))
         decoder = Decoder(state, IntakeBacklog())
@@ -160,7 +161,7 @@ def write(kind: str, tasks: int, rate: int) -> None:
             f"{kind}: {tasks} tasks x 5 events offered at {rate:,} tasks/s, fed in {fed:.2f} s, "
             f"all written {lag:.2f} s later: {tasks / elapsed:,.0f} tasks/s; the process took "
             f"{cpu:.2f} CPU s (ingest included), the writer thread {writer_cpu:.2f} "
-            f"({writer_cpu / tasks * 1e6:.1f} µs per task); "
+            f"({writer_cpu / max(1, writer.stats.rows_written) * 1e6:.1f} µs per row written); "
             f"rows written {writer.stats.rows_written} (one per task and flush window), "
             f"dropped {dropped}, batches {writer.stats.batches}, peak buffer "
             f"{peak_buffer / 2**20:.1f} MiB, peak RSS {rss:.0f} MiB, "
@@ -263,10 +264,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--rate", type=int, default=20_000, help="tasks/s offered (write)")
+    parser.add_argument(
+        "--budget-mib",
+        type=int,
+        default=Config().tasks_buffer_bytes >> 20,
+        help="the writer's buffer (write); a large one with a high --rate: the write rate when "
+        "nothing is dropped",
+    )
     args = parser.parse_args()
     random.seed(1)
     if args.mode == "write":
-        write(args.store, args.tasks, args.rate)
+        write(args.store, args.tasks, args.rate, args.budget_mib << 20)
     else:
         query(args.store, args.rows, args.runs)
 
