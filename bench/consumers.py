@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -92,10 +93,14 @@ class Exporter(Consumer):
         self.broker_url = broker_url
         numpat = redis_pattern_subscribers(broker_url) if broker_url.startswith("redis") else 0
         log_path.parent.mkdir(parents=True, exist_ok=True)  # a scenario may run without run.main
+        # A data directory of its own (the SQLite task history, the default store): nothing
+        # left by an earlier run or shared with another one.
+        self.data_dir = tempfile.TemporaryDirectory(prefix="cee-bench-data-")
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [command, "--broker-url", broker_url, "--web.listen-address",
-                 f"127.0.0.1:{self.port}", "--log.format", "json", *args],
+                 f"127.0.0.1:{self.port}", "--log.format", "json",
+                 "--data-dir", self.data_dir.name, *args],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:
@@ -108,6 +113,10 @@ class Exporter(Consumer):
         except BaseException:
             self.stop()
             raise
+
+    def stop(self) -> None:
+        super().stop()
+        self.data_dir.cleanup()
 
     def scrape(self) -> tuple[str, float]:
         start = time.perf_counter()

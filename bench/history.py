@@ -1,10 +1,12 @@
 """The task history's own numbers: write rate into SQLite and PostgreSQL, query latency, size.
 
-``write``: T tasks of 5 events each (sent, received, started, retried, succeeded or failed)
-handed to the history's sink at a given rate, in batches of 256 events as the ingest thread
-hands them, while the writer thread writes at default settings; the clock runs from the first
-change to the last row committed, and nothing may be dropped. Reports tasks/s,
-rows dropped, the writer's peak buffer, the process's peak RSS and the bytes per million tasks.
+``write``: T tasks of 5 events each (sent, received, started, retried, succeeded or failed),
+published as JSON lists of up to 24 events (a prefork worker's ``task.multi``), handed at a given
+rate to the exporter's ingest path (``Decoder.handle_batch``: decoded, counted by the state,
+whose batches go to the history's sink) while the writer thread writes at default settings; the
+clock runs from the first message to the last row committed, and nothing may be dropped.
+Reports tasks/s, the CPU of the whole process and of the writer thread alone, rows dropped, the
+writer's peak buffer, the process's peak RSS and the bytes per million tasks.
 
 ``query``: fills ``celery_tasks`` with N rows (PostgreSQL: ``generate_series`` in the server;
 SQLite: a recursive CTE) spread over 7 days, then times R runs of each search: by uuid,
@@ -14,6 +16,7 @@ and without that budget); prints p50/p95.
 
     python -m bench.history write --store sqlite --tasks 200000 --rate 10000
     python -m bench.history write --store postgresql --tasks 200000 --rate 20000
+    python -m bench.history write --store sqlite --tasks 200000 --rate 1000000 --budget-mib 4096
     python -m bench.history query --store postgresql --rows 10000000
     python -m bench.history query --store sqlite --rows 10000000
 
@@ -33,16 +36,23 @@ import uuid as uuids
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import orjson
+
+from celery_events_exporter.app import build_state
 from celery_events_exporter.config import Config
+from celery_events_exporter.decoder import Decoder
+from celery_events_exporter.history.collector import HistoryCollector
 from celery_events_exporter.history.postgres import PostgresStore
-from celery_events_exporter.history.row import TaskRow, from_change, merged
 from celery_events_exporter.history.search import parse
 from celery_events_exporter.history.sql import HistoryQuery
 from celery_events_exporter.history.sqlite import SqliteStore
 from celery_events_exporter.history.store import HistoryStore, Retention
+from celery_events_exporter.history.wiring import History
 from celery_events_exporter.history.writer import HistoryWriter
-from celery_events_exporter.state.changes import TaskChange
+from celery_events_exporter.intake.backlog import IntakeBacklog
+from celery_events_exporter.intake.message import RawMessage
 from testkit.postgres import database
 
 NAMES = [f"app.tasks.job_{i:02d}" for i in range(30)]
@@ -69,7 +79,7 @@ def opened(kind: str) -> Iterator[HistoryStore]:
             pg.close()
 
 
-def task_changes(index: int, at: float) -> list[TaskChange]:
+def task_events(index: int, at: float) -> list[dict[str, Any]]:
     uuid = str(uuids.UUID(int=random.getrandbits(128)))
     name, worker = NAMES[index % len(NAMES)], WORKERS[index % len(WORKERS)]
     end = STATES_END[index % len(STATES_END)]
@@ -83,48 +93,64 @@ def task_changes(index: int, at: float) -> list[TaskChange]:
                                    "exception": "ValueError('bad')"}),
     ]  # fmt: skip
     return [
-        TaskChange(uuid, kind, moment, {"type": kind, "uuid": uuid, "timestamp": moment,
-                                        "hostname": host, **fields}, None, None)
+        {"type": kind, "uuid": uuid, "timestamp": moment, "hostname": host, **fields}
         for kind, moment, host, fields in events
-    ]  # fmt: skip
+    ]
 
 
-def write(kind: str, tasks: int, rate: int) -> None:
-    changes: list[TaskChange] = []
+def messages(tasks: int) -> list[bytes]:
+    """The tasks' events as JSON lists of 24, interleaved as a busy fleet's (the events of ~100
+    tasks in flight at once)."""
+    events: list[dict[str, Any]] = []
     start_at = time.time() - 3600
     for i in range(tasks):
-        changes.extend(task_changes(i, start_at + i * 0.0001))
-    # Interleave tasks as a busy fleet does: events of ~100 tasks in flight at once.
+        events.extend(task_events(i, start_at + i * 0.0001))
     window = 500
     order = [
-        c
-        for s in range(0, len(changes), window)
-        for c in random.sample(changes[s : s + window], len(changes[s : s + window]))
-    ]
+        e for s in range(0, len(events), window)
+        for e in random.sample(events[s : s + window], len(events[s : s + window]))
+    ]  # fmt: skip
+    return [orjson.dumps(order[s : s + 24]) for s in range(0, len(order), 24)]
+
+
+def thread_cpu(thread: threading.Thread) -> float:
+    assert thread.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def write(kind: str, tasks: int, rate: int, budget: int) -> None:
+    bodies = messages(tasks)
     with opened(kind) as store:
-        writer = HistoryWriter(store, None, budget_bytes=64 * 1024 * 1024,
+        writer = HistoryWriter(store, None, budget_bytes=budget,
                                retention=Retention(0, 0, 0))  # fmt: skip
+        state = build_state(Config(), None, History(store, writer, HistoryCollector(writer)))
+        decoder = Decoder(state, IntakeBacklog())
         stop = threading.Event()
         thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
         thread.start()
         writer.ready.wait()
         peak_buffer = 0
-        cpu_began = time.process_time()
+        cpu_began, writer_began = time.process_time(), thread_cpu(thread)
         began = time.perf_counter()
-        # At ``rate`` tasks/s, 256 events at a time (the ingest thread's batch).
-        per_batch = 256 / (5 * rate)
-        for n, s in enumerate(range(0, len(order), 256)):
-            delay = began + n * per_batch - time.perf_counter()
+        # At ``rate`` tasks/s, 10 messages (48 tasks) at a time.
+        step = 10
+        per_step = step * 24 / (5 * rate)
+        for n, s in enumerate(range(0, len(bodies), step)):
+            delay = began + n * per_step - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            writer.sink(order[s : s + 256])
+            now = time.time()
+            decoder.handle_batch(
+                [RawMessage(now, "application/json", body) for body in bodies[s : s + step]]
+            )
             peak_buffer = max(peak_buffer, writer.buffer_bytes)
         fed = time.perf_counter() - began
-        while writer.stats.rows_written < tasks and writer.stats.dropped["buffer_full"] == 0:
+        while writer.buffer_bytes > 0 and writer.stats.dropped["buffer_full"] == 0:
             time.sleep(0.01)
             peak_buffer = max(peak_buffer, writer.buffer_bytes)
         elapsed = time.perf_counter() - began
         cpu = time.process_time() - cpu_began
+        writer_cpu = thread_cpu(thread) - writer_began
         lag = elapsed - fed
         stop.set()
         thread.join()
@@ -135,8 +161,9 @@ def write(kind: str, tasks: int, rate: int) -> None:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             f"{kind}: {tasks} tasks x 5 events offered at {rate:,} tasks/s, fed in {fed:.2f} s, "
-            f"all written {lag:.2f} s later: {tasks / elapsed:,.0f} tasks/s; the exporter's "
-            f"side took {cpu:.2f} CPU s ({tasks / cpu:,.0f} tasks per CPU second); "
+            f"all written {lag:.2f} s later: {tasks / elapsed:,.0f} tasks/s; the process took "
+            f"{cpu:.2f} CPU s (ingest included), the writer thread {writer_cpu:.2f} "
+            f"({writer_cpu / max(1, writer.stats.rows_written) * 1e6:.1f} µs per row written); "
             f"rows written {writer.stats.rows_written} (one per task and flush window), "
             f"dropped {dropped}, batches {writer.stats.batches}, peak buffer "
             f"{peak_buffer / 2**20:.1f} MiB, peak RSS {rss:.0f} MiB, "
@@ -194,22 +221,7 @@ def fill(store: HistoryStore, rows: int, now: float) -> None:
             )
             conn.execute("ANALYZE")
         return
-    batch: list[TaskRow] = []
-    for i in range(rows):
-        at = now - (i / rows) * 604800
-        batch.extend(r for r in (from_change(c, None) for c in task_changes(i, at)) if r)
-        if len(batch) >= 50_000:
-            _write_rows(store, batch)
-            batch = []
-    if batch:
-        _write_rows(store, batch)
-
-
-def _write_rows(store: HistoryStore, rows: list[TaskRow]) -> None:
-    by_uuid: dict[str, list[TaskRow]] = {}
-    for row in rows:
-        by_uuid.setdefault(row.uuid, []).append(row)
-    store.write([merged(r) for r in by_uuid.values()], None)
+    raise TypeError(f"no filling for {type(store).__name__}")
 
 
 def query(kind: str, rows: int, runs: int) -> None:
@@ -259,10 +271,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--rate", type=int, default=20_000, help="tasks/s offered (write)")
+    parser.add_argument(
+        "--budget-mib",
+        type=int,
+        default=Config().tasks_buffer_bytes >> 20,
+        help="the writer's buffer (write); a large one with a high --rate: the write rate when "
+        "nothing is dropped",
+    )
     args = parser.parse_args()
     random.seed(1)
     if args.mode == "write":
-        write(args.store, args.tasks, args.rate)
+        write(args.store, args.tasks, args.rate, args.budget_mib << 20)
     else:
         query(args.store, args.rows, args.runs)
 

@@ -11,7 +11,9 @@ two counts is the ingest path's::
     python -m bench.instructions --write /tmp/msgs.pickle --messages 1000
     PYTHONHASHSEED=0 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \\
         python -m bench.instructions --read /tmp/msgs.pickle --mode all
-    (the same with --mode none; instructions per task event = (all - none) / task events)
+    (the same with --mode none; instructions per task event = (all - none) / task events;
+    --mode nostore: nobody subscribed; --mode history: the task history's sink instead of the
+    recent-task store, against --mode history-none)
 
 It also runs on the tree before the package was renamed (``exporter``), which is how the
 comparison with f49cc18 in bench/README.md was taken.
@@ -20,7 +22,9 @@ comparison with f49cc18 in bench/README.md was taken.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pickle
+import tempfile
 import time
 from typing import Any
 
@@ -30,14 +34,23 @@ except ImportError:
     import celery_events_exporter as package
 
 
-def _ingest_path(with_store: bool = True) -> tuple[Any, Any]:
-    """(a state wired as the app wires it, with the recent-task store; a decoder over it)."""
+def _ingest_path(subscriber: str = "store") -> tuple[Any, Any]:
+    """(a state wired as the app wires it, with ``subscriber`` listening to its task changes:
+    the recent-task store, the task history's sink (SQLite in a temporary directory, its
+    writer thread not started) or none; a decoder over it)."""
     app: Any = __import__(f"{package.__name__}.app", fromlist=["app"])
     config_module: Any = __import__(f"{package.__name__}.config", fromlist=["config"])
     decoder_module: Any = __import__(f"{package.__name__}.decoder", fromlist=["decoder"])
     backlog: Any = __import__(f"{package.__name__}.intake.backlog", fromlist=["backlog"])
     config = config_module.Config()
-    store = app.build_store(config) if with_store else None
+    if subscriber == "history":
+        config = dataclasses.replace(config, data_dir=tempfile.mkdtemp(prefix="cee-instr-"))
+        history = app.build_history(config, app.build_redactor(config))
+        state = app.build_state(config, None, history)
+        if hasattr(app, "settle"):
+            app.settle()
+        return state, decoder_module.Decoder(state, backlog.IntakeBacklog())
+    store = app.build_store(config) if subscriber == "store" else None
     if not hasattr(app, "wire"):  # before the ledger: the queue tracking fed by the state
         holder: dict[str, Any] = {}
         queues = app.build_queues(
@@ -72,13 +85,15 @@ def read(path: str, mode: str) -> None:
         message_module.RawMessage(now, content_type, body, enveloped=True)
         for content_type, body in raw
     ]
-    state, decoder = _ingest_path()
+    state, decoder = _ingest_path("history" if mode.startswith("history") else "store")
     if mode == "decode":  # the messages opened and decoded, nothing counted
         state.apply_batch = lambda decoded: sum(1 for _ in decoded)
         for first in range(0, len(messages), decoder.BATCH):
             decoder.handle_batch(messages[first : first + decoder.BATCH])
     if mode == "nostore":  # decoded and counted, nobody subscribed to the task changes
-        state, decoder = _ingest_path(with_store=False)
+        state, decoder = _ingest_path("none")
+        mode = "all"
+    if mode == "history":  # the task history's sink subscribed instead of the store
         mode = "all"
     if mode == "all":
         size = decoder.BATCH
@@ -93,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write")
     parser.add_argument("--read")
-    parser.add_argument("--mode", choices=("none", "decode", "nostore", "all"), default="all")
+    parser.add_argument(
+        "--mode",
+        choices=("none", "decode", "nostore", "all", "history-none", "history"),
+        default="all",
+    )
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=20)
     parser.add_argument("--names", type=int, default=10)

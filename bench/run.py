@@ -60,6 +60,10 @@ class Row:
     """RabbitMQ: the most messages seen waiting in the consumer's queue (sampled every 0.1 s)."""
     messages: int | None = None
     """RabbitMQ: messages published."""
+    counted_s: float | None = None
+    """The exporter: seconds from the start of publishing until ``/metrics`` (read every
+    ``SCRAPE_PAUSE``) showed every event of the run counted; ``seconds`` runs until the process
+    goes idle, its task history written too."""
     slowest_scrape_s: float | None = None
     """The slowest ``/metrics`` (as Prometheus asks for it) of those made while the burst was
     counted (``scrape_during``)."""
@@ -127,8 +131,9 @@ def measure(
 
                 threading.Thread(target=watch, daemon=True).start()
             scrapes: list[float] = []
-            if isinstance(proc, Exporter) and scrape_during:
-                scrape_loop(proc, expected, scrapes, stop_watch)
+            counted_at: list[float] = []
+            if isinstance(proc, Exporter) and (WATCH_COUNTING or scrape_during):
+                scrape_loop(proc, expected, scrapes, counted_at, stop_watch)
             start = time.time()
             publisher.transmit(prepared)
             published = time.time()
@@ -156,7 +161,12 @@ def measure(
                 row.notes += notes
                 received = expected.events_by_type.get("task-received", 0)
                 row.tasks_lost = max(0, received - int(by_type.get("task-received", 0)))
-                if scrapes:
+                if counted_at and not row.lost:
+                    row.counted_s = counted_at[0] - start
+                history = _history_notes(text)
+                if history:
+                    row.notes.append(history)
+                if scrapes and scrape_during:
                     row.slowest_scrape_s = max(scrapes)
                     row.notes.append(
                         f"{len(scrapes)} scrapes while counting, slowest "
@@ -185,18 +195,41 @@ def measure(
     return row
 
 
+def _history_notes(text: str) -> str:
+    """What the task history wrote and dropped, from a ``/metrics`` page (empty without one)."""
+    pattern = (
+        r"^celery_exporter_task_history_"
+        r'(rows_written_total|dropped_total\{reason="buffer_full"\}) (\S+)$'
+    )
+    found = dict(re.findall(pattern, text, re.M))
+    if not found:
+        return ""
+    written = int(float(found.get("rows_written_total", "0")))
+    dropped = int(float(found.get('dropped_total{reason="buffer_full"}', "0")))
+    return f"history: {written} rows written, {dropped} task events dropped (buffer full)"
+
+
+WATCH_COUNTING = True
+"""Read ``/metrics`` in a loop while the exporter counts, to time the counting apart from the
+history's writes (``--no-watch-counting``: the scrapes cost the exporter some CPU, and with
+``memory://`` each one merges the recent-task store's window)."""
 SCRAPE_PAUSE = 0.1
 """Seconds between two scrapes of the loop (the end of a run is found by the exporter going
 idle, which back-to-back scrapes would never let it be)."""
 
 
 def scrape_loop(
-    exporter: Exporter, expected: Expected, timings: list[float], stop: threading.Event
+    exporter: Exporter,
+    expected: Expected,
+    timings: list[float],
+    counted_at: list[float],
+    stop: threading.Event,
 ) -> None:
-    """Time ``/metrics`` as Prometheus asks for it, in a loop, from now until the exporter has
-    counted every task-succeeded of the burst or its count stops moving (events lost)."""
-    pattern = re.compile(r'^celery_exporter_events_total\{type="task-succeeded"\} (\S+)$', re.M)
-    target = expected.events_by_type.get("task-succeeded", 0)
+    """Read ``/metrics`` as Prometheus asks for it, in a loop, from now until the exporter has
+    counted every event of the run (then its time goes to ``counted_at``) or its counts stop
+    moving (events lost); each request's seconds go to ``timings``."""
+    pattern = re.compile(r'^celery_exporter_events_total\{type="([^"]+)"\} (\S+)$', re.M)
+    target = dict(expected.events_by_type)
 
     def loop() -> None:
         last, still = -1.0, 0
@@ -206,11 +239,15 @@ def scrape_loop(
                 text = _scrape_text_as_prometheus(exporter.url)
             except requests.RequestException:
                 continue
+            at = time.time()
             timings.append(time.perf_counter() - started)
-            match = pattern.search(text)
-            counted = float(match.group(1)) if match else 0.0
+            counts = {kind: float(n) for kind, n in pattern.findall(text)}
+            if all(counts.get(kind, 0.0) >= n for kind, n in target.items()):
+                counted_at.append(at)
+                return
+            counted = sum(counts.values())
             still = still + 1 if counted == last and counted > 0 else 0
-            if counted >= target or still >= 5:
+            if still >= 5:
                 return
             last = counted
 
@@ -464,9 +501,9 @@ SCENARIOS: dict[str, Scenario] = {
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| scenario | broker | consumer | task events | task events/s | x bare | CPU s/100k ev "
-        "| peak RSS MB | lost | /metrics ms (series) | max lag s | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | broker | consumer | task events | task events/s | x bare | counted ev/s "
+        "| CPU s/100k ev | peak RSS MB | lost | /metrics ms (series) | max lag s | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     bare = {(r.scenario, r.broker, r.round): r.rate for r in rows if r.consumer == "bare"}
     for r in rows:
@@ -475,10 +512,12 @@ def table(rows: list[Row]) -> str:
         render = f"{r.render_ms:.0f} ({r.series})" if r.render_ms is not None else ""
         lag = f"{r.max_lag_s:.1f}" if r.max_lag_s is not None else ""
         rate = f"{r.rate / 1000:.1f} k" if r.rate else "—"
+        counted = f"{r.task_events / r.counted_s / 1000:.1f} k" if r.counted_s else ""
         scenario = r.scenario if r.round == 1 else f"{r.scenario} ({r.round})"
         lines.append(
             f"| {scenario} | {r.broker} | {r.consumer} | {r.task_events} | {rate} | {ratio} "
-            f"| {r.cpu_per_100k:.2f} | {r.peak_rss_mb:.0f} | {r.lost} | {render} | {lag} "
+            f"| {counted} | {r.cpu_per_100k:.2f} | {r.peak_rss_mb:.0f} | {r.lost} | {render} "
+            f"| {lag} "
             f"| {'; '.join(r.notes)} |"
         )
     return "\n".join(lines)
@@ -494,19 +533,27 @@ def ratios(rows: list[Row]) -> str:
         if consumer == "exporter" and bare is not None:
             pairs.setdefault((scenario, broker), []).append((bare, row))
     lines = [
-        "| scenario | rounds | x bare (rate): median [min-max] | x bare (CPU per event): median "
-        "[min-max] |",
-        "|---|---|---|---|",
+        "| scenario | rounds | x bare (rate): median [min-max] | x bare (counting rate) "
+        "| x bare (CPU per event): median [min-max] |",
+        "|---|---|---|---|---|",
     ]
+
+    def spread(values: list[float]) -> str:
+        if not values:
+            return ""
+        values = sorted(values)
+        return f"{statistics.median(values):.2f} [{values[0]:.2f}-{values[-1]:.2f}]"
+
     for (scenario, _), found in pairs.items():
-        rate = sorted(e.rate / b.rate for b, e in found if b.rate and e.rate)
-        cpu = sorted(b.cpu_per_100k / e.cpu_per_100k for b, e in found if e.cpu_per_100k)
+        rate = [e.rate / b.rate for b, e in found if b.rate and e.rate]
+        counting = [
+            e.task_events / e.counted_s / b.rate for b, e in found if b.rate and e.counted_s
+        ]
+        cpu = [b.cpu_per_100k / e.cpu_per_100k for b, e in found if e.cpu_per_100k]
         if not rate or not cpu:
             continue
         lines.append(
-            f"| {scenario} | {len(found)} | {statistics.median(rate):.2f} "
-            f"[{rate[0]:.2f}-{rate[-1]:.2f}] | {statistics.median(cpu):.2f} "
-            f"[{cpu[0]:.2f}-{cpu[-1]:.2f}] |"
+            f"| {scenario} | {len(found)} | {spread(rate)} | {spread(counting)} | {spread(cpu)} |"
         )
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -547,7 +594,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="run the scenarios this many rounds (ratios per round)",
     )
+    parser.add_argument(
+        "--no-watch-counting",
+        action="store_true",
+        help="do not read /metrics while the exporter counts (no counted ev/s)",
+    )
     args = parser.parse_args(argv)
+    global WATCH_COUNTING
+    WATCH_COUNTING = not args.no_watch_counting
     names = args.only.split(",")
     unknown = sorted(set(names) - SCENARIOS.keys())
     if unknown:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import threading
 import time
@@ -253,7 +254,9 @@ def wire(config: Config) -> Exporter:
         threads.append(("queue-poller", queues.poller.run))
     last_writes: dict[str, Callable[[], None]] = {}
     if history is not None:
-        threads.append(("task-history", history.writer.run))
+        threads.append(
+            ("task-history", functools.partial(history.writer.run, ingest_behind=decoder.behind))
+        )
         last_writes["task-history"] = history.writer.final_flush
     if details_poller is not None:
         threads.append(("worker-details", details_poller.run))

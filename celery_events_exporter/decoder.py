@@ -56,6 +56,11 @@ class Decoder:
     def backlog(self) -> int:
         return self.inbox.qsize()
 
+    def behind(self) -> bool:
+        """More messages wait than one batch takes: counting is behind what the broker sends
+        (a burst), and other threads should leave it the interpreter."""
+        return self.inbox.qsize() > self.BATCH
+
     @property
     def backlog_bytes(self) -> int:
         return self.inbox.bytes

@@ -50,15 +50,19 @@ def requests_text(url: str) -> str:
 def test_ratios_pair_the_consumers_of_each_round() -> None:
     rows = [
         Row("redis-throughput", "redis", "bare", 300, rate=100.0, cpu_per_100k=1.0, round=1),
-        Row("redis-throughput", "redis", "exporter", 300, rate=300.0, cpu_per_100k=0.5, round=1),
-        Row("redis-throughput", "redis", "exporter", 300, rate=150.0, cpu_per_100k=0.4, round=2),
+        Row("redis-throughput", "redis", "exporter", 300, rate=300.0, cpu_per_100k=0.5, round=1,
+            counted_s=1.0),
+        Row("redis-throughput", "redis", "exporter", 300, rate=150.0, cpu_per_100k=0.4, round=2,
+            counted_s=1.5),
         Row("redis-throughput", "redis", "bare", 300, rate=50.0, cpu_per_100k=2.0, round=2),
         Row("redis-throughput", "redis", "exporter", 300, rate=400.0, cpu_per_100k=0.5, round=3),
         Row("redis-throughput", "redis", "bare", 300, rate=100.0, cpu_per_100k=1.0, round=3),
         Row("render-50k-series", "redis", "exporter", 36, rate=9.0, cpu_per_100k=0.5),
-    ]
+    ]  # fmt: skip
+    # The counting rate (every event counted, the history still being written) of the rounds
+    # that have one: 300 events in 1.0 s against 100/s, in 1.5 s against 50/s.
     assert ratios(rows).splitlines()[2:] == [
-        "| redis-throughput | 3 | 3.00 [3.00-4.00] | 2.00 [2.00-5.00] |"
+        "| redis-throughput | 3 | 3.00 [3.00-4.00] | 3.50 [3.00-4.00] | 2.00 [2.00-5.00] |"
     ]
 
 

@@ -1,12 +1,14 @@
 """The history's stores on real databases: a SQLite file and a PostgreSQL database of our own.
 
-Rows are made from Celery-shaped events (tests/test_history_row.py checks the merge itself);
-here: the schema migrated once under concurrency, two writers on one table, every search term
-and the plans that serve them, keyset paging, retention and erasure.
+Rows are folded from Celery-shaped events (tests/test_history_row.py checks the fold itself);
+here: the database's merge of rows written in parts (any split of a task's events gives the
+row of all of them), the schema migrated once under concurrency, two writers on one table,
+every search term and the plans that serve them, keyset paging, retention and erasure.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,9 +16,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from celery_events_exporter.history.postgres import PostgresStore, safe_description
-from celery_events_exporter.history.row import TaskRow, from_change, merged
+from celery_events_exporter.history.row import Rows, RowValues, TaskRow, task_row
 from celery_events_exporter.history.search import parse
 from celery_events_exporter.history.sql import (
     POSTGRESQL,
@@ -63,13 +67,15 @@ def task_events(
     ]  # fmt: skip
 
 
-def rows_of(changes: list[TaskChange]) -> list[TaskRow]:
-    by_uuid: dict[str, list[TaskRow]] = {}
-    for c in changes:
-        row = from_change(c, REDACTOR)
-        assert row is not None
-        by_uuid.setdefault(row.uuid, []).append(row)
-    return [merged(rows) for rows in by_uuid.values()]
+def rows_of(changes: list[TaskChange], pending_before: float | None = None) -> list[RowValues]:
+    """The rows the writer folds of ``changes`` (payloads shown, masked), finished."""
+    rows = Rows(REDACTOR)
+    rows.fold((c.uuid, c.type, c.timestamp, c.event, c.name, c.worker) for c in changes)
+    return rows.finished(pending_before)
+
+
+def expected_rows(changes: list[TaskChange]) -> dict[str, TaskRow]:
+    return {values[0]: task_row(values) for values in rows_of(changes)}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -129,7 +135,7 @@ def test_two_writers_of_one_task_leave_one_row_with_every_event(store: HistorySt
         for c in task_events(u, T0 + i, "tests.add", "task-succeeded")
     ]
     other = twin(store)
-    expected = {row.uuid: row for row in rows_of(changes)}
+    expected = expected_rows(changes)
 
     def write(s: HistoryStore, part: list[TaskChange]) -> None:
         for start in range(0, len(part), 97):
@@ -146,6 +152,69 @@ def test_two_writers_of_one_task_leave_one_row_with_every_event(store: HistorySt
     assert len(stored) == 200
     assert {row.uuid: row for row in stored} == expected
     other.close()
+
+
+EVENT_TYPES = (
+    "task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+    "task-retried", "task-revoked", "task-rejected", "task-orphaned",
+)  # fmt: skip
+
+events = st.builds(
+    lambda kind, at, host, retries, text, parent: change(
+        "p",
+        kind,
+        T0 + at,
+        host,
+        name=text and f"task.{text}",
+        retries=retries,
+        result=text,
+        runtime=at / 10,
+        exception=text and f"ValueError({text!r})",
+        traceback=text,
+        args=text,
+        kwargs=text,
+        queue=text,
+        eta=f"2025-12-06T05:46:{int(at) % 60:02d}",
+        root_id=text,
+        parent_id=parent,
+    ),
+    st.sampled_from(EVENT_TYPES),
+    st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0]),  # few instants: ties are the hard part
+    st.sampled_from(["celery@w1", "celery@W2", "client@\u00e9t\u00e9", ""]),
+    st.one_of(st.none(), st.integers(0, 3)),
+    st.one_of(st.none(), st.sampled_from(["a", "B", "\u00e9", "password=x"])),
+    st.sampled_from([None, "p", "q1", "Q2"]),
+)
+
+
+def test_rows_written_in_parts_merge_into_the_row_of_all_their_events(
+    store: HistoryStore,
+) -> None:
+    """A task's events split across writes (flush windows, or two exporters), in any order,
+    repeated: the database's merge gives the row the writer folds of all of them at once."""
+
+    @settings(
+        max_examples=300 if isinstance(store, SqliteStore) else 150,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        st.lists(events, min_size=1, max_size=10),
+        st.sampled_from([None, T0 + 1.0]),
+        st.randoms(use_true_random=False),
+    )
+    def check(changes: list[TaskChange], pending_before: float | None, rng: random.Random) -> None:
+        store.erase(Erasure(uuids=("p",)))
+        shuffled = changes + rng.sample(changes, k=rng.randint(0, len(changes)))
+        rng.shuffle(shuffled)
+        cuts = sorted(rng.randint(0, len(shuffled)) for _ in range(2))
+        for part in (shuffled[: cuts[0]], shuffled[cuts[0] : cuts[1]], shuffled[cuts[1] :]):
+            if part:
+                store.write(rows_of(part, pending_before), pending_before)
+        (whole,) = rows_of(changes, pending_before)
+        assert store.get("p") == task_row(whole)
+
+    check()
 
 
 def test_every_search_term(store: HistoryStore) -> None:

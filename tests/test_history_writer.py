@@ -5,6 +5,7 @@ tests/test_history_exporter.py)."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,20 @@ from celery_events_exporter import app
 from celery_events_exporter.config import Config
 from celery_events_exporter.history.collector import HistoryCollector
 from celery_events_exporter.history.postgres import PostgresStore
-from celery_events_exporter.history.row import approximate_bytes
+from celery_events_exporter.history.row import ENTRY_BYTES, ROW_BYTES
 from celery_events_exporter.history.sql import HistoryQuery
 from celery_events_exporter.history.sqlite import SqliteStore
 from celery_events_exporter.history.store import HistoryStore, Retention
 from celery_events_exporter.history.wiring import History
-from celery_events_exporter.history.writer import HistoryWriter
+from celery_events_exporter.history.writer import (
+    BATCH_OVERHEAD,
+    CHANGE_OVERHEAD,
+    MAX_YIELD,
+    HistoryWriter,
+    buffered_bytes,
+    ingest_pause,
+)
+from tests.conftest import wait_until
 from tests.test_history_store import T0, task_events
 
 pytestmark = pytest.mark.integration
@@ -97,13 +106,31 @@ def test_one_row_per_task_however_its_events_are_split_across_flushes(tmp_path: 
 def test_past_its_budget_the_buffer_drops_and_counts(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
     events = task_events("a", T0, "tests.add", "task-succeeded")
-    budget = sum(approximate_bytes(e) for e in events)
+    budget = buffered_bytes(events[:2]) + buffered_bytes(events[2:])
     writer = HistoryWriter(store, None, budget_bytes=budget, retention=NO_RETENTION)
     writer.sink(events[:2])
     writer.sink(events[2:])  # the budget, exactly
     writer.sink(task_events("b", T0, "tests.add", "task-succeeded")[:1])
     assert writer.stats.dropped["buffer_full"] == 1
     assert writer.buffer_bytes == budget
+
+
+def test_the_buffer_holds_the_states_batches_by_their_json(tmp_path: Path) -> None:
+    """The state's batch is kept as it is, accounted by the JSON its changes came in; once
+    folded, its tasks' rows hold the buffer until they are written."""
+    store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
+    store.migrate()
+    writer = HistoryWriter(store, None, budget_bytes=1 << 24, retention=NO_RETENTION)
+    state = app.build_state(Config(), None, History(store, writer, HistoryCollector(writer)))
+    events = [dict(c.event) for c in task_events("a", T0, "tests.add", "task-succeeded")]
+    body = json.dumps(events)
+    state.apply_batch([(json.loads(body), T0, body)])
+    assert writer.buffer_bytes == len(body) + BATCH_OVERHEAD + 4 * CHANGE_OVERHEAD
+    writer._take()
+    assert writer.buffer_bytes == ROW_BYTES + 4 * ENTRY_BYTES
+    assert writer.flush() is True
+    assert writer.buffer_bytes == 0
+    assert store.get("a") is not None
 
 
 def test_the_states_task_changes_are_written_by_the_workers_clock_and_orphans_read_lost(
@@ -147,3 +174,39 @@ def test_the_states_task_changes_are_written_by_the_workers_clock_and_orphans_re
         "SUCCESS", "tests.add", T0 + 3.0, T0 + 5.0,
     )  # fmt: skip
     assert writer.stats.dropped == {"buffer_full": 0, "rejected": 0}
+
+
+@pytest.mark.unit
+def test_while_ingest_is_behind_the_writer_takes_a_fifth_of_the_time() -> None:
+    assert ingest_pause(0.010) == pytest.approx(0.040)  # 10 ms of work, then 40 ms left
+    assert ingest_pause(0.0) == 0.0
+    assert ingest_pause(60.0) == MAX_YIELD  # never stops for long
+
+
+def test_a_writer_yielding_to_ingest_still_writes(tmp_path: Path) -> None:
+    """Ingest behind all the time (a burst that does not end): the writer pauses after each
+    unit of work but goes on, every row written."""
+    store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
+    writer = HistoryWriter(
+        store, None, budget_bytes=1 << 24, retention=NO_RETENTION, flush_interval=0.05
+    )
+    asked: list[bool] = []
+
+    def behind() -> bool:
+        asked.append(True)
+        return True
+
+    uuids = [f"t-{i:03d}" for i in range(300)]
+    for uuid in uuids:
+        writer.sink(task_events(uuid, T0, "tests.add", "task-succeeded"))
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,), kwargs={"ingest_behind": behind})
+    thread.start()
+    try:
+        wait_until(lambda: writer.stats.rows_written == 300, what="every row written")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert len(store.page(HistoryQuery(limit=1000))) == 300
+    assert len(asked) >= 300 + 1  # after each batch folded, after the rows written
+    assert writer.buffer_bytes == 0

@@ -1,11 +1,12 @@
 """The history in PostgreSQL (psycopg 3, a small connection pool).
 
-A batch is merged in one transaction: the batch's existing rows are locked (``FOR UPDATE``, in
-uuid order), joined with the batch in Python, then the result is copied (``COPY``) into a
-temporary table and moved with one ``INSERT ... ON CONFLICT DO NOTHING`` and one ``UPDATE``.
-A new row another exporter inserted meanwhile conflicts; it is merged again in a next round,
-locked this time. The schema is created under a transaction-scoped advisory lock, so exporters
-starting together migrate once.
+A batch is merged in one transaction: copied (``COPY``, times as epoch seconds) into a
+temporary table, then moved with one ``INSERT ... SELECT ... ON CONFLICT (uuid) DO UPDATE``
+whose update merges each row into the stored one in SQL (``sql.Dialect.merge``), in uuid order.
+PostgreSQL locks a conflicting row and merges with its latest version, so two exporters writing
+the same tasks at once leave one row each, nothing is read back and nothing is retried. The
+schema is created under a transaction-scoped advisory lock, so exporters starting together
+migrate once.
 
 Credentials and TLS are libpq's: in the URL (``sslmode=verify-full&sslrootcert=...``), a
 password file (``passfile=...`` or ``PGPASSFILE``) or the environment (``PGPASSWORD``,
@@ -23,7 +24,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from celery_events_exporter.history.row import COLUMNS, TaskRow
+from celery_events_exporter.history.row import COLUMNS, TIME_COLUMNS, RowValues, TaskRow
 from celery_events_exporter.history.sql import (
     FAILED_STATES,
     FREE_TEXT_INDEX,
@@ -33,6 +34,7 @@ from celery_events_exporter.history.sql import (
     TABLE,
     Erasure,
     HistoryQuery,
+    encode_values,
     select_children,
     select_page,
 )
@@ -42,7 +44,6 @@ from celery_events_exporter.history.store import (
     ROUND,
     HistoryStore,
     Retention,
-    merge_into,
 )
 from celery_events_exporter.logging import get_logger
 
@@ -51,10 +52,36 @@ log = get_logger(__name__)
 MIGRATION_LOCK = 0x63656C657279  # "celery": the advisory lock key the migration holds
 CONNECT_TIMEOUT = 5
 POOL_TIMEOUT = 10.0
-_BATCH_TABLE = "celery_tasks_batch"
-_SELECT_LOCKED = (
-    f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE uuid = ANY(%s) ORDER BY uuid FOR UPDATE"
+_INCOMING = "celery_tasks_incoming"
+"""The temporary table a batch is copied into: the table's columns, times in epoch seconds."""
+_CREATE_INCOMING = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_INCOMING} ("
+    + ", ".join(
+        f"{c} "
+        + (
+            "DOUBLE PRECISION"
+            if c in TIME_COLUMNS
+            else "TEXT"
+            if c == "events"
+            else POSTGRESQL.column_type(c)
+        )
+        for c in COLUMNS
+    )
+    + ") ON COMMIT DELETE ROWS"
 )
+_COPY_INCOMING = f"COPY {_INCOMING} ({', '.join(COLUMNS)}) FROM STDIN"
+_MERGE_INCOMING = (
+    f"INSERT INTO {TABLE} AS t ({', '.join(COLUMNS)}) SELECT "
+    + ", ".join(
+        f"to_timestamp({c})" if c in TIME_COLUMNS else "events::jsonb" if c == "events" else c
+        for c in COLUMNS
+    )
+    + f" FROM {_INCOMING} ORDER BY uuid ON CONFLICT (uuid) DO UPDATE SET "
+    + POSTGRESQL.merge("%s::timestamptz")
+)
+"""Each row of the batch inserted, or merged into the stored one (``Dialect.merge``), in uuid
+order (two exporters lock shared rows in the same order); its parameter is ``finish``'s
+``pending_before``."""
 
 
 def safe_description(url: str) -> str:
@@ -116,46 +143,13 @@ class PostgresStore(HistoryStore):
                 error=f"{type(exc).__name__}: {str(exc)[:200]}",
             )
 
-    def write(self, rows: Sequence[TaskRow], pending_before: float | None) -> None:
-        pending = list(rows)
-        for _ in range(5):
-            if not pending:
-                return
-            pending = self._write_round(pending, pending_before)
-        raise RuntimeError(f"{len(pending)} rows kept conflicting with another writer")
-
-    def _write_round(self, rows: list[TaskRow], pending_before: float | None) -> list[TaskRow]:
-        """Merge ``rows``; the rows that met a row inserted meanwhile, to merge again."""
-        by_uuid = {row.uuid: row for row in rows}
-        encode = POSTGRESQL.encode
+    def write(self, rows: Sequence[RowValues], pending_before: float | None) -> None:
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH_TABLE} (LIKE {TABLE}) "
-                "ON COMMIT DELETE ROWS"
-            )
-            cur.execute(_SELECT_LOCKED, (sorted(by_uuid),))
-            existing = {r.uuid: r for r in map(POSTGRESQL.decode, cur.fetchall())}
-            merged = merge_into(existing, rows, pending_before)
-            with cur.copy(f"COPY {_BATCH_TABLE} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                for row in merged:
-                    copy.write_row(encode(row))
-            new = [uuid for uuid in by_uuid if uuid not in existing]
-            inserted: set[str] = set()
-            if new:
-                cur.execute(
-                    f"INSERT INTO {TABLE} SELECT * FROM {_BATCH_TABLE} WHERE uuid = ANY(%s) "
-                    "ORDER BY uuid ON CONFLICT (uuid) DO NOTHING RETURNING uuid",
-                    (new,),
-                )
-                inserted = {r[0] for r in cur.fetchall()}
-            if existing:
-                assignments = ", ".join(f"{c} = b.{c}" for c in COLUMNS if c != "uuid")
-                cur.execute(
-                    f"UPDATE {TABLE} t SET {assignments} FROM {_BATCH_TABLE} b "
-                    "WHERE t.uuid = b.uuid AND b.uuid = ANY(%s)",
-                    (list(existing),),
-                )
-        return [by_uuid[uuid] for uuid in new if uuid not in inserted]
+            cur.execute(_CREATE_INCOMING)
+            with cur.copy(_COPY_INCOMING) as copy:
+                for values in rows:
+                    copy.write_row(encode_values(values))
+            cur.execute(_MERGE_INCOMING, (POSTGRESQL.to_time(pending_before),))
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.pool.connection() as conn:

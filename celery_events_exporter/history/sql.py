@@ -14,7 +14,34 @@ from typing import Any
 
 import orjson
 
-from celery_events_exporter.history.row import COLUMNS, TIME_COLUMNS, TaskRow, TimelineEntry
+from celery_events_exporter.events.vocabulary import (
+    FAILURE,
+    LOST,
+    PENDING,
+    REJECTED,
+    RETRY,
+    STARTED,
+    STATE_RANK,
+    TASK_EVENT_STATES,
+    TASK_ORPHANED,
+)
+from celery_events_exporter.history.row import (
+    COLUMNS,
+    EVENTS,
+    MAX_COLUMNS,
+    MAX_TIMELINE,
+    TIME_COLUMN,
+    TIME_COLUMNS,
+    UNKNOWN,
+    WITH_EXCEPTION,
+    WITH_PAYLOAD,
+    WITH_SENT,
+    WITH_SUCCESS,
+    WORKER_TIMES,
+    RowValues,
+    TaskRow,
+    TimelineEntry,
+)
 from celery_events_exporter.history.search import Term
 
 TABLE = "celery_tasks"
@@ -71,6 +98,18 @@ class Dialect:
     like: str
     to_time: Callable[[float | None], Any]
     from_time: Callable[[Any], float | None]
+    greatest: Callable[[str, str, bool], str]
+    """SQL for the larger of two values, null only when both are (text compared by code point
+    when the flag says text, as Python compares)."""
+    least: Callable[[str, str], str]
+    greatest_of: Callable[[list[str]], str]
+    """SQL for the largest of several values none of which is null."""
+    never: str
+    """A time before any other, for a key that is null."""
+    timeline: Callable[[str, str], str]
+    """SQL for the merged timeline of two rows' ``events`` (``row._timeline``'s rule)."""
+    failure_runtime: Callable[[str, str], str]
+    """SQL for ``round(failed - started, 6)`` in seconds."""
 
     def column_type(self, column: str) -> str:
         if column in TIME_COLUMNS:
@@ -100,18 +139,90 @@ class Dialect:
         ]
         return statements
 
-    def encode(self, row: TaskRow) -> tuple[Any, ...]:
-        """The row's values in ``COLUMNS`` order, as this database takes them."""
-        values: list[Any] = []
-        to_time = self.to_time
-        for column in COLUMNS:
-            value = getattr(row, column)
-            if column in TIME_COLUMNS:
-                value = to_time(value)
-            elif column == "events":
-                value = encode_timeline(value)
-            values.append(value)
-        return tuple(values)
+    def merge(self, pending_before: str) -> str:
+        """The ``ON CONFLICT (uuid) DO UPDATE SET`` list that merges a new row (``excluded``)
+        into the stored one (``t``) by ``row.py``'s rules, then derives state, runtime and
+        updated_at from the merged columns as ``row.finish`` does. ``pending_before`` is the
+        SQL of ``finish``'s parameter (NULL for none)."""
+
+        def greatest(column: str) -> str:
+            return self.greatest(f"t.{column}", f"excluded.{column}", column in _TEXT)
+
+        def key(side: str, column: str) -> str:
+            return f"coalesce({side}.{column}, {self.never})"
+
+        def payload_key(side: str) -> str:
+            return (
+                f"(CASE WHEN {side}.received IS NULL THEN 0 ELSE 1 END, "
+                f"coalesce({side}.received, {side}.sent, {self.never}))"
+            )
+
+        def worker_key(side: str) -> str:
+            return self.greatest_of([key(side, column) for column in WORKER_TIMES])
+
+        keys = {
+            **dict.fromkeys(WITH_SUCCESS, (key("t", "succeeded"), key("excluded", "succeeded"))),
+            **dict.fromkeys(
+                WITH_EXCEPTION, (key("t", "exception_at"), key("excluded", "exception_at"))
+            ),
+            **dict.fromkeys(WITH_PAYLOAD, (payload_key("t"), payload_key("excluded"))),
+            **dict.fromkeys(WITH_SENT, (key("t", "sent"), key("excluded", "sent"))),
+            "worker": (worker_key("t"), worker_key("excluded")),
+        }
+
+        def pick(column: str) -> str:
+            """The value that goes with the larger key; the larger value for equal keys."""
+            old, new = keys[column]
+            return (
+                f"CASE WHEN {new} > {old} THEN excluded.{column} "
+                f"WHEN {new} = {old} THEN {greatest(column)} ELSE t.{column} END"
+            )
+
+        assignments = [f"{column} = {greatest(column)}" for column in MAX_COLUMNS]
+        assignments.append(f"seen_at = {self.least('t.seen_at', 'excluded.seen_at')}")
+        assignments += [f"{column} = {pick(column)}" for column in keys if column != "runtime"]
+        assignments.append(f"events = {self.timeline('t.events', 'excluded.events')}")
+        merged = {column: greatest(column) for column in TIME_COLUMN.values()}
+        unfinished = f"{merged['succeeded']} IS NULL AND {merged['failed']} IS NULL"
+
+        def candidate(event_type: str, column: str) -> str:
+            """(time, rank, state) of one event type; a retry never overrides an end."""
+            state = TASK_EVENT_STATES[event_type]
+            moment = merged[column]
+            if state == RETRY:
+                moment = f"CASE WHEN {unfinished} THEN {moment} END"
+            return f"({moment}, {STATE_RANK[state]}, '{state}')"
+
+        candidates = ", ".join(
+            candidate(event_type, column)
+            for event_type, column in TIME_COLUMN.items()
+            if event_type != TASK_ORPHANED  # the exporter's own verdict: LOST below
+        )
+        best = (
+            f"(SELECT column3 FROM (VALUES {candidates}) AS v WHERE column1 IS NOT NULL "
+            "ORDER BY column1 DESC, column2 DESC LIMIT 1)"
+        )
+        failed, started = merged["failed"], merged["started"]
+        state = (
+            f"CASE WHEN b.s = '{REJECTED}' AND {failed} IS NOT NULL THEN '{FAILURE}' "
+            f"WHEN {merged['orphaned']} IS NOT NULL AND (b.s IS NULL OR b.s = '{STARTED}') "
+            f"THEN '{LOST}' "
+            f"WHEN b.s = '{PENDING}' AND {merged['sent']} < {pending_before} THEN '{UNKNOWN}' "
+            "ELSE b.s END"
+        )
+        runtime = (
+            f"CASE WHEN {merged['succeeded']} IS NOT NULL THEN {pick('runtime')} "
+            f"WHEN b.s IN ('{FAILURE}', '{REJECTED}') AND {failed} >= {started} "
+            f"THEN {self.failure_runtime(failed, started)} END"
+        )
+        updated = self.greatest_of(
+            [key(side, column) for column in TIME_COLUMN.values() for side in ("t", "excluded")]
+        )
+        assignments.append(
+            f"(state, runtime, updated_at) = (SELECT {state}, {runtime}, "
+            f"NULLIF({updated}, {self.never}) FROM (SELECT {best} AS s) AS b)"
+        )
+        return ",\n  ".join(assignments)
 
     def decode(self, values: Sequence[Any]) -> TaskRow:
         """A row from this database's values in ``COLUMNS`` order."""
@@ -143,8 +254,79 @@ def decode_timeline(value: Any) -> tuple[TimelineEntry, ...]:
     )
 
 
+def encode_values(values: RowValues) -> list[Any]:
+    """A finished row's columns as both stores write them: times in epoch seconds (PostgreSQL
+    converts them in SQL), the timeline as JSON text."""
+    encoded = values.copy()
+    encoded[EVENTS] = encode_timeline(encoded[EVENTS])
+    return encoded
+
+
 def _epoch(value: float | None) -> float | None:
     return value
+
+
+def _sqlite_greatest(a: str, b: str, text: bool) -> str:
+    # max() of several arguments is null when one is; BINARY collation compares UTF-8 bytes,
+    # which is code point order.
+    return f"coalesce(max({a}, {b}), {a}, {b})"
+
+
+def _sqlite_least(a: str, b: str) -> str:
+    return f"coalesce(min({a}, {b}), {a}, {b})"
+
+
+def _sqlite_greatest_of(values: list[str]) -> str:
+    return f"max({', '.join(values)})"
+
+
+def _sqlite_timeline(old: str, new: str) -> str:
+    # Entries are deduplicated by their JSON text: orjson writes an entry always the same way,
+    # and json_each/json() keep number and string literals as written.
+    return (
+        "(SELECT json_group_array(json(v)) FROM (SELECT v FROM (SELECT v, at, kind, w, r FROM ("
+        "SELECT DISTINCT value AS v, json_extract(value, '$.timestamp') AS at, "
+        "json_extract(value, '$.type') AS kind, "
+        "coalesce(json_extract(value, '$.worker'), '') AS w, "
+        "coalesce(json_extract(value, '$.retries'), -1) AS r "
+        f"FROM (SELECT value FROM json_each({old}) UNION ALL SELECT value FROM json_each({new}))) "
+        f"ORDER BY at DESC, kind DESC, w DESC, r DESC LIMIT {MAX_TIMELINE}) "
+        "ORDER BY at, kind, w, r))"
+    )
+
+
+def _sqlite_failure_runtime(failed: str, started: str) -> str:
+    return f"round({failed} - {started}, 6)"
+
+
+def _pg_greatest(a: str, b: str, text: bool) -> str:
+    if text:  # the default collation may not be code point order
+        return f'GREATEST({a} COLLATE "C", {b} COLLATE "C")'
+    return f"GREATEST({a}, {b})"
+
+
+def _pg_least(a: str, b: str) -> str:
+    return f"LEAST({a}, {b})"
+
+
+def _pg_greatest_of(values: list[str]) -> str:
+    return f"GREATEST({', '.join(values)})"
+
+
+def _pg_timeline(old: str, new: str) -> str:
+    return (
+        "(SELECT coalesce(jsonb_agg(e.v ORDER BY e.at, e.kind, e.w, e.r), '[]'::jsonb) FROM ("
+        "SELECT DISTINCT v, (v->>'timestamp')::float8 AS at, (v->>'type') COLLATE \"C\" AS kind, "
+        "coalesce(v->>'worker', '') COLLATE \"C\" AS w, "
+        "coalesce((v->>'retries')::bigint, -1) AS r "
+        f"FROM (SELECT jsonb_array_elements({old}) AS v "
+        f"UNION ALL SELECT jsonb_array_elements({new})) AS u "
+        f"ORDER BY at DESC, kind DESC, w DESC, r DESC LIMIT {MAX_TIMELINE}) AS e)"
+    )
+
+
+def _pg_failure_runtime(failed: str, started: str) -> str:
+    return f"round(EXTRACT(EPOCH FROM ({failed}) - ({started})), 6)::float8"
 
 
 def _datetime(value: float | None) -> datetime | None:
@@ -155,8 +337,14 @@ def _from_datetime(value: Any) -> float | None:
     return None if value is None else float(value.timestamp())
 
 
-SQLITE = Dialect("sqlite", "?", "REAL", "TEXT", "LIKE", _epoch, _epoch)
-POSTGRESQL = Dialect("postgresql", "%s", "TIMESTAMPTZ", "JSONB", "ILIKE", _datetime, _from_datetime)
+SQLITE = Dialect(
+    "sqlite", "?", "REAL", "TEXT", "LIKE", _epoch, _epoch, _sqlite_greatest, _sqlite_least,
+    _sqlite_greatest_of, "-1.0", _sqlite_timeline, _sqlite_failure_runtime,
+)  # fmt: skip
+POSTGRESQL = Dialect(
+    "postgresql", "%s", "TIMESTAMPTZ", "JSONB", "ILIKE", _datetime, _from_datetime, _pg_greatest,
+    _pg_least, _pg_greatest_of, "'-infinity'::timestamptz", _pg_timeline, _pg_failure_runtime,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

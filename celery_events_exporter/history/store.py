@@ -1,9 +1,9 @@
 """What a history store does, whatever the database: merge rows in, answer pages, expire.
 
-Each store merges a batch the same way: it reads the batch's rows that exist already (locked
-against another exporter writing the same tasks), joins them with the batch's rows in Python
-(``row.join``: any order gives the same row) and writes the result; so two exporters writing
-one task into one database leave one row, with the content either would have written alone.
+Each store merges a batch in one statement: a row is inserted, or merged into the stored row of
+its uuid by ``row.py``'s rules expressed in SQL (``sql.Dialect.merge``), which the database runs
+under the row's lock. Nothing is read back; two exporters writing one task into one database
+leave one row, with the content either would have written alone, whatever the order.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from celery_events_exporter.history.row import TaskRow, finish, join
+from celery_events_exporter.history.row import RowValues, TaskRow
 from celery_events_exporter.history.sql import Erasure, HistoryQuery, Page
 
 
@@ -49,8 +49,9 @@ class HistoryStore(ABC):
         """Create or upgrade the schema, under a lock shared with other exporters."""
 
     @abstractmethod
-    def write(self, rows: Sequence[TaskRow], pending_before: float | None) -> None:
-        """Merge ``rows`` (one per uuid) into the table."""
+    def write(self, rows: Sequence[RowValues], pending_before: float | None) -> None:
+        """Merge ``rows`` (finished, one per uuid: ``row.finish``) into the table; a merged row's
+        state is derived as ``finish`` derives it with ``pending_before``."""
 
     @abstractmethod
     def page(self, query: HistoryQuery) -> list[TaskRow]:
@@ -83,16 +84,3 @@ class HistoryStore(ABC):
     def explain(self, sql: str, params: Sequence[object]) -> str:
         """The database's plan for ``sql`` (for the tests that check indexes serve searches)."""
         raise NotImplementedError
-
-
-def merge_into(
-    existing: dict[str, TaskRow], rows: Sequence[TaskRow], pending_before: float | None
-) -> list[TaskRow]:
-    """``rows`` joined with the stored rows of the same uuids, finished."""
-    out: list[TaskRow] = []
-    for row in rows:
-        stored = existing.get(row.uuid)
-        out.append(
-            finish(row if stored is None else join(stored, row), pending_before=pending_before)
-        )
-    return out

@@ -1,12 +1,15 @@
 """The history's writer: the sink the state feeds, and the thread that writes what it buffered.
 
-``sink`` runs on the ingest thread and only appends the changes to a buffer bounded in bytes.
-The writer thread wakes every ``FLUSH_INTERVAL``, turns the buffered changes into rows, merges
-the rows of one task into one and writes them in batches. While the database is slow or down the
-rows wait (merged, so a task costs one row however many events it sends) and new changes keep
-coming in up to the byte budget; past it they are dropped and counted. The thread reconnects by
-itself (the store's pool does) and retries with a growing pause. A ``kill -9`` loses what was
-buffered: at most one flush window of events while the database keeps up.
+``sink`` runs on the ingest thread and only appends the state's batch of task changes to a
+buffer bounded in bytes, as it is: the batch holds its messages' JSON bodies, and its size is
+known without reading it. The writer thread wakes every ``FLUSH_INTERVAL``, reads the buffered
+batches (each event decoded again from its body), folds each task's events into its row and
+merges the rows into the database in batches, the merge done by the database (``store.py``).
+While the database is slow or down the rows wait, folded (a task costs one row however many
+events it sends), and new changes keep coming in up to the byte budget; past it they are
+dropped and counted. The thread reconnects by itself (the store's pool does) and retries with a
+growing pause. A ``kill -9`` loses what was buffered: at most one flush window of events while
+the database keeps up.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from celery_events_exporter.history.row import TaskRow, approximate_bytes, fold, join
+from celery_events_exporter.history.row import UUID, Rows, RowValues, finish
 from celery_events_exporter.history.store import HistoryStore, Retention
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.state.changes import TaskChange
+from celery_events_exporter.state.feed import change_fields, json_size
 from celery_events_exporter.tasks.redact import Redactor
 
 log = get_logger(__name__)
@@ -33,8 +37,16 @@ EXPIRE_INTERVAL = 10.0
 MAX_RETRY_PAUSE = 10.0
 """Longest pause between two attempts while the database fails: how late the history catches
 up after an outage."""
-ROW_OVERHEAD = 400
-"""Bytes a buffered row costs besides its text: its object and the dict slot."""
+DUTY_CYCLE = 0.2
+"""The share of the time the writer thread works while the ingest thread is behind: it shares
+the interpreter lock with counting, which comes first (bench/README.md, "Task history")."""
+MAX_YIELD = 1.0
+"""Longest pause for the ingest thread after one unit of work (a batch folded, rows written)."""
+BATCH_OVERHEAD = 200
+"""Bytes a buffered batch costs besides its changes: its object and its list."""
+CHANGE_OVERHEAD = 100
+"""Bytes a buffered change costs besides its JSON: its three slots in the batch's list and its
+share of its message's (bench/README.md, "Task history")."""
 
 DROP_BUFFER_FULL = "buffer_full"
 """A change arrived while the buffer held its budget (the database slow or down)."""
@@ -43,12 +55,16 @@ DROP_REJECTED = "rejected"
 DROP_REASONS = (DROP_BUFFER_FULL, DROP_REJECTED)
 
 
-def row_bytes(row: TaskRow) -> int:
-    size = ROW_OVERHEAD + 40 * len(row.events)
-    for value in (row.args, row.kwargs, row.result, row.exception, row.traceback, row.name):
-        if value is not None:
-            size += len(value)
-    return size
+def buffered_bytes(changes: Sequence[TaskChange]) -> int:
+    """What a batch of changes costs the writer's buffer until it is folded: the JSON it came
+    in and the objects keeping it."""
+    return json_size(changes) + BATCH_OVERHEAD + CHANGE_OVERHEAD * len(changes)
+
+
+def ingest_pause(worked: float) -> float:
+    """Seconds to leave the ingest thread after ``worked`` seconds of work while it is behind:
+    the writer then takes at most ``DUTY_CYCLE`` of the time, and never stops for long."""
+    return min(worked * (1 / DUTY_CYCLE - 1), MAX_YIELD)
 
 
 @dataclass
@@ -75,93 +91,84 @@ class HistoryWriter:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.redactor = redactor
-        self.budget_bytes = budget_bytes
         self.retention = retention
+        self.budget_bytes = budget_bytes
         self.flush_interval = flush_interval
         self.clock = clock
         self.stats = WriterStats()
         self._lock = threading.Lock()
-        self._incoming: list[TaskChange] = []
+        self._incoming: list[tuple[Sequence[TaskChange], int]] = []
+        """Batches handed over and not folded yet, with what each costs the buffer."""
         self._incoming_bytes = 0
-        self._pending: dict[str, TaskRow] = {}
-        self._pending_bytes = 0
+        self._rows = Rows(redactor)
+        """The folded rows not written yet (this thread's own)."""
         self.ready = threading.Event()
         """Set once the schema is migrated."""
         self._last_flush_ok = True
+        self._stop = threading.Event()
+        self._ingest_behind: Callable[[], bool] | None = None
 
     @property
     def buffer_bytes(self) -> int:
-        return self._incoming_bytes + self._pending_bytes
+        return self._incoming_bytes + self._rows.bytes
 
     def sink(self, changes: Sequence[TaskChange]) -> None:
-        """The state's sink: append ``changes`` to the buffer, or drop them past its budget.
-        They are read once: the state's batches make their changes anew at every pass."""
-        taken = list(changes)
-        size = 0
-        for change in taken:
-            size += approximate_bytes(change)
+        """The state's sink: keep the batch ``changes`` as it is, or drop it past the budget."""
+        size = buffered_bytes(changes)
         with self._lock:
-            if self._incoming_bytes + self._pending_bytes + size > self.budget_bytes:
-                self.stats.dropped[DROP_BUFFER_FULL] += len(taken)
+            if self._incoming_bytes + self._rows.bytes + size > self.budget_bytes:
+                self.stats.dropped[DROP_BUFFER_FULL] += len(changes)
                 return
-            self._incoming.extend(taken)
+            self._incoming.append((changes, size))
             self._incoming_bytes += size
 
     def _take(self) -> None:
-        """Move the incoming changes into the pending rows, one row per task."""
+        """Fold the buffered batches into the pending rows, one row per task, batch by batch
+        (a batch's bytes leave the buffer's account once its rows hold them)."""
         with self._lock:
             incoming, self._incoming = self._incoming, []
-            incoming_bytes, self._incoming_bytes = self._incoming_bytes, 0
-        by_task: dict[str, list[TaskChange]] = {}
-        for change in incoming:
-            found = by_task.get(change.uuid)
-            if found is None:
-                by_task[change.uuid] = [change]
-            else:
-                found.append(change)
-        pending = self._pending
-        redactor = self.redactor
-        added = 0
-        for _uuid, changes in by_task.items():
-            row = fold(changes, redactor)
-            if row is None:
-                continue
-            stored = pending.get(row.uuid)
-            if stored is None:
-                pending[row.uuid] = row
-                added += row_bytes(row)
-            else:
-                merged = join(stored, row)
-                pending[row.uuid] = merged
-                added += row_bytes(merged) - row_bytes(stored)
-        with self._lock:
-            self._pending_bytes += added
-        del incoming_bytes
+        fold = self._rows.fold
+        for changes, size in incoming:
+            began = time.perf_counter()
+            fold(change_fields(changes))
+            with self._lock:
+                self._incoming_bytes -= size
+            self._yield_to_ingest(time.perf_counter() - began)
+
+    def _yield_to_ingest(self, worked: float) -> None:
+        """After ``worked`` seconds of work, pause while the ingest thread is behind."""
+        behind = self._ingest_behind
+        if behind is not None and behind():
+            self._stop.wait(ingest_pause(worked))
 
     def flush(self) -> bool:
         """Write what is buffered; False if the database failed (the rows wait)."""
         self._take()
-        pending = self._pending
-        if not pending:
+        rows = self._rows.by_uuid
+        if not rows:
             return True
         now = self.clock()
         pending_before = now - self.retention.pending if self.retention.pending > 0 else None
-        rows = list(pending.values())
-        for start in range(0, len(rows), BATCH_ROWS):
+        uuids = list(rows)
+        for start in range(0, len(uuids), BATCH_ROWS):
+            began = time.perf_counter()
+            batch = [
+                finish(rows[uuid], pending_before) for uuid in uuids[start : start + BATCH_ROWS]
+            ]
             try:
-                self._write(rows[start : start + BATCH_ROWS], pending_before)
+                self._write(batch, pending_before)
             except Exception as exc:  # the database is away: the rows wait
                 log.warning(
                     "task history not written; retrying",
                     store=self.store.description,
-                    rows=len(pending),
+                    rows=len(rows),
                     error=f"{type(exc).__name__}: {str(exc)[:300]}",
                 )
                 return False
+            self._yield_to_ingest(time.perf_counter() - began)
         return True
 
-    def _write(self, batch: list[TaskRow], pending_before: float | None) -> None:
+    def _write(self, batch: list[RowValues], pending_before: float | None) -> None:
         """Write ``batch``; a batch the database refuses (not a connection problem) is split
         until the rows it refuses are alone, and those are dropped and counted. Raises what
         is transient."""
@@ -179,7 +186,7 @@ class HistoryWriter:
             log.error(
                 "task history row refused; dropped",
                 store=self.store.description,
-                uuid=batch[0].uuid[:64],
+                uuid=batch[0][UUID][:64],
                 error=f"{type(exc).__name__}: {str(exc)[:300]}",
             )
             self.stats.dropped[DROP_REJECTED] += 1
@@ -190,13 +197,10 @@ class HistoryWriter:
         self.stats.batches += 1
         self.stats.last_success = self.clock()
 
-    def _forget(self, batch: Sequence[TaskRow]) -> None:
-        freed = 0
-        for row in batch:
-            if self._pending.pop(row.uuid, None) is not None:
-                freed += row_bytes(row)
-        with self._lock:
-            self._pending_bytes -= freed
+    def _forget(self, batch: Sequence[RowValues]) -> None:
+        take = self._rows.take
+        for values in batch:
+            take(values[UUID])
 
     def _migrate(self, stop: threading.Event) -> bool:
         pause = 1.0
@@ -218,16 +222,21 @@ class HistoryWriter:
             return True
         return False
 
-    def run(self, stop: threading.Event) -> None:
-        """Migrate, then write every flush window and expire every minute, until ``stop``."""
+    def run(self, stop: threading.Event, ingest_behind: Callable[[], bool] | None = None) -> None:
+        """Migrate, then write every flush window and expire every minute, until ``stop``;
+        while ``ingest_behind()`` says the ingest thread has a backlog, yield to it."""
+        self._stop = stop
+        self._ingest_behind = ingest_behind
         if not self._migrate(stop):
             return
         pause = self.flush_interval
         next_expiry = 0.0
         while not stop.wait(pause):
+            began = time.monotonic()
             self._last_flush_ok = self.flush()
             if self._last_flush_ok:
-                pause = self.flush_interval
+                # A flush longer than the window (a busy fleet) is followed by the next at once.
+                pause = max(0.0, self.flush_interval - (time.monotonic() - began))
             else:
                 pause = min(max(pause * 2, 1.0), MAX_RETRY_PAUSE)
                 continue

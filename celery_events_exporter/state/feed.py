@@ -23,6 +23,10 @@ from celery_events_exporter.state.counting import UNKNOWN_TASK, ChangeLog
 ChangeFields = tuple[str, str, float, Any, str | None, str | None]
 """A ``TaskChange``'s fields, in its order, without the object."""
 
+CHANGE_JSON_BYTES = 300
+"""Bytes of JSON a task change counts for when its sequence does not say (Celery's task events
+take about 300 each)."""
+
 
 def _fields(log: ChangeLog) -> Iterator[ChangeFields]:
     at, events = 0.0, None
@@ -63,7 +67,11 @@ def _changes(log: ChangeLog) -> Iterator[TaskChange]:
 class ChangeBatch(Sequence[TaskChange]):
     """A batch's task changes in the order they were applied. A change's ``timestamp`` is when
     the exporter received its event (its own clock; the worker's is in the event); ``size`` is
-    the bytes of JSON the changes came in, for a subscriber's memory bound."""
+    the bytes of JSON the changes came in, for a subscriber's memory bound.
+
+    A subscriber may keep a batch and read it later on another thread: the state never touches
+    a change log once it is handed over (each batch gets a new one), and the message bodies it
+    holds are immutable."""
 
     __slots__ = ("_count", "_log", "size")
 
@@ -92,3 +100,17 @@ class ChangeBatch(Sequence[TaskChange]):
         every change of every batch it keeps (the recent-task store's merge): a frozen
         dataclass costs six ``object.__setattr__`` calls to make."""
         return _fields(self._log)
+
+
+def change_fields(changes: Sequence[TaskChange]) -> Iterator[ChangeFields]:
+    """The fields of each change, without making objects of a ``ChangeBatch``'s."""
+    if isinstance(changes, ChangeBatch):
+        return changes.fields()
+    return ((c.uuid, c.type, c.timestamp, c.event, c.name, c.worker) for c in changes)
+
+
+def json_size(changes: Sequence[TaskChange]) -> int:
+    """Bytes of JSON ``changes`` came in: a ``ChangeBatch``'s ``size``, else an estimate."""
+    if isinstance(changes, ChangeBatch):
+        return changes.size
+    return CHANGE_JSON_BYTES * len(changes)

@@ -38,7 +38,7 @@ from celery_events_exporter.events.vocabulary import (
     TASK_STATES,
 )
 from celery_events_exporter.state.changes import TaskChange
-from celery_events_exporter.state.feed import ChangeBatch
+from celery_events_exporter.state.feed import change_fields, json_size
 from celery_events_exporter.tasks import bounds
 
 # What the API and the dashboards import from here; the vocabulary is events.vocabulary's.
@@ -137,10 +137,6 @@ _KINDS: dict[str, tuple[str, str, int]] = {
 WINDOW_EVENTS_PER_TASK = 6
 """Task events kept unmerged per task of ``max_tasks``: a task sends 3 to 4 (sent, received,
 started, then its end), so the window reaches back past the ``max_tasks`` most recent tasks."""
-
-CHANGE_SIZE = 300
-"""Bytes of JSON a task change counts for when its batch does not say (Celery's task events take
-about 300 each)."""
 
 WINDOW_BYTES_PER_TASK = 4096
 """Bytes of JSON kept unmerged per task of ``max_tasks``: Celery's task events take about 300
@@ -250,7 +246,7 @@ class RecentTasks:
         if not changes:
             return
         task_events = len(changes)
-        size = getattr(changes, "size", CHANGE_SIZE * task_events)
+        size = json_size(changes)
         window = self._window
         with self._window_lock:
             window.append((changes, size))
@@ -294,12 +290,8 @@ class RecentTasks:
             self._merged = self._kept
         observe = self._observe
         for changes, _ in new:
-            if isinstance(changes, ChangeBatch):
-                for uuid, event_type, at, event, _name, worker in changes.fields():
-                    observe(uuid, event_type, at, event, worker)
-            else:
-                for change in changes:
-                    observe(change.uuid, change.type, change.timestamp, change.event, change.worker)
+            for uuid, event_type, at, event, _name, worker in change_fields(changes):
+                observe(uuid, event_type, at, event, worker)
         if self.forget_pending_after > 0:
             self._forget_stale_pending(self.clock() - self.forget_pending_after)
 
