@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from celery_events_exporter.broker_options import split_broker_urls
 from testkit import postgres
-from testkit.brokers import RabbitNode, RedisServer, rabbitmq_vhost
+from testkit.brokers import RabbitNode, RedisServer, VhostPool
 from testkit.ports import free_port as free_port  # re-exported: tests import it from here
 
 REPO = Path(__file__).resolve().parents[1]
@@ -502,11 +502,20 @@ def redis_url() -> Iterator[str]:
                 conn.default_channel.client.flushdb()
 
 
+@pytest.fixture(scope="session")
+def _vhosts() -> Iterator[VhostPool]:
+    pool = VhostPool("cee-test")
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 @pytest.fixture
-def amqp_url() -> Iterator[str]:
-    """A RabbitMQ virtual host of our own, deleted afterwards."""
+def amqp_url(_vhosts: VhostPool) -> Iterator[str]:
+    """A RabbitMQ virtual host of our own, new and empty, deleted afterwards."""
     require_tool("rabbitmqctl")
-    with rabbitmq_vhost("cee-test") as url:
+    with _vhosts.vhost() as url:
         _check_broker(url)
         yield url
 
