@@ -91,6 +91,9 @@ class Exporter(Consumer):
         self.url = f"http://127.0.0.1:{self.port}"
         self.broker_url = broker_url
         numpat = redis_pattern_subscribers(broker_url) if broker_url.startswith("redis") else 0
+        # A scenario may run without bench.run's main, which makes the logs' folder (the smoke
+        # tests call them directly, on a machine whose temporary folder may not have it yet).
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [command, "--broker-url", broker_url, "--web.listen-address",
