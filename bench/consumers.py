@@ -92,7 +92,9 @@ class Exporter(Consumer):
         self.url = f"http://127.0.0.1:{self.port}"
         self.broker_url = broker_url
         numpat = redis_pattern_subscribers(broker_url) if broker_url.startswith("redis") else 0
-        log_path.parent.mkdir(parents=True, exist_ok=True)  # a scenario may run without run.main
+        # A scenario may run without bench.run's main, which makes the logs' folder (the smoke
+        # tests call them directly, on a machine whose temporary folder may not have it yet).
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         # A data directory of its own (the SQLite task history, the default store): nothing
         # left by an earlier run or shared with another one.
         self.data_dir = tempfile.TemporaryDirectory(prefix="cee-bench-data-")
