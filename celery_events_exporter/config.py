@@ -422,8 +422,8 @@ class Config:
         parse=size(65536),
         metavar="BYTES",
         show_default=lambda _: "64MiB",
-        help="Bytes of task events the history holds while its database is slow or down; past "
-        "it new ones are dropped and counted in "
+        help="Bytes of task events the history holds while its database is slow or down, or a "
+        "burst is being counted; past it new ones are dropped and counted in "
         'celery_exporter_task_history_dropped_total{reason="buffer_full"}.',
     )
     tasks_search_scan_rows: int = setting(

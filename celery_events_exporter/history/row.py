@@ -512,8 +512,3 @@ def state_of(values: RowValues) -> str | None:
 def task_row(values: RowValues) -> TaskRow:
     """The ``TaskRow`` of a row's columns (``COLUMNS`` order)."""
     return TaskRow(*values)
-
-
-def values_of(row: TaskRow) -> RowValues:
-    """A ``TaskRow``'s columns in ``COLUMNS`` order."""
-    return [getattr(row, column) for column in COLUMNS]

@@ -1,8 +1,11 @@
-"""SQL shared by the SQLite and PostgreSQL stores: the schema, the row codec and the query.
+"""SQL shared by the SQLite and PostgreSQL stores: the schema, the row codec, the merge and the
+query.
 
 The two databases differ in a few spellings, which a ``Dialect`` carries: the placeholder, the
 time type (``timestamptz`` on PostgreSQL, Unix epoch ``REAL`` on SQLite), the JSON type of the
-timeline and case-insensitive ``LIKE``.
+timeline, case-insensitive ``LIKE``, and the functions the merge is written with (``greatest``
+ignores nulls on PostgreSQL, SQLite's ``max`` does not; JSON arrays are taken apart and put
+together differently).
 """
 
 from __future__ import annotations
@@ -552,10 +555,9 @@ def select_scan_end(dialect: Dialect, query: HistoryQuery) -> tuple[str, list[An
     return sql, c.indexed_params
 
 
-def select_rows(dialect: Dialect, count: int, *, lock: bool = False) -> str:
+def select_rows(dialect: Dialect, count: int) -> str:
     marks = ", ".join([dialect.placeholder] * count)
-    sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE uuid IN ({marks})"
-    return sql + " ORDER BY uuid FOR UPDATE" if lock else sql
+    return f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE uuid IN ({marks})"
 
 
 def select_children(dialect: Dialect) -> str:
