@@ -96,14 +96,16 @@ class Exporter(Consumer):
         # tests call them directly, on a machine whose temporary folder may not have it yet).
         log_path.parent.mkdir(parents=True, exist_ok=True)
         # A data directory of its own (the SQLite task history, the default store): nothing
-        # left by an earlier run or shared with another one.
+        # left by an earlier run or shared with another one. Given in the environment, which
+        # an exporter from before the history (a baseline tree) ignores, where the flag would
+        # be refused.
         self.data_dir = tempfile.TemporaryDirectory(prefix="cee-bench-data-")
+        environment = {**os.environ, "CELERY_EXPORTER_DATA_DIR": self.data_dir.name}
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [command, "--broker-url", broker_url, "--web.listen-address",
-                 f"127.0.0.1:{self.port}", "--log.format", "json",
-                 "--data-dir", self.data_dir.name, *args],
-                stdout=log, stderr=subprocess.STDOUT,
+                 f"127.0.0.1:{self.port}", "--log.format", "json", *args],
+                stdout=log, stderr=subprocess.STDOUT, env=environment,
             )  # fmt: skip
         try:
             deadline = time.monotonic() + 30
