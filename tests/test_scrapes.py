@@ -1,6 +1,7 @@
 """Scrapes first (celery_events_exporter.scrapes): while ``/metrics`` is made, counting ends its
 batch at the next message and waits, the task history's writer waits between its units of work;
-neither waits for long, and a scrape shows everything counted before it began."""
+neither waits for long (the ingest thread once per scrape), and a scrape shows everything
+counted before it began."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from celery_events_exporter.history.sqlite import SqliteStore
 from celery_events_exporter.history.store import Retention
 from celery_events_exporter.history.writer import HistoryWriter
 from celery_events_exporter.parsers import ListenAddress
-from celery_events_exporter.scrapes import MAX_GIVE_WAY, Scrapes
+from celery_events_exporter.scrapes import MAX_GIVE_WAY, MAX_INGEST_GIVE_WAY, Scrapes
 from celery_events_exporter.state import DecodedMessage, State, StateSettings, TaskChange
 from celery_events_exporter.web import server as http
 from tests.conftest import wait_until
@@ -76,15 +77,31 @@ def test_a_batch_ends_at_the_next_message_while_a_scrape_renders() -> None:
     assert [[change.uuid for change in batch] for batch in batches] == [["t-0"], ["t-1", "t-2"]]
 
 
-def test_scrapes_back_to_back_hold_a_batch_up_once_and_for_a_bounded_time() -> None:
+def test_a_long_scrape_holds_counting_up_once_and_for_a_bounded_time() -> None:
     scrapes = Scrapes()
     state = make_state(scrapes)
-    with scrapes.scraping():  # a scrape that never ends
+    with scrapes.scraping():  # a scrape that does not end
         began = time.monotonic()
         state.apply_batch([sent(f"t-{i}", 10.0 + i) for i in range(5)])
         took = time.monotonic() - began
-    assert MAX_GIVE_WAY <= took < MAX_GIVE_WAY + 1.0  # one wait, not one per message
-    assert state.snapshot(20.0).events_by_type == {"task-sent": 5}
+        assert MAX_INGEST_GIVE_WAY <= took < MAX_GIVE_WAY  # one wait, not one per message
+        began = time.monotonic()
+        state.apply_batch([sent(f"u-{i}", 20.0 + i) for i in range(5)])
+        assert time.monotonic() - began < MAX_INGEST_GIVE_WAY  # given way to it already
+    assert state.snapshot(30.0).events_by_type == {"task-sent": 10}
+
+
+def test_each_new_scrape_is_given_way_once() -> None:
+    scrapes = Scrapes()
+    state = make_state(scrapes)
+    with scrapes.scraping():
+        state.apply_batch([sent("t-0", 10.0), sent("t-1", 11.0)])
+        with scrapes.scraping():  # another scraper begins while the first renders
+            began = time.monotonic()
+            state.apply_batch([sent("t-2", 12.0), sent("t-3", 13.0)])
+            assert time.monotonic() - began >= MAX_INGEST_GIVE_WAY
+    assert scrapes.begun == 2
+    assert state.snapshot(20.0).events_by_type == {"task-sent": 4}
 
 
 def test_without_a_scrape_a_batch_is_counted_at_once() -> None:

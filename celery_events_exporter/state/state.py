@@ -11,7 +11,7 @@ import orjson
 
 from celery_events_exporter.events.vocabulary import TASK_ORPHANED
 from celery_events_exporter.logging import get_logger
-from celery_events_exporter.scrapes import Scrapes
+from celery_events_exporter.scrapes import MAX_INGEST_GIVE_WAY, Scrapes
 from celery_events_exporter.state import labels, workers
 from celery_events_exporter.state.changes import TaskChangeSink
 from celery_events_exporter.state.counting import ChangeLog, Counts, RejectHook
@@ -61,6 +61,8 @@ class State:
         self.settings = settings
         self._scrapes = scrapes
         """The scrapes in progress, which a batch ends early for (``apply_batch``)."""
+        self._given_way = 0
+        """``scrapes.begun`` when the ingest thread last gave way."""
         self.counts = Counts(settings, on_reject)
         """The tables; read them through ``snapshot`` (tests of the rendering aside)."""
         self._sinks: list[TaskChangeSink] = []
@@ -82,16 +84,18 @@ class State:
         them one by one: it runs under the lock, and may call ``reject``.
 
         When a scrape begins (``scrapes``), the batch ends at the next message (its changes
-        handed over), the thread waits for the scrape, then counts the rest as a batch of
-        its own, once per call: scrapes back to back cannot hold counting up for long."""
+        handed over), the thread waits for the scrape (``MAX_INGEST_GIVE_WAY`` at most), then
+        counts the rest as a batch of its own; once per call and once per scrape, so that
+        neither a long scrape nor scrapes back to back hold counting up for long."""
         remaining = iter(messages)
-        if self._apply(remaining, self._scrapes) and self._scrapes is not None:
-            self._scrapes.give_way()
+        scrapes = self._scrapes
+        if self._apply(remaining, scrapes) and scrapes is not None:
+            scrapes.give_way(MAX_INGEST_GIVE_WAY)
             self._apply(remaining, None)
 
     def _apply(self, messages: Iterator[DecodedMessage], scrapes: Scrapes | None) -> bool:
-        """Count ``messages`` until they end, or until ``scrapes`` is active after one of them
-        (then True: some may be left)."""
+        """Count ``messages`` until they end, or until a scrape not given way to yet is in
+        progress after one of them (then True: some may be left)."""
         counts = self.counts
         size = filed = 0
         stopped = False
@@ -116,7 +120,8 @@ class State:
                     error = f"{type(exc).__name__}: {exc}"
                     log.exception("message could not be handled", error=error)
                     counts.reject(INTERNAL_ERROR, error)
-                if scrapes is not None and scrapes.active:
+                if scrapes is not None and scrapes.active and scrapes.begun != self._given_way:
+                    self._given_way = scrapes.begun
                     stopped = True
                     break
             if changes:
