@@ -5,9 +5,9 @@ Python threads share one interpreter lock, handed from thread to thread every sw
 (5 ms) or at a blocking call. A scrape makes some twenty blocking calls (the request, the state's
 lock, ``/proc`` for the process metrics, the answer), and during a burst it would get back the
 interpreter after each one only behind the ingest thread, the history's writer and the broker
-reader, all busy: a scrape of a few milliseconds of CPU took over a second (bench/README.md,
-"Scrapes during the burst"). And the ingest thread, which holds the state's lock for a batch of
-messages, would lose the interpreter to the others while the scrape waited for that lock.
+reader, all busy (bench/README.md, "Scrapes during the burst", has the measurements). And the
+ingest thread, which holds the state's lock for a batch of messages, would lose the interpreter
+to the others while the scrape waited for that lock.
 
 So a scrape is announced here (``scraping``); the ingest thread ends its batch early at the
 next message and waits (``give_way``), once per scrape and per batch, ``MAX_INGEST_GIVE_WAY`` at
@@ -25,9 +25,9 @@ from contextlib import contextmanager
 MAX_GIVE_WAY = 1.0
 """Seconds a thread waits for the scrapes in progress at one give-way at most."""
 MAX_INGEST_GIVE_WAY = 0.25
-"""Seconds the ingest thread waits for a scrape at most: a scrape of the default page takes
-a few milliseconds of CPU, one with ``memory://`` 0.15-0.2 s (the recent-task store's merge);
-past this the scrape shares the interpreter with counting."""
+"""Seconds the ingest thread waits for a scrape at most: enough for a scrape of the default
+page, and most of one with ``memory://`` (which merges the recent-task store's window); past
+this the scrape shares the interpreter with counting."""
 
 
 class Scrapes:
