@@ -239,7 +239,8 @@ TASK_ORPHANED = MetricSpec(
 EXPORTER_BROKER_CONNECTED = MetricSpec(
     "celery_exporter_broker_connected",
     Kind.GAUGE,
-    "1 while the exporter is connected to the broker and consuming events, else 0.",
+    "1 while the exporter is connected to the broker and consuming events (on Redis: once the "
+    "server holds its subscription), else 0.",
 )
 EXPORTER_BROKER_CONNECTION_ERRORS = MetricSpec(
     "celery_exporter_broker_connection_errors",
