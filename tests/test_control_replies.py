@@ -20,7 +20,13 @@ import pytest
 from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from celery_events_exporter.control import GREETING_ATTEMPTS, GREETING_RETRY_AFTER, INSPECT_TIMEOUT
+from celery_events_exporter.control import (
+    COLLECT_WINDOW,
+    GREETING_ATTEMPTS,
+    GREETING_RETRY_AFTER,
+    INSPECT_TIMEOUT,
+    MAX_REPLY_BYTES,
+)
 from tests.conftest import ExporterProcess, Processes, client, wait_until
 
 Forge = Callable[[dict[str, Any]], list[dict[str, Any]]]
@@ -274,3 +280,39 @@ def test_a_rejected_worker_online_sets_off_no_broadcast(
     )
     time.sleep(INSPECT_TIMEOUT + GREETING_RETRY_AFTER + 1.0)  # another would be out by now
     assert forger.destinations[seen:] == greetings
+
+
+def test_a_reply_over_the_byte_cap_is_dropped_undecoded(
+    broker_url: str, processes: Processes, forger: Forger
+) -> None:
+    """A forged 5 MiB ``stats`` reply in the name of a real worker, to every periodic round
+    (which collects its whole window: every reply is read), is left out before it is decoded
+    (``too_big``), so it neither costs its objects nor makes the worker's own reply a
+    duplicate."""
+    big = ["x" * 1_000 + str(i) for i in range(5 * 1024)]  # ~5 MiB of JSON
+    assert len(orjson.dumps(big)) > MAX_REPLY_BYTES
+
+    def forged_stats(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if body.get("destination"):  # a greeting's: its collection may end before it is read
+            return []
+        return [{"big@replies": {"pid": 1, "pool": {"max-concurrency": 1}, "padding": big}}]
+
+    forger.forge["stats"] = forged_stats
+    exporter = processes.exporter(broker_url, "--broadcast-interval", "1")
+    processes.worker(broker_url, "big@replies", concurrency=2)
+    wait_until(lambda: forger.sent["stats"] >= 3, timeout=30, what="three forged stats replies")
+    del forger.forge["stats"]
+    time.sleep(COLLECT_WINDOW + 1.0)  # the last round that got one has read it
+    metrics = exporter.metrics()
+    assert metrics.get("celery_worker_concurrency", worker="big@replies") == 2.0
+    dropped = metrics.by_label("celery_exporter_control_replies_dropped_total", "reason")
+    assert dropped == {
+        "unknown_worker": 0.0,
+        "duplicate": 0.0,
+        "mismatch": 0.0,
+        "too_many": 0.0,
+        "too_big": float(forger.sent["stats"]),
+        "malformed": 0.0,
+        "late": 0.0,
+    }
+    assert "reason=too_big" in exporter.log() or '"reason": "too_big"' in exporter.log()
