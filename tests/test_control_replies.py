@@ -47,6 +47,8 @@ class Forger:
         self.destinations: list[tuple[str, tuple[str, ...] | None]] = []
         """(method, destination) of every request seen, in order; None: every worker."""
         self.sent: Counter[str] = Counter()
+        self.budget: dict[str, int] = {}
+        """Requests still to answer (with replies), by method (absent: every one)."""
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -80,8 +82,15 @@ class Forger:
                 ticket, reply_to = body.get("ticket"), body.get("reply_to")
                 if forge is None or not ticket or not reply_to:
                     return
+                forged = forge(body)
+                if not forged:
+                    return
+                if method in self.budget:
+                    if self.budget[method] <= 0:
+                        return
+                    self.budget[method] -= 1
                 time.sleep(self.delay.get(method, 0.0))
-                for reply in forge(body):
+                for reply in forged:
                     replies.publish(
                         reply,
                         exchange=reply_exchange,
@@ -212,13 +221,54 @@ def run_forged_replies(redis_url: str, processes: Processes, forger: Forger) -> 
     assert task_series_workers(exporter) == {"real@replies", "second@replies"}
     workers = exporter.get("/api/workers").json()
     assert sorted(row["worker"] for row in workers) == ["real@replies", "second@replies"]
-    dropped = metrics.by_label("celery_exporter_control_replies_dropped_total", "reason")
-    # Every periodic active_queues round collects its whole window: 100 refused each round.
-    assert dropped["unknown_worker"] >= 100.0
     queues = set(metrics.by_label("celery_queue_length", "queue"))
     assert not {queue for queue in queues if queue.startswith("forged")}
-    assert dropped["duplicate"] >= 3.0  # each stats round: the real reply and two forged
     assert "inspect replies left out" in exporter.log()
+
+    # Exact counts over periodic rounds, which collect their whole window (a greeting's ends
+    # when its workers answered: later forged replies are never read). Quiet first.
+    forger.forge.clear()
+    time.sleep(COLLECT_WINDOW + INSPECT_TIMEOUT + 1.0)
+    before = dropped_by_reason(exporter)
+    sent = Counter(forger.sent)
+    rounds = 2
+    forger.budget = {"active_queues": rounds, "stats": rounds}
+    forger.forge["active_queues"] = lambda body: (
+        [] if body.get("destination") else [{f"forged{i}@nowhere": []} for i in range(100)]
+    )
+    forger.forge["stats"] = lambda body: (
+        []
+        if body.get("destination")
+        else [
+            {"real@replies": {"pid": real.proc.pid, "pool": {"max-concurrency": 1}}},
+            {"real@replies": {"pid": 1, "pool": {"max-concurrency": 1}}},
+        ]
+    )
+    wait_until(
+        lambda: forger.budget == {"active_queues": 0, "stats": 0},
+        timeout=30,
+        what="two periodic rounds forged",
+    )
+    time.sleep(COLLECT_WINDOW + INSPECT_TIMEOUT + 1.0)  # the last round read its replies
+    assert forger.sent - sent == Counter({"active_queues": 100 * rounds, "stats": 2 * rounds})
+    after = dropped_by_reason(exporter)
+    # 100 unknown workers a round; per stats round, the real reply and two forged: the second
+    # reply for the hostname drops two (the one kept so far and itself), the third one.
+    assert {reason: after[reason] - before[reason] for reason in after} == {
+        "unknown_worker": 100.0 * rounds,
+        "duplicate": 3.0 * rounds,
+        "mismatch": 0.0,
+        "too_many": 0.0,
+        "too_big": 0.0,
+        "malformed": 0.0,
+        "late": 0.0,
+    }
+    assert exporter.metrics().get("celery_worker_concurrency", worker="real@replies") == 3.0
+
+
+def dropped_by_reason(exporter: ExporterProcess) -> dict[str, float]:
+    metrics = exporter.metrics("celery_exporter_control_replies_dropped")
+    return metrics.by_label("celery_exporter_control_replies_dropped_total", "reason")
 
 
 def test_a_rejected_worker_online_sets_off_no_broadcast(
