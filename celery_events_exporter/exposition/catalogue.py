@@ -281,7 +281,8 @@ EXPORTER_CONTROL_REPLIES_DROPPED = MetricSpec(
     "the exporter never heard on the event exchange, or did not ask), duplicate (two replies "
     "for one hostname to one request: neither is believed), mismatch (a stats reply whose pid "
     "or pool size disagrees with the heartbeats), too_many (past the caps on replies per "
-    "request and entries per worker), malformed, late (for a request no longer collecting). "
+    "request and entries per worker), too_big (a reply over 4 MiB, not decoded), malformed, "
+    "late (for a request no longer collecting). "
     "Any broker client can answer an inspect request; the log has each kind's first "
     "occurrences.",
     ("reason",),
