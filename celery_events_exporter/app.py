@@ -179,6 +179,9 @@ def wire(config: Config) -> Exporter:
     collectors) -> HTTP; the controller and the queue poller beside them."""
     inbox = IntakeBacklog(config.max_intake_backlog_bytes)
     history = build_history(config, build_redactor(config))
+    if history is not None:  # one budget for the events held, the backlog first (backlog.py)
+        inbox.spill = history.writer
+        history.writer.room = inbox.room
     store = build_store(config) if history is None else None
     state = build_state(config, store, history)
     queues = build_queues(config, state)
