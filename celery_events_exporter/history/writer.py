@@ -150,22 +150,29 @@ class HistoryWriter:
                 dropped[DROP_BUFFER_FULL] += len(changes)
                 nbytes -= size
 
-    def _take(self) -> None:
+    def _take(self, max_rows: int | None = None, max_batches: int | None = None) -> int:
         """Fold the buffered batches into the pending rows, one row per task, batch by batch,
-        oldest first (a batch's bytes leave the buffer's account once its rows hold them;
-        until it is taken, ``shed`` may drop it)."""
+        oldest first, until ``max_rows`` rows are pending or ``max_batches`` are folded (a
+        batch's bytes leave the buffer's account once its rows hold them; until it is taken,
+        ``shed`` may drop it). Returns the batches folded."""
         fold = self._rows.fold
+        rows = self._rows.by_uuid
         incoming = self._incoming
-        while True:
+        taken = 0
+        while (max_rows is None or len(rows) < max_rows) and (
+            max_batches is None or taken < max_batches
+        ):
             with self._lock:
                 if not incoming:
-                    return
+                    break
                 changes, size = incoming.popleft()
+            taken += 1
             began = time.perf_counter()
             fold(change_fields(changes))
             with self._lock:
                 self._incoming_bytes -= size
             self._yield_to_ingest(time.perf_counter() - began)
+        return taken
 
     def _yield_to_ingest(self, worked: float) -> None:
         """After ``worked`` seconds of work, pause while the ingest thread is behind."""
@@ -174,8 +181,25 @@ class HistoryWriter:
             self._stop.wait(ingest_pause(worked))
 
     def flush(self) -> bool:
-        """Write what is buffered; False if the database failed (the rows wait)."""
-        self._take()
+        """Write what is buffered, a transaction's worth of rows folded at a time; False if the
+        database failed (then every batch is folded: the rows wait, a task in one row).
+
+        Folded and written piece by piece, the rows pending stay within one transaction's: a
+        buffer folded whole before its first write held the rows of all its tasks at once, on
+        top of the messages' memory just freed, which the allocator does not hand back (after
+        a burst, the process's peak; bench/README.md, "One budget")."""
+        with self._lock:
+            left = len(self._incoming)  # this window's: later ones wait for the next
+        while True:
+            left -= self._take(BATCH_ROWS, left)
+            if not self._write_pending():
+                self._take()
+                return False
+            if left <= 0 or not self._incoming:
+                return True
+
+    def _write_pending(self) -> bool:
+        """Write the folded rows; False if the database failed (the rows wait)."""
         rows = self._rows.by_uuid
         if not rows:
             return True

@@ -81,9 +81,6 @@ class IntakeBacklog:
     def put(self, message: RawMessage) -> None:
         size = len(message.body) + MESSAGE_OVERHEAD
         wanted = self._bytes_in - self._bytes_out + size
-        spill = self.spill
-        if spill is not None and (over := wanted + spill.sheddable_bytes - self.budget_bytes) > 0:
-            spill.shed(over)
         if wanted > self.budget_bytes:
             self.dropped = dropped = self.dropped + 1
             if sparse(dropped):
@@ -94,6 +91,9 @@ class IntakeBacklog:
                     dropped_messages=dropped,
                 )
             return
+        spill = self.spill
+        if spill is not None and (over := wanted + spill.sheddable_bytes - self.budget_bytes) > 0:
+            spill.shed(over)
         self._bytes_in += size
         self._queue.put(message)
 
