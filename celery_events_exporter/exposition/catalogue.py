@@ -372,7 +372,8 @@ EXPORTER_TASK_HISTORY_DROPPED = MetricSpec(
     "celery_exporter_task_history_dropped",
     Kind.COUNTER,
     'Task events or rows the task history never wrote, by reason: "buffer_full" = events that '
-    'arrived while --tasks.buffer-bytes were waiting for the database; "rejected" = rows of a '
+    "arrived while --tasks.buffer-bytes were waiting for the database, or that the history gave "
+    'up to the intake backlog, which shares --max-intake-backlog-bytes; "rejected" = rows of a '
     "batch the database refused (the log says why).",
     ("reason",),
 )
