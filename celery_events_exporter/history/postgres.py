@@ -123,10 +123,8 @@ class PostgresStore(HistoryStore):
                     f"the database holds history schema {found}, newer than this exporter's "
                     f"({SCHEMA_VERSION}): upgrade the exporter"
                 )
-            if found is None or found < 1:
-                for statement in POSTGRESQL.schema():
-                    conn.execute(statement)
-                conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (1)")
+            for statement in POSTGRESQL.migration(found):
+                conn.execute(statement)
             self._free_text_index(conn)
 
     def _free_text_index(self, conn: psycopg.Connection[Any]) -> None:
