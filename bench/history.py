@@ -26,6 +26,7 @@ PostgreSQL runs use a database of their own on 127.0.0.1:5432, dropped afterward
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import statistics
@@ -118,6 +119,27 @@ def thread_cpu(thread: threading.Thread) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
+def server_cpu(store: HistoryStore) -> dict[int, float]:
+    """PostgreSQL on this machine: the CPU seconds of each of the database's client backends
+    (``/proc``), by process id; nothing for SQLite (its CPU is the process's)."""
+    if not isinstance(store, PostgresStore):
+        return {}
+    with store.pool.connection() as conn:
+        pids = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend'"
+        ).fetchall()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    for (pid,) in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return cpu
+
+
 def write(kind: str, tasks: int, rate: int, budget: int) -> None:
     bodies = messages(tasks)
     with opened(kind) as store:
@@ -131,6 +153,7 @@ def write(kind: str, tasks: int, rate: int, budget: int) -> None:
         writer.ready.wait()
         peak_buffer = 0
         cpu_began, writer_began = time.process_time(), thread_cpu(thread)
+        server_began = server_cpu(store)
         began = time.perf_counter()
         # At ``rate`` tasks/s, 10 messages (48 tasks) at a time.
         step = 10
@@ -152,6 +175,13 @@ def write(kind: str, tasks: int, rate: int, budget: int) -> None:
         cpu = time.process_time() - cpu_began
         writer_cpu = thread_cpu(thread) - writer_began
         lag = elapsed - fed
+        server = sum(t - server_began.get(pid, 0.0) for pid, t in server_cpu(store).items())
+        server_text = (
+            f", the server's backends {server:.2f} "
+            f"({server / max(1, writer.stats.rows_written) * 1e6:.1f} µs per row)"
+            if isinstance(store, PostgresStore)
+            else ""
+        )
         stop.set()
         thread.join()
         size = (
@@ -163,8 +193,9 @@ def write(kind: str, tasks: int, rate: int, budget: int) -> None:
             f"{kind}: {tasks} tasks x 5 events offered at {rate:,} tasks/s, fed in {fed:.2f} s, "
             f"all written {lag:.2f} s later: {tasks / elapsed:,.0f} tasks/s; the process took "
             f"{cpu:.2f} CPU s (ingest included), the writer thread {writer_cpu:.2f} "
-            f"({writer_cpu / max(1, writer.stats.rows_written) * 1e6:.1f} µs per row written); "
-            f"rows written {writer.stats.rows_written} (one per task and flush window), "
+            f"({writer_cpu / max(1, writer.stats.rows_written) * 1e6:.1f} µs per row written)"
+            f"{server_text}; rows written {writer.stats.rows_written} (one per task and flush "
+            "window), "
             f"dropped {dropped}, batches {writer.stats.batches}, peak buffer "
             f"{peak_buffer / 2**20:.1f} MiB, peak RSS {rss:.0f} MiB, "
             f"{size / tasks * 1e6 / 2**30:.2f} GiB per million tasks (indexes included)"
