@@ -5,14 +5,15 @@ published as JSON lists of up to 24 events (a prefork worker's ``task.multi``), 
 rate to the exporter's ingest path (``Decoder.handle_batch``: decoded, counted by the state,
 whose batches go to the history's sink) while the writer thread writes at default settings; the
 clock runs from the first message to the last row committed, and nothing may be dropped.
-Reports tasks/s, the CPU of the whole process and of the writer thread alone, rows dropped, the
-writer's peak buffer, the process's peak RSS and the bytes per million tasks.
+Reports tasks/s, the CPU of the whole process and of the writer thread alone (PostgreSQL on this
+machine: and of the database's backends), rows dropped, the writer's peak buffer, the process's
+peak RSS and the bytes per million tasks.
 
 ``query``: fills ``celery_tasks`` with N rows (PostgreSQL: ``generate_series`` in the server;
 SQLite: a recursive CTE) spread over 7 days, then times R runs of each search: by uuid,
 name + state in the last hour (a 100-row page), free text (a 100-row page; SQLite: within the
-default ``--tasks.search-scan-rows``, as /api/tasks reads it), free text matching nothing (with
-and without that budget); prints p50/p95.
+default ``--tasks.search-scan-rows``, as /api/tasks reads it), free text that is a uuid's start,
+free text matching nothing (with and without that budget); prints p50/p95.
 
     python -m bench.history write --store sqlite --tasks 200000 --rate 10000
     python -m bench.history write --store postgresql --tasks 200000 --rate 20000
@@ -274,6 +275,11 @@ def query(kind: str, rows: int, runs: int) -> None:
             ),
             "free text, 100 rows": lambda: store.search(
                 HistoryQuery(terms=tuple(parse("worker-07")), limit=100, scan_rows=scan_rows)
+            ),
+            "free text, the first 8 characters of a uuid": lambda: store.search(
+                HistoryQuery(
+                    terms=tuple(parse(random.choice(sample)[:8])), limit=100, scan_rows=scan_rows
+                )
             ),
             # A term no row holds: PostgreSQL's trigram index finds nothing at once; SQLite
             # reads --tasks.search-scan-rows rows and stops short (the API's X-Next-Page).
