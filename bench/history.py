@@ -9,6 +9,11 @@ Reports tasks/s, the CPU of the whole process and of the writer thread alone (Po
 machine: and of the database's backends), rows dropped, the writer's peak buffer, the process's
 peak RSS and the bytes per million tasks.
 
+``after-burst``: the writer's flush after a burst, in process: T tasks handed to the ingest path
+with the writer thread not running (as in a burst, when it yields to the counting), so that its
+buffer fills to the budget (the rest dropped), then one ``flush``; reports the RSS before it and
+the peak RSS during it (``VmHWM`` reset through ``/proc/self/clear_refs``), and its CPU.
+
 ``query``: fills ``celery_tasks`` with N rows (PostgreSQL: ``generate_series`` in the server;
 SQLite: a recursive CTE) spread over 7 days, then times R runs of each search: by uuid,
 name + state in the last hour (a 100-row page), free text (a 100-row page; SQLite: within the
@@ -18,6 +23,7 @@ free text matching nothing (with and without that budget); prints p50/p95.
     python -m bench.history write --store sqlite --tasks 200000 --rate 10000
     python -m bench.history write --store postgresql --tasks 200000 --rate 20000
     python -m bench.history write --store sqlite --tasks 200000 --rate 1000000 --budget-mib 4096
+    python -m bench.history after-burst --store sqlite --tasks 100000
     python -m bench.history query --store postgresql --rows 10000000
     python -m bench.history query --store sqlite --rows 10000000
 
@@ -203,6 +209,42 @@ def write(kind: str, tasks: int, rate: int, budget: int) -> None:
         )
 
 
+def _status_mib(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def after_burst(kind: str, tasks: int, budget: int) -> None:
+    bodies = messages(tasks)
+    with opened(kind) as store:
+        writer = HistoryWriter(store, None, budget_bytes=budget,
+                               retention=Retention(0, 0, 0))  # fmt: skip
+        state = build_state(Config(), None, History(store, writer, HistoryCollector(writer)))
+        decoder = Decoder(state, IntakeBacklog())
+        now = time.time()
+        for s in range(0, len(bodies), Decoder.BATCH):
+            decoder.handle_batch(
+                [RawMessage(now, "application/json", b) for b in bodies[s : s + Decoder.BATCH]]
+            )
+        del bodies
+        buffered = writer.buffer_bytes
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        before = _status_mib("VmRSS")
+        cpu_began = time.process_time()
+        assert writer.flush()
+        cpu = time.process_time() - cpu_began
+        peak = _status_mib("VmHWM")
+        print(
+            f"{kind}: {tasks} tasks x 5 events, buffer {buffered / 2**20:.1f} MiB "
+            f"({writer.stats.dropped['buffer_full']} task events dropped past it); the flush "
+            f"wrote {writer.stats.rows_written} rows in {cpu:.2f} CPU s; RSS {before:.0f} MiB "
+            f"before it, peak {peak:.0f} MiB during it (+{peak - before:.0f})"
+        )
+
+
 def _pg_bytes(store: PostgresStore) -> int:
     with store.pool.connection() as conn:
         row = conn.execute("SELECT pg_total_relation_size('celery_tasks')").fetchone()
@@ -302,7 +344,7 @@ def query(kind: str, rows: int, runs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=("write", "query"))
+    parser.add_argument("mode", choices=("write", "after-burst", "query"))
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--tasks", type=int, default=200_000)
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -319,6 +361,8 @@ def main() -> None:
     random.seed(1)
     if args.mode == "write":
         write(args.store, args.tasks, args.rate, args.budget_mib << 20)
+    elif args.mode == "after-burst":
+        after_burst(args.store, args.tasks, args.budget_mib << 20)
     else:
         query(args.store, args.rows, args.runs)
 

@@ -17,7 +17,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from celery_events_exporter import __version__, signals
+from celery_events_exporter import __version__, allocator, signals
 from celery_events_exporter.config import Config
 from celery_events_exporter.control import Controller
 from celery_events_exporter.decoder import Decoder, DecoderCollector, RejectionLog
@@ -179,6 +179,9 @@ def wire(config: Config) -> Exporter:
     collectors) -> HTTP; the controller and the queue poller beside them."""
     inbox = IntakeBacklog(config.max_intake_backlog_bytes)
     history = build_history(config, build_redactor(config))
+    if history is not None:  # one budget for the events held, the backlog first (backlog.py)
+        inbox.spill = history.writer
+        history.writer.room = inbox.room
     store = build_store(config) if history is None else None
     state = build_state(config, store, history)
     queues = build_queues(config, state)
@@ -289,6 +292,7 @@ def settle() -> None:
 def run(config: Config) -> int:
     """Run until SIGTERM or SIGINT (SIGHUP is ignored: ``signals.py``), then stop the
     threads; returns the process exit code."""
+    allocator.one_arena()  # before any thread starts (allocator.py)
     exporter = wire(config)
     settle()
     log.info("exporter started", **exporter.started)

@@ -423,8 +423,9 @@ class Config:
         metavar="BYTES",
         show_default=lambda _: "64MiB",
         help="Bytes of task events the history holds while its database is slow or down, or a "
-        "burst is being counted; past it new ones are dropped and counted in "
-        'celery_exporter_task_history_dropped_total{reason="buffer_full"}.',
+        "burst is being counted, within what the intake backlog leaves of "
+        "--max-intake-backlog-bytes (the two share it, the backlog first); past it new ones are "
+        'dropped and counted in celery_exporter_task_history_dropped_total{reason="buffer_full"}.',
     )
     tasks_search_scan_rows: int = setting(
         500_000,
@@ -496,9 +497,13 @@ class Config:
         "burst faster than it counts), as a number or with a unit (256MiB, 1GiB). Past it, new "
         "messages are dropped and counted in celery_exporter_events_dropped_total{reason="
         '"intake_budget"} while the broker socket keeps being drained, so Redis never cuts the '
-        "exporter off.",
+        "exporter off. The task history's buffer (--tasks.buffer-bytes) shares this budget and "
+        "gives way: when the backlog needs the room, the history drops its newest buffered "
+        'events (celery_exporter_task_history_dropped_total{reason="buffer_full"}), never the '
+        "backlog a message.",
     )
-    """Byte budget of the messages read but not yet counted; past it new ones are dropped."""
+    """Byte budget of the messages read but not yet counted, shared with the task history's
+    buffer (which gives way); past it new messages are dropped."""
     log_level: str = setting(
         "info",
         flag="--log.level",

@@ -24,6 +24,7 @@ next one tries again.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -39,6 +40,7 @@ from celery_events_exporter.broker_options import (
     broker_connection,
     mask_url,
 )
+from celery_events_exporter.intake import compat
 from celery_events_exporter.intake.status import BrokerStatus
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.state import State
@@ -123,11 +125,29 @@ its concurrency times its prefetch multiplier, and the ETA tasks it waits on."""
 MAX_QUEUES_PER_WORKER = 100
 """Queues taken from one worker's ``active_queues`` reply."""
 
-DROP_REASONS = ("unknown_worker", "duplicate", "mismatch", "too_many", "malformed", "late")
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+"""Bytes of one reply decoded at most: a worker's largest (``active`` with 1 000 entries of
+reprs, ``registered`` with thousands of names) take some hundreds of kB; a forged one of
+74 MB decoded into some hundreds of MB of objects."""
+TOO_BIG = "\x00too_big"
+"""The hostname of the stand-in a reply over ``MAX_REPLY_BYTES`` is replaced with, undecoded
+(``compat.bound_message_bodies``); no worker's hostname holds a NUL."""
+_TOO_BIG_BODY = json.dumps({TOO_BIG: None}).encode()
+
+DROP_REASONS = (
+    "unknown_worker",
+    "duplicate",
+    "mismatch",
+    "too_many",
+    "too_big",
+    "malformed",
+    "late",
+)
 """Why a reply, or part of one, was left out: from a worker the exporter never heard from
 (or did not ask); one of two replies for one hostname; a ``stats`` reply that disagrees with the
-heartbeats; past a count cap; not the shape of a Celery worker's reply; for a request no longer
-collecting (its window over, or every worker asked had answered)."""
+heartbeats; past a count cap; over ``MAX_REPLY_BYTES``; not the shape of a Celery worker's
+reply; for a request no longer collecting (its window over, or every worker asked had
+answered)."""
 
 
 class CollectionOver(Exception):
@@ -156,6 +176,9 @@ class Replies:
             self._drop("malformed", 1)
             return
         ((hostname, value),) = body.items()
+        if hostname == TOO_BIG:
+            self._drop("too_big", 1)
+            return
         if not isinstance(hostname, str) or not hostname:
             self._drop("malformed", 1)
             return
@@ -422,6 +445,9 @@ class Controller:
         connection) would take two more timeouts from a frozen one."""
         conn = self.app.connection_for_write()
         try:
+            # kombu collects replies on the connection's default channel: a reply over the cap
+            # reaches ``Replies`` as a stand-in, undecoded.
+            compat.bound_message_bodies(conn.default_channel, MAX_REPLY_BYTES, _TOO_BIG_BODY)
             yield conn
         except BaseException:
             conn.collect()
@@ -459,6 +485,9 @@ class Controller:
             destination=hosts, connection=conn, reply=True, timeout=INSPECT_TIMEOUT
         )
         self._drop_late()
+        too_big = sum(1 for reply in replies or [] if isinstance(reply, dict) and TOO_BIG in reply)
+        if too_big:
+            self._drop("too_big", too_big)
         asked = set(hosts)
         answered = sorted(
             host

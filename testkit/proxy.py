@@ -6,7 +6,9 @@ hangs) leaves the client holding half a message, and a client library that reads
 no timeout waits for it forever. ``FreezingProxy.freeze_midway`` makes that case happen on
 purpose: the next large chunk the server sends to a pub/sub subscriber is cut in half, and from
 then on nothing passes on any connection, in either direction (the connections stay open, as the
-kernel keeps a stopped server's), until ``thaw``.
+kernel keeps a stopped server's), until ``thaw``. ``hold_subscriptions`` keeps a client's
+SUBSCRIBE or PSUBSCRIBE from the server until ``release_subscriptions``: a server slow to take
+the subscription, to tell "connected" from "subscribed".
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class FreezingProxy:
         self._thawed.set()
         self.frozen = threading.Event()
         """Set once a chunk was cut in half: the freeze has begun."""
+        self._subscriptions_released = threading.Event()
+        self._subscriptions_released.set()
+        self.subscription_held = threading.Event()
+        """Set once a subscription from a client is being held."""
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
@@ -59,8 +65,18 @@ class FreezingProxy:
             self.frozen.clear()
             self._thawed.set()
 
+    def hold_subscriptions(self) -> None:
+        """Keep every SUBSCRIBE or PSUBSCRIBE a client sends (and what follows it on that
+        connection) from the server until ``release_subscriptions``."""
+        self._subscriptions_released.clear()
+
+    def release_subscriptions(self) -> None:
+        self.subscription_held.clear()
+        self._subscriptions_released.set()
+
     def close(self) -> None:
         self._thawed.set()
+        self._subscriptions_released.set()
         for sock in [self._listener, *self._sockets]:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -89,6 +105,9 @@ class FreezingProxy:
             while data := src.recv(CHUNK):
                 if not from_server and b"SUBSCRIBE" in data.upper():
                     link.subscriber = True
+                    if not self._subscriptions_released.is_set():
+                        self.subscription_held.set()
+                        self._subscriptions_released.wait()
                 if from_server and link.subscriber and len(data) >= MIDWAY_AT_LEAST:
                     with self._lock:
                         cut, self._cut_next = self._cut_next, False

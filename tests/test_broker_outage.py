@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 import requests
 
 from testkit.proxy import FreezingProxy
-from tests.conftest import ExporterProcess, Metrics, PrivateRedis, Processes, client, wait_until
+from tests.conftest import (
+    ExporterProcess,
+    Metrics,
+    PrivateRedis,
+    Processes,
+    client,
+    redis_subscriptions,
+    wait_until,
+)
 
 WORKER = "survivor@outage"
 
@@ -94,6 +103,32 @@ def test_broker_restart_keeps_counts_and_resumes(
     )
     assert "broker connection lost" in exporter.log()
     assert exporter.stop() == 0
+
+
+@pytest.mark.parametrize("path", REDIS_PATHS)
+def test_connected_means_subscribed(
+    path: str, private_redis: PrivateRedis, processes: Processes
+) -> None:
+    """``broker_connected`` and readiness turn 1 only once Redis holds the subscription, so
+    tasks sent the moment they do are counted: Redis keeps nothing for a subscriber that is not
+    there yet. The proxy holds the exporter's PSUBSCRIBE from the server for as long as the test
+    looks."""
+    private_redis.start()
+    processes.worker(private_redis.url, WORKER)
+    proxy = FreezingProxy(private_redis.port)
+    try:
+        proxy.hold_subscriptions()
+        exporter = processes.exporter(proxy.url(), *REDIS_PATHS[path], wait_connected=False)
+        wait_until(proxy.subscription_held.is_set, what="the exporter's PSUBSCRIBE at the proxy")
+        assert exporter.metrics().get("celery_exporter_broker_connected") == 0.0
+        assert readyz(exporter) == 503
+        proxy.release_subscriptions()
+        wait_connected(exporter, 1.0, "broker_connected once Redis took the subscription")
+        assert redis_subscriptions(private_redis.url, os.getpid()) == 1  # the exporter's pattern
+        send_tasks(private_redis.url, 3)
+        wait_until(lambda: succeeded(exporter.metrics()) == 3.0, what="the 3 tasks counted")
+    finally:
+        proxy.close()
 
 
 def test_exporter_started_before_its_broker(

@@ -283,6 +283,26 @@ class _NoCounterChannel:
     subclient = None  # kombu's cached property, shadowed by the instance's value
 
 
+def test_bound_message_bodies_hands_a_stand_in_for_a_big_body(broker_url: str) -> None:
+    """kombu's Consumer makes each delivery a Message through the channel's message_to_python
+    and decodes its body after: a body over the limit reaches the callback as the stand-in,
+    a small one as it was sent, on both transports."""
+    got: list[Any] = []
+    queue = Queue(f"compat-bound-{time.monotonic_ns()}", auto_delete=True, durable=False)
+    with Connection(broker_url) as conn:
+        channel = conn.default_channel
+        compat.bound_message_bodies(channel, 1_000, b'{"stand": "in"}')
+        with Consumer(channel, [queue], callbacks=[lambda body, m: got.append(body)]):
+            producer = Producer(conn.channel())
+            for body in ({"small": "x" * 100}, {"big": "x" * 2_000}):
+                producer.publish(body, routing_key=queue.name, serializer="json")
+            deadline = time.monotonic() + 10
+            while len(got) < 2 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.5)
+    assert got == [{"small": "x" * 100}, {"stand": "in"}]
+
+
 def test_a_changed_shape_raises_compat_error() -> None:
     with pytest.raises(compat.CompatError, match="_fanout_queues"):
         compat.redis_subscribe_topics(SimpleNamespace(), "celeryev")
@@ -313,6 +333,12 @@ def test_a_changed_shape_raises_compat_error() -> None:
         compat.redis_publish_topics(
             SimpleNamespace(_get_publish_topics=lambda e, k: ("t",)), "celeryev", "task.multi"
         )
+    with pytest.raises(compat.CompatError, match="message_to_python"):
+        compat.bound_message_bodies(SimpleNamespace(), 1, b"{}")
+    bodiless = SimpleNamespace(message_to_python=lambda raw: SimpleNamespace())
+    compat.bound_message_bodies(bodiless, 1, b"{}")
+    with pytest.raises(compat.CompatError, match=r"Message\.body"):
+        bodiless.message_to_python(b"raw")
     with (
         pytest.raises(compat.CompatError, match="_write"),
         compat.py_amqp_captured_writes(SimpleNamespace()),

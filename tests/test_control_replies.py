@@ -20,7 +20,13 @@ import pytest
 from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from celery_events_exporter.control import GREETING_ATTEMPTS, GREETING_RETRY_AFTER, INSPECT_TIMEOUT
+from celery_events_exporter.control import (
+    COLLECT_WINDOW,
+    GREETING_ATTEMPTS,
+    GREETING_RETRY_AFTER,
+    INSPECT_TIMEOUT,
+    MAX_REPLY_BYTES,
+)
 from tests.conftest import ExporterProcess, Processes, client, wait_until
 
 Forge = Callable[[dict[str, Any]], list[dict[str, Any]]]
@@ -41,6 +47,8 @@ class Forger:
         self.destinations: list[tuple[str, tuple[str, ...] | None]] = []
         """(method, destination) of every request seen, in order; None: every worker."""
         self.sent: Counter[str] = Counter()
+        self.budget: dict[str, int] = {}
+        """Requests still to answer (with replies), by method (absent: every one)."""
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -74,8 +82,15 @@ class Forger:
                 ticket, reply_to = body.get("ticket"), body.get("reply_to")
                 if forge is None or not ticket or not reply_to:
                     return
+                forged = forge(body)
+                if not forged:
+                    return
+                if method in self.budget:
+                    if self.budget[method] <= 0:
+                        return
+                    self.budget[method] -= 1
                 time.sleep(self.delay.get(method, 0.0))
-                for reply in forge(body):
+                for reply in forged:
                     replies.publish(
                         reply,
                         exchange=reply_exchange,
@@ -206,13 +221,54 @@ def run_forged_replies(redis_url: str, processes: Processes, forger: Forger) -> 
     assert task_series_workers(exporter) == {"real@replies", "second@replies"}
     workers = exporter.get("/api/workers").json()
     assert sorted(row["worker"] for row in workers) == ["real@replies", "second@replies"]
-    dropped = metrics.by_label("celery_exporter_control_replies_dropped_total", "reason")
-    # Every periodic active_queues round collects its whole window: 100 refused each round.
-    assert dropped["unknown_worker"] >= 100.0
     queues = set(metrics.by_label("celery_queue_length", "queue"))
     assert not {queue for queue in queues if queue.startswith("forged")}
-    assert dropped["duplicate"] >= 3.0  # each stats round: the real reply and two forged
     assert "inspect replies left out" in exporter.log()
+
+    # Exact counts over periodic rounds, which collect their whole window (a greeting's ends
+    # when its workers answered: later forged replies are never read). Quiet first.
+    forger.forge.clear()
+    time.sleep(COLLECT_WINDOW + INSPECT_TIMEOUT + 1.0)
+    before = dropped_by_reason(exporter)
+    sent = Counter(forger.sent)
+    rounds = 2
+    forger.budget = {"active_queues": rounds, "stats": rounds}
+    forger.forge["active_queues"] = lambda body: (
+        [] if body.get("destination") else [{f"forged{i}@nowhere": []} for i in range(100)]
+    )
+    forger.forge["stats"] = lambda body: (
+        []
+        if body.get("destination")
+        else [
+            {"real@replies": {"pid": real.proc.pid, "pool": {"max-concurrency": 1}}},
+            {"real@replies": {"pid": 1, "pool": {"max-concurrency": 1}}},
+        ]
+    )
+    wait_until(
+        lambda: forger.budget == {"active_queues": 0, "stats": 0},
+        timeout=30,
+        what="two periodic rounds forged",
+    )
+    time.sleep(COLLECT_WINDOW + INSPECT_TIMEOUT + 1.0)  # the last round read its replies
+    assert forger.sent - sent == Counter({"active_queues": 100 * rounds, "stats": 2 * rounds})
+    after = dropped_by_reason(exporter)
+    # 100 unknown workers a round; per stats round, the real reply and two forged: the second
+    # reply for the hostname drops two (the one kept so far and itself), the third one.
+    assert {reason: after[reason] - before[reason] for reason in after} == {
+        "unknown_worker": 100.0 * rounds,
+        "duplicate": 3.0 * rounds,
+        "mismatch": 0.0,
+        "too_many": 0.0,
+        "too_big": 0.0,
+        "malformed": 0.0,
+        "late": 0.0,
+    }
+    assert exporter.metrics().get("celery_worker_concurrency", worker="real@replies") == 3.0
+
+
+def dropped_by_reason(exporter: ExporterProcess) -> dict[str, float]:
+    metrics = exporter.metrics("celery_exporter_control_replies_dropped")
+    return metrics.by_label("celery_exporter_control_replies_dropped_total", "reason")
 
 
 def test_a_rejected_worker_online_sets_off_no_broadcast(
@@ -274,3 +330,39 @@ def test_a_rejected_worker_online_sets_off_no_broadcast(
     )
     time.sleep(INSPECT_TIMEOUT + GREETING_RETRY_AFTER + 1.0)  # another would be out by now
     assert forger.destinations[seen:] == greetings
+
+
+def test_a_reply_over_the_byte_cap_is_dropped_undecoded(
+    broker_url: str, processes: Processes, forger: Forger
+) -> None:
+    """A forged 5 MiB ``stats`` reply in the name of a real worker, to every periodic round
+    (which collects its whole window: every reply is read), is left out before it is decoded
+    (``too_big``), so it neither costs its objects nor makes the worker's own reply a
+    duplicate."""
+    big = ["x" * 1_000 + str(i) for i in range(5 * 1024)]  # ~5 MiB of JSON
+    assert len(orjson.dumps(big)) > MAX_REPLY_BYTES
+
+    def forged_stats(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if body.get("destination"):  # a greeting's: its collection may end before it is read
+            return []
+        return [{"big@replies": {"pid": 1, "pool": {"max-concurrency": 1}, "padding": big}}]
+
+    forger.forge["stats"] = forged_stats
+    exporter = processes.exporter(broker_url, "--broadcast-interval", "1")
+    processes.worker(broker_url, "big@replies", concurrency=2)
+    wait_until(lambda: forger.sent["stats"] >= 3, timeout=30, what="three forged stats replies")
+    del forger.forge["stats"]
+    time.sleep(COLLECT_WINDOW + 1.0)  # the last round that got one has read it
+    metrics = exporter.metrics()
+    assert metrics.get("celery_worker_concurrency", worker="big@replies") == 2.0
+    dropped = metrics.by_label("celery_exporter_control_replies_dropped_total", "reason")
+    assert dropped == {
+        "unknown_worker": 0.0,
+        "duplicate": 0.0,
+        "mismatch": 0.0,
+        "too_many": 0.0,
+        "too_big": float(forger.sent["stats"]),
+        "malformed": 0.0,
+        "late": 0.0,
+    }
+    assert "reason=too_big" in exporter.log() or '"reason": "too_big"' in exporter.log()

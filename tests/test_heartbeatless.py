@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import Processes, client, wait_until
+from celery_events_exporter.events.vocabulary import WORKER_EVENTS
+from tests.conftest import Metrics, Processes, client, wait_until
 
 PURGE_AFTER = 4.0
 
@@ -40,13 +41,23 @@ def test_workers_without_heartbeats_are_purged_and_give_their_place_back(
     wait_until(lambda: succeeded() == {name: 1.0 for name in silent}, what="both tasks counted")
     last_event = time.monotonic()
     # The cap is full: a worker with heartbeats started now is past it, its gauges not exported.
+    # Only it sends worker events (the others run without heartbeats: no worker-online
+    # either), and each one it sends is folded: the overflow counts exactly its events.
     processes.worker(redis_url, "beating@purge", concurrency=1, extra=("-Q", "q9"))
-    time.sleep(2.0)
-    metrics = exporter.metrics("celery_worker_online", "celery_exporter_label_overflow")
+
+    def worker_events(metrics: Metrics) -> float:
+        by_type = metrics.by_label("celery_exporter_events_total", "type")
+        return sum(by_type.get(kind, 0.0) for kind in WORKER_EVENTS)
+
+    wait_until(
+        lambda: worker_events(exporter.metrics("celery_exporter_events")) >= 2,
+        what="the beating worker's worker-online and first heartbeat",
+    )
+    metrics = exporter.metrics()  # one page: the counts of one moment
     assert metrics.by_label("celery_worker_online", "worker") == {}
-    assert (
-        metrics.get("celery_exporter_label_overflow_total", label="worker", reason="cap") or 0
-    ) > 0
+    overflow = metrics.get("celery_exporter_label_overflow_total", label="worker", reason="cap")
+    assert overflow == worker_events(metrics)
+    assert metrics.get("celery_exporter_events_total", type="worker-online") == 1.0
     assert succeeded() == {name: 1.0 for name in silent}  # not purged before the delay
 
     # After their last event plus the delay, they go, every series with them, and the worker

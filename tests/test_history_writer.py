@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from celery_events_exporter.config import Config
 from celery_events_exporter.history import writer as writer_module
 from celery_events_exporter.history.collector import HistoryCollector
 from celery_events_exporter.history.postgres import PostgresStore
-from celery_events_exporter.history.row import ENTRY_BYTES, ROW_BYTES
+from celery_events_exporter.history.row import ENTRY_BYTES, ROW_BYTES, RowValues
 from celery_events_exporter.history.sql import HistoryQuery
 from celery_events_exporter.history.sqlite import SqliteStore
 from celery_events_exporter.history.store import HistoryStore, Retention
@@ -31,6 +31,8 @@ from celery_events_exporter.history.writer import (
     buffered_bytes,
     ingest_pause,
 )
+from celery_events_exporter.intake.backlog import MESSAGE_OVERHEAD, IntakeBacklog
+from celery_events_exporter.intake.message import RawMessage
 from tests.conftest import wait_until
 from tests.test_history_store import T0, task_events
 
@@ -218,3 +220,97 @@ def test_a_writer_yielding_to_ingest_still_writes(tmp_path: Path) -> None:
     assert len(store.page(HistoryQuery(limit=1000))) == 300
     assert len(asked) >= 300 + 1  # after each batch folded, after the rows written
     assert writer.buffer_bytes == 0
+
+
+def _message(size: int) -> RawMessage:
+    """A message that costs the intake backlog ``size`` bytes."""
+    return RawMessage(T0, "application/json", b"x" * (size - MESSAGE_OVERHEAD))
+
+
+def test_the_history_takes_only_what_the_intake_backlog_leaves_of_their_budget(
+    tmp_path: Path,
+) -> None:
+    """One budget for both: the sink drops (and counts) a batch that fits the history's own
+    budget but not what the backlog leaves of the shared one."""
+    batch = task_events("a", T0, "tests.add", "task-succeeded")
+    size = buffered_bytes(batch)
+    inbox = IntakeBacklog(3 * size)
+    writer = HistoryWriter(
+        SqliteStore(str(tmp_path / "tasks.sqlite3")), None, budget_bytes=1 << 24,
+        retention=NO_RETENTION,
+    )  # fmt: skip
+    inbox.spill, writer.room = writer, inbox.room
+    inbox.put(_message(size + 1))
+    writer.sink(batch)  # 2 * size + 1 of 3 * size
+    writer.sink(task_events("b", T0, "tests.add", "task-succeeded"))  # one byte over
+    assert writer.stats.dropped["buffer_full"] == 4
+    assert writer.buffer_bytes == size
+    assert inbox.room() == 2 * size - 1  # the history holds one batch of it
+
+
+def test_the_backlog_sheds_the_historys_newest_batches_and_drops_nothing(tmp_path: Path) -> None:
+    """Counting first: a message that fits the backlog's budget only without the history's
+    buffer is taken, and the history's newest unfolded batches make the room, counted."""
+    store = SqliteStore(str(tmp_path / "tasks.sqlite3"))
+    store.migrate()
+    batches = [task_events(uuid, T0, "tests.add", "task-succeeded") for uuid in "abc"]
+    size = buffered_bytes(batches[0])
+    inbox = IntakeBacklog(4 * size)
+    writer = HistoryWriter(store, None, budget_bytes=1 << 24, retention=NO_RETENTION)
+    inbox.spill, writer.room = writer, inbox.room
+    for batch in batches:
+        writer.sink(batch)
+    inbox.put(_message(size + 1))  # one byte past the budget with the three batches
+    assert (inbox.dropped, inbox.bytes) == (0, size + 1)
+    assert writer.stats.dropped["buffer_full"] == 4  # "c", the newest
+    assert writer.buffer_bytes == writer.sheddable_bytes == 2 * size
+    inbox.put(_message(3 * size))  # the backlog's own budget still drops what passes it
+    assert (inbox.dropped, inbox.bytes) == (1, size + 1)
+    assert writer.buffer_bytes == 2 * size  # nothing shed for a message dropped anyway
+    assert writer.flush() is True
+    assert sorted(r.uuid for r in store.page(HistoryQuery(limit=10))) == ["a", "b"]
+
+
+def test_the_app_shares_the_intake_budget_with_the_history(tmp_path: Path) -> None:
+    config = Config(data_dir=str(tmp_path), max_intake_backlog_bytes=1 << 20)
+    exporter = app.wire(config)
+    try:
+        decoder = next(t for name, t in exporter.threads if name == "ingest").__self__  # type: ignore[attr-defined]
+        writer = decoder.state._sinks[0].__self__
+        assert decoder.inbox.spill is writer
+        assert writer.room() == 1 << 20
+    finally:
+        exporter.server.server_close()
+
+
+class _Watched(SqliteStore):
+    """A real SQLite store that notes, at each write, how many rows its writer held folded."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.writer: HistoryWriter | None = None
+        self.pending_at_writes: list[int] = []
+
+    def write(self, rows: Sequence[RowValues], pending_before: float | None) -> None:
+        assert self.writer is not None
+        self.pending_at_writes.append(len(self.writer._rows.by_uuid))
+        super().write(rows, pending_before)
+
+
+def test_a_flush_folds_a_transactions_worth_of_rows_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst the buffer is folded and written piece by piece: the rows pending never
+    hold more than one transaction's tasks (folded whole, they held every task at once)."""
+    monkeypatch.setattr(writer_module, "BATCH_ROWS", 2)
+    store = _Watched(str(tmp_path / "tasks.sqlite3"))
+    store.migrate()
+    writer = HistoryWriter(store, None, budget_bytes=1 << 24, retention=NO_RETENTION)
+    store.writer = writer
+    for uuid in "abcde":
+        writer.sink(task_events(uuid, T0, "tests.add", "task-succeeded"))
+    assert writer.flush() is True
+    assert store.pending_at_writes == [2, 2, 1]
+    assert writer.stats.rows_written == 5
+    assert writer.buffer_bytes == 0
+    assert sorted(r.uuid for r in store.page(HistoryQuery(limit=10))) == list("abcde")

@@ -231,3 +231,48 @@ def test_a_heartbeat_with_software_text_no_worker_sends_is_rejected_whole() -> N
     assert metrics.series("celery_worker_info") == {frozenset(info): 1.0}
     assert not metrics.series("celery_worker_online", worker="w2@h")
     assert metrics.get("celery_exporter_events_rejected_total", reason="invalid_field") == 1
+
+
+@pytest.mark.parametrize("worker_label", [True, False])
+def test_a_sent_only_name_and_queue_give_their_places_back_after_the_delay(
+    worker_label: bool,
+) -> None:
+    """Task names and queues seen only in task-sent events (any broker client may send them)
+    have no worker to be purged with: their series go the purge delay after their last
+    task-sent, unless a worker holds the name, and their places are free again."""
+    state = make_state(
+        max_task_names=2, max_queues=2, purge_offline_worker_after=60.0, worker_label=worker_label
+    )
+    feed(state, heartbeat("w1@h", freq=2.0))
+    feed(state, task("sent", "u1", host="c@h", name="crafted", queue="cq1"))
+    feed(state, task("sent", "u2", host="c@h", name="held", queue="cq2"))
+    feed(state, task("received", "u2", name="held"))
+    feed(state, task("sent", "u3", host="c@h", name="late", queue="cq3"))  # both caps full
+    feed(state, task("sent", "u4", host="c@h", name="crafted", queue="cq1"), at=T0 + 30)
+    metrics = render(state, now=T0 + 30)
+    assert metrics.series("celery_task_sent_total") == {
+        frozenset({("task", "crafted"), ("queue", "cq1")}): 2,
+        frozenset({("task", "held"), ("queue", "cq2")}): 1,
+        frozenset({("task", "other"), ("queue", "other")}): 1,
+    }
+
+    # 61 s after their last task-sent: the crafted series and (other, other) go; "held" stays,
+    # a worker holds its name (its counter must not restart while the task runs).
+    feed(state, heartbeat("w1@h", freq=2.0), at=T0 + 91)
+    metrics = render(state, now=T0 + 91)
+    assert metrics.series("celery_task_sent_total") == {
+        frozenset({("task", "held"), ("queue", "cq2")}): 1,
+    }
+    assert state.counts.caps.admitted["task"] == {"held"}
+    assert state.counts.caps.admitted["queue"] == {"cq2"}
+    assert state.counts.sent_seen == {}
+
+    # A name seen later takes the free place, under its own label.
+    feed(state, task("sent", "u5", host="c@h", name="late", queue="cq3"), at=T0 + 92)
+    feed(state, task("received", "u5", name="late"), at=T0 + 92)
+    metrics = render(state, now=T0 + 92)
+    assert metrics.get("celery_task_sent_total", task="late", queue="cq3") == 1
+    received = metrics.by_label("celery_task_received_total", "task")
+    assert received == {"held": 1, "late": 1}
+    assert metrics.get("celery_exporter_label_overflow_total", label="task", reason="cap") == 1
+    assert metrics.get("celery_exporter_label_overflow_total", label="queue", reason="cap") == 1

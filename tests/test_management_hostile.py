@@ -5,18 +5,25 @@ host, the body is not read past its cap, and the failures are counted."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from celery_events_exporter.queues.management import ManagementApi, ManagementError
 from testkit.ports import free_port
 from tests.conftest import ExporterProcess, Processes, wait_until
 
 PASSWORD = "mgmt-s3cret"
 HUGE = 300 * 1024 * 1024
+TRICKLE_EVERY = 0.1
+TRICKLE_BYTES = 10_000
+POLL_TIMEOUT = 1.0
+"""The client's deadline: the exporter's is min(5 s, --queue-poll-interval)."""
 
 
 class Endpoint:
@@ -27,6 +34,8 @@ class Endpoint:
         self.other = other
         self.requests = 0
         self.bytes_sent = 0
+        self.cut_after: list[float] = []
+        """Seconds from each trickled request to the client's hang-up."""
 
 
 def serve(host: str, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
@@ -63,6 +72,15 @@ def servers() -> Iterator[tuple[Endpoint, list[str | None], str]]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if endpoint.mode == "ok":
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
+                return
+            if endpoint.mode.startswith("trickle"):
+                self.trickle()
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(HUGE))
@@ -75,6 +93,36 @@ def servers() -> Iterator[tuple[Endpoint, list[str | None], str]]:
                     chunk = b" " * len(chunk)
             except OSError:
                 return  # the exporter hung up: what it should do
+
+        def trickle(self) -> None:
+            """A byte every ``TRICKLE_EVERY`` seconds, well within any socket timeout: of the
+            status line and headers, or (headers sent at once) of a listing's body."""
+            started = time.monotonic()
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            head += b"Content-Length: %d\r\n\r\n" % TRICKLE_BYTES
+            if endpoint.mode == "trickle-body":
+                self.wfile.write(head)
+                head = b""
+            try:
+                for byte in (
+                    [head[i : i + 1] for i in range(len(head))]
+                    + [b"["]
+                    + [b" "] * (TRICKLE_BYTES - 1)
+                ):
+                    self.wfile.write(byte)
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_EVERY)
+                    # A hang-up shows once the peer's reset comes back: probe without waiting.
+                    self.connection.setblocking(False)
+                    try:
+                        if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                            raise ConnectionResetError
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        self.connection.setblocking(True)
+            except OSError:
+                endpoint.cut_after.append(time.monotonic() - started)
 
         def log_message(self, *args: object) -> None: ...
 
@@ -129,3 +177,57 @@ def test_credentials_never_follow_a_redirect_and_a_huge_body_is_not_read(
     assert endpoint.bytes_sent < 3 * 64 * 1024 * 1024
     assert peak_rss_bytes(exporter) < 200 * 1024 * 1024
     assert exporter.proc.poll() is None
+
+
+@pytest.mark.parametrize("mode", ["trickle-headers", "trickle-body"])
+def test_a_trickling_answer_is_cut_at_the_deadline(
+    mode: str, servers: tuple[Endpoint, list[str | None], str]
+) -> None:
+    """The client's own call, against a real server: a byte every 0.1 s, each read well within
+    the socket timeout, read before for 10 000 bytes (1 000 s) or for ever; cut at the
+    deadline now, the cause named."""
+    endpoint, _, url = servers
+    endpoint.mode = mode
+    api = ManagementApi(url, "/", ("monitor", PASSWORD), timeout=POLL_TIMEOUT)
+    started = time.monotonic()
+    with pytest.raises(ManagementError) as raised:
+        api.queues()
+    took = time.monotonic() - started
+    assert str(raised.value) == (
+        "management API answer took longer than the poll's timeout (1 s): cut"
+    )
+    assert POLL_TIMEOUT <= took < POLL_TIMEOUT + 0.25
+    wait_until(lambda: len(endpoint.cut_after) == 1, what="the server sees the hang-up")
+    assert POLL_TIMEOUT <= endpoint.cut_after[0] < POLL_TIMEOUT + 0.5
+
+
+def test_the_exporter_cuts_a_trickling_management_api_at_the_poll_timeout(
+    amqp_url: str,
+    processes: Processes,
+    tmp_path: Path,
+    servers: tuple[Endpoint, list[str | None], str],
+) -> None:
+    endpoint, received, url = servers
+    endpoint.mode = "trickle-body"
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"monitor:{PASSWORD}\n")
+    exporter = processes.exporter(
+        amqp_url,
+        "--queue", "work",
+        "--rabbitmq-management-url", url,
+        "--rabbitmq-management-credentials-file", str(credentials),
+        "--queue-poll-interval", str(POLL_TIMEOUT),  # the poll's timeout: min(5 s, interval)
+    )  # fmt: skip
+    wait_until(lambda: management_errors(exporter) >= 3, timeout=20, what="three cut answers")
+    # The server answers at once from now: once two such answers were read, every trickled
+    # request is over, each counted once and cut at the deadline.
+    endpoint.mode = "ok"
+    requests = endpoint.requests
+    wait_until(lambda: endpoint.requests >= requests + 2, what="two prompt answers")
+    cut = list(endpoint.cut_after)
+    assert management_errors(exporter) == len(cut)
+    assert all(POLL_TIMEOUT <= seconds < POLL_TIMEOUT + 0.5 for seconds in cut), cut
+    assert "management API answer took longer than the poll's timeout (1 s): cut" in exporter.log()
+    # The readings without the management API stand, and the poller goes on.
+    assert exporter.metrics().get("celery_queue_length", queue="work") == 0.0
+    assert received == []

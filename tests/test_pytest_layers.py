@@ -35,10 +35,16 @@ def _project(path: Path, unit_marker: str, unit_body: str = "assert 1 + 1 == 2")
     return path
 
 
-def _run(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    project: Path, *args: str, path_first: Path | None = None, **env_vars: str
+) -> subprocess.CompletedProcess[str]:
     # The project's Python is this one: the layers run `python -m pytest`.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    if path_first is not None:
+        path = f"{path_first}:{path}"
+    env = {**os.environ, "PATH": path}
     env.pop("UNIT_LAYER_NETWORK", None)
+    env.update(env_vars)
     return subprocess.run(
         [str(SCRIPT), *args], cwd=project, env=env, capture_output=True, text=True, timeout=120,
         check=False,
@@ -88,3 +94,36 @@ def test_a_unit_test_cannot_reach_a_server_on_this_machine(tmp_path: Path) -> No
         done = _run(project, "-q")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAILED test_layers.py::test_pure - ConnectionRefusedError" in done.stdout
+
+
+def _no_namespaces(path: Path) -> Path:
+    """A directory whose ``unshare`` fails as it does where namespaces are not allowed (some
+    containers: "unshare failed: Operation not permitted"), to put first on the PATH."""
+    path.mkdir()
+    unshare = path / "unshare"
+    unshare.write_text(
+        "#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n"
+    )
+    unshare.chmod(0o755)
+    return path
+
+
+def test_no_network_namespace_fails_the_run_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "project").mkdir()
+    project = _project(tmp_path / "project", "unit")
+    done = _run(project, "-q", path_first=_no_namespaces(tmp_path / "bin"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot isolate the unit layer: no network namespace can be made here" in done.stderr
+    assert "passed" not in done.stdout  # neither layer ran
+
+
+def test_the_network_allowed_knowingly_runs_both_layers_loudly(tmp_path: Path) -> None:
+    (tmp_path / "project").mkdir()
+    project = _project(tmp_path / "project", "unit")
+    done = _run(
+        project, "-q", path_first=_no_namespaces(tmp_path / "bin"), UNIT_LAYER_NETWORK="allowed"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "NO NETWORK ISOLATION" in done.stderr
+    assert "unit layer (pure logic), WITH the network" in done.stdout
+    assert done.stdout.count("1 passed, 1 deselected") == 2

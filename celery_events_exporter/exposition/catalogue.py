@@ -239,7 +239,8 @@ TASK_ORPHANED = MetricSpec(
 EXPORTER_BROKER_CONNECTED = MetricSpec(
     "celery_exporter_broker_connected",
     Kind.GAUGE,
-    "1 while the exporter is connected to the broker and consuming events, else 0.",
+    "1 while the exporter is connected to the broker and consuming events (on Redis: once the "
+    "server holds its subscription), else 0.",
 )
 EXPORTER_BROKER_CONNECTION_ERRORS = MetricSpec(
     "celery_exporter_broker_connection_errors",
@@ -280,7 +281,8 @@ EXPORTER_CONTROL_REPLIES_DROPPED = MetricSpec(
     "the exporter never heard on the event exchange, or did not ask), duplicate (two replies "
     "for one hostname to one request: neither is believed), mismatch (a stats reply whose pid "
     "or pool size disagrees with the heartbeats), too_many (past the caps on replies per "
-    "request and entries per worker), malformed, late (for a request no longer collecting). "
+    "request and entries per worker), too_big (a reply over 4 MiB, not decoded), malformed, "
+    "late (for a request no longer collecting). "
     "Any broker client can answer an inspect request; the log has each kind's first "
     "occurrences.",
     ("reason",),
@@ -370,7 +372,8 @@ EXPORTER_TASK_HISTORY_DROPPED = MetricSpec(
     "celery_exporter_task_history_dropped",
     Kind.COUNTER,
     'Task events or rows the task history never wrote, by reason: "buffer_full" = events that '
-    'arrived while --tasks.buffer-bytes were waiting for the database; "rejected" = rows of a '
+    "arrived while --tasks.buffer-bytes were waiting for the database, or that the history gave "
+    'up to the intake backlog, which shares --max-intake-backlog-bytes; "rejected" = rows of a '
     "batch the database refused (the log says why).",
     ("reason",),
 )

@@ -7,9 +7,12 @@ batches (each event decoded again from its body), folds each task's events into 
 merges the rows into the database in batches, the merge done by the database (``store.py``).
 While the database is slow or down the rows wait, folded (a task costs one row however many
 events it sends), and new changes keep coming in up to the byte budget; past it they are
-dropped and counted. The thread reconnects by itself (the store's pool does) and retries with a
-growing pause. A ``kill -9`` loses what was buffered: at most one flush window of events while
-the database keeps up.
+dropped and counted. The budget is shared with the intake backlog (``intake/backlog.py``): the
+sink takes a batch only within what the backlog leaves of its budget, and when the backlog needs
+the room the newest buffered batches are shed (counted as dropped too), so that counting never
+loses an event to the history. The thread reconnects by itself (the store's pool does) and
+retries with a growing pause. A ``kill -9`` loses what was buffered: at most one flush window of
+events while the database keeps up.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ class HistoryWriter:
         self.clock = clock
         self.stats = WriterStats()
         self._lock = threading.Lock()
-        self._incoming: list[tuple[Sequence[TaskChange], int]] = []
+        self._incoming: deque[tuple[Sequence[TaskChange], int]] = deque()
         """Batches handed over and not folded yet, with what each costs the buffer."""
         self._incoming_bytes = 0
         self._rows = Rows(redactor)
@@ -112,33 +115,68 @@ class HistoryWriter:
         self._merging: ThreadPoolExecutor | None = None
         """Threads that wait for the database's merges while this one prepares the next
         batch (``store.concurrent_writes`` above one)."""
+        self.room: Callable[[], int] | None = None
+        """Bytes of the shared budget the intake backlog leaves (``IntakeBacklog.room``);
+        None: the history's own budget alone bounds it."""
 
     @property
     def buffer_bytes(self) -> int:
         return self._incoming_bytes + self._rows.bytes
 
+    @property
+    def sheddable_bytes(self) -> int:
+        """Bytes of batches not folded yet: what ``shed`` can free."""
+        return self._incoming_bytes
+
     def sink(self, changes: Sequence[TaskChange]) -> None:
-        """The state's sink: keep the batch ``changes`` as it is, or drop it past the budget."""
+        """The state's sink: keep the batch ``changes`` as it is, or drop it past the budget
+        (its own, or what the intake backlog leaves of the shared one)."""
         size = buffered_bytes(changes)
+        room = self.room
+        limit = self.budget_bytes if room is None else min(self.budget_bytes, room())
         with self._lock:
-            if self._incoming_bytes + self._rows.bytes + size > self.budget_bytes:
+            if self._incoming_bytes + self._rows.bytes + size > limit:
                 self.stats.dropped[DROP_BUFFER_FULL] += len(changes)
                 return
             self._incoming.append((changes, size))
             self._incoming_bytes += size
 
-    def _take(self) -> None:
-        """Fold the buffered batches into the pending rows, one row per task, batch by batch
-        (a batch's bytes leave the buffer's account once its rows hold them)."""
+    def shed(self, nbytes: int) -> None:
+        """Drop the newest batches not folded yet, worth at least ``nbytes`` (or all of them),
+        counted as ``buffer_full``: the intake backlog needs the shared budget (reader thread).
+        The newest go first, as the sink drops the newest past the budget: a task keeps the
+        row its earlier events make."""
         with self._lock:
-            incoming, self._incoming = self._incoming, []
+            incoming, dropped = self._incoming, self.stats.dropped
+            while nbytes > 0 and incoming:
+                changes, size = incoming.pop()
+                self._incoming_bytes -= size
+                dropped[DROP_BUFFER_FULL] += len(changes)
+                nbytes -= size
+
+    def _take(self, max_rows: int | None = None, max_batches: int | None = None) -> int:
+        """Fold the buffered batches into the pending rows, one row per task, batch by batch,
+        oldest first, until ``max_rows`` rows are pending or ``max_batches`` are folded (a
+        batch's bytes leave the buffer's account once its rows hold them; until it is taken,
+        ``shed`` may drop it). Returns the batches folded."""
         fold = self._rows.fold
-        for changes, size in incoming:
+        rows = self._rows.by_uuid
+        incoming = self._incoming
+        taken = 0
+        while (max_rows is None or len(rows) < max_rows) and (
+            max_batches is None or taken < max_batches
+        ):
+            with self._lock:
+                if not incoming:
+                    break
+                changes, size = incoming.popleft()
+            taken += 1
             began = time.perf_counter()
             fold(change_fields(changes))
             with self._lock:
                 self._incoming_bytes -= size
             self._yield_to_ingest(time.perf_counter() - began)
+        return taken
 
     def _yield_to_ingest(self, worked: float) -> None:
         """After ``worked`` seconds of work, pause while the ingest thread is behind."""
@@ -147,8 +185,26 @@ class HistoryWriter:
             self._stop.wait(ingest_pause(worked))
 
     def flush(self) -> bool:
-        """Write what is buffered; False if the database failed (the rows wait)."""
-        self._take()
+        """Write what is buffered, a transaction's worth of rows folded at a time; False if the
+        database failed (then every batch is folded: the rows wait, a task in one row).
+
+        Folded and written piece by piece, the rows pending stay within one transaction's: a
+        buffer folded whole before its first write held the rows of all its tasks at once, on
+        top of the messages' memory just freed, which the allocator does not hand back (after
+        a burst, the process's peak; bench/README.md, "One budget")."""
+        with self._lock:
+            left = len(self._incoming)  # this window's: later ones wait for the next
+        while True:
+            # PostgreSQL merges concurrent_writes batches at once: fold that many.
+            left -= self._take(BATCH_ROWS * self.store.concurrent_writes, left)
+            if not self._write_pending():
+                self._take()
+                return False
+            if left <= 0 or not self._incoming:
+                return True
+
+    def _write_pending(self) -> bool:
+        """Write the folded rows; False if the database failed (the rows wait)."""
         rows = self._rows.by_uuid
         if not rows:
             return True

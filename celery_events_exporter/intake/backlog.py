@@ -8,6 +8,13 @@ burst waits here, in the exporter's memory, and this is where memory is bounded:
 ``dropped``) and goes on reading, so the socket stays drained and the loss is known and counted
 rather than a disconnect's unknown one.
 
+The same budget bounds the task history's buffer (``Spill``): the history keeps each counted
+message's JSON until its writer folds it, and in a burst both fill at once. Counting comes first:
+the backlog never drops a message for the history's sake; when the two together would pass the
+budget, the history sheds its newest buffered batches (counted as its own drops), and its sink
+takes new ones only within what the backlog leaves (``room``). So the budget bounds the
+process's buffered events, whichever stage holds them.
+
 Thread safety without a lock: ``put`` runs on the reader thread only and ``get`` on the decoder
 thread only, and each side writes only its own running total of bytes.
 """
@@ -40,6 +47,19 @@ class Outbox(Protocol):
     def put(self, message: RawMessage) -> None: ...
 
 
+class Spill(Protocol):
+    """A buffer that shares the backlog's budget and gives way to it: the task history's."""
+
+    @property
+    def sheddable_bytes(self) -> int:
+        """Bytes it holds that ``shed`` can free."""
+        ...
+
+    def shed(self, nbytes: int) -> None:
+        """Drop (and count) buffered items worth at least ``nbytes``, or all it can."""
+        ...
+
+
 class IntakeBacklog:
     """A FIFO of ``RawMessage`` bounded by bytes: ``put`` (reader thread) drops what would
     exceed the budget, ``get``/``get_nowait`` (decoder thread) hand on the rest in order."""
@@ -55,10 +75,13 @@ class IntakeBacklog:
         """Bytes ever taken: written by the decoder thread only."""
         self.dropped = 0
         """Messages dropped because the backlog was over its budget (reader thread only)."""
+        self.spill: Spill | None = None
+        """The buffer sharing the budget, which sheds when the backlog needs the room."""
 
     def put(self, message: RawMessage) -> None:
         size = len(message.body) + MESSAGE_OVERHEAD
-        if self._bytes_in - self._bytes_out + size > self.budget_bytes:
+        wanted = self._bytes_in - self._bytes_out + size
+        if wanted > self.budget_bytes:
             self.dropped = dropped = self.dropped + 1
             if sparse(dropped):
                 log.warning(
@@ -68,6 +91,9 @@ class IntakeBacklog:
                     dropped_messages=dropped,
                 )
             return
+        spill = self.spill
+        if spill is not None and (over := wanted + spill.sheddable_bytes - self.budget_bytes) > 0:
+            spill.shed(over)
         self._bytes_in += size
         self._queue.put(message)
 
@@ -80,6 +106,10 @@ class IntakeBacklog:
         message = self._queue.get_nowait()
         self._bytes_out += len(message.body) + MESSAGE_OVERHEAD
         return message
+
+    def room(self) -> int:
+        """Bytes of the budget the backlog leaves to the buffer sharing it."""
+        return self.budget_bytes - self.bytes
 
     def qsize(self) -> int:
         return self._queue.qsize()

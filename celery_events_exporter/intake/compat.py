@@ -3,7 +3,8 @@
 The intake paths need things those libraries do not publish: kombu's own rule for the Redis
 pub/sub topics of a fanout queue, redis-py's socket, py-amqp's raw socket read and its read
 buffer (the fast paths); redis-py's pub/sub health check, kombu's subscriber connection and its
-list of auto-delete queues (kombu's path on Redis, which must notice a frozen server). The
+list of auto-delete queues (kombu's path on Redis, which must notice a frozen server); the
+controller, the message kombu's consumers decode (the size of an inspect reply). The
 benchmark's publisher needs kombu's fanout publish and topics and py-amqp's raw write. Each
 function below is the only place one of them is touched, and each has a test in
 ``tests/test_compat.py`` that fails loudly, naming the attribute, when an upgrade changes it.
@@ -146,6 +147,30 @@ def kombu_forget_auto_delete(channel: Any) -> None:
     if not isinstance(queues, set):
         raise CompatError(f"kombu Channel.auto_delete_queues is {type(queues).__name__}, not a set")
     queues.clear()
+
+
+def bound_message_bodies(channel: Any, limit: int, stand_in: bytes) -> None:
+    """Make kombu's ``channel`` hand its consumers ``stand_in`` (JSON) in place of the body of
+    any message over ``limit`` bytes, before a consumer decodes it: kombu's ``Consumer`` makes
+    each delivery a ``Message`` through ``channel.message_to_python`` (replaced on this channel
+    only) and decodes ``Message.body`` after that. What the transport read of the message
+    (its bytes, and on Redis the base64 envelope) is not bounded here: only the decoding."""
+    to_python = getattr(channel, "message_to_python", None)
+    if not callable(to_python):
+        raise CompatError("kombu's Channel has no callable message_to_python")
+
+    def bounded(raw: Any) -> Any:
+        message = to_python(raw)
+        body = getattr(message, "body", None)
+        if not isinstance(body, (bytes, str)):
+            raise CompatError(f"kombu Message.body is {type(body).__name__}, not bytes or str")
+        if len(body) > limit:
+            message.body = stand_in
+            message.content_type = "application/json"
+            message.content_encoding = "utf-8"
+        return message
+
+    channel.message_to_python = bounded
 
 
 def redis_pubsub_socket(channel: Any) -> socket.socket | None:

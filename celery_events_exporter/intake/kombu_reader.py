@@ -23,7 +23,12 @@ from kombu import Connection, Consumer
 from kombu.message import Message
 
 from celery_events_exporter.intake import compat
-from celery_events_exporter.intake.liveness import CHECK_EVERY, PING_TIMEOUT, PingWatch
+from celery_events_exporter.intake.liveness import (
+    CHECK_EVERY,
+    PING_TIMEOUT,
+    PingWatch,
+    frozen_message,
+)
 from celery_events_exporter.intake.message import INVALID_ENVELOPE, RawMessage
 from celery_events_exporter.intake.reader import Connected, Subscription
 
@@ -34,6 +39,10 @@ errors are none of these."""
 MAX_UNDELIVERABLE_IN_A_ROW = 1_000
 """Malformed messages in a row, none delivered between them, past which the connection is
 taken for broken and made again."""
+
+SUBSCRIBE_POLL = 0.05
+"""Seconds one drain waits while the reader waits for Redis to confirm its subscription: the
+PSUBSCRIBE goes out in the first drain, the PING after it in the next."""
 
 DRAIN_TIMEOUT = 0.5
 """Seconds one drain waits for a message: a quiet connection's heartbeat is checked this often."""
@@ -65,10 +74,10 @@ class KombuPath:
             accept=["application/json"],
         )
         with consumer:
-            connected(queue=self.subscription.queue_name)
             if conn.transport.driver_type == "redis":
-                self._drain_redis(stop, conn, channel)
+                self._drain_redis(stop, conn, channel, connected)
             else:
+                connected(queue=self.subscription.queue_name)
                 self._drain(stop, conn)
 
     def _drain(self, stop: threading.Event, conn: Connection) -> None:
@@ -87,24 +96,25 @@ class KombuPath:
                 ticked = now
                 conn.heartbeat_check()
 
-    def _drain_redis(self, stop: threading.Event, conn: Connection, channel: Any) -> None:
+    def _drain_redis(
+        self, stop: threading.Event, conn: Connection, channel: Any, connected: Connected
+    ) -> None:
         """Redis: kombu checks a pub/sub connection only from an event loop, which this reader
         has not, so the reader PINGs a quiet one itself
         (``celery_events_exporter.intake.liveness``)."""
-        watch = PingWatch(
-            lambda: compat.redis_pubsub_ping(channel),
-            lambda: compat.redis_pubsub_unanswered_pings(channel),
-        )
-        bounded: socket.socket | None = None
+        bounded = _BoundedReads(channel)
         try:
+            self._await_subscription(stop, conn, channel, bounded)
+            connected(queue=self.subscription.queue_name)
+            watch = PingWatch(
+                lambda: compat.redis_pubsub_ping(channel),
+                lambda: compat.redis_pubsub_unanswered_pings(channel),
+            )
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     self._drain_events(conn, CHECK_EVERY)
                 watch.check(self._received)
-                sock = compat.redis_pubsub_socket(channel)
-                if sock is not None and sock is not bounded:
-                    bound_blocking_reads(sock, PING_TIMEOUT)
-                    bounded = sock
+                bounded.update()
         except Exception:
             # The connection is broken or its server does not answer: deleting the queue's
             # binding on close would fail too, on a frozen server only after redis-py's retries
@@ -113,6 +123,28 @@ class KombuPath:
             # and kombu lets the bindings of an expiring queue lapse.
             compat.kombu_forget_auto_delete(channel)
             raise
+
+    def _await_subscription(
+        self, stop: threading.Event, conn: Connection, channel: Any, bounded: _BoundedReads
+    ) -> None:
+        """Return once Redis holds the subscription. kombu sends its PSUBSCRIBE from its first
+        drain, after the consumer stands; a PING sent after it is answered after it (Redis
+        answers a connection's commands in order), so the PONG proves that events published
+        from then on reach this reader. Until then the path does not say connected, as the fast
+        path waits for its last psubscribe confirmation: tasks sent the moment readiness turns
+        green would otherwise have their events published to nobody."""
+        pinged_at: float | None = None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                self._drain_events(conn, SUBSCRIBE_POLL)
+            bounded.update()
+            if pinged_at is None:
+                if compat.redis_pubsub_ping(channel):
+                    pinged_at = time.monotonic()
+            elif compat.redis_pubsub_unanswered_pings(channel) == 0:
+                return
+            elif time.monotonic() - pinged_at > PING_TIMEOUT:
+                raise ConnectionError(frozen_message())
 
     def _drain_events(self, conn: Connection, timeout: float) -> None:
         """``conn.drain_events``, except that a message kombu cannot make a ``Message`` of (on
@@ -133,6 +165,21 @@ class KombuPath:
         self._received += 1
         self._undeliverable_in_a_row = 0
         self.subscription.outbox.put(RawMessage(time.time(), message.content_type, message.body))
+
+
+class _BoundedReads:
+    """Applies ``bound_blocking_reads`` to the pub/sub socket of kombu's Redis ``channel`` once
+    per socket: kombu makes it on its first drain and again after a reconnection of redis-py's."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+        self._bounded: socket.socket | None = None
+
+    def update(self) -> None:
+        sock = compat.redis_pubsub_socket(self._channel)
+        if sock is not None and sock is not self._bounded:
+            bound_blocking_reads(sock, PING_TIMEOUT)
+            self._bounded = sock
 
 
 def bound_blocking_reads(sock: socket.socket, seconds: float) -> None:

@@ -8,13 +8,19 @@ anyone on the host could read in ``ps``.
 The credentials go to the configured host only: a redirect is not followed (a 302 to another
 host took them along at every poll), it fails the call. An answer is read up to
 ``MAX_RESPONSE_BYTES`` (a 300 MB body was read whole: RSS 45 -> 645 MB) and within the poll's
-timeout as a whole, not per socket read (a server that trickles bytes cannot hold the poller).
+timeout as a whole, not per socket read: a watchdog shuts the call's socket at its deadline, so
+a server that trickles its headers or its body cannot hold the poller.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import json
+import socket
+import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -36,6 +42,60 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+class _Watchdog:
+    """Shuts the sockets of one call down at its deadline: a read blocked on a server that
+    trickles bytes (each within the socket timeout) then ends at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.fired = False
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.fired:
+                _shut(sock)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already: nothing left to cut
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens http and https URLs on connections that hand their socket to the current call's
+    ``watchdog`` once connected (urllib gives the socket up after the headers; the response
+    keeps reading from it)."""
+
+    def __init__(self) -> None:
+        self._tls = ssl.create_default_context()
+        super().__init__(context=self._tls)
+        self.watchdog = _Watchdog()
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._watched(http.client.HTTPConnection), req)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._watched(http.client.HTTPSConnection), req, context=self._tls)
+
+    def _watched(self, base: type[http.client.HTTPConnection]) -> Any:
+        handler = self
+
+        class Watched(base):  # type: ignore[valid-type,misc]
+            def connect(self) -> None:
+                super().connect()
+                handler.watchdog.watch(self.sock)
+
+        return Watched
 
 
 class ManagementError(Exception):
@@ -84,14 +144,21 @@ class ManagementApi:
         self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
         self.timeout = timeout
         # No proxy from the environment either: the credentials go to the URL's host only.
-        self._opener = urllib.request.build_opener(_NoRedirects(), urllib.request.ProxyHandler({}))
+        self._handler = _WatchedHandler()
+        self._opener = urllib.request.build_opener(
+            _NoRedirects(), urllib.request.ProxyHandler({}), self._handler
+        )
 
     def queues(self) -> Mapping[str, QueueCounts]:
         request = urllib.request.Request(self.endpoint, headers=self._headers)
         deadline = time.monotonic() + self.timeout
+        watchdog = self._handler.watchdog = _Watchdog()
+        timer = threading.Timer(self.timeout, watchdog.fire)
+        timer.daemon = True
+        timer.start()
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
-                body = _read_bounded(response, deadline)
+                body = _read_bounded(response, deadline, self.timeout)
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:
                 raise ManagementError(
@@ -101,6 +168,12 @@ class ManagementApi:
                     "points to"
                 ) from None
             raise ManagementError(f"management API answered {exc.code} {exc.reason}") from None
+        except (OSError, http.client.HTTPException):
+            if watchdog.fired:  # what the cut socket made of it: say why
+                raise ManagementError(_too_slow(self.timeout)) from None
+            raise
+        finally:
+            timer.cancel()
         try:
             listed: Any = json.loads(body)
         except ValueError:
@@ -119,14 +192,20 @@ class ManagementApi:
         return found
 
 
-def _read_bounded(response: Any, deadline: float) -> bytes:
-    """The body, read in chunks; ManagementError past ``MAX_RESPONSE_BYTES`` or the deadline."""
+def _too_slow(timeout: float) -> str:
+    return f"management API answer took longer than the poll's timeout ({timeout:g} s): cut"
+
+
+def _read_bounded(response: Any, deadline: float, timeout: float) -> bytes:
+    """The body, read as it arrives (``read1``: what one socket read brings, not ``CHUNK``
+    bytes at a time, which a trickle would take hours to fill); ManagementError past
+    ``MAX_RESPONSE_BYTES`` or the deadline (the watchdog ends a read blocked past it)."""
     chunks: list[bytes] = []
     size = 0
     while True:
+        chunk = response.read1(CHUNK)
         if time.monotonic() > deadline:
-            raise ManagementError("management API answer took longer than the poll's timeout")
-        chunk = response.read(CHUNK)
+            raise ManagementError(_too_slow(timeout))
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

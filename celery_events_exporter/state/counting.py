@@ -95,6 +95,11 @@ MAX_GREETINGS = 10_000
 """Workers waiting to be greeted by the controller, at most (a flood of crafted hostnames must
 not grow memory; the periodic broadcast reaches any left out)."""
 
+SENT_SEEN_STEP = 1.0
+"""Seconds: a task-sent series' last-seen time is moved only when it is older than this, so
+``sent_seen`` stays in order of the times (the oldest first) at one dict look-up per event for
+a series sent often."""
+
 MAX_ENDED_NAMES = 10_000
 """Names of tasks that failed, were rejected or revoked, kept to name a later event of theirs
 (Celery 5.7 sends task-rejected after task-failed for Reject) without counting them as tracked."""
@@ -112,6 +117,11 @@ class Counts:
         }
         self.sent: dict[tuple[str, str], int] = {}
         """(task name, queue) -> task-sent count."""
+        self.sent_seen: dict[tuple[str, str], float] = {}
+        """(task name, queue) of ``sent`` -> when its last task-sent was received (to within
+        ``SENT_SEEN_STEP``), the oldest first: what ``expire_sent`` goes by. A task-sent comes
+        from a client, which sends no heartbeat, and may name any task and queue: such a series
+        has no worker to be purged with, so it ages out unless a worker holds its name."""
         self.exceptions: dict[tuple[str, str], int] = {}
         """(task name, exception class) -> failures."""
         self.runtime: dict[TaskKey, Histogram] = {}
@@ -580,6 +590,10 @@ class Counts:
             queue = caps.label(QUEUE, key[1]) if key[1] else ""
             key = (OTHER if label is None else label, queue)
             sent[key] = sent.get(key, 0) + 1
+        seen = self.sent_seen
+        if received_at - seen.get(key, -_INF) > SENT_SEEN_STEP:
+            seen.pop(key, None)  # to the young end: the dict stays in order of the times
+            seen[key] = received_at
         if not uuid:
             return
         # Named from here (as cut, not folded, like a received task): a task revoked or expired
@@ -693,6 +707,45 @@ class Counts:
         for name in released:
             self.caps.release(TASK, name)
         self.sent = {key: n for key, n in self.sent.items() if key[0] not in released}
+        self.sent_seen = {k: at for k, at in self.sent_seen.items() if k[0] not in released}
         self.exceptions = {key: n for key, n in self.exceptions.items() if key[0] not in released}
         self.caps.keep_only(QUEUE, {queue for _, queue in self.sent})
         self.exception_classes &= {cls for _, cls in self.exceptions}
+
+    def holds_name(self, name: str) -> bool:
+        """Whether a worker holds task series under ``name`` (with the worker label: a worker
+        not purged yet; without it, the name's series, which stay)."""
+        if self.settings.worker_label:
+            return name in self.name_hosts
+        return (name, "") in self.task_counts[TASK_RECEIVED]
+
+    def expire_sent(self, now: float, delay: float, budget: int) -> int:
+        """Drop the task-sent series whose last task-sent is more than ``delay`` old and whose
+        task name no worker holds (``holds_name``), at most ``budget`` of the oldest looked at;
+        give back the places of the task names and queues no series is left under. A series
+        whose name a worker holds stays, as long as the name does (its counter must not restart
+        while its task runs): ``_release_task_names`` drops it with the name. Returns how many
+        series were looked at. A delay of 0 drops none."""
+        if delay <= 0:
+            return 0
+        seen = self.sent_seen
+        horizon = now - delay
+        old: list[tuple[str, str]] = []
+        for key, at in seen.items():
+            if at >= horizon or len(old) >= budget:
+                break
+            old.append(key)
+        if not old:
+            return 0
+        sent = self.sent
+        dropped: set[str] = set()
+        for key in old:
+            del seen[key]
+            if not self.holds_name(key[0]) and sent.pop(key, None) is not None:
+                dropped.add(key[0])
+        if dropped:
+            left = {name for name, _ in sent}
+            for name in dropped - left:
+                self.caps.release(TASK, name)
+            self.caps.keep_only(QUEUE, {queue for _, queue in sent})
+        return len(old)

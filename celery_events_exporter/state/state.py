@@ -34,8 +34,9 @@ ORPHAN_CHANGE_SIZE = 120
 """Bytes a made-up ``task-orphaned`` change counts for in the subscribers' bounds (its JSON)."""
 
 PURGE_SLICE = 20_000
-"""Workers plus their task names forgotten per purge (per tick) at most; each task name is a
-few dict deletions (one per task family), so a slice takes some tens of milliseconds."""
+"""Workers plus their task names forgotten, and task-sent series looked at, per purge (per tick)
+at most; each is a few dict deletions (one per task family), so a slice takes some tens of
+milliseconds."""
 
 
 class State:
@@ -265,9 +266,10 @@ class State:
             return self._purge(now)
 
     def _purge(self, now: float) -> list[str]:
-        """Forget workers long gone, at most ``PURGE_SLICE`` task names' series at a time (the
-        next call goes on), so that the ingest thread pauses for a bounded purge whatever went
-        away."""
+        """Forget workers long gone, then the task-sent series no worker holds that are as old
+        (``Counts.expire_sent``), at most ``PURGE_SLICE`` workers, task names and series at a
+        time (the next call goes on), so that the ingest thread pauses for a bounded purge
+        whatever went away."""
         settings = self.settings
         counts = self.counts
         gone = workers.long_gone(
@@ -297,6 +299,8 @@ class State:
                 break
             budget -= 1 + self.counts.forget_worker(host)
             purged.append(host)
+        if budget > 0:  # task-sent series no worker holds, their clients silent for the delay
+            counts.expire_sent(now, settings.purge_offline_worker_after, budget)
         return purged
 
     def queue_views(self, queues: Iterable[str] | None = None) -> QueueViews:
