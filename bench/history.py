@@ -5,8 +5,9 @@ published as JSON lists of up to 24 events (a prefork worker's ``task.multi``), 
 rate to the exporter's ingest path (``Decoder.handle_batch``: decoded, counted by the state,
 whose batches go to the history's sink) while the writer thread writes at default settings; the
 clock runs from the first message to the last row committed, and nothing may be dropped.
-Reports tasks/s, the CPU of the whole process and of the writer thread alone, rows dropped, the
-writer's peak buffer, the process's peak RSS and the bytes per million tasks.
+Reports tasks/s, the CPU of the whole process and of the writer thread alone (PostgreSQL on this
+machine: and of the database's backends), rows dropped, the writer's peak buffer, the process's
+peak RSS and the bytes per million tasks.
 
 ``after-burst``: the writer's flush after a burst, in process: T tasks handed to the ingest path
 with the writer thread not running (as in a burst, when it yields to the counting), so that its
@@ -16,8 +17,8 @@ the peak RSS during it (``VmHWM`` reset through ``/proc/self/clear_refs``), and 
 ``query``: fills ``celery_tasks`` with N rows (PostgreSQL: ``generate_series`` in the server;
 SQLite: a recursive CTE) spread over 7 days, then times R runs of each search: by uuid,
 name + state in the last hour (a 100-row page), free text (a 100-row page; SQLite: within the
-default ``--tasks.search-scan-rows``, as /api/tasks reads it), free text matching nothing (with
-and without that budget); prints p50/p95.
+default ``--tasks.search-scan-rows``, as /api/tasks reads it), free text that is a uuid's start,
+free text matching nothing (with and without that budget); prints p50/p95.
 
     python -m bench.history write --store sqlite --tasks 200000 --rate 10000
     python -m bench.history write --store postgresql --tasks 200000 --rate 20000
@@ -32,6 +33,7 @@ PostgreSQL runs use a database of their own on 127.0.0.1:5432, dropped afterward
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import statistics
@@ -124,6 +126,27 @@ def thread_cpu(thread: threading.Thread) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
+def server_cpu(store: HistoryStore) -> dict[int, float]:
+    """PostgreSQL on this machine: the CPU seconds of each of the database's client backends
+    (``/proc``), by process id; nothing for SQLite (its CPU is the process's)."""
+    if not isinstance(store, PostgresStore):
+        return {}
+    with store.pool.connection() as conn:
+        pids = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend'"
+        ).fetchall()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    for (pid,) in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return cpu
+
+
 def write(kind: str, tasks: int, rate: int, budget: int) -> None:
     bodies = messages(tasks)
     with opened(kind) as store:
@@ -137,6 +160,7 @@ def write(kind: str, tasks: int, rate: int, budget: int) -> None:
         writer.ready.wait()
         peak_buffer = 0
         cpu_began, writer_began = time.process_time(), thread_cpu(thread)
+        server_began = server_cpu(store)
         began = time.perf_counter()
         # At ``rate`` tasks/s, 10 messages (48 tasks) at a time.
         step = 10
@@ -158,6 +182,13 @@ def write(kind: str, tasks: int, rate: int, budget: int) -> None:
         cpu = time.process_time() - cpu_began
         writer_cpu = thread_cpu(thread) - writer_began
         lag = elapsed - fed
+        server = sum(t - server_began.get(pid, 0.0) for pid, t in server_cpu(store).items())
+        server_text = (
+            f", the server's backends {server:.2f} "
+            f"({server / max(1, writer.stats.rows_written) * 1e6:.1f} µs per row)"
+            if isinstance(store, PostgresStore)
+            else ""
+        )
         stop.set()
         thread.join()
         size = (
@@ -169,8 +200,9 @@ def write(kind: str, tasks: int, rate: int, budget: int) -> None:
             f"{kind}: {tasks} tasks x 5 events offered at {rate:,} tasks/s, fed in {fed:.2f} s, "
             f"all written {lag:.2f} s later: {tasks / elapsed:,.0f} tasks/s; the process took "
             f"{cpu:.2f} CPU s (ingest included), the writer thread {writer_cpu:.2f} "
-            f"({writer_cpu / max(1, writer.stats.rows_written) * 1e6:.1f} µs per row written); "
-            f"rows written {writer.stats.rows_written} (one per task and flush window), "
+            f"({writer_cpu / max(1, writer.stats.rows_written) * 1e6:.1f} µs per row written)"
+            f"{server_text}; rows written {writer.stats.rows_written} (one per task and flush "
+            "window), "
             f"dropped {dropped}, batches {writer.stats.batches}, peak buffer "
             f"{peak_buffer / 2**20:.1f} MiB, peak RSS {rss:.0f} MiB, "
             f"{size / tasks * 1e6 / 2**30:.2f} GiB per million tasks (indexes included)"
@@ -285,6 +317,11 @@ def query(kind: str, rows: int, runs: int) -> None:
             ),
             "free text, 100 rows": lambda: store.search(
                 HistoryQuery(terms=tuple(parse("worker-07")), limit=100, scan_rows=scan_rows)
+            ),
+            "free text, the first 8 characters of a uuid": lambda: store.search(
+                HistoryQuery(
+                    terms=tuple(parse(random.choice(sample)[:8])), limit=100, scan_rows=scan_rows
+                )
             ),
             # A term no row holds: PostgreSQL's trigram index finds nothing at once; SQLite
             # reads --tasks.search-scan-rows rows and stops short (the API's X-Next-Page).

@@ -24,6 +24,8 @@ from celery_events_exporter.history.row import Rows, RowValues, TaskRow, task_ro
 from celery_events_exporter.history.search import parse
 from celery_events_exporter.history.sql import (
     POSTGRESQL,
+    SCHEMA_TABLE,
+    SCHEMA_VERSION,
     SQLITE,
     Cursor,
     Erasure,
@@ -251,6 +253,9 @@ def test_every_search_term(store: HistoryStore) -> None:
     assert found("hunter2") == []
     assert found("kwargs:password=hunter2") == []
     assert found("fail") == ["bbbb-3", "aaab-2"]  # free text: the name, the state...
+    assert found("aaa") == ["aaab-2", "aaaa-1"]  # ...and the uuid's start
+    assert found("AAAA-1") == ["aaaa-1"]
+    assert found("aaa-1") == []  # not the middle of a uuid
     assert found("-state:FAILURE") == ["cccc-4", "aaaa-1"]
     assert found("tests -name:tests.fail state:FAILURE") == ["bbbb-3"]  # AND-ed, unlike Flower
     assert found("", states=frozenset({"REVOKED"})) == ["cccc-4"]
@@ -471,9 +476,80 @@ def test_free_text_is_served_by_a_trigram_index_on_postgresql(postgres_url: str)
         conn.execute("SET enable_indexscan = off")  # not the seen_at index's scan in order
         sql, params = select_page(POSTGRESQL, query)
         plan = "\n".join(str(r[0]) for r in conn.execute("EXPLAIN " + sql, params).fetchall())
-    assert "celery_tasks_text" in plan, plan
+    assert "celery_tasks_text" in plan and "celery_tasks_pkey" in plan, plan  # the uuid's start
     # Matched in any case, never across two columns.
     assert [r.uuid for r in store.page(query)] == ["aaaa-1"]
     assert store.page(HistoryQuery(terms=tuple(parse("tests.add aaaa")))) != []
     assert store.page(HistoryQuery(terms=tuple(parse('"add aaaa"')))) == []
+    store.close()
+
+
+V1_FREE_TEXT_INDEX = (
+    "CREATE INDEX celery_tasks_text ON celery_tasks USING gin ((lower(coalesce(name, '') "
+    "|| chr(31) || coalesce(uuid, '') || chr(31) || coalesce(state, '') || chr(31) || "
+    "coalesce(worker, '') || chr(31) || coalesce(exception_type, '') || chr(31) || "
+    "coalesce(args, '') || chr(31) || coalesce(kwargs, '') || chr(31) || coalesce(result, '')))"
+    " gin_trgm_ops)"
+)
+"""Schema version 1's trigram index, as that release created it."""
+
+
+def test_a_version_1_postgresql_history_is_migrated_at_start(postgres_url: str) -> None:
+    """Version 2's trigram index leaves the uuid out: the old index is replaced, the rows stay,
+    and free text still finds a task by its uuid's start (the primary key)."""
+    old = PostgresStore(postgres_url)
+    old.open()
+    with old.pool.connection() as conn, conn.transaction():
+        conn.execute(f"CREATE TABLE {SCHEMA_TABLE} (version INTEGER NOT NULL)")
+        for statement in POSTGRESQL.schema():
+            conn.execute(statement)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        conn.execute(V1_FREE_TEXT_INDEX)
+        conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (1)")
+    old.write(rows_of(task_events("1f2e-old", T0, "tests.add", "task-failed")), None)
+    old.close()
+
+    stores = [PostgresStore(postgres_url) for _ in range(3)]
+    for store in stores:
+        store.open()
+    threads = [threading.Thread(target=store.migrate) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store = stores[0]
+    with store.pool.connection() as conn:
+        versions = conn.execute(f"SELECT version FROM {SCHEMA_TABLE} ORDER BY 1").fetchall()
+        index = conn.execute("SELECT pg_get_indexdef('celery_tasks_text'::regclass)").fetchone()
+    assert versions == [(1,), (SCHEMA_VERSION,)]  # migrated once, under the lock
+    assert SCHEMA_VERSION == 2
+    assert index is not None and "uuid" not in index[0] and "gin_trgm_ops" in index[0], index
+    store.write(rows_of(task_events("9a8b-new", T0 + 1, "tests.add", "task-failed")), None)
+    for search, uuids in [
+        ("keyerror", ["9a8b-new", "1f2e-old"]),
+        ("1f2e", ["1f2e-old"]),
+        ("9A8B-NEW", ["9a8b-new"]),
+    ]:
+        assert [r.uuid for r in store.page(HistoryQuery(terms=tuple(parse(search))))] == uuids
+    for each in stores:
+        each.close()
+
+
+def test_a_version_1_sqlite_history_is_migrated_at_start(tmp_path: Path) -> None:
+    """SQLite's schema is the same in version 2: the version is recorded, the rows stay."""
+    old = SqliteStore(str(tmp_path / "history.sqlite3"))
+    with old._writing() as conn:
+        conn.execute(f"CREATE TABLE {SCHEMA_TABLE} (version INTEGER NOT NULL)")
+        for statement in SQLITE.schema():
+            conn.execute(statement)
+        conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (1)")
+    old.write(rows_of(task_events("1f2e-old", T0, "tests.add", "task-failed")), None)
+    old.close()
+    store = SqliteStore(str(tmp_path / "history.sqlite3"))
+    store.migrate()
+    store.migrate()
+    with store._writing() as conn:
+        versions = conn.execute(f"SELECT version FROM {SCHEMA_TABLE} ORDER BY 1").fetchall()
+    assert versions == [(1,), (2,)]
+    assert [r.uuid for r in store.page(HistoryQuery(terms=tuple(parse("1f2e"))))] == ["1f2e-old"]
     store.close()

@@ -74,7 +74,13 @@ def refusing_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[H
     pg.close()
 
 
-def test_a_refused_row_costs_only_itself(refusing_store: HistoryStore) -> None:
+@pytest.mark.parametrize("batch_rows", [5000, 4])
+def test_a_refused_row_costs_only_itself(
+    refusing_store: HistoryStore, batch_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also when the batches are merged two at a time (PostgreSQL): the refused one is split
+    while the others are written."""
+    monkeypatch.setattr(writer_module, "BATCH_ROWS", batch_rows)
     writer = HistoryWriter(refusing_store, None, budget_bytes=1 << 24, retention=NO_RETENTION)
     uuids = [f"ok-{i:02d}" for i in range(20)]
     changes = [
@@ -89,6 +95,7 @@ def test_a_refused_row_costs_only_itself(refusing_store: HistoryStore) -> None:
     assert writer.stats.rows_written == 20
     assert writer.stats.dropped == {"buffer_full": 0, "rejected": 1}
     assert writer.buffer_bytes == 0
+    writer.final_flush()
 
 
 def test_one_row_per_task_however_its_events_are_split_across_flushes(tmp_path: Path) -> None:

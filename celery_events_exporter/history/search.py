@@ -3,7 +3,8 @@
 ``state:FAILURE`` (several with commas), ``name:tasks.add`` (exact; ``name:tasks.*`` a prefix),
 ``uuid:1f2e`` (a prefix), ``worker:celery@host`` (exact; ``*`` at the end a prefix),
 ``exception:ValueError`` (the class), ``result:TEXT``, ``args:TEXT``, ``kwargs:key=value`` and
-free text (contained in the name, uuid, state, worker, exception class, args, kwargs or result).
+free text (contained in the name, state, worker, exception class, args, kwargs or result, or
+the start of the uuid).
 A value with spaces is quoted (``name:"my task"``, ``"two words"``); ``-term`` negates a term.
 Flower ORs its terms; here every term must hold, so each added term narrows the answer.
 """

@@ -49,7 +49,10 @@ from celery_events_exporter.history.search import Term
 
 TABLE = "celery_tasks"
 SCHEMA_TABLE = "celery_tasks_schema"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the table and its indexes. 2: PostgreSQL's trigram index of free text leaves the uuid out
+(free text matches a uuid by its start, which the primary key serves): the uuid's random
+trigrams were half of what writing a row cost the server."""
 
 FAILED_STATES = ("FAILURE", "LOST", "REVOKED", "REJECTED")
 """States kept for ``--tasks.failed-retention`` rather than ``--tasks.retention``."""
@@ -75,9 +78,9 @@ one of these (tests/test_history_search.py reads the plans)."""
 
 
 FREE_TEXT_COLUMNS = (
-    "name", "uuid", "state", "worker", "exception_type", "args", "kwargs", "result",
+    "name", "state", "worker", "exception_type", "args", "kwargs", "result",
 )  # fmt: skip
-"""What free text is searched in."""
+"""What free text is contained in (any case); it also matches the uuid by its start."""
 FREE_TEXT = (
     "lower("
     + " || chr(31) || ".join(f"coalesce({column}, '')" for column in FREE_TEXT_COLUMNS)
@@ -85,8 +88,9 @@ FREE_TEXT = (
 )
 """PostgreSQL: the searched columns as one text (a unit separator between them, so that no
 match spans two), which the trigram index below indexes."""
+FREE_TEXT_INDEX_NAME = "celery_tasks_text"
 FREE_TEXT_INDEX = (
-    f"CREATE INDEX IF NOT EXISTS celery_tasks_text ON {TABLE} USING gin (({FREE_TEXT}) "
+    f"CREATE INDEX IF NOT EXISTS {FREE_TEXT_INDEX_NAME} ON {TABLE} USING gin (({FREE_TEXT}) "
     "gin_trgm_ops)"
 )
 """PostgreSQL, when the pg_trgm extension can be created: free text without a full scan."""
@@ -140,6 +144,19 @@ class Dialect:
             f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({columns_})"
             for name, columns_ in INDEXES
         ]
+        return statements
+
+    def migration(self, found: int | None) -> list[str]:
+        """The statements that bring a database at schema version ``found`` (None: no
+        schema) to ``SCHEMA_VERSION``, the new version recorded."""
+        statements = []
+        if found is None or found < 1:
+            statements += self.schema()
+        elif found < 2 and self.name == "postgresql":
+            # Version 1's trigram index held the uuid; the store creates the new one after.
+            statements.append(f"DROP INDEX IF EXISTS {FREE_TEXT_INDEX_NAME}")
+        if found is None or found < SCHEMA_VERSION:
+            statements.append(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES ({SCHEMA_VERSION})")
         return statements
 
     def merge(self, pending_before: str) -> str:
@@ -430,6 +447,13 @@ class _Builder:
             return self.prefix(column, text[:-1])
         return f"{column} = {self.p(text)}"
 
+    def uuid_start(self, text: str) -> str:
+        """Free text on the uuid: uuids starting with ``text`` as typed or in lower case (as
+        Celery writes them)."""
+        return " OR ".join(
+            self.prefix("uuid", start) for start in dict.fromkeys((text, text.lower()))
+        )
+
     def term(self, term: Term) -> str:
         value = term.value
         if term.field == "state":
@@ -451,15 +475,19 @@ class _Builder:
                 f"{self.contains('kwargs', f'{key!r}: {wanted!r}')})"
             )
         elif self.d.name == "postgresql":
-            # One expression, which a trigram index serves (schema: FREE_TEXT_INDEX).
-            expr = f"{FREE_TEXT} LIKE {self.p('%' + _escape(value.lower()) + '%')}"
+            # One expression, which a trigram index serves (schema: FREE_TEXT_INDEX), or the
+            # uuid's start, which the primary key serves.
+            expr = (
+                f"({FREE_TEXT} LIKE {self.p('%' + _escape(value.lower()) + '%')} OR "
+                f"{self.uuid_start(value)})"
+            )
         else:
             expr = (
                 "("
                 + " OR ".join(
                     self.contains(f"COALESCE({column}, '')", value) for column in FREE_TEXT_COLUMNS
                 )
-                + ")"
+                + f" OR {self.uuid_start(value)})"
             )
         return f"NOT COALESCE({expr}, FALSE)" if term.negated else expr
 

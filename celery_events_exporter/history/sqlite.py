@@ -107,10 +107,8 @@ class SqliteStore(HistoryStore):
                     f"{self.path} holds history schema {found}, newer than this exporter's "
                     f"({SCHEMA_VERSION}): upgrade the exporter"
                 )
-            if found is None or found < 1:
-                for statement in SQLITE.schema():
-                    conn.execute(statement)
-                conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (1)")
+            for statement in SQLITE.migration(found):
+                conn.execute(statement)
 
     def write(self, rows: Sequence[RowValues], pending_before: float | None) -> None:
         params = []

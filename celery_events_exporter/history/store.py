@@ -43,6 +43,9 @@ class HistoryStore(ABC):
 
     description: str
     """Where the store is, for the log: never its credentials."""
+    concurrent_writes = 1
+    """Batches ``write`` may merge at once, from as many threads (each its own transaction):
+    more than one lets the writer fold and send the next batch while the database merges one."""
 
     @abstractmethod
     def migrate(self) -> None:

@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from celery_events_exporter.history.row import UUID, Rows, RowValues, finish
@@ -113,6 +114,9 @@ class HistoryWriter:
         self._stop = threading.Event()
         self._ingest_behind: Callable[[], bool] | None = None
         self._scrapes: Scrapes | None = None
+        self._merging: ThreadPoolExecutor | None = None
+        """Threads that wait for the database's merges while this one prepares the next
+        batch (``store.concurrent_writes`` above one)."""
         self.room: Callable[[], int] | None = None
         """Bytes of the shared budget the intake backlog leaves (``IntakeBacklog.room``);
         None: the history's own budget alone bounds it."""
@@ -197,7 +201,8 @@ class HistoryWriter:
         with self._lock:
             left = len(self._incoming)  # this window's: later ones wait for the next
         while True:
-            left -= self._take(BATCH_ROWS, left)
+            # PostgreSQL merges concurrent_writes batches at once: fold that many.
+            left -= self._take(BATCH_ROWS * self.store.concurrent_writes, left)
             if not self._write_pending():
                 self._take()
                 return False
@@ -212,23 +217,57 @@ class HistoryWriter:
         now = self.clock()
         pending_before = now - self.retention.pending if self.retention.pending > 0 else None
         uuids = list(rows)
+        width = self.store.concurrent_writes
+        if width > 1 and self._merging is None:
+            self._merging = ThreadPoolExecutor(width, thread_name_prefix="history-merge")
+        # Batches sent and not settled yet, oldest first: at most ``width`` at once.
+        sent: deque[tuple[list[RowValues], Future[None]]] = deque()
+        failure: Exception | None = None
         for start in range(0, len(uuids), BATCH_ROWS):
             began = time.perf_counter()
             batch = [
                 finish(rows[uuid], pending_before) for uuid in uuids[start : start + BATCH_ROWS]
             ]
             try:
-                self._write(batch, pending_before)
+                while len(sent) >= width:
+                    self._settle(*sent.popleft(), pending_before)
+                if self._merging is None:
+                    self._write(batch, pending_before)
+                else:
+                    sent.append(
+                        (batch, self._merging.submit(self.store.write, batch, pending_before))
+                    )
             except Exception as exc:  # the database is away: the rows wait
-                log.warning(
-                    "task history not written; retrying",
-                    store=self.store.description,
-                    rows=len(rows),
-                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                )
-                return False
+                failure = exc
+                break
             self._yield_to_ingest(time.perf_counter() - began)
+        while sent:  # every batch sent is settled: written rows leave the buffer
+            try:
+                self._settle(*sent.popleft(), pending_before)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            log.warning(
+                "task history not written; retrying",
+                store=self.store.description,
+                rows=len(rows),
+                error=f"{type(failure).__name__}: {str(failure)[:300]}",
+            )
+            return False
         return True
+
+    def _settle(
+        self, batch: list[RowValues], merge: Future[None], pending_before: float | None
+    ) -> None:
+        """The outcome of ``batch``'s merge sent to another thread, as ``_write`` handles it
+        (a refused batch is written again here, split)."""
+        error = merge.exception()
+        if error is None:
+            self._written(batch)
+        elif isinstance(error, Exception):
+            self._refused(batch, pending_before, error)
+        else:
+            raise error
 
     def _write(self, batch: list[RowValues], pending_before: float | None) -> None:
         """Write ``batch``; a batch the database refuses (not a connection problem) is split
@@ -237,23 +276,31 @@ class HistoryWriter:
         try:
             self.store.write(batch, pending_before)
         except Exception as exc:
-            self.stats.write_errors += 1
-            if _is_transient(exc):
-                raise
-            if len(batch) > 1:
-                half = len(batch) // 2
-                self._write(batch[:half], pending_before)
-                self._write(batch[half:], pending_before)
-                return
-            log.error(
-                "task history row refused; dropped",
-                store=self.store.description,
-                uuid=batch[0][UUID][:64],
-                error=f"{type(exc).__name__}: {str(exc)[:300]}",
-            )
-            self.stats.dropped[DROP_REJECTED] += 1
-            self._forget(batch)
+            self._refused(batch, pending_before, exc)
             return
+        self._written(batch)
+
+    def _refused(
+        self, batch: list[RowValues], pending_before: float | None, exc: Exception
+    ) -> None:
+        self.stats.write_errors += 1
+        if _is_transient(exc):
+            raise exc
+        if len(batch) > 1:
+            half = len(batch) // 2
+            self._write(batch[:half], pending_before)
+            self._write(batch[half:], pending_before)
+            return
+        log.error(
+            "task history row refused; dropped",
+            store=self.store.description,
+            uuid=batch[0][UUID][:64],
+            error=f"{type(exc).__name__}: {str(exc)[:300]}",
+        )
+        self.stats.dropped[DROP_REJECTED] += 1
+        self._forget(batch)
+
+    def _written(self, batch: list[RowValues]) -> None:
         self._forget(batch)
         self.stats.rows_written += len(batch)
         self.stats.batches += 1
@@ -322,6 +369,9 @@ class HistoryWriter:
         wait for a connection timeout)."""
         if self.ready.is_set() and self._last_flush_ok:
             self.flush()
+        if self._merging is not None:
+            self._merging.shutdown()
+            self._merging = None
 
 
 def _is_transient(exc: Exception) -> bool:
