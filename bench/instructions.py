@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import pickle
 import tempfile
 import time
@@ -43,10 +44,15 @@ def _ingest_path(subscriber: str = "store") -> tuple[Any, Any]:
     decoder_module: Any = __import__(f"{package.__name__}.decoder", fromlist=["decoder"])
     backlog: Any = __import__(f"{package.__name__}.intake.backlog", fromlist=["backlog"])
     config = config_module.Config()
+    # The state as ``wire`` builds it: its batches check for scrapes in progress (none here).
+    scrapes: dict[str, Any] = {}
+    if "scrapes" in inspect.signature(app.build_state).parameters:
+        scrapes_module: Any = __import__(f"{package.__name__}.scrapes", fromlist=["scrapes"])
+        scrapes["scrapes"] = scrapes_module.Scrapes()
     if subscriber == "history":
         config = dataclasses.replace(config, data_dir=tempfile.mkdtemp(prefix="cee-instr-"))
         history = app.build_history(config, app.build_redactor(config))
-        state = app.build_state(config, None, history)
+        state = app.build_state(config, None, history, **scrapes)
         if hasattr(app, "settle"):
             app.settle()
         return state, decoder_module.Decoder(state, backlog.IntakeBacklog())
@@ -61,7 +67,7 @@ def _ingest_path(subscriber: str = "store") -> tuple[Any, Any]:
         )
         state = holder["state"] = app.build_state(config, store, queues.tracking)
     else:
-        state = app.build_state(config, store)
+        state = app.build_state(config, store, **scrapes)
     if hasattr(app, "settle"):  # what run does once the stages are built
         app.settle()
     return state, decoder_module.Decoder(state, backlog.IntakeBacklog())

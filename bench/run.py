@@ -163,9 +163,9 @@ def measure(
                 row.tasks_lost = max(0, received - int(by_type.get("task-received", 0)))
                 if counted_at and not row.lost:
                     row.counted_s = counted_at[0] - start
-                history = _history_notes(text)
-                if history:
-                    row.notes.append(history)
+                row.notes += [
+                    note for note in (_history_notes(text), _recent_tasks_notes(text)) if note
+                ]
                 if scrapes and scrape_during:
                     row.slowest_scrape_s = max(scrapes)
                     row.notes.append(
@@ -207,6 +207,16 @@ def _history_notes(text: str) -> str:
     written = int(float(found.get("rows_written_total", "0")))
     dropped = int(float(found.get('dropped_total{reason="buffer_full"}', "0")))
     return f"history: {written} rows written, {dropped} task events dropped (buffer full)"
+
+
+def _recent_tasks_notes(text: str) -> str:
+    """How many task events the recent-task store (``memory://``) let go unmerged, from a
+    ``/metrics`` page (empty without the store): the scrapes merged the others, so the fewer
+    and slower the scrapes, the less the store costs."""
+    found = re.search(r"^celery_exporter_recent_task_events_dropped_total (\S+)$", text, re.M)
+    if found is None:
+        return ""
+    return f"recent tasks: {int(float(found.group(1)))} task events left unmerged"
 
 
 WATCH_COUNTING = True

@@ -31,6 +31,7 @@ from celery_events_exporter.intake.status import BrokerStatus, BrokerStatusColle
 from celery_events_exporter.logging import get_logger
 from celery_events_exporter.parsers import ListenAddress
 from celery_events_exporter.queues import wiring as queue_wiring
+from celery_events_exporter.scrapes import Scrapes
 from celery_events_exporter.state import State, StateSettings
 from celery_events_exporter.tasks.collector import RecentTasksCollector
 from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
@@ -67,10 +68,12 @@ def build_state(
     config: Config,
     recent_tasks: RecentTasks | None = None,
     history: history_wiring.History | None = None,
+    scrapes: Scrapes | None = None,
 ) -> State:
     """The state, handing ``recent_tasks`` and ``history`` (each if any) its task changes
-    (orphaned tasks too: the sweep's ``task-orphaned`` changes)."""
-    state = State(state_settings(config), on_reject=RejectionLog())
+    (orphaned tasks too: the sweep's ``task-orphaned`` changes); its batches give way to
+    ``scrapes``."""
+    state = State(state_settings(config), on_reject=RejectionLog(), scrapes=scrapes)
     if recent_tasks is not None:
         state.subscribe(recent_tasks.take)
     if history is not None:
@@ -183,7 +186,8 @@ def wire(config: Config) -> Exporter:
         inbox.spill = history.writer
         history.writer.room = inbox.room
     store = build_store(config) if history is None else None
-    state = build_state(config, store, history)
+    scrapes = Scrapes()
+    state = build_state(config, store, history, scrapes)
     queues = build_queues(config, state)
     web_stats = WebStats()
     details = WorkerDetailsStore() if config.worker_details_interval > 0 else None
@@ -247,6 +251,7 @@ def wire(config: Config) -> Exporter:
         web_config=web_config,
         stats=web_stats,
         telemetry_path=config.telemetry_path,
+        scrapes=scrapes,
     )
     threads: list[tuple[str, Callable[[threading.Event], None]]] = [
         ("ingest", decoder.run),
@@ -258,7 +263,12 @@ def wire(config: Config) -> Exporter:
     last_writes: dict[str, Callable[[], None]] = {}
     if history is not None:
         threads.append(
-            ("task-history", functools.partial(history.writer.run, ingest_behind=decoder.behind))
+            (
+                "task-history",
+                functools.partial(
+                    history.writer.run, ingest_behind=decoder.behind, scrapes=scrapes
+                ),
+            )
         )
         last_writes["task-history"] = history.writer.final_flush
     if details_poller is not None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from celery_events_exporter.history.row import UUID, Rows, RowValues, finish
 from celery_events_exporter.history.store import HistoryStore, Retention
 from celery_events_exporter.logging import get_logger
+from celery_events_exporter.scrapes import Scrapes
 from celery_events_exporter.state.changes import TaskChange
 from celery_events_exporter.state.feed import change_fields, json_size
 from celery_events_exporter.tasks.redact import Redactor
@@ -112,6 +113,7 @@ class HistoryWriter:
         self._last_flush_ok = True
         self._stop = threading.Event()
         self._ingest_behind: Callable[[], bool] | None = None
+        self._scrapes: Scrapes | None = None
         self._merging: ThreadPoolExecutor | None = None
         """Threads that wait for the database's merges while this one prepares the next
         batch (``store.concurrent_writes`` above one)."""
@@ -179,7 +181,11 @@ class HistoryWriter:
         return taken
 
     def _yield_to_ingest(self, worked: float) -> None:
-        """After ``worked`` seconds of work, pause while the ingest thread is behind."""
+        """After ``worked`` seconds of work, wait for the scrapes in progress, and pause while
+        the ingest thread is behind."""
+        scrapes = self._scrapes
+        if scrapes is not None and scrapes.active:
+            scrapes.give_way()
         behind = self._ingest_behind
         if behind is not None and behind():
             self._stop.wait(ingest_pause(worked))
@@ -325,11 +331,18 @@ class HistoryWriter:
             return True
         return False
 
-    def run(self, stop: threading.Event, ingest_behind: Callable[[], bool] | None = None) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        ingest_behind: Callable[[], bool] | None = None,
+        scrapes: Scrapes | None = None,
+    ) -> None:
         """Migrate, then write every flush window and expire every minute, until ``stop``;
-        while ``ingest_behind()`` says the ingest thread has a backlog, yield to it."""
+        while ``ingest_behind()`` says the ingest thread has a backlog, yield to it, and
+        between two units of work wait for the ``scrapes`` in progress."""
         self._stop = stop
         self._ingest_behind = ingest_behind
+        self._scrapes = scrapes
         if not self._migrate(stop):
             return
         pause = self.flush_interval

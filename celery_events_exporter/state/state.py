@@ -4,13 +4,14 @@ that only this class takes."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from celery_events_exporter.events.vocabulary import TASK_ORPHANED
 from celery_events_exporter.logging import get_logger
+from celery_events_exporter.scrapes import MAX_INGEST_GIVE_WAY, Scrapes
 from celery_events_exporter.state import labels, workers
 from celery_events_exporter.state.changes import TaskChangeSink
 from celery_events_exporter.state.counting import ChangeLog, Counts, RejectHook
@@ -51,8 +52,18 @@ class State:
     (``subscribe``) is handed the batch's task changes.
     """
 
-    def __init__(self, settings: StateSettings, *, on_reject: RejectHook | None = None) -> None:
+    def __init__(
+        self,
+        settings: StateSettings,
+        *,
+        on_reject: RejectHook | None = None,
+        scrapes: Scrapes | None = None,
+    ) -> None:
         self.settings = settings
+        self._scrapes = scrapes
+        """The scrapes in progress, which a batch ends early for (``apply_batch``)."""
+        self._given_way = 0
+        """``scrapes.begun`` when the ingest thread last gave way."""
         self.counts = Counts(settings, on_reject)
         """The tables; read them through ``snapshot`` (tests of the rendering aside)."""
         self._sinks: list[TaskChangeSink] = []
@@ -71,34 +82,54 @@ class State:
         """Count the events of several messages, under one acquisition of the lock, then hand
         the subscribers their task changes. Never raises on bad input; an exception on one
         message is counted and the rest go on. ``messages`` may be a generator that decodes
-        them one by one: it runs under the lock, and may call ``reject``."""
+        them one by one: it runs under the lock, and may call ``reject``.
+
+        When a scrape begins (``scrapes``), the batch ends at the next message (its changes
+        handed over), the thread waits for the scrape (``MAX_INGEST_GIVE_WAY`` at most), then
+        counts the rest as a batch of its own; once per call and once per scrape, so that
+        neither a long scrape nor scrapes back to back hold counting up for long."""
+        remaining = iter(messages)
+        scrapes = self._scrapes
+        if self._apply(remaining, scrapes) and scrapes is not None:
+            scrapes.give_way(MAX_INGEST_GIVE_WAY)
+            self._apply(remaining, None)
+
+    def _apply(self, messages: Iterator[DecodedMessage], scrapes: Scrapes | None) -> bool:
+        """Count ``messages`` until they end, or until a scrape not given way to yet is in
+        progress after one of them (then True: some may be left)."""
         counts = self.counts
         size = filed = 0
+        stopped = False
         with self._lock:
             changes = counts.changes
             for events, received_at, body in messages:
                 try:
                     if changes is None:
                         counts.count(events, received_at)
-                        continue
-                    before = len(changes)
-                    changes.append((received_at, events if body is None else body))
-                    try:
-                        counts.count(events, received_at)
-                    finally:
-                        if len(changes) == before + 1:  # no task event in it
-                            changes.pop()
-                        else:
-                            filed += 1
-                            size += len(body) if body is not None else _encoded_size(events)
+                    else:
+                        before = len(changes)
+                        changes.append((received_at, events if body is None else body))
+                        try:
+                            counts.count(events, received_at)
+                        finally:
+                            if len(changes) == before + 1:  # no task event in it
+                                changes.pop()
+                            else:
+                                filed += 1
+                                size += len(body) if body is not None else _encoded_size(events)
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
                     log.exception("message could not be handled", error=error)
                     counts.reject(INTERNAL_ERROR, error)
+                if scrapes is not None and scrapes.active and scrapes.begun != self._given_way:
+                    self._given_way = scrapes.begun
+                    stopped = True
+                    break
             if changes:
                 counts.changes = []
         if changes:
             self._publish(ChangeBatch(changes, (len(changes) - filed) // 3, size))
+        return stopped
 
     def _publish(self, batch: ChangeBatch) -> None:
         for sink in self._sinks:

@@ -4,8 +4,9 @@ Every request runs on a thread of its own, and Python threads share one interpre
 clients reading ``/api/tasks?limit=10000`` at once left a scrape a seventeenth of the CPU (median
 1.96 s). So the API gets ``API_WORKERS`` requests at a time (the next ones wait for a worker up
 to ``API_WAIT``, using no CPU, then are answered 503 with ``Retry-After``, counted), and its
-work stops at checkpoints, every few rows, while a scrape renders (``ApiGate.checkpoint``): a
-scrape waits for one checkpoint's worth of API work at most. A checkpoint also ends the work of
+work stops at checkpoints, every few rows, while a scrape renders (``ApiGate.checkpoint``,
+``celery_events_exporter.scrapes``): a scrape waits for one checkpoint's worth of API work at
+most. A checkpoint also ends the work of
 a client that went away (``Abandoned``).
 """
 
@@ -14,9 +15,9 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
+from celery_events_exporter.scrapes import Scrapes
 from celery_events_exporter.web.stats import WebStats
 
 API_WORKERS = 2
@@ -37,15 +38,13 @@ class Abandoned(Exception):
 
 
 class ApiGate:
-    """The API's workers and the scrapes in progress; safe to use from any thread."""
+    """The API's workers, giving way to the scrapes in progress (``scrapes``); safe to use from
+    any thread."""
 
-    def __init__(self, stats: WebStats, workers: int = API_WORKERS) -> None:
+    def __init__(self, stats: WebStats, scrapes: Scrapes, workers: int = API_WORKERS) -> None:
         self.stats = stats
+        self.scrapes = scrapes
         self._workers = threading.BoundedSemaphore(workers)
-        self._lock = threading.Lock()
-        self._scrapes = 0
-        self._no_scrape = threading.Event()
-        self._no_scrape.set()
 
     def admit(self) -> bool:
         """Take an API worker, waiting ``API_WAIT`` at most; False, counted, if none came."""
@@ -57,23 +56,9 @@ class ApiGate:
     def release(self) -> None:
         self._workers.release()
 
-    @contextmanager
-    def scraping(self) -> Iterator[None]:
-        """Around the rendering of ``/metrics``: API work stops at its next checkpoint."""
-        with self._lock:
-            self._scrapes += 1
-            self._no_scrape.clear()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._scrapes -= 1
-                if self._scrapes == 0:
-                    self._no_scrape.set()
-
     def checkpoint(self, client_gone: Callable[[], bool]) -> None:
         """Wait while a scrape renders; raise ``Abandoned`` (counted) if the client went."""
-        self._no_scrape.wait(MAX_GIVE_WAY)
+        self.scrapes.give_way(MAX_GIVE_WAY)
         if client_gone():
             self.stats.api_abandoned()
             raise Abandoned

@@ -37,6 +37,7 @@ from celery_events_exporter import __version__
 from celery_events_exporter.exposition.page import MetricsPage
 from celery_events_exporter.logging import get_logger, sparse
 from celery_events_exporter.parsers import ListenAddress
+from celery_events_exporter.scrapes import Scrapes
 from celery_events_exporter.web.api import JSON, Api, ApiError
 from celery_events_exporter.web.priority import RETRY_AFTER, Abandoned, ApiGate, client_gone
 from celery_events_exporter.web.stats import WebStats, path_label
@@ -230,12 +231,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, body, JSON, {"Cache-Control": "no-store"})
 
     def _metrics(self) -> None:
-        with type(self).gate.scraping():
+        # Announced while the page is made, not while it is sent: a client that reads slowly
+        # must not hold up counting.
+        with type(self).gate.scrapes.scraping():
             body, content_type = type(self).page.render(self.headers.get("Accept", ""))
-        headers = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip_compress(body)
-            headers["Content-Encoding"] = "gzip"
+            headers = {}
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                body = gzip_compress(body)
+                headers["Content-Encoding"] = "gzip"
         self._send(200, body, content_type, headers)
 
     def _send(
@@ -360,10 +363,13 @@ def serve(
     web_config: WebConfig | None = None,
     stats: WebStats | None = None,
     telemetry_path: str = "/metrics",
+    scrapes: Scrapes | None = None,
 ) -> ThreadingHTTPServer:
     """Bind and start serving on a daemon thread; returns the server (``shutdown()`` stops it).
-    ``stats`` counts what the server refuses or fails at, for ``/metrics``."""
+    ``stats`` counts what the server refuses or fails at, for ``/metrics``; ``scrapes`` tells
+    the other threads when ``/metrics`` renders, so that they give way to it."""
     stats = stats if stats is not None else WebStats()
+    scrapes = scrapes if scrapes is not None else Scrapes()
     handler = type(
         "Handler",
         (_Handler,),
@@ -373,7 +379,7 @@ def serve(
             "api": api,
             "web_config": web_config,
             "stats": stats,
-            "gate": ApiGate(stats),
+            "gate": ApiGate(stats, scrapes),
             "telemetry_path": telemetry_path,
             "landing_page": landing_page(telemetry_path),
         },
