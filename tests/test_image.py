@@ -4,7 +4,8 @@ a real celery worker.
 
 The build takes one to two minutes, about 20 s once this machine has bootstrapped the same Debian
 root before (``BUILD_CACHE``). Set CELERY_EXPORTER_IMAGE_LAYOUT to an OCI layout that
-scripts/build-image wrote earlier in the same run (the release workflow does) to test that one.
+scripts/build-image wrote from this same checkout to test that one instead: the release
+workflow's `test` job sets it to the layout its `build` job made, the one its `image` job pushes.
 """
 
 from __future__ import annotations
