@@ -49,11 +49,13 @@ from celery_events_exporter.worker_details import (
 log = get_logger(__name__)
 
 
-SHUTDOWN_GRACE = 0.8
+SHUTDOWN_GRACE = 0.5
 """Seconds the threads get after SIGTERM before the process exits without them: each watches the
 stop event, but one may be inside a broker call (a connection attempt, an inspect reply) with a
 timeout of its own. Only the task history writes anything at the end (``Exporter.last_writes``),
-and only when its thread ended within the grace."""
+and only when its thread ended within the grace. The controller spends whole seconds collecting
+inspect replies, so a SIGTERM often waits out the grace; the interpreter's exit comes on top, and
+the process must be gone within a second of the signal (the README says so)."""
 
 
 def state_settings(config: Config) -> StateSettings:
