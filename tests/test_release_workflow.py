@@ -78,6 +78,11 @@ def test_the_release_builds_once_tests_that_build_and_publishes_it() -> None:
     assert jobs["test"]["needs"] == "build"
     test = _steps(jobs["test"])
     assert "actions/download-artifact@v4" in test
+    # dclint 3 needs a newer Node.js than Debian 12's 18.
+    (node,) = [
+        step for step in jobs["test"]["steps"] if step.get("uses") == "actions/setup-node@v4"
+    ]
+    assert node["with"] == {"node-version": "22"}
     assert 'test "$tagged" = "$DIGEST"' in test
     assert 'CELERY_EXPORTER_IMAGE_LAYOUT="$RUNNER_TEMP/image/oci" bash .ci/run' in test
     # Only the publishing jobs get write permissions, each the one it needs.
