@@ -55,8 +55,10 @@ class PrivatePostgres:
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres", "postgres")
         subprocess.run(
+            # UTF8 like the shared server (scripts/provision), whatever the environment's
+            # locale: without LANG initdb picks SQL_ASCII, whose text psycopg returns as bytes.
             _as_postgres([str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
-                          "postgres"]),
+                          "postgres", "-E", "UTF8", "--locale=C.UTF-8"]),
             check=True,
             capture_output=True,
         )  # fmt: skip

@@ -4,7 +4,8 @@ a real celery worker.
 
 The build takes one to two minutes, about 20 s once this machine has bootstrapped the same Debian
 root before (``BUILD_CACHE``). Set CELERY_EXPORTER_IMAGE_LAYOUT to an OCI layout that
-scripts/build-image wrote earlier in the same run (the release workflow does) to test that one.
+scripts/build-image wrote from this same checkout to test that one instead: the release
+workflow's `test` job sets it to the layout its `build` job made, the one its `image` job pushes.
 """
 
 from __future__ import annotations
@@ -302,13 +303,13 @@ def test_the_entrypoint_counts_a_real_worker_as_its_own_user(
     )
     assert resident is not None and resident > 10e6, "process metrics read the mounted /proc"
 
+    # From the signal to the process's exit (wait() notices it within 50 ms): the exporter's
+    # shutdown and the interpreter's exit, all of it under a second.
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     returncode = proc.wait(10)
     stopped_in = time.monotonic() - sent
     assert returncode == 0, log_path.read_text()
-    # The exporter's own clock: from the signal's handler to its last line. The wall clock
-    # adds the interpreter's exit and this machine's load (test_cli.py allows 3 s for both).
     stamps = {
         match["msg"]: datetime.fromisoformat(match["ts"])
         for match in re.finditer(
@@ -316,9 +317,8 @@ def test_the_entrypoint_counts_a_real_worker_as_its_own_user(
         )
     }
     shutdown = (stamps["exporter stopped"] - stamps["shutting down"]).total_seconds()
-    print(f"SIGTERM: shut down in {shutdown:.2f} s, exited after {stopped_in:.2f} s")
-    assert shutdown < 1.0
-    assert stopped_in < 3.0
+    print(f"SIGTERM: exited {stopped_in:.2f} s after the signal ({shutdown:.2f} s logged shutdown)")
+    assert stopped_in < 1.0, log_path.read_text()
     # The task history, on the volume: one row per task, in its final state.
     with sqlite3.connect(volume / "tasks.sqlite3") as history:
         states = history.execute(

