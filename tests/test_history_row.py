@@ -81,6 +81,22 @@ def test_a_late_retry_never_overrides_the_success() -> None:
     assert row.seen_at == T0
 
 
+def test_a_late_sent_never_overrides_a_workers_event() -> None:
+    """The client stamps task-sent after it published the task: a worker quick to run it
+    stamps its events earlier (seen under load: 3 of 20 tasks read PENDING forever)."""
+    sent = change("task-sent", T0 + 0.004, "client@app", name="tests.add", queue="celery")
+    worker_events = [
+        change("task-received", T0, name="tests.add"),
+        change("task-started", T0 + 0.001),
+        change("task-succeeded", T0 + 0.002, result="2", runtime=0.001),
+    ]
+    assert row_of([*worker_events, sent]).state == "SUCCESS"
+    assert row_of([worker_events[0], sent]).state == "RECEIVED"
+    row = row_of([sent])
+    assert (row.state, row.sent, row.updated_at) == ("PENDING", T0 + 0.004, T0 + 0.004)
+    assert row_of([sent], pending_before=T0 + 1).state == "UNKNOWN"
+
+
 def test_hidden_payloads_never_reach_the_row() -> None:
     row = row_of(retried_countdown_zero(), None)
     assert (row.args, row.kwargs, row.result, row.exception, row.traceback) == (None,) * 5

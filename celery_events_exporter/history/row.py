@@ -10,12 +10,15 @@ events, whatever the order of the writes. ``finish`` derives what is not merged 
 from the merged columns (state, runtime, updated_at), as the SQL merge does.
 
 The state rule (docs/task-history.md): the latest event by worker timestamp, lifecycle order
-breaking ties, with three exceptions. A ``task-retried`` never overrides a success or a failure
-(with ``countdown=0`` the first attempt's retry is often stamped after the second attempt's
-success). A task with both ``task-failed`` and ``task-rejected`` (``Reject``) is a FAILURE, as
-Celery's result backend and ``events.state`` read it; ``rejected`` stays set. A task found
-orphaned while STARTED is LOST. A task seen only as sent for longer than the pending limit reads
-UNKNOWN: its worker may send no task events, and no event will ever say how it ended.
+breaking ties, with four exceptions. A ``task-sent`` never overrides a worker's event: the client
+stamps it after publishing the task, so a worker quick to run it (or a client slow to get the
+CPU back) sends received, started and succeeded with earlier stamps. A ``task-retried`` never
+overrides a success or a failure (with ``countdown=0`` the first attempt's retry is often
+stamped after the second attempt's success). A task with both ``task-failed`` and
+``task-rejected`` (``Reject``) is a FAILURE, as Celery's result backend and ``events.state``
+read it; ``rejected`` stays set. A task found orphaned while STARTED is LOST. A task seen only
+as sent for longer than the pending limit reads UNKNOWN: its worker may send no task events,
+and no event will ever say how it ended.
 """
 
 from __future__ import annotations
@@ -497,11 +500,13 @@ def state_of(values: RowValues) -> str | None:
     state: str | None = None
     for column, candidate, rank in _STATE_TIMES:
         moment = values[column]
-        if moment is None or (candidate == RETRY and finished):
+        if moment is None or (candidate == RETRY and finished) or candidate == PENDING:
             continue
         key = (moment, rank)
         if best is None or key > best:
             best, state = key, candidate
+    if state is None and values[_SENT] is not None:
+        state = PENDING  # a sent task no worker has spoken of yet
     if state == REJECTED and values[_FAILED] is not None:
         state = FAILURE
     if values[_ORPHANED] is not None and (state == STARTED or state is None):

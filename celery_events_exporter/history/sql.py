@@ -206,11 +206,14 @@ class Dialect:
         unfinished = f"{merged['succeeded']} IS NULL AND {merged['failed']} IS NULL"
 
         def candidate(event_type: str, column: str) -> str:
-            """(time, rank, state) of one event type; a retry never overrides an end."""
+            """(time, rank, state) of one event type; a retry never overrides an end, a sent
+            never overrides a worker's event (it goes before every time)."""
             state = TASK_EVENT_STATES[event_type]
             moment = merged[column]
             if state == RETRY:
                 moment = f"CASE WHEN {unfinished} THEN {moment} END"
+            elif state == PENDING:
+                moment = f"CASE WHEN {moment} IS NOT NULL THEN {self.never} END"
             return f"({moment}, {STATE_RANK[state]}, '{state}')"
 
         candidates = ", ".join(
