@@ -221,6 +221,13 @@ def test_postgresql_stopped_and_restarted_under_load(
     metrics = exporter.metrics()
     assert metrics.get("celery_exporter_task_history_buffer_bytes") > 0  # type: ignore[operator]
     assert exporter.get("/api/workers").status_code == 200
+    # The history cannot be read meanwhile: the API says so, and when to ask again.
+    for path, label in (("/api/tasks", "/api/tasks"), (f"/api/tasks/{first[0]}", "other")):
+        answer = exporter.get(path)
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"] == "1"
+        assert answer.json()["error"].startswith("the task history's database does not answer")
+        assert exporter.metrics().get("celery_exporter_http_errors_total", path=label) == 1.0
     wait_until(
         lambda: (
             (exporter.metrics().get("celery_exporter_task_history_write_errors_total") or 0) > 0

@@ -463,8 +463,9 @@ EXPORTER_API_REQUESTS_ABANDONED = MetricSpec(
 EXPORTER_HTTP_ERRORS = MetricSpec(
     "celery_exporter_http_errors",
     Kind.COUNTER,
-    "HTTP requests that failed inside the exporter (answered 500, or dropped mid-answer), by "
-    "path; the log has each one's error.",
+    "HTTP requests that failed inside the exporter (answered 500, or dropped mid-answer), or "
+    "that the task history's database could not answer (503), by path; the log has each one's "
+    "error.",
     ("path",),
 )
 EXPORTER_API_ROWS_SKIPPED = MetricSpec(

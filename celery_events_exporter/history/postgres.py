@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from celery_events_exporter.history.row import COLUMNS, TIME_COLUMNS, RowValues, TaskRow
 from celery_events_exporter.history.sql import (
@@ -43,6 +43,7 @@ from celery_events_exporter.history.store import (
     EXPIRE_BUDGET,
     ROUND,
     HistoryStore,
+    HistoryUnavailable,
     Retention,
 )
 from celery_events_exporter.logging import get_logger
@@ -111,6 +112,9 @@ class PostgresStore(HistoryStore):
             kwargs={"autocommit": True},
             open=False,
             timeout=POOL_TIMEOUT,
+            # A connection the server dropped (a restart, a failover) is found out and replaced
+            # before it is handed out, not by the first read or write that uses it.
+            check=ConnectionPool.check_connection,
             name="celery-history",
         )
 
@@ -156,8 +160,15 @@ class PostgresStore(HistoryStore):
             cur.execute(_MERGE_INCOMING, (POSTGRESQL.to_time(pending_before),))
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        with self.pool.connection() as conn:
-            return conn.execute(sql, params).fetchall()
+        try:
+            with self.pool.connection() as conn:
+                return conn.execute(sql, params).fetchall()
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            first_line = str(exc).strip().partition("\n")[0][:200]
+            raise HistoryUnavailable(
+                f"the task history's database does not answer ({self.description}): "
+                f"{type(exc).__name__}: {first_line}"
+            ) from exc
 
     def page(self, query: HistoryQuery) -> list[TaskRow]:
         sql, params = select_page(POSTGRESQL, query)

@@ -16,6 +16,11 @@ from celery_events_exporter.history.row import RowValues, TaskRow
 from celery_events_exporter.history.sql import Erasure, HistoryQuery, Page
 
 
+class HistoryUnavailable(Exception):
+    """The history's database cannot answer a read now (down, restarting, unreachable); the
+    message names the store, never its credentials. The API answers 503: retry later."""
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long rows are kept, after their last event (seconds; 0 keeps them forever)."""

@@ -35,6 +35,7 @@ import orjson
 
 from celery_events_exporter import __version__
 from celery_events_exporter.exposition.page import MetricsPage
+from celery_events_exporter.history.store import HistoryUnavailable
 from celery_events_exporter.logging import get_logger, sparse
 from celery_events_exporter.parsers import ListenAddress
 from celery_events_exporter.scrapes import Scrapes
@@ -203,6 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = f'{{"error": {_json_string(str(exc))}}}'.encode()
             self._send(400, body, JSON)
             return
+        except HistoryUnavailable as exc:
+            self._history_unavailable(path, exc)
+            return
         except Abandoned:
             log.debug("api client went away: its answer was dropped", path=path)
             self.close_connection = True
@@ -212,10 +216,22 @@ class _Handler(BaseHTTPRequestHandler):
         headers["Cache-Control"] = "no-store"
         self._send(200, body, JSON, headers)
 
+    def _history_unavailable(self, path: str, exc: HistoryUnavailable) -> None:
+        """503 with the reason: the history's database is down or restarting, the exporter is
+        not broken (counting and /metrics go on) and the client may retry."""
+        type(self).stats.error(path_label(path))
+        log.warning("task history unavailable", path=path_label(path), error=str(exc))
+        body = f'{{"error": {_json_string(str(exc))}}}'.encode()
+        self._send(503, body, JSON, {"Retry-After": str(RETRY_AFTER)})
+
     def _task(self, uuid: str) -> None:
         api = type(self).api
         assert api is not None
-        body = api.task(uuid) if uuid and "/" not in uuid else None
+        try:
+            body = api.task(uuid) if uuid and "/" not in uuid else None
+        except HistoryUnavailable as exc:
+            self._history_unavailable(self.path.partition("?")[0], exc)
+            return
         if body is None:
             self._send(404, b'{"error": "no such task in the history"}', JSON)
             return
