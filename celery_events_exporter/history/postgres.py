@@ -53,6 +53,10 @@ log = get_logger(__name__)
 MIGRATION_LOCK = 0x63656C657279  # "celery": the advisory lock key the migration holds
 CONNECT_TIMEOUT = 5
 POOL_TIMEOUT = 10.0
+READ_WAIT = 3.0
+"""Seconds an API read waits for a connection (the writer waits ``POOL_TIMEOUT``): past it the
+database is taken for unavailable and the client gets a 503 at once, not after its own
+timeout."""
 _INCOMING = "celery_tasks_incoming"
 """The temporary table a batch is copied into: the table's columns, times in epoch seconds."""
 _INCOMING_TYPES = [
@@ -161,7 +165,7 @@ class PostgresStore(HistoryStore):
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection(timeout=READ_WAIT) as conn:
                 return conn.execute(sql, params).fetchall()
         except (psycopg.OperationalError, PoolTimeout) as exc:
             first_line = str(exc).strip().partition("\n")[0][:200]
