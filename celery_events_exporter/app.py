@@ -229,7 +229,7 @@ def wire(config: Config) -> Exporter:
     extras: list[Collector] = [
         BrokerStatusCollector(status),
         DecoderCollector(decoder),
-        *([] if store is None else [RecentTasksCollector(store)]),
+        *([] if store is None else [RecentTasksCollector(store, decoder.behind)]),
         queues.collector,
         WebCollector(web_stats),
         runtime,

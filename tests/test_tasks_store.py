@@ -23,6 +23,7 @@ from celery_events_exporter.events.exceptions import MAX_EXCEPTION_CLASS_LENGTH,
 from celery_events_exporter.exposition.catalogue import EXPORTER_RECENT_TASK_EVENTS_DROPPED
 from celery_events_exporter.state import State, StateSettings, TaskChange, WorkerState
 from celery_events_exporter.tasks import bounds
+from celery_events_exporter.tasks.collector import RecentTasksCollector
 from celery_events_exporter.tasks.redact import (
     DEFAULT_SECRET_KEY_PATTERNS,
     ELLIPSIS,
@@ -868,3 +869,24 @@ def test_text_fields_are_cut_by_bytes_on_the_way_in() -> None:
     assert record.eta == "€" * (bounds.SHORT_TEXT_BYTES // 3)
     assert record.root_id == "€" * (bounds.ID_BYTES // 3)
     assert record.retries is None
+
+
+def test_a_scrape_while_counting_catches_up_does_not_merge_the_window() -> None:
+    state, store = fed(max_tasks=100)
+    behind = True
+    collector = RecentTasksCollector(store, lambda: behind)
+
+    def scraped_size() -> float:
+        families = {f.name: f for f in collector.collect()}
+        return families["celery_exporter_recent_tasks"].samples[0].value
+
+    for i in range(3):
+        feed(state, *lifecycle(f"task-{i}", T0 + i))
+    assert scraped_size() == 0  # as of the last merge: none yet
+    assert store.pending == 12  # the scrape left the window to the Tasks view's next read
+    behind = False
+    assert scraped_size() == 3
+    assert store.pending == 0
+    feed(state, *lifecycle("task-3", T0 + 3))
+    behind = True
+    assert scraped_size() == 3

@@ -342,7 +342,8 @@ EXPORTER_RECENT_TASKS = MetricSpec(
     "celery_exporter_recent_tasks",
     Kind.GAUGE,
     "Tasks held in the recent-task store that /api/tasks serves (at most --max-recent-tasks), "
-    "up to date at every scrape (the scrape merges the events that arrived since).",
+    "up to date at every scrape (the scrape merges the events that arrived since), except while "
+    "counting catches up a backlog: then as of the last merge.",
 )
 EXPORTER_RECENT_TASKS_EVICTED = MetricSpec(
     "celery_exporter_recent_tasks_evicted",
