@@ -476,10 +476,11 @@ def leased_redis_db(first: int = 1, last: int = 15, timeout: float = 120.0) -> I
         time.sleep(0.2)
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
+@contextmanager
+def own_redis_url() -> Iterator[str]:
     """A Redis database of our own on the machine's Redis: pub/sub channels carry the db number,
-    so events of other users of this Redis do not reach our exporter. Emptied before and after."""
+    so events of other users of this Redis do not reach our exporter. Emptied before and after.
+    The ``redis_url`` fixture's, for a module-scoped fixture that needs one too."""
     with leased_redis_db() as db:
         url = f"redis://127.0.0.1:6379/{db}"
         _check_broker(url)
@@ -490,6 +491,13 @@ def redis_url() -> Iterator[str]:
         finally:
             with Connection(url) as conn:
                 conn.default_channel.client.flushdb()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database of this test's own (``own_redis_url``)."""
+    with own_redis_url() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

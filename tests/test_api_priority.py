@@ -21,7 +21,11 @@ from celery.events.event import get_exchange
 from kombu import Connection, Producer
 
 from celery_events_exporter.tasks.redact import ELLIPSIS
-from tests.conftest import ExporterProcess, Processes, wait_until
+from tests.conftest import ExporterProcess, Processes, own_redis_url, wait_until
+
+# The module's tests share one exporter (``loaded``, a dozen seconds to set up) and name no
+# broker fixture of their own, which would mark them integration tests: the marker does.
+pytestmark = pytest.mark.integration
 
 TASKS = 10_000
 PAYLOAD = "'" + "\\'" * 2048  # the quoted-key attack: 4 097 characters, kept to 4 096 bytes
@@ -48,8 +52,19 @@ def publish_tasks(redis_url: str) -> None:
             )
 
 
-@pytest.fixture
-def loaded(redis_url: str, processes: Processes) -> Iterator[ExporterProcess]:
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterProcess]:
+    """One exporter holding the 10 000 tasks, shared by the module's tests: each reads its
+    counters as deltas over its own run, since an earlier test's requests count there too."""
+    with own_redis_url() as redis_url:
+        processes = Processes(tmp_path_factory.mktemp("api-priority"))
+        try:
+            yield _loaded(redis_url, processes)
+        finally:
+            processes.stop_all()
+
+
+def _loaded(redis_url: str, processes: Processes) -> ExporterProcess:
     # 10 000 tasks of 4 kB args arrive at once: room for all of them in the history's buffer
     # (its default drops a burst past 64 MiB of events, counted, rather than slow counting).
     exporter = processes.exporter(
@@ -85,11 +100,23 @@ def loaded(redis_url: str, processes: Processes) -> Iterator[ExporterProcess]:
             break
         params = {"limit": str(TASKS), "after": page.headers["X-Next-Page"]}
     assert sorted(seen) == [f"task-{i:05d}" for i in range(TASKS)]
-    yield exporter
+    return exporter
+
+
+REFUSED = "celery_exporter_api_requests_refused_total"
+ABANDONED = "celery_exporter_api_requests_abandoned_total"
+
+
+def counter(exporter: ExporterProcess, name: str) -> float:
+    """The value of an unlabelled counter, which the exporter serves from its start (at 0)."""
+    value = exporter.metrics().get(name)
+    assert value is not None, f"{name} is not served"
+    return value
 
 
 def test_scrapes_stay_fast_while_16_clients_read_the_api(loaded: ExporterProcess) -> None:
     exporter = loaded
+    refused_before = counter(exporter, REFUSED)
     statuses: list[int] = []
     retry_after: set[str | None] = set()
     sizes: list[int] = []
@@ -138,22 +165,22 @@ def test_scrapes_stay_fast_while_16_clients_read_the_api(loaded: ExporterProcess
     assert first_page < TASKS  # cut by the answer's byte bound
     assert set(sizes) == {first_page}
     assert retry_after == {"1"}
-    refused = exporter.metrics().get("celery_exporter_api_requests_refused_total")
-    assert refused == statuses.count(503)
+    assert counter(exporter, REFUSED) - refused_before == statuses.count(503)
 
 
 def test_the_work_of_a_client_that_went_away_is_dropped(loaded: ExporterProcess) -> None:
     exporter = loaded
+    abandoned, refused = counter(exporter, ABANDONED), counter(exporter, REFUSED)
     # One at a time: a third at once would find both API workers busy (and be refused).
     for gone in range(1, 4):
         with socket.create_connection(("127.0.0.1", exporter.port)) as sock:
             sock.sendall(b"GET /api/tasks?limit=10000 HTTP/1.1\r\nHost: x\r\n\r\n")
         wait_until(
-            lambda: exporter.metrics().get("celery_exporter_api_requests_abandoned_total") == gone,  # noqa: B023 (used at once)
+            lambda: counter(exporter, ABANDONED) == abandoned + gone,  # noqa: B023 (used at once)
             timeout=5,  # an answer takes seconds: dropped at once, not built
             what=f"{gone} abandoned requests",
         )
-    assert exporter.metrics().get("celery_exporter_api_requests_refused_total") == 0.0
+    assert counter(exporter, REFUSED) == refused
     assert exporter.get("/api/tasks", {"limit": "1"}).status_code == 200
 
 
