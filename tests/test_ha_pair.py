@@ -90,6 +90,17 @@ def _received(task: str) -> str:
     return f'celery_task_received_total{{task="{task}"}}'
 
 
+def _scraped_since(prometheus: Prometheus, when: float, instances: list[str]) -> bool:
+    """Whether Prometheus stored a scrape of every replica taken after ``when``: one series
+    stands for its target's whole scrape, whose samples all carry the scrape's time."""
+    scraped = {
+        series["metric"]["instance"]
+        for series in prometheus.query(f"{_received('tests.add')}[10s]", time.time())
+        if any(float(at) > when for at, _ in series["values"])
+    }
+    return scraped == set(instances)
+
+
 def _column(columns: list[tuple[str, str]], title: str, variables: dict[str, str]) -> str:
     [expr] = [expr for name, expr in columns if name == title]
     return generate.substitute(expr, variables)
@@ -118,8 +129,13 @@ def test_two_exporters_count_every_task_once(
     # The time-range window starts inside the 3 s every replica read the warm-up values, and
     # after the last scrape at which any task counter moved: the warm-up's steps stay outside.
     window_start = max(steady_at - 1.5, _last_change(prometheus, steady_at) + 0.05)
-    # Prometheus scrapes every 250 ms: let it store the warm-up values inside the window first.
-    time.sleep(max(0.0, window_start + 0.6 - time.time()))
+    # Let Prometheus store the warm-up values inside the window first (it scrapes every 250 ms):
+    # each replica's rise in the window then starts from them.
+    wait_until(
+        lambda: _scraped_since(prometheus, window_start, instances),
+        timeout=10,
+        what="a scrape of each replica inside the window",
+    )
 
     _run(redis_url, BATCH_OK, BATCH_FAILED)
     _steady(prometheus, 'celery_task_failed_total{task="tests.fail"}', TOTAL_FAILED, 2)
