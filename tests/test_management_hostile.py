@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -137,6 +137,35 @@ def management_errors(exporter: ExporterProcess) -> float:
     return metrics.get("celery_exporter_queue_poll_errors_total", reason="management") or 0.0
 
 
+ExporterPolling = Callable[[float], ExporterProcess]
+"""Starts an exporter that polls the management API every so many seconds."""
+
+
+@pytest.fixture
+def exporter_polling(
+    amqp_url: str,
+    processes: Processes,
+    tmp_path: Path,
+    servers: tuple[Endpoint, list[str | None], str],
+) -> ExporterPolling:
+    """An exporter on a real RabbitMQ watching queue ``work``, whose management API is the
+    ``servers`` endpoint, with credentials (from a file, as operators give them) that must never
+    leave for another host."""
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"monitor:{PASSWORD}\n")
+
+    def start(poll_interval: float) -> ExporterProcess:
+        return processes.exporter(
+            amqp_url,
+            "--queue", "work",
+            "--rabbitmq-management-url", servers[2],
+            "--rabbitmq-management-credentials-file", str(credentials),
+            "--queue-poll-interval", str(poll_interval),
+        )  # fmt: skip
+
+    return start
+
+
 def peak_rss_bytes(exporter: ExporterProcess) -> int:
     for line in Path(f"/proc/{exporter.proc.pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -145,21 +174,10 @@ def peak_rss_bytes(exporter: ExporterProcess) -> int:
 
 
 def test_credentials_never_follow_a_redirect_and_a_huge_body_is_not_read(
-    amqp_url: str,
-    processes: Processes,
-    tmp_path: Path,
-    servers: tuple[Endpoint, list[str | None], str],
+    servers: tuple[Endpoint, list[str | None], str], exporter_polling: ExporterPolling
 ) -> None:
-    endpoint, received, url = servers
-    credentials = tmp_path / "credentials"
-    credentials.write_text(f"monitor:{PASSWORD}\n")
-    exporter = processes.exporter(
-        amqp_url,
-        "--queue", "work",
-        "--rabbitmq-management-url", url,
-        "--rabbitmq-management-credentials-file", str(credentials),
-        "--queue-poll-interval", "0.5",
-    )  # fmt: skip
+    endpoint, received, _ = servers
+    exporter = exporter_polling(0.5)
     wait_until(lambda: management_errors(exporter) >= 3, what="three refused redirects")
     assert endpoint.requests >= 3
     assert received == []  # the other host never heard from the exporter, credentials or not
@@ -202,22 +220,11 @@ def test_a_trickling_answer_is_cut_at_the_deadline(
 
 
 def test_the_exporter_cuts_a_trickling_management_api_at_the_poll_timeout(
-    amqp_url: str,
-    processes: Processes,
-    tmp_path: Path,
-    servers: tuple[Endpoint, list[str | None], str],
+    servers: tuple[Endpoint, list[str | None], str], exporter_polling: ExporterPolling
 ) -> None:
-    endpoint, received, url = servers
+    endpoint, received, _ = servers
     endpoint.mode = "trickle-body"
-    credentials = tmp_path / "credentials"
-    credentials.write_text(f"monitor:{PASSWORD}\n")
-    exporter = processes.exporter(
-        amqp_url,
-        "--queue", "work",
-        "--rabbitmq-management-url", url,
-        "--rabbitmq-management-credentials-file", str(credentials),
-        "--queue-poll-interval", str(POLL_TIMEOUT),  # the poll's timeout: min(5 s, interval)
-    )  # fmt: skip
+    exporter = exporter_polling(POLL_TIMEOUT)  # the poll's timeout: min(5 s, interval)
     wait_until(lambda: management_errors(exporter) >= 3, timeout=20, what="three cut answers")
     # The server answers at once from now: once two such answers were read, every trickled
     # request is over, each counted once and cut at the deadline.
