@@ -147,13 +147,19 @@ def server_cpu(store: HistoryStore) -> dict[int, float]:
     return cpu
 
 
+def wired(store: HistoryStore, budget: int) -> tuple[HistoryWriter, Decoder]:
+    """The exporter's ingest path into ``store``: a writer of ``budget`` bytes with nothing
+    expired (every row written stays for the count), and the decoder that feeds it through the
+    state. The writer's thread is not started: the caller runs or flushes it."""
+    writer = HistoryWriter(store, None, budget_bytes=budget, retention=Retention(0, 0, 0))
+    state = build_state(Config(), None, History(store, writer, HistoryCollector(writer)))
+    return writer, Decoder(state, IntakeBacklog())
+
+
 def write(kind: str, tasks: int, rate: int, budget: int) -> None:
     bodies = messages(tasks)
     with opened(kind) as store:
-        writer = HistoryWriter(store, None, budget_bytes=budget,
-                               retention=Retention(0, 0, 0))  # fmt: skip
-        state = build_state(Config(), None, History(store, writer, HistoryCollector(writer)))
-        decoder = Decoder(state, IntakeBacklog())
+        writer, decoder = wired(store, budget)
         stop = threading.Event()
         thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
         thread.start()
@@ -220,10 +226,7 @@ def _status_mib(field: str) -> float:
 def after_burst(kind: str, tasks: int, budget: int) -> None:
     bodies = messages(tasks)
     with opened(kind) as store:
-        writer = HistoryWriter(store, None, budget_bytes=budget,
-                               retention=Retention(0, 0, 0))  # fmt: skip
-        state = build_state(Config(), None, History(store, writer, HistoryCollector(writer)))
-        decoder = Decoder(state, IntakeBacklog())
+        writer, decoder = wired(store, budget)
         now = time.time()
         for s in range(0, len(bodies), Decoder.BATCH):
             decoder.handle_batch(
