@@ -6,14 +6,11 @@ their places to a real queue seen later."""
 from __future__ import annotations
 
 import time
-import uuid
 
-import orjson
 import redis
-from celery.events.event import get_exchange
-from kombu import Connection, Producer
 
 from celery_events_exporter.queues.registry import IDLE_POLLS
+from testkit.events import publish_sent
 from tests.conftest import PrivateRedis, Processes, client, wait_until
 
 QUEUES = 30
@@ -77,25 +74,7 @@ def test_crafted_queue_names_give_their_places_to_a_queue_that_holds_work(
         "--broadcast-interval", "60",
     )  # fmt: skip
     # Task-sent events only, as any broker client can publish.
-    with Connection(redis_url) as conn:
-        producer = Producer(conn.default_channel, exchange=get_exchange(conn))
-        events = [
-            {
-                "type": "task-sent",
-                "uuid": str(uuid.uuid4()),
-                "hostname": "crafter@nowhere",
-                "timestamp": time.time(),
-                "name": "tests.add",
-                "queue": f"crafted{i}",
-            }
-            for i in range(CRAFTED)
-        ]
-        producer.publish(
-            orjson.dumps(events),
-            routing_key="task.multi",
-            content_type="application/json",
-            content_encoding="utf-8",
-        )
+    publish_sent(redis_url, [("tests.add", f"crafted{i}") for i in range(CRAFTED)])
 
     def counters() -> tuple[float | None, float | None, float | None]:
         metrics = exporter.metrics()

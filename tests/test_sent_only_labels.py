@@ -8,40 +8,14 @@ holds the name, and their places are free again."""
 from __future__ import annotations
 
 import time
-import uuid
 
-import orjson
 import pytest
-from celery.events.event import get_exchange
-from kombu import Connection, Producer
 
+from testkit.events import publish_sent
 from tests.conftest import Processes, client, wait_until
 
 PURGE_AFTER = 4.0
 CAP = 5
-
-
-def publish_sent(redis_url: str, pairs: list[tuple[str, str]]) -> None:
-    """task-sent events for (task name, queue) pairs, in one message, as a client sends them."""
-    with Connection(redis_url) as conn:
-        producer = Producer(conn.default_channel, exchange=get_exchange(conn))
-        events = [
-            {
-                "type": "task-sent",
-                "uuid": str(uuid.uuid4()),
-                "hostname": "crafter@nowhere",
-                "timestamp": time.time(),
-                "name": name,
-                "queue": queue,
-            }
-            for name, queue in pairs
-        ]
-        producer.publish(
-            orjson.dumps(events),
-            routing_key="task.multi",
-            content_type="application/json",
-            content_encoding="utf-8",
-        )
 
 
 @pytest.mark.parametrize("worker_label", ["--worker-label", "--no-worker-label"])
