@@ -45,6 +45,7 @@ from celery_events_exporter.history.store import (
     HistoryStore,
     HistoryUnavailable,
     Retention,
+    delete_in_batches,
 )
 from celery_events_exporter.logging import get_logger
 
@@ -188,20 +189,16 @@ class PostgresStore(HistoryStore):
     def _delete_batches(
         self, where: str, params: Sequence[Any], batches: int, deadline: float = math.inf
     ) -> int:
-        deleted = 0
-        for _ in range(batches):
-            if time.monotonic() > deadline:
-                break
+        def delete_batch() -> int:
             with self.pool.connection() as conn:
                 cursor = conn.execute(
                     f"DELETE FROM {TABLE} WHERE uuid IN (SELECT uuid FROM {TABLE} WHERE {where} "
                     f"LIMIT {DELETE_BATCH} FOR UPDATE SKIP LOCKED)",
                     params,
                 )
-            deleted += cursor.rowcount
-            if cursor.rowcount < DELETE_BATCH:
-                break
-        return deleted
+            return cursor.rowcount
+
+        return delete_in_batches(delete_batch, batches, deadline)
 
     def expire(self, now: float, retention: Retention) -> int:
         deadline = time.monotonic() + EXPIRE_BUDGET

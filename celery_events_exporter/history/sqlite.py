@@ -40,6 +40,7 @@ from celery_events_exporter.history.store import (
     ROUND,
     HistoryStore,
     Retention,
+    delete_in_batches,
 )
 
 
@@ -150,20 +151,16 @@ class SqliteStore(HistoryStore):
     def _delete_batches(
         self, where: str, params: Sequence[object], batches: int, deadline: float = math.inf
     ) -> int:
-        deleted = 0
-        for _ in range(batches):
-            if time.monotonic() > deadline:
-                break
+        def delete_batch() -> int:
             with self._writing() as conn:
                 cursor = conn.execute(
                     f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
                     f"WHERE {where} LIMIT {DELETE_BATCH})",
                     params,
                 )
-            deleted += cursor.rowcount
-            if cursor.rowcount < DELETE_BATCH:
-                break
-        return deleted
+            return cursor.rowcount
+
+        return delete_in_batches(delete_batch, batches, deadline)
 
     def expire(self, now: float, retention: Retention) -> int:
         deadline = time.monotonic() + EXPIRE_BUDGET

@@ -8,8 +8,10 @@ leave one row, with the content either would have written alone, whatever the or
 
 from __future__ import annotations
 
+import math
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from celery_events_exporter.history.row import RowValues, TaskRow
@@ -41,6 +43,24 @@ EXPIRE_BUDGET = 2.0
 expired rows go as fast as new ones come without holding the writer long."""
 ROUND = 1_000_000
 """Batches per retention round at most: the budget binds first."""
+
+
+def delete_in_batches(
+    delete_batch: Callable[[], int], batches: int, deadline: float = math.inf
+) -> int:
+    """Run ``delete_batch`` (one statement that deletes up to ``DELETE_BATCH`` rows in a
+    transaction of its own and returns how many) up to ``batches`` times: until a batch deletes
+    fewer (nothing more matches) or ``deadline`` (``time.monotonic``) has passed. The rows
+    deleted."""
+    deleted = 0
+    for _ in range(batches):
+        if time.monotonic() > deadline:
+            break
+        count = delete_batch()
+        deleted += count
+        if count < DELETE_BATCH:
+            break
+    return deleted
 
 
 class HistoryStore(ABC):
