@@ -19,6 +19,7 @@ from celery_events_exporter.history.row import (
 )
 from celery_events_exporter.state.changes import TaskChange
 from celery_events_exporter.tasks.redact import Redactor, compile_secret_keys, secret_key_patterns
+from tests.history_events import task_changes
 
 pytestmark = pytest.mark.unit
 
@@ -159,34 +160,7 @@ def test_an_orphaned_running_task_reads_lost() -> None:
 
 # -- the property: any permutation or repetition of a task's events gives the same row ------
 
-EVENT_TYPES = (
-    "task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
-    "task-retried", "task-revoked", "task-rejected", "task-orphaned",
-)  # fmt: skip
-
-events = st.builds(
-    lambda kind, at, host, retries, text: change(
-        kind,
-        T0 + at,
-        host,
-        name=text and f"task.{text}",
-        retries=retries,
-        result=text,
-        runtime=at / 10,
-        exception=text and f"ValueError({text!r})",
-        traceback=text,
-        args=text,
-        kwargs=text,
-        queue=text,
-        eta=f"2025-12-06T05:46:{int(at) % 60:02d}",
-        root_id=text,
-    ),
-    st.sampled_from(EVENT_TYPES),
-    st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0]),  # few instants: ties are the hard part
-    st.sampled_from(["celery@w1", "celery@w2", "client@app"]),
-    st.one_of(st.none(), st.integers(0, 3)),
-    st.one_of(st.none(), st.sampled_from(["a", "b", "password=x"])),
-)
+events = task_changes(UUID, T0, ["celery@w1", "celery@w2", "client@app"], ["a", "b", "password=x"])
 
 
 @settings(max_examples=300, deadline=None)
