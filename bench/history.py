@@ -48,7 +48,7 @@ from typing import Any
 
 import orjson
 
-from celery_events_exporter.app import build_state
+from celery_events_exporter.app import build_state, settle
 from celery_events_exporter.config import Config
 from celery_events_exporter.decoder import Decoder
 from celery_events_exporter.history.collector import HistoryCollector
@@ -160,6 +160,7 @@ def write(kind: str, tasks: int, rate: int, budget: int) -> None:
     bodies = messages(tasks)
     with opened(kind) as store:
         writer, decoder = wired(store, budget)
+        settle()  # the garbage collector's settings, as the exporter runs
         stop = threading.Event()
         thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
         thread.start()
@@ -227,6 +228,7 @@ def after_burst(kind: str, tasks: int, budget: int) -> None:
     bodies = messages(tasks)
     with opened(kind) as store:
         writer, decoder = wired(store, budget)
+        settle()
         now = time.time()
         for s in range(0, len(bodies), Decoder.BATCH):
             decoder.handle_batch(

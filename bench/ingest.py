@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from celery_events_exporter.app import build_state
+from celery_events_exporter.app import build_state, settle
 from celery_events_exporter.config import Config
 from celery_events_exporter.decoder import Decoder
 from celery_events_exporter.intake.backlog import IntakeBacklog
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
     messages, expected = envelopes(args.tasks, args.workers, args.names)
+    settle()  # the garbage collector's settings, as the exporter runs
     task_events = expected.task_events
     with_store, counted_with = time_handle(messages, args.store, args.repeat)
     without, counted_without = time_handle(messages, 0, args.repeat)

@@ -297,12 +297,25 @@ def wire(config: Config) -> Exporter:
     return Exporter(threads, server, started, last_writes)
 
 
+FULL_COLLECTION_EVERY = 1000
+"""Collections of the middle generation between two full ones (CPython's default: 10)."""
+
+
 def settle() -> None:
     """Move what start-up built (modules, classes, functions, the stages) to the garbage
     collector's permanent generation: it lives as long as the process, and a full collection,
-    which the ingest thread's allocations set off now and then, no longer walks it."""
+    which the ingest thread's allocations set off now and then, no longer walks it.
+
+    Then make full collections rare (``FULL_COLLECTION_EVERY``). What the exporter holds for
+    long is buffered data: the intake backlog's messages, the history's batches and folded
+    rows, tens of thousands of containers with no cycle among them, and each full collection
+    walked them all again; with the history writing, that was a fifth of the process's CPU
+    (bench/README.md, "Full collections"). The young generations are collected as before, so a
+    cycle that dies young (an exception's traceback) is freed as soon as it was."""
     gc.collect()
     gc.freeze()
+    first, second, _ = gc.get_threshold()
+    gc.set_threshold(first, second, FULL_COLLECTION_EVERY)
 
 
 def run(config: Config) -> int:
