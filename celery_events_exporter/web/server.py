@@ -123,6 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._route()
         except ConnectionError as exc:  # the client went away mid-answer: its doing, not ours
             log.debug("http client went away", path=path_label(path), error=str(exc))
+        except HistoryUnavailable as exc:  # any route that reads the history's database
+            with contextlib.suppress(OSError):  # a client gone meanwhile: nothing to answer
+                self._history_unavailable(path, exc)
         except Exception:
             type(self).stats.error(path_label(path))
             log.exception("http request failed", path=path_label(path))
@@ -204,9 +207,6 @@ class _Handler(BaseHTTPRequestHandler):
             body = f'{{"error": {_json_string(str(exc))}}}'.encode()
             self._send(400, body, JSON)
             return
-        except HistoryUnavailable as exc:
-            self._history_unavailable(path, exc)
-            return
         except Abandoned:
             log.debug("api client went away: its answer was dropped", path=path)
             self.close_connection = True
@@ -227,11 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _task(self, uuid: str) -> None:
         api = type(self).api
         assert api is not None
-        try:
-            body = api.task(uuid) if uuid and "/" not in uuid else None
-        except HistoryUnavailable as exc:
-            self._history_unavailable(self.path.partition("?")[0], exc)
-            return
+        body = api.task(uuid) if uuid and "/" not in uuid else None
         if body is None:
             self._send(404, b'{"error": "no such task in the history"}', JSON)
             return
