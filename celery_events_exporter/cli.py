@@ -234,11 +234,11 @@ def _run(**params: Any) -> int:
         log.warning(f"deprecated {note.kind}", name=note.name, use=note.use)
 
     from celery_events_exporter.app import run
-    from celery_events_exporter.history.wiring import HistoryUnavailable
+    from celery_events_exporter.history.wiring import HistoryStoreUnopenable
 
     try:
         return run(config)
-    except HistoryUnavailable as exc:
+    except HistoryStoreUnopenable as exc:
         log.error(
             "cannot open the task history",
             error=str(exc),

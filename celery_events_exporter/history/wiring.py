@@ -18,7 +18,7 @@ class History:
     collector: HistoryCollector
 
 
-class HistoryUnavailable(Exception):
+class HistoryStoreUnopenable(Exception):
     """The history's store cannot be opened at start: its SQLite directory cannot be made."""
 
 
@@ -50,6 +50,6 @@ def build(
     try:
         store = open_store(resolved)
     except OSError as exc:  # a read-only root without a volume, a path through a file...
-        raise HistoryUnavailable(f"{urls.redacted(resolved)}: {exc}") from exc
+        raise HistoryStoreUnopenable(f"{urls.redacted(resolved)}: {exc}") from exc
     writer = HistoryWriter(store, redactor, budget_bytes=budget_bytes, retention=retention)
     return History(store, writer, HistoryCollector(writer))
